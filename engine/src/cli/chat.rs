@@ -1,0 +1,117 @@
+//! `mlx-engine chat`: an interactive conversation on stdin/stdout. Ctrl-C stops the current
+//! reply (not the program); `/reset` starts a new conversation; `/exit` or end of input quits.
+
+use std::io::{BufRead, Write};
+use std::sync::{Arc, Mutex};
+
+use super::common::{load, print_stats, ModelArgs, SamplingArgs};
+use crate::error::Result;
+use crate::generate::GenerateRequest;
+use crate::model_kit::CancelHandle;
+use crate::tokenizer::ChatMessage;
+
+#[derive(clap::Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A system message that starts every conversation.
+    #[arg(long)]
+    pub system: Option<String>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+pub fn run(args: &ChatArgs) -> Result<()> {
+    let template = args.sampling.template()?;
+    let template_args = args.sampling.template_args()?;
+    crate::stop::StopStrings::new(args.sampling.stop.clone())?;
+    let kit = load(&args.model)?;
+    let current: Arc<Mutex<Option<CancelHandle>>> = Arc::new(Mutex::new(None));
+    let handler_slot = current.clone();
+    let _ = ctrlc::set_handler(move || {
+        if let Ok(slot) = handler_slot.lock() {
+            if let Some(c) = slot.as_ref() {
+                c.cancel();
+            }
+        }
+    });
+    let fresh = || -> Vec<ChatMessage> {
+        args.system.iter().map(|s| ChatMessage::new("system", s.clone())).collect()
+    };
+    let mut messages = fresh();
+    eprintln!("chat: type a message; /reset starts over, /exit quits, Ctrl-C stops a reply");
+    let stdin = std::io::stdin();
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        let line = line.trim_end_matches(['\n', '\r']);
+        match line.trim() {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                messages = fresh();
+                eprintln!("(conversation reset)");
+                continue;
+            }
+            _ => {}
+        }
+        messages.push(ChatMessage::new("user", line.to_string()));
+        let prompt_tokens = match kit.tokenize_chat(&messages, template.as_ref(), &template_args) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                messages.pop();
+                continue;
+            }
+        };
+        let req = GenerateRequest {
+            prompt_tokens,
+            sampling: args.sampling.overrides(),
+            max_tokens: args.sampling.max_tokens,
+            stop_strings: args.sampling.stop.clone(),
+            ignore_eos: args.sampling.ignore_eos,
+        };
+        let mut generation = match kit.generate(req) {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("error: {e}");
+                messages.pop();
+                continue;
+            }
+        };
+        if let Ok(mut slot) = current.lock() {
+            *slot = Some(generation.cancel_handle());
+        }
+        let mut reply = String::new();
+        let mut failed = false;
+        for result in generation.by_ref() {
+            match result {
+                Ok(r) => {
+                    print!("{}", r.text);
+                    let _ = std::io::stdout().flush();
+                    reply.push_str(&r.text);
+                }
+                Err(e) => {
+                    eprintln!("\nerror: {e}");
+                    failed = true;
+                }
+            }
+        }
+        println!();
+        if let Ok(mut slot) = current.lock() {
+            *slot = None;
+        }
+        if failed {
+            messages.pop();
+            continue;
+        }
+        if let Some(stats) = generation.stats() {
+            print_stats(stats);
+        }
+        messages.push(ChatMessage::new("assistant", reply));
+    }
+    Ok(())
+}

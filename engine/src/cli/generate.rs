@@ -1,0 +1,88 @@
+//! `mlx-engine generate`: one prompt (raw text or a chat message) -> streamed text or JSONL.
+
+use std::io::{Read, Write};
+
+use super::common::{load, param, print_stats, ModelArgs, SamplingArgs};
+use crate::error::{Error, Result};
+use crate::generate::GenerateRequest;
+use crate::tokenizer::ChatMessage;
+
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Raw prompt text, encoded as the tokenizer's `encode(text)` does; `-` reads stdin.
+    #[arg(long, conflicts_with = "chat", required_unless_present = "chat")]
+    pub prompt: Option<String>,
+    /// A user message, rendered with the chat template; `-` reads stdin.
+    #[arg(long)]
+    pub chat: Option<String>,
+    /// A system message for --chat.
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// `text` streams the text; `jsonl` prints one JSON object per streamed result.
+    #[arg(long, default_value = "text", value_parser = ["text", "jsonl"])]
+    pub output: String,
+}
+
+fn read_arg(s: &str) -> Result<String> {
+    if s != "-" {
+        return Ok(s.to_string());
+    }
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .map_err(|e| Error::Io { path: "<stdin>".into(), source: e })?;
+    Ok(text)
+}
+
+pub fn run(args: &GenerateArgs) -> Result<()> {
+    // Validate what can be checked without the model first.
+    let template = args.sampling.template()?;
+    let template_args = args.sampling.template_args()?;
+    crate::stop::StopStrings::new(args.sampling.stop.clone())?;
+    let kit = load(&args.model)?;
+    let prompt_tokens = match (&args.prompt, &args.chat) {
+        (Some(p), _) => kit.tokenize(&read_arg(p)?)?,
+        (None, Some(c)) => {
+            let mut messages = Vec::new();
+            if let Some(s) = &args.system {
+                messages.push(ChatMessage::new("system", s.clone()));
+            }
+            messages.push(ChatMessage::new("user", read_arg(c)?));
+            kit.tokenize_chat(&messages, template.as_ref(), &template_args)?
+        }
+        (None, None) => return Err(param("prompt", "pass --prompt TEXT or --chat TEXT")),
+    };
+    let req = GenerateRequest {
+        prompt_tokens,
+        sampling: args.sampling.overrides(),
+        max_tokens: args.sampling.max_tokens,
+        stop_strings: args.sampling.stop.clone(),
+        ignore_eos: args.sampling.ignore_eos,
+    };
+    let mut generation = kit.generate(req)?;
+    let cancel = generation.cancel_handle();
+    let _ = ctrlc::set_handler(move || cancel.cancel());
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for result in generation.by_ref() {
+        let result = result?;
+        if args.output == "jsonl" {
+            let line = serde_json::to_string(&result).map_err(|e| param("output", e.to_string()))?;
+            let _ = writeln!(out, "{line}");
+        } else {
+            let _ = write!(out, "{}", result.text);
+        }
+        let _ = out.flush();
+    }
+    if args.output == "text" {
+        let _ = writeln!(out);
+    }
+    if let Some(stats) = generation.stats() {
+        print_stats(stats);
+    }
+    Ok(())
+}

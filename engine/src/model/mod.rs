@@ -1,0 +1,284 @@
+//! A model folder on disk -> a ready [`DynModel`]: `config.json`, safetensors weights (single
+//! file or sharded), and the architecture resolved through the plugin host.
+
+use std::path::{Path, PathBuf};
+
+pub mod gguf;
+
+use mlx_engine_plugin_api::io::{load_safetensors, MetaValue};
+use mlx_engine_plugin_api::runtime::Device;
+use mlx_engine_plugin_api::{Dtype, DynModel, LayerCache, Weights, WeightsFormat};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::plugin_host::PluginHost;
+use crate::tokenizer::Tokenizer;
+
+/// Which dtype the model computes in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DtypeChoice {
+    /// f32 on the CPU (MLX's CPU bf16 GEMM and bf16-activation quantized matmuls are slow and
+    /// inaccurate), the checkpoint's own dtype on a GPU.
+    #[default]
+    Auto,
+    F32,
+    BF16,
+    F16,
+}
+
+impl std::str::FromStr for DtypeChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<DtypeChoice> {
+        match s {
+            "auto" => Ok(DtypeChoice::Auto),
+            "f32" | "float32" => Ok(DtypeChoice::F32),
+            "bf16" | "bfloat16" => Ok(DtypeChoice::BF16),
+            "f16" | "float16" => Ok(DtypeChoice::F16),
+            other => Err(Error::Param { name: "dtype".into(), reason: format!("expected auto, f32, bf16 or f16, got `{other}`") }),
+        }
+    }
+}
+
+/// Where the weights came from; GGUF files also carry the tokenizer.
+pub enum Source {
+    Folder,
+    Gguf { file: PathBuf, metadata: Vec<(String, MetaValue)> },
+}
+
+/// A model loaded into memory, with what a host wants to show about it.
+pub struct LoadedModel {
+    pub model: Box<dyn DynModel>,
+    pub path: PathBuf,
+    pub source: Source,
+    /// The text architecture's model type (`text_config.model_type` or `model_type`).
+    pub model_type: String,
+    /// Who provides the architecture (plugin name, version and file, or built-in).
+    pub provider: String,
+    /// The text part of `config.json` as handed to the architecture.
+    pub text_config: Value,
+    /// `generation_config.json` (an empty object when absent).
+    pub generation_config: Value,
+    pub context_length: Option<usize>,
+    pub dtype: Dtype,
+    pub num_parameters: usize,
+    pub cache_layout: Vec<LayerCache>,
+}
+
+fn model_err(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Model { path: path.to_path_buf(), reason: reason.into() }
+}
+
+/// Reads `config.json` and works out the text model type and the config the text
+/// architecture receives: `text_config` with top-level entries it lacks (e.g. `quantization`)
+/// filled in, or the whole config for text-only models.
+pub fn read_config(dir: &Path) -> Result<(String, Value, Value)> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            model_err(dir, "no config.json in the model folder")
+        } else {
+            Error::Io { path: path.clone(), source: e }
+        }
+    })?;
+    let config: Value = serde_json::from_str(&text).map_err(|e| model_err(&path, format!("invalid JSON: {e}")))?;
+    let Value::Object(top) = &config else {
+        return Err(model_err(&path, "expected a JSON object at the top level"));
+    };
+    let text_config = match top.get("text_config") {
+        Some(Value::Object(tc)) => {
+            let mut merged = tc.clone();
+            for (k, v) in top {
+                if k != "text_config" && k != "vision_config" && !merged.contains_key(k) {
+                    merged.insert(k.clone(), v.clone());
+                }
+            }
+            // The text config's own model_type wins over the top-level one.
+            if let Some(t) = tc.get("model_type") {
+                merged.insert("model_type".into(), t.clone());
+            }
+            Value::Object(merged)
+        }
+        _ => config.clone(),
+    };
+    let model_type = text_config
+        .get("model_type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| model_err(&path, "field `model_type` (a string) is missing"))?
+        .to_string();
+    Ok((model_type, config, text_config))
+}
+
+/// The safetensors files of a model folder: those named by `model.safetensors.index.json`, else
+/// every `*.safetensors` file, sorted.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(|e| Error::Io { path: index.clone(), source: e })?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| model_err(&index, format!("invalid JSON: {e}")))?;
+        let map = v
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| model_err(&index, "field `weight_map` (an object) is missing"))?;
+        let mut files: Vec<PathBuf> = map.values().filter_map(Value::as_str).map(|f| dir.join(f)).collect();
+        files.sort();
+        files.dedup();
+        if let Some(missing) = files.iter().find(|f| !f.exists()) {
+            return Err(model_err(missing, "listed in model.safetensors.index.json but missing"));
+        }
+        return Ok(files);
+    }
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::Io { path: dir.to_path_buf(), source: e })?;
+    let mut files: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(model_err(dir, "no weights: expected model.safetensors, a sharded index, or *.safetensors files"));
+    }
+    Ok(files)
+}
+
+/// Loads every tensor of the files; MLX-converted checkpoints carry `format = mlx` metadata.
+pub fn load_weights(files: &[PathBuf]) -> Result<(Weights, WeightsFormat)> {
+    let mut weights = Weights::new();
+    let mut format = WeightsFormat::HuggingFace;
+    for f in files {
+        let loaded = load_safetensors(f).map_err(|e| model_err(f, format!("cannot load safetensors: {e}")))?;
+        for (k, v) in &loaded.metadata {
+            if k == "format" && matches!(v, MetaValue::String(s) if s == "mlx") {
+                format = WeightsFormat::Mlx;
+            }
+        }
+        for (name, a) in loaded.arrays {
+            if weights.contains(&name) {
+                return Err(model_err(f, format!("tensor `{name}` appears in more than one weights file")));
+            }
+            weights.insert(name, a);
+        }
+    }
+    Ok((weights, format))
+}
+
+/// The dtype most floating-point weights have (the checkpoint's compute dtype).
+fn checkpoint_dtype(w: &Weights) -> Dtype {
+    let mut counts: Vec<(Dtype, usize)> = Vec::new();
+    for (_, a) in w.iter() {
+        let d = a.dtype();
+        if d.is_float() {
+            match counts.iter_mut().find(|(x, _)| *x == d) {
+                Some((_, n)) => *n += a.size(),
+                None => counts.push((d, a.size())),
+            }
+        }
+    }
+    counts.into_iter().max_by_key(|&(_, n)| n).map_or(Dtype::F32, |(d, _)| d)
+}
+
+/// Casts every floating-point tensor (dense weights, norms, quantization scales and biases) to
+/// `dtype`; packed quantized integers stay as they are.
+fn cast_weights(w: Weights, dtype: Dtype) -> Result<Weights> {
+    w.into_iter()
+        .map(|(k, a)| {
+            let a = if a.dtype().is_float() && a.dtype() != dtype { a.astype(dtype)? } else { a };
+            Ok((k, a))
+        })
+        .collect()
+}
+
+fn read_json_or_empty(path: &Path) -> Result<Value> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => serde_json::from_str(&t).map_err(|e| model_err(path, format!("invalid JSON: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Value::Object(Default::default())),
+        Err(e) => Err(Error::Io { path: path.to_path_buf(), source: e }),
+    }
+}
+
+/// The `.gguf` file to load for `path`: the path itself, or the only `.gguf` in a folder that
+/// has no config.json.
+fn gguf_file(path: &Path) -> Result<Option<PathBuf>> {
+    if path.is_file() {
+        return if path.extension().is_some_and(|e| e == "gguf") {
+            Ok(Some(path.to_path_buf()))
+        } else {
+            Err(model_err(path, "expected a model folder or a .gguf file"))
+        };
+    }
+    if path.join("config.json").exists() || !path.is_dir() {
+        return Ok(None);
+    }
+    let rd = std::fs::read_dir(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+    let ggufs: Vec<PathBuf> =
+        rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "gguf")).collect();
+    match ggufs.len() {
+        0 => Ok(None),
+        1 => Ok(ggufs.into_iter().next()),
+        n => Err(model_err(path, format!("{n} .gguf files and no config.json: pass the file to load"))),
+    }
+}
+
+/// Loads the model at `path` (a model folder, or a `.gguf` file) with the architecture the
+/// host resolves for its model type. Everything cheap (config, tokenizer files, model type) is
+/// checked before any weight is read.
+pub fn load_with(path: &Path, host: &PluginHost, dtype: DtypeChoice, device: Device) -> Result<LoadedModel> {
+    if !path.exists() {
+        return Err(model_err(path, "no such file or folder"));
+    }
+    let (model_type, text_config, generation_config, weights, format, source) = match gguf_file(path)? {
+        Some(file) => {
+            let g = gguf::load(&file)?;
+            host.resolve_text(&g.model_type)?;
+            let source = Source::Gguf { file, metadata: g.metadata };
+            (g.model_type, g.config, Value::Object(Default::default()), g.weights, WeightsFormat::Gguf, source)
+        }
+        None => {
+            let (model_type, _config, text_config) = read_config(path)?;
+            if !path.join("tokenizer.json").exists() {
+                return Err(model_err(path, "no tokenizer.json in the model folder"));
+            }
+            host.resolve_text(&model_type)?;
+            let files = weight_files(path)?;
+            let generation_config = read_json_or_empty(&path.join("generation_config.json"))?;
+            let (weights, format) = load_weights(&files)?;
+            (model_type, text_config, generation_config, weights, format, Source::Folder)
+        }
+    };
+    let resolved = host.resolve_text(&model_type)?;
+    let target = match (dtype, device) {
+        (DtypeChoice::F32, _) | (DtypeChoice::Auto, Device::Cpu) => Dtype::F32,
+        (DtypeChoice::BF16, _) => Dtype::BF16,
+        (DtypeChoice::F16, _) => Dtype::F16,
+        (DtypeChoice::Auto, Device::Gpu) => checkpoint_dtype(&weights),
+    };
+    let weights = cast_weights(weights, target)?;
+    let num_parameters = weights.iter().map(|(_, a)| a.size()).sum();
+    let model = resolved.create_model(&text_config.to_string(), weights, format)?;
+    let context_length = text_config.get("max_position_embeddings").and_then(Value::as_u64).map(|n| n as usize);
+    let cache_layout = model.cache_layout();
+    Ok(LoadedModel {
+        model,
+        path: path.to_path_buf(),
+        source,
+        model_type,
+        provider: resolved.provider.to_string(),
+        text_config,
+        generation_config,
+        context_length,
+        dtype: target,
+        num_parameters,
+        cache_layout,
+    })
+}
+
+/// Loads the model folder `dir` in f32 on the current device (the simple path for tools).
+pub fn load(dir: &Path, host: &PluginHost) -> Result<LoadedModel> {
+    load_with(dir, host, DtypeChoice::Auto, Device::Cpu)
+}
+
+/// The tokenizer of a loaded model: its folder's tokenizer files, or the GGUF metadata.
+pub fn load_tokenizer(m: &LoadedModel) -> Result<Tokenizer> {
+    match &m.source {
+        Source::Folder => Tokenizer::from_dir(&m.path),
+        Source::Gguf { file, metadata } => Tokenizer::from_gguf(file, metadata),
+    }
+}

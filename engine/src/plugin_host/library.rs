@@ -1,0 +1,306 @@
+//! Loading one plugin file: open it, check its descriptor before trusting it, hand it the ops
+//! table, and build model objects that keep the library loaded.
+//!
+//! The checks run in the order in which each becomes safe to make: only the first three fields
+//! of the descriptor (`size`, `abi_major`, `abi_minor`) are fixed for every ABI version, so they
+//! are read alone first; the rest of the descriptor is only read once the major, minor, size and
+//! layout fingerprint say it has the layout this engine was compiled with. Every failure is an
+//! [`Error::Plugin`] naming the file, so a folder of plugins can be scanned and each bad file
+//! reported without stopping the process.
+
+use std::fmt;
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use libloading::Library;
+use mlx_engine_plugin_api::abi::{
+    CreateFn, DescriptorFn, ErrorSlot, ModelObject, PluginDescriptor, StrRef, VisionObject, WeightEntry, ABI_MAJOR,
+    ABI_MINOR, DESCRIPTOR_SYMBOL, LAYOUT_FINGERPRINT,
+};
+use mlx_engine_plugin_api::host::{ForeignModel, ForeignVision};
+use mlx_engine_plugin_api::{Array, DynModel, DynVision, ForwardContext, Input, LayerCache, Weights, WeightsFormat};
+
+use crate::error::{Error, Result};
+
+/// The fields every descriptor of every ABI version starts with.
+#[repr(C)]
+struct DescriptorHead {
+    size: usize,
+    abi_major: u32,
+    abi_minor: u32,
+}
+
+/// A loaded, checked and initialised plugin.
+pub struct LoadedPlugin {
+    pub path: PathBuf,
+    pub name: String,
+    pub version: String,
+    /// The ABI version the plugin was built for.
+    pub abi: (u32, u32),
+    pub text_types: Vec<String>,
+    pub vision_types: Vec<String>,
+    create_model: CreateFn<ModelObject>,
+    create_vision: CreateFn<VisionObject>,
+    /// Shared with every object created from this plugin: the code behind their vtables must
+    /// stay mapped for as long as any of them lives.
+    lib: Arc<Library>,
+}
+
+impl fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("path", &self.path)
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("abi", &self.abi)
+            .field("text_types", &self.text_types)
+            .field("vision_types", &self.vision_types)
+            .finish_non_exhaustive()
+    }
+}
+
+fn plugin_err(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Plugin { path: path.to_path_buf(), reason: reason.into() }
+}
+
+/// Whether the file starts like an executable object of some platform, to tell "this is not a
+/// library at all" from "this library cannot be loaded here" (missing dependency, wrong arch).
+fn looks_like_object_file(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    if f.read_exact(&mut magic).is_err() {
+        return false;
+    }
+    let elf = magic == *b"\x7fELF";
+    let macho = matches!(u32::from_le_bytes(magic), 0xfeed_face | 0xfeed_facf | 0xcafe_babe | 0xbeba_feca);
+    let pe = magic[..2] == *b"MZ";
+    elf || macho || pe
+}
+
+impl LoadedPlugin {
+    /// Opens `path`, checks its descriptor and initialises it with the engine's ops table.
+    pub fn load(path: &Path) -> Result<LoadedPlugin> {
+        // SAFETY: opening a library runs its initialisers. Loading a plugin means trusting its
+        // code (the documented limit of in-process plugins); nothing else of ours runs meanwhile.
+        let lib = unsafe { Library::new(path) }.map_err(|e| {
+            if looks_like_object_file(path) {
+                plugin_err(path, format!("cannot be loaded as a shared library: {e}"))
+            } else {
+                plugin_err(path, format!("not a shared library: {e}"))
+            }
+        })?;
+        // SAFETY: the symbol's type is fixed by the ABI (`DescriptorFn`); a library exporting
+        // the name with another type breaks the ABI contract we document.
+        let get = unsafe { lib.get::<DescriptorFn>(DESCRIPTOR_SYMBOL.as_bytes()) };
+        let describe = *get.map_err(|_| {
+            plugin_err(
+                path,
+                format!("no descriptor symbol `{DESCRIPTOR_SYMBOL}`: not an mlx-engine plugin (plugins export it with export_plugin!)"),
+            )
+        })?;
+        // SAFETY: calling the descriptor function has no preconditions; it returns a pointer to
+        // static data of the library, which `lib` keeps mapped.
+        let ptr = unsafe { describe() };
+        if ptr.is_null() {
+            return Err(plugin_err(path, "the descriptor function returned null"));
+        }
+        if !ptr.is_aligned() {
+            return Err(plugin_err(path, "the descriptor is misaligned"));
+        }
+        // SAFETY: every descriptor of every ABI version starts with these three fields, and the
+        // pointer is non-null and aligned.
+        let head = unsafe { std::ptr::read(ptr.cast::<DescriptorHead>()) };
+        check_version(path, &head)?;
+        // SAFETY: the version and size checks passed, so the plugin claims the 1.x layout with
+        // at least the fields of this engine's descriptor; the fingerprint is one of them.
+        let d: &PluginDescriptor = unsafe { &*ptr };
+        if d.layout_fingerprint != LAYOUT_FINGERPRINT {
+            return Err(plugin_err(
+                path,
+                format!(
+                    "layout check failed: fingerprint {:#018x}, this engine expects {LAYOUT_FINGERPRINT:#018x} \
+                     (the plugin's ABI structs are laid out differently: rebuild it against a released mlx-engine-plugin-api)",
+                    d.layout_fingerprint
+                ),
+            ));
+        }
+        let read = |s: &StrRef, what: &str| {
+            // SAFETY: the descriptor's strings are static data of the loaded library; we copy them.
+            unsafe { s.as_str() }.map(str::to_string).map_err(|e| plugin_err(path, format!("{what}: {e}")))
+        };
+        let name = read(&d.name, "plugin name")?;
+        let version = read(&d.version, "plugin version")?;
+        // SAFETY: as above; `types` copies nothing, so the strings are copied right after.
+        let (text, vision) = unsafe { d.types() }.map_err(|e| plugin_err(path, format!("model types: {e}")))?;
+        if name.is_empty() {
+            return Err(plugin_err(path, "the descriptor has an empty plugin name"));
+        }
+        if let Some(bad) = text.iter().chain(vision.iter()).find(|t| t.is_empty()) {
+            return Err(plugin_err(path, format!("the descriptor declares an empty model type {bad:?}")));
+        }
+        let text_types = text.iter().map(|s| s.to_string()).collect();
+        let vision_types = vision.iter().map(|s| s.to_string()).collect();
+
+        let mut slot = ErrorSlot::default();
+        let sink = slot.sink();
+        // SAFETY: `init` is called once per load, before anything else of the plugin; the table
+        // is static in the engine and outlives the plugin.
+        let status = unsafe { (d.init)(crate::mlx::ffi::ops_table(), &sink) };
+        if status != 0 {
+            return Err(plugin_err(path, format!("init failed: {}", slot.into_error("init"))));
+        }
+        Ok(LoadedPlugin {
+            path: path.to_path_buf(),
+            name,
+            version,
+            abi: (head.abi_major, head.abi_minor),
+            text_types,
+            vision_types,
+            create_model: d.create_model,
+            create_vision: d.create_vision,
+            lib: Arc::new(lib),
+        })
+    }
+
+    /// Builds the text architecture `model_type` from the plugin.
+    pub fn create_model(
+        &self,
+        model_type: &str,
+        config_json: &str,
+        weights: Weights,
+        format: WeightsFormat,
+    ) -> Result<Box<dyn DynModel>> {
+        let obj = self.call_create(self.create_model, "text model", model_type, config_json, weights, format)?;
+        // SAFETY: `obj` was just returned by the plugin's create_model; `_lib` below keeps the
+        // library loaded for as long as the model lives.
+        let model = unsafe { ForeignModel::new(obj) }.map_err(|e| plugin_err(&self.path, e.to_string()))?;
+        Ok(Box::new(PluginModel { model, _lib: Arc::clone(&self.lib) }))
+    }
+
+    /// Builds the vision add-on `model_type` from the plugin.
+    pub fn create_vision(
+        &self,
+        model_type: &str,
+        config_json: &str,
+        weights: Weights,
+        format: WeightsFormat,
+    ) -> Result<Box<dyn DynVision>> {
+        let obj = self.call_create(self.create_vision, "vision add-on", model_type, config_json, weights, format)?;
+        // SAFETY: as in `create_model`.
+        let vision = unsafe { ForeignVision::new(obj) }.map_err(|e| plugin_err(&self.path, e.to_string()))?;
+        Ok(Box::new(PluginVision { vision, _lib: Arc::clone(&self.lib) }))
+    }
+
+    /// Calls one of the descriptor's constructors with borrowed weights.
+    fn call_create<O>(
+        &self,
+        create: CreateFn<O>,
+        what: &str,
+        model_type: &str,
+        config_json: &str,
+        weights: Weights,
+        format: WeightsFormat,
+    ) -> Result<O> {
+        // The entries borrow names and handles from `weights`, which lives until the end of
+        // this function; the plugin takes its own references during the call.
+        let entries: Vec<WeightEntry> =
+            weights.iter().map(|(name, a)| WeightEntry { name: StrRef::new(name), array: a.as_raw() }).collect();
+        let mut slot = ErrorSlot::default();
+        let sink = slot.sink();
+        let mut out = MaybeUninit::<O>::uninit();
+        // SAFETY: every pointer is valid for the call (strings and entries borrowed from live
+        // locals, one out-slot, one error sink); the function pointer comes from a descriptor of
+        // a library `self.lib` keeps loaded.
+        let status = unsafe {
+            create(
+                StrRef::new(model_type),
+                StrRef::new(config_json),
+                entries.as_ptr(),
+                entries.len(),
+                format as u32,
+                out.as_mut_ptr(),
+                &sink,
+            )
+        };
+        drop(entries);
+        drop(weights);
+        if status != 0 {
+            return Err(plugin_err(
+                &self.path,
+                format!("building {what} `{model_type}` failed: {}", slot.into_error("create")),
+            ));
+        }
+        // SAFETY: on success the plugin wrote the object into the out-slot.
+        Ok(unsafe { out.assume_init() })
+    }
+}
+
+/// Refuses other ABI majors, newer minors and descriptors smaller than ABI 1.0's.
+fn check_version(path: &Path, head: &DescriptorHead) -> Result<()> {
+    let (major, minor) = (head.abi_major, head.abi_minor);
+    if major != ABI_MAJOR {
+        return Err(plugin_err(
+            path,
+            format!(
+                "built for plugin ABI {major}.{minor}, this engine supports ABI {ABI_MAJOR}.x: \
+                 rebuild the plugin against mlx-engine-plugin-api with ABI {ABI_MAJOR}.x"
+            ),
+        ));
+    }
+    if minor > ABI_MINOR {
+        return Err(plugin_err(
+            path,
+            format!("built for plugin ABI {major}.{minor}, this engine provides ABI {ABI_MAJOR}.{ABI_MINOR}: upgrade the engine"),
+        ));
+    }
+    let needed = std::mem::size_of::<PluginDescriptor>();
+    if head.size < needed {
+        return Err(plugin_err(
+            path,
+            format!("the descriptor has {} bytes, ABI {ABI_MAJOR}.0 needs at least {needed}", head.size),
+        ));
+    }
+    Ok(())
+}
+
+/// A plugin's text model plus the library its code lives in. Fields drop in order: the model
+/// (through the plugin's `destroy`) before the last reference to the library.
+pub struct PluginModel {
+    model: ForeignModel,
+    _lib: Arc<Library>,
+}
+
+impl DynModel for PluginModel {
+    fn cache_layout(&self) -> Vec<LayerCache> {
+        self.model.cache_layout()
+    }
+
+    fn forward(&self, input: Input<'_>, ctx: &mut dyn ForwardContext) -> mlx_engine_plugin_api::Result<Array> {
+        self.model.forward(input, ctx)
+    }
+
+    fn embed_tokens(&self, ids: &Array) -> mlx_engine_plugin_api::Result<Array> {
+        self.model.embed_tokens(ids)
+    }
+}
+
+/// A plugin's vision add-on plus its library (same drop order as [`PluginModel`]).
+pub struct PluginVision {
+    vision: ForeignVision,
+    _lib: Arc<Library>,
+}
+
+impl DynVision for PluginVision {
+    fn merge(
+        &self,
+        input_ids: &Array,
+        text_embeddings: &Array,
+        images: &[Array],
+    ) -> mlx_engine_plugin_api::Result<(Array, Array)> {
+        self.vision.merge(input_ids, text_embeddings, images)
+    }
+}

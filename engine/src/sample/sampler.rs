@@ -1,0 +1,231 @@
+//! From (processed) logits to a token, as mlx-engine's sampler does it.
+//!
+//! `logprobs = logits - logsumexp(logits)` is computed once and returned: it is what the
+//! generator reports (after the processors, before temperature and the filters). Temperature 0
+//! takes the argmax. Otherwise the filters mask tokens to -inf in the order top-p, min-p,
+//! top-k, and a token is drawn from `categorical(logprobs / temp)` with an explicit PRNG key
+//! that is split once per step, so a seeded request replays exactly.
+
+use std::cmp::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::api::{eval, where_, Array, Dtype};
+use crate::error::{Error, Result};
+use crate::sample::params::{SamplingParams, MAX_TOP_LOGPROBS};
+
+/// One sampled token and the distribution it came from.
+#[derive(Debug)]
+pub struct SampleOutput {
+    pub token: u32,
+    /// `[vocab]` f32 log-softmax of the logits handed to `sample` (evaluated).
+    pub logprobs: Array,
+}
+
+/// [`SampleOutput`] before evaluation (see [`Sampler::sample_lazy`]).
+#[derive(Debug)]
+pub struct LazySample {
+    /// uint32 scalar.
+    pub token: Array,
+    /// `[vocab]` f32.
+    pub logprobs: Array,
+}
+
+/// Turns logits into tokens for one request.
+pub struct Sampler {
+    temp: f32,
+    top_p: f32,
+    min_p: f32,
+    min_tokens_to_keep: usize,
+    top_k: i32,
+    seed: u64,
+    /// The key the next step splits; `None` for greedy decoding, which draws nothing.
+    key: Option<Array>,
+}
+
+/// A fresh seed from the clock and the process's hash keys (which come from OS entropy).
+///
+/// Kept to 32 bits, as mlx-engine masks its seeds, so a reported seed is exact in any JSON
+/// client and can be sent back to replay the request.
+fn fresh_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.finish() & 0xFFFF_FFFF
+}
+
+/// The logits as a `[vocab]` f32 array, whatever their float dtype and leading unit axes.
+fn flat_f32(logits: &Array) -> Result<Array> {
+    let shape = logits.shape();
+    let vocab = shape.last().copied().unwrap_or(0);
+    if shape.is_empty() || vocab <= 0 || logits.size() != vocab as usize {
+        return Err(Error::Array(crate::api::Error::Array(format!(
+            "the sampler takes the logits of one position, shape [vocab] or [1, vocab], got {shape:?}"
+        ))));
+    }
+    let x = if shape.len() == 1 { logits.clone() } else { logits.reshape(&[vocab])? };
+    Ok(if x.dtype() == Dtype::F32 { x } else { x.astype(Dtype::F32)? })
+}
+
+fn neg_inf_like(a: &Array) -> Result<Array> {
+    Ok(Array::scalar(f64::NEG_INFINITY, a.dtype())?)
+}
+
+/// Nucleus filter (mlx-lm's `apply_top_p`): sort the probabilities ascending, take the
+/// cumulative sum, keep the tokens whose cumulative mass exceeds `1 - top_p` (the smallest set
+/// of most likely tokens holding `top_p` of the mass). The most likely token is always kept, so
+/// f32 rounding of the sum can never mask everything. `top_p` outside (0, 1) is a no-op.
+pub fn apply_top_p(logprobs: &Array, top_p: f32) -> Result<Array> {
+    if !(top_p > 0.0 && top_p < 1.0) {
+        return Ok(logprobs.clone());
+    }
+    let vocab = logprobs.dim(-1)?;
+    let order = logprobs.argsort(-1)?;
+    let sorted = logprobs.take_along_axis(&order, -1)?;
+    let cumulative = sorted.exp()?.cumsum(-1, false, true)?;
+    let threshold = Array::scalar(1.0 - top_p as f64, Dtype::F32)?;
+    let top = sorted.slice_axis(-1, vocab - 1, vocab)?;
+    let keep = cumulative.greater(&threshold)?.logical_or(&sorted.equal(&top)?)?;
+    let kept = where_(&keep, &sorted, &neg_inf_like(logprobs)?)?;
+    // `order` is a permutation, so scattering the sorted values back along it unsorts them.
+    Ok(logprobs.put_along_axis(&order, &kept, -1)?)
+}
+
+/// mlx-lm's `apply_min_p`: keep the tokens with `logprob >= max + ln(min_p)` (probability at
+/// least `min_p` times the best one's), and always the `min_tokens_to_keep` most likely ones in
+/// sorted order. `min_p` outside (0, 1] is a no-op.
+pub fn apply_min_p(logprobs: &Array, min_p: f32, min_tokens_to_keep: usize) -> Result<Array> {
+    if !(min_p > 0.0 && min_p <= 1.0) {
+        return Ok(logprobs.clone());
+    }
+    let vocab = logprobs.dim(-1)?;
+    let order = logprobs.neg()?.argsort(-1)?;
+    let sorted = logprobs.take_along_axis(&order, -1)?;
+    let threshold = sorted.slice_axis(-1, 0, 1)?.add(&Array::scalar((min_p as f64).ln(), Dtype::F32)?)?;
+    let position = Array::arange(0.0, vocab as f64, 1.0, Dtype::I32)?;
+    let keep_n = Array::scalar(min_tokens_to_keep.min(vocab as usize) as f64, Dtype::I32)?;
+    let remove = sorted.less(&threshold)?.logical_and(&position.greater_equal(&keep_n)?)?;
+    let kept = where_(&remove, &neg_inf_like(logprobs)?, &sorted)?;
+    Ok(logprobs.put_along_axis(&order, &kept, -1)?)
+}
+
+/// mlx-lm's `apply_top_k`: mask everything but the `top_k` largest (found with
+/// `argpartition`, no full sort). `top_k` <= 0 or >= the vocabulary is a no-op.
+pub fn apply_top_k(logprobs: &Array, top_k: i32) -> Result<Array> {
+    let vocab = logprobs.dim(-1)?;
+    if top_k <= 0 || top_k >= vocab {
+        return Ok(logprobs.clone());
+    }
+    let rest = logprobs.neg()?.argpartition(top_k - 1, -1)?.slice_axis(-1, top_k, vocab)?;
+    let masked = Array::full(&rest.shape(), f64::NEG_INFINITY, logprobs.dtype())?;
+    Ok(logprobs.put_along_axis(&rest, &masked, -1)?)
+}
+
+impl Sampler {
+    /// A sampler for `params` (whose ranges are checked here; the vocabulary-dependent checks
+    /// are [`SamplingParams::validate`]'s).
+    pub fn new(params: &SamplingParams) -> Result<Sampler> {
+        params.validate_ranges()?;
+        let seed = params.seed.unwrap_or_else(fresh_seed);
+        let key = if params.is_greedy() { None } else { Some(crate::api::random::key(seed)?) };
+        Ok(Sampler {
+            temp: params.temp,
+            top_p: params.top_p,
+            min_p: params.min_p,
+            min_tokens_to_keep: params.min_tokens_to_keep,
+            top_k: params.top_k,
+            seed,
+            key,
+        })
+    }
+
+    /// The seed in use: the request's, or the one drawn for it (to report, so the client can
+    /// replay the request).
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    pub fn is_greedy(&self) -> bool {
+        self.key.is_none()
+    }
+
+    /// The filtered, temperature-scaled logprobs that `categorical` draws from.
+    fn sampling_logits(&self, logprobs: &Array) -> Result<Array> {
+        let mut x = apply_top_p(logprobs, self.top_p)?;
+        x = apply_min_p(&x, self.min_p, self.min_tokens_to_keep)?;
+        x = apply_top_k(&x, self.top_k)?;
+        // Clamped so a denormal temperature cannot turn the scale into inf (and 0 * inf into NaN).
+        let scale = (1.0 / self.temp as f64).min(f32::MAX as f64);
+        Ok(x.multiply(&Array::scalar(scale, Dtype::F32)?)?)
+    }
+
+    /// Picks the next token from the logits of one position (`[vocab]` or `[1, vocab]`, any
+    /// float dtype), already passed through the logits processors.
+    pub fn sample(&mut self, logits: &Array) -> Result<SampleOutput> {
+        let lazy = self.sample_lazy(logits)?;
+        eval(&[&lazy.token, &lazy.logprobs])?;
+        Ok(SampleOutput { token: lazy.token.item::<u32>()?, logprobs: lazy.logprobs })
+    }
+
+    /// [`Sampler::sample`] without evaluating: the token (a uint32 scalar) and the logprobs
+    /// are graph nodes, so a generator can `async_eval` them and build the next step's graph
+    /// before reading the token, as mlx-lm's decode loop does.
+    pub fn sample_lazy(&mut self, logits: &Array) -> Result<LazySample> {
+        let x = flat_f32(logits)?;
+        let logprobs = x.subtract(&x.logsumexp(&[-1], true)?)?;
+        let token = match &self.key {
+            None => logprobs.argmax(-1, false)?,
+            Some(key) => {
+                // Row 0 carries the chain on, row 1 draws this step's token. Evaluating the
+                // token evaluates the split, so the next key is always one node from data.
+                let keys = crate::api::random::split(key, 2)?;
+                let next = keys.slice_axis(0, 0, 1)?.reshape(&[2])?;
+                let step = keys.slice_axis(0, 1, 2)?.reshape(&[2])?;
+                let token = crate::api::random::categorical(&self.sampling_logits(&logprobs)?, -1, Some(&step))?;
+                self.key = Some(next);
+                token
+            }
+        };
+        Ok(LazySample { token, logprobs })
+    }
+}
+
+/// The `n` most likely tokens of `logprobs` (`[vocab]` or `[1, vocab]`), most likely first,
+/// equal values by ascending id; `n` is at most [`MAX_TOP_LOGPROBS`].
+///
+/// Finds candidates with `argpartition` on the device and reads back only those. When the
+/// last place is tied with tokens left out (common with -inf from masks), the lowest ids among
+/// the tied ones are fetched in a second pass, so the answer never depends on partition order.
+pub fn top_logprobs(logprobs: &Array, n: usize) -> Result<Vec<(u32, f32)>> {
+    if n > MAX_TOP_LOGPROBS {
+        return Err(Error::Param {
+            name: "top_logprobs".into(),
+            reason: format!("must be in [0, {MAX_TOP_LOGPROBS}], got {n}"),
+        });
+    }
+    let lp = flat_f32(logprobs)?;
+    let vocab = lp.dim(-1)?;
+    let k = n.min(vocab as usize) as i32;
+    if k == 0 {
+        return Ok(Vec::new());
+    }
+    let ids = lp.neg()?.argpartition(k - 1, -1)?.slice_axis(-1, 0, k)?;
+    let values = lp.take(&ids, -1)?;
+    let last = values.min(&[], false)?;
+    let tied_total = lp.equal(&last)?.astype(Dtype::I32)?.sum(&[], false)?;
+    eval(&[&ids, &values, &last, &tied_total])?;
+    let mut out: Vec<(u32, f32)> = ids.to_vec::<u32>()?.into_iter().zip(values.to_vec::<f32>()?).collect();
+    let last_value = last.item::<f32>()?;
+    let tied_kept = out.iter().filter(|(_, v)| *v == last_value).count();
+    if (tied_total.item::<i32>()? as usize) > tied_kept {
+        // Keep the strictly better ones and refill the tied places with the lowest tied ids.
+        out.retain(|(_, v)| *v != last_value);
+        let position = Array::arange(0.0, vocab as f64, 1.0, Dtype::I32)?;
+        let beyond = Array::scalar(vocab as f64, Dtype::I32)?;
+        let tied_ids = where_(&lp.equal(&last)?, &position, &beyond)?;
+        let lowest = tied_ids.argpartition(tied_kept as i32 - 1, -1)?.slice_axis(-1, 0, tied_kept as i32)?;
+        let lowest = tied_ids.take(&lowest, -1)?.astype(Dtype::U32)?;
+        out.extend(lowest.to_vec::<u32>()?.into_iter().map(|id| (id, last_value)));
+    }
+    out.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(Ordering::Equal).then(a.0.cmp(&b.0)));
+    Ok(out)
+}

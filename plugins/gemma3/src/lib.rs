@@ -1,0 +1,269 @@
+//! Gemma 3 text architecture (`gemma3_text`, and the text half of `gemma3`). Follows mlx-lm's
+//! `models/gemma3_text.py`: local sliding-window layers with their own RoPE base, every
+//! `sliding_window_pattern`-th layer global, q/k norms, `(1 + w)` RMSNorms around attention and
+//! MLP, GeGLU, embeddings scaled by `sqrt(hidden_size)` (rounded to bf16, as the reference does).
+
+use mlx_engine_plugin_api::nn::{
+    layer_quant, merge_heads, split_heads, Activation, Embedding, GatedMlp, Linear, Quantization, RmsNorm, Rope,
+    RopeScaling,
+};
+use mlx_engine_plugin_api::{
+    export_plugin, Array, AttentionOptions, Dtype, Error, ForwardContext, Input, LayerCache, ModelArch, Result,
+    Weights, WeightsFormat,
+};
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Config {
+    pub hidden_size: i32,
+    pub num_hidden_layers: usize,
+    pub intermediate_size: i32,
+    #[serde(default = "d_heads")]
+    pub num_attention_heads: i32,
+    #[serde(default = "d_head_dim")]
+    pub head_dim: i32,
+    #[serde(default = "d_eps")]
+    pub rms_norm_eps: f32,
+    pub vocab_size: i32,
+    #[serde(default = "d_kv_heads")]
+    pub num_key_value_heads: i32,
+    #[serde(default = "d_theta")]
+    pub rope_theta: f32,
+    #[serde(default = "d_local_theta")]
+    pub rope_local_base_freq: f32,
+    #[serde(default = "d_head_dim_f")]
+    pub query_pre_attn_scalar: f32,
+    #[serde(default = "d_window")]
+    pub sliding_window: u32,
+    #[serde(default = "d_pattern")]
+    pub sliding_window_pattern: usize,
+    /// Newer configs list each layer's kind instead of a pattern.
+    pub layer_types: Option<Vec<String>>,
+    pub rope_scaling: Option<RopeScaling>,
+    pub final_logit_softcapping: Option<f32>,
+    #[serde(alias = "quantization_config")]
+    pub quantization: Option<Quantization>,
+}
+
+fn d_heads() -> i32 {
+    4
+}
+fn d_head_dim() -> i32 {
+    256
+}
+fn d_head_dim_f() -> f32 {
+    256.0
+}
+fn d_eps() -> f32 {
+    1e-6
+}
+fn d_kv_heads() -> i32 {
+    1
+}
+fn d_theta() -> f32 {
+    1_000_000.0
+}
+fn d_local_theta() -> f32 {
+    10_000.0
+}
+fn d_window() -> u32 {
+    512
+}
+fn d_pattern() -> usize {
+    6
+}
+
+impl Config {
+    fn is_sliding(&self, layer: usize) -> bool {
+        match &self.layer_types {
+            Some(t) => t.get(layer).is_some_and(|k| k == "sliding_attention"),
+            None => (layer + 1) % self.sliding_window_pattern.max(1) != 0,
+        }
+    }
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: RmsNorm,
+    k_norm: RmsNorm,
+    rope: Rope,
+    n_heads: i32,
+    n_kv_heads: i32,
+    scale: f32,
+}
+
+impl Attention {
+    fn load(w: &mut Weights, p: &str, c: &Config, sliding: bool) -> Result<Attention> {
+        let q = c.quantization.as_ref();
+        let lin = |w: &mut Weights, name: &str| {
+            let prefix = format!("{p}.{name}");
+            Linear::load(w, &prefix, false, layer_quant(q, &prefix))
+        };
+        let rope = if sliding {
+            Rope::new(c.head_dim, false, c.rope_local_base_freq, None)?
+        } else {
+            Rope::new(c.head_dim, false, c.rope_theta, c.rope_scaling.as_ref())?
+        };
+        Ok(Attention {
+            q_proj: lin(w, "q_proj")?,
+            k_proj: lin(w, "k_proj")?,
+            v_proj: lin(w, "v_proj")?,
+            o_proj: lin(w, "o_proj")?,
+            q_norm: RmsNorm::load_one_plus(w, &format!("{p}.q_norm"), c.rms_norm_eps)?,
+            k_norm: RmsNorm::load_one_plus(w, &format!("{p}.k_norm"), c.rms_norm_eps)?,
+            rope,
+            n_heads: c.num_attention_heads,
+            n_kv_heads: c.num_key_value_heads,
+            scale: c.query_pre_attn_scalar.powf(-0.5),
+        })
+    }
+
+    fn forward(&self, x: &Array, layer: usize, ctx: &mut dyn ForwardContext) -> Result<Array> {
+        let q = self.q_norm.forward(&split_heads(&self.q_proj.forward(x)?, self.n_heads)?)?;
+        let k = self.k_norm.forward(&split_heads(&self.k_proj.forward(x)?, self.n_kv_heads)?)?;
+        let v = split_heads(&self.v_proj.forward(x)?, self.n_kv_heads)?;
+        let offset = ctx.offset(layer)?;
+        let (q, k) = (self.rope.apply(&q, offset)?, self.rope.apply(&k, offset)?);
+        let out = ctx.attention(layer, &q, &k, &v, self.scale, &AttentionOptions::default())?;
+        self.o_proj.forward(&merge_heads(&out)?)
+    }
+}
+
+struct Block {
+    attn: Attention,
+    mlp: GatedMlp,
+    input_layernorm: RmsNorm,
+    post_attention_layernorm: RmsNorm,
+    pre_feedforward_layernorm: RmsNorm,
+    post_feedforward_layernorm: RmsNorm,
+}
+
+/// `x + y`, computed in f32 and clipped to the f16 range when running in f16 (where Gemma's
+/// residual stream overflows), as the reference does.
+fn residual(x: &Array, y: &Array) -> Result<Array> {
+    if x.dtype() != Dtype::F16 {
+        return x.add(y);
+    }
+    let s = x.astype(Dtype::F32)?.add(&y.astype(Dtype::F32)?)?;
+    let bound = Array::scalar(65504.0, Dtype::F32)?;
+    s.minimum(&bound)?.maximum(&bound.neg()?)?.astype(Dtype::F16)
+}
+
+impl Block {
+    fn forward(&self, x: &Array, layer: usize, ctx: &mut dyn ForwardContext) -> Result<Array> {
+        let r = self.attn.forward(&self.input_layernorm.forward(x)?, layer, ctx)?;
+        let h = residual(x, &self.post_attention_layernorm.forward(&r)?)?;
+        let r = self.mlp.forward(&self.pre_feedforward_layernorm.forward(&h)?)?;
+        residual(&h, &self.post_feedforward_layernorm.forward(&r)?)
+    }
+}
+
+pub struct Gemma3 {
+    embed_tokens: Embedding,
+    layers: Vec<Block>,
+    layout: Vec<LayerCache>,
+    norm: RmsNorm,
+    lm_head: Option<Linear>,
+    embed_scale: f32,
+    softcap: Option<f32>,
+}
+
+impl ModelArch for Gemma3 {
+    type Config = Config;
+
+    fn sanitize(_c: &Config, mut w: Weights, format: WeightsFormat) -> Result<Weights> {
+        // The multimodal checkpoint nests the text model; the vision add-on takes the rest.
+        w.rename_prefix("language_model.model.", "model.");
+        w.rename_prefix("language_model.lm_head.", "lm_head.");
+        w.retain(|k| !k.starts_with("vision_tower") && !k.starts_with("multi_modal_projector"));
+        if format == WeightsFormat::Gguf {
+            // GGUF stores Gemma's norm weights as 1 + w.
+            let norms: Vec<String> = w.names().filter(|n| n.ends_with("norm.weight")).map(str::to_string).collect();
+            for n in norms {
+                let a = w.take(&n)?;
+                w.insert(n, a.subtract(&a.scalar_like(1.0)?)?);
+            }
+        }
+        Ok(w)
+    }
+
+    fn new(c: Config, mut w: Weights) -> Result<Gemma3> {
+        if c.num_attention_heads <= 0 || c.num_key_value_heads <= 0 {
+            return Err(Error::Config("num_attention_heads and num_key_value_heads must be positive".into()));
+        }
+        let q = c.quantization.as_ref();
+        let eps = c.rms_norm_eps;
+        let embed_tokens = Embedding::load(&mut w, "model.embed_tokens", layer_quant(q, "model.embed_tokens"))?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        let mut layout = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let sliding = c.is_sliding(i);
+            let norm = |w: &mut Weights, name: &str| RmsNorm::load_one_plus(w, &format!("{p}.{name}"), eps);
+            layers.push(Block {
+                attn: Attention::load(&mut w, &format!("{p}.self_attn"), &c, sliding)?,
+                mlp: GatedMlp::load(&mut w, &format!("{p}.mlp"), false, Activation::GeluApprox, q)?,
+                input_layernorm: norm(&mut w, "input_layernorm")?,
+                post_attention_layernorm: norm(&mut w, "post_attention_layernorm")?,
+                pre_feedforward_layernorm: norm(&mut w, "pre_feedforward_layernorm")?,
+                post_feedforward_layernorm: norm(&mut w, "post_feedforward_layernorm")?,
+            });
+            layout.push(if sliding { LayerCache::SlidingWindow { window: c.sliding_window } } else { LayerCache::Full });
+        }
+        let norm = RmsNorm::load_one_plus(&mut w, "model.norm", eps)?;
+        let lm_head = if w.contains("lm_head.weight") {
+            Some(Linear::load(&mut w, "lm_head", false, layer_quant(q, "lm_head"))?)
+        } else {
+            None
+        };
+        Ok(Gemma3 {
+            embed_tokens,
+            layers,
+            layout,
+            norm,
+            lm_head,
+            embed_scale: (c.hidden_size as f32).sqrt(),
+            softcap: c.final_logit_softcapping,
+        })
+    }
+
+    fn cache_layout(&self) -> Vec<LayerCache> {
+        self.layout.clone()
+    }
+
+    fn forward(&self, input: Input<'_>, ctx: &mut dyn ForwardContext) -> Result<Array> {
+        let h = match input {
+            Input::Tokens(ids) => self.embed_tokens.forward(ids)?,
+            Input::Embeddings(e) => e.clone(),
+        };
+        // The reference rounds the scale to bf16 before casting it to the activation dtype.
+        let scale = Array::scalar(self.embed_scale as f64, Dtype::BF16)?.astype(h.dtype())?;
+        let mut h = h.multiply(&scale)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward(&h, i, ctx)?;
+        }
+        let h = self.norm.forward(&h)?;
+        let out = match &self.lm_head {
+            Some(head) => head.forward(&h)?,
+            None => self.embed_tokens.as_linear(&h)?,
+        };
+        match self.softcap {
+            Some(cap) => out.divide(&out.scalar_like(cap as f64)?)?.tanh()?.multiply(&out.scalar_like(cap as f64)?),
+            None => Ok(out),
+        }
+    }
+
+    fn embed_tokens(&self, ids: &Array) -> Result<Array> {
+        self.embed_tokens.forward(ids)
+    }
+}
+
+export_plugin! {
+    name: "gemma3",
+    version: env!("CARGO_PKG_VERSION"),
+    text: { "gemma3_text" => Gemma3, "gemma3" => Gemma3 },
+    vision: {},
+}

@@ -1,0 +1,231 @@
+//! Llama-family text architectures: llama, mistral, qwen2 (q/k/v bias), qwen3 (q/k norms).
+//! Follows mlx-lm's `models/llama.py` (and `qwen2.py` / `qwen3.py` for their differences).
+
+use mlx_engine_plugin_api::nn::{
+    layer_quant, merge_heads, split_heads, Activation, Embedding, GatedMlp, Linear, Quantization, RmsNorm, Rope,
+    RopeScaling,
+};
+use mlx_engine_plugin_api::{
+    export_plugin, Array, AttentionOptions, Error, ForwardContext, Input, LayerCache, ModelArch, Result, Weights,
+    WeightsFormat,
+};
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Config {
+    pub model_type: String,
+    pub hidden_size: i32,
+    pub num_hidden_layers: usize,
+    pub intermediate_size: i32,
+    pub num_attention_heads: i32,
+    pub num_key_value_heads: Option<i32>,
+    pub head_dim: Option<i32>,
+    pub rms_norm_eps: f32,
+    pub vocab_size: i32,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f32,
+    #[serde(default)]
+    pub rope_traditional: bool,
+    pub rope_scaling: Option<RopeScaling>,
+    /// Bias on q/k/v/o (llama's `attention_bias`); qwen2 always has q/k/v bias.
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+    #[serde(default = "yes")]
+    pub tie_word_embeddings: bool,
+    #[serde(alias = "quantization_config")]
+    pub quantization: Option<Quantization>,
+}
+
+fn default_theta() -> f32 {
+    10000.0
+}
+fn yes() -> bool {
+    true
+}
+
+impl Config {
+    fn kv_heads(&self) -> i32 {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+    fn head_dim(&self) -> i32 {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+    fn qkv_bias(&self) -> bool {
+        self.attention_bias || self.model_type == "qwen2"
+    }
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    /// qwen3 normalises each head's queries and keys before RoPE.
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    rope: Rope,
+    n_heads: i32,
+    n_kv_heads: i32,
+    scale: f32,
+}
+
+impl Attention {
+    fn load(w: &mut Weights, p: &str, c: &Config) -> Result<Attention> {
+        let q = c.quantization.as_ref();
+        let lin = |w: &mut Weights, name: &str, bias: bool| {
+            let prefix = format!("{p}.{name}");
+            Linear::load(w, &prefix, bias, layer_quant(q, &prefix))
+        };
+        let qkv_bias = c.qkv_bias();
+        let qk_norm = c.model_type == "qwen3";
+        let norm = |w: &mut Weights, name: &str| RmsNorm::load(w, &format!("{p}.{name}"), c.rms_norm_eps);
+        Ok(Attention {
+            q_proj: lin(w, "q_proj", qkv_bias)?,
+            k_proj: lin(w, "k_proj", qkv_bias)?,
+            v_proj: lin(w, "v_proj", qkv_bias)?,
+            o_proj: lin(w, "o_proj", c.attention_bias)?,
+            q_norm: if qk_norm { Some(norm(w, "q_norm")?) } else { None },
+            k_norm: if qk_norm { Some(norm(w, "k_norm")?) } else { None },
+            rope: Rope::new(c.head_dim(), c.rope_traditional, c.rope_theta, c.rope_scaling.as_ref())?,
+            n_heads: c.num_attention_heads,
+            n_kv_heads: c.kv_heads(),
+            scale: (c.head_dim() as f32).powf(-0.5),
+        })
+    }
+
+    fn forward(&self, x: &Array, layer: usize, ctx: &mut dyn ForwardContext) -> Result<Array> {
+        let mut q = split_heads(&self.q_proj.forward(x)?, self.n_heads)?;
+        let mut k = split_heads(&self.k_proj.forward(x)?, self.n_kv_heads)?;
+        let v = split_heads(&self.v_proj.forward(x)?, self.n_kv_heads)?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        let offset = ctx.offset(layer)?;
+        let q = self.rope.apply(&q, offset)?;
+        let k = self.rope.apply(&k, offset)?;
+        let out = ctx.attention(layer, &q, &k, &v, self.scale, &AttentionOptions::default())?;
+        self.o_proj.forward(&merge_heads(&out)?)
+    }
+}
+
+struct Block {
+    attn: Attention,
+    mlp: GatedMlp,
+    input_layernorm: RmsNorm,
+    post_attention_layernorm: RmsNorm,
+}
+
+impl Block {
+    fn forward(&self, x: &Array, layer: usize, ctx: &mut dyn ForwardContext) -> Result<Array> {
+        let h = x.add(&self.attn.forward(&self.input_layernorm.forward(x)?, layer, ctx)?)?;
+        h.add(&self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?)
+    }
+}
+
+pub struct Llama {
+    embed_tokens: Embedding,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Option<Linear>,
+}
+
+/// llama.cpp stores q/k rows interleaved for its rope kernel: rows of each head come as
+/// `[half, 2]` pairs instead of `[2, half]`. Undo it so the standard (non-traditional) RoPE
+/// applies. Works for packed quantized rows too (rows are permuted, columns untouched).
+fn unpermute_rows(a: &Array, heads: i32) -> Result<Array> {
+    let s = a.shape();
+    let rows = s[0];
+    let rest: Vec<i32> = s[1..].to_vec();
+    let mut shape = vec![heads, rows / heads / 2, 2];
+    shape.extend(&rest);
+    a.reshape(&shape)?.swapaxes(1, 2)?.reshape(&s)
+}
+
+impl ModelArch for Llama {
+    type Config = Config;
+
+    fn sanitize(c: &Config, mut w: Weights, format: WeightsFormat) -> Result<Weights> {
+        w.retain(|k| !k.contains("self_attn.rotary_emb.inv_freq"));
+        if c.tie_word_embeddings {
+            w.remove("lm_head.weight");
+            w.remove("lm_head.scales");
+            w.remove("lm_head.biases");
+        }
+        if format == WeightsFormat::Gguf && matches!(c.model_type.as_str(), "llama" | "mistral") {
+            let names: Vec<String> = w
+                .names()
+                .filter(|n| n.contains("self_attn.q_proj.") || n.contains("self_attn.k_proj."))
+                .map(str::to_string)
+                .collect();
+            for n in names {
+                let heads = if n.contains("q_proj") { c.num_attention_heads } else { c.kv_heads() };
+                let a = w.take(&n)?;
+                w.insert(n, unpermute_rows(&a, heads)?);
+            }
+        }
+        Ok(w)
+    }
+
+    fn new(c: Config, mut w: Weights) -> Result<Llama> {
+        if c.num_attention_heads <= 0 || c.hidden_size <= 0 {
+            return Err(Error::Config("num_attention_heads and hidden_size must be positive".into()));
+        }
+        let q = c.quantization.as_ref();
+        let embed_tokens = Embedding::load(&mut w, "model.embed_tokens", layer_quant(q, "model.embed_tokens"))?;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| {
+                let p = format!("model.layers.{i}");
+                Ok(Block {
+                    attn: Attention::load(&mut w, &format!("{p}.self_attn"), &c)?,
+                    mlp: GatedMlp::load(&mut w, &format!("{p}.mlp"), c.mlp_bias, Activation::Silu, q)?,
+                    input_layernorm: RmsNorm::load(&mut w, &format!("{p}.input_layernorm"), c.rms_norm_eps)?,
+                    post_attention_layernorm: RmsNorm::load(
+                        &mut w,
+                        &format!("{p}.post_attention_layernorm"),
+                        c.rms_norm_eps,
+                    )?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(&mut w, "model.norm", c.rms_norm_eps)?;
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(Linear::load(&mut w, "lm_head", false, layer_quant(q, "lm_head"))?)
+        };
+        Ok(Llama { embed_tokens, layers, norm, lm_head })
+    }
+
+    fn cache_layout(&self) -> Vec<LayerCache> {
+        vec![LayerCache::Full; self.layers.len()]
+    }
+
+    fn forward(&self, input: Input<'_>, ctx: &mut dyn ForwardContext) -> Result<Array> {
+        let mut h = match input {
+            Input::Tokens(ids) => self.embed_tokens.forward(ids)?,
+            Input::Embeddings(e) => e.clone(),
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward(&h, i, ctx)?;
+        }
+        let h = self.norm.forward(&h)?;
+        match &self.lm_head {
+            Some(head) => head.forward(&h),
+            None => self.embed_tokens.as_linear(&h),
+        }
+    }
+
+    fn embed_tokens(&self, ids: &Array) -> Result<Array> {
+        self.embed_tokens.forward(ids)
+    }
+}
+
+export_plugin! {
+    name: "llama",
+    version: env!("CARGO_PKG_VERSION"),
+    text: { "llama" => Llama, "mistral" => Llama, "qwen2" => Llama, "qwen3" => Llama },
+    vision: {},
+}

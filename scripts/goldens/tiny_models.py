@@ -1,0 +1,216 @@
+"""Write tiny deterministic random-weight models (HF layout: config.json + f32 model.safetensors).
+
+Usage:  .venv/bin/python scripts/goldens/tiny_models.py OUT_DIR [--check]
+
+Writes OUT_DIR/tiny-llama, OUT_DIR/tiny-llama-rope-llama3 and OUT_DIR/tiny-gemma3. No tokenizer:
+tests drive them with token ids. Why they exist: exact f32 parity tests against mlx-lm that run in
+a second, cover every code path of an architecture (GQA, tied embeddings, llama3 RoPE scaling,
+Gemma 3 sliding + global layers, q/k norms, 1+w norms, embedding scale) and need no download.
+
+Determinism: every tensor comes from numpy's PCG64 `default_rng` seeded with a fixed seed plus a
+stable hash of the tensor name, in a fixed order, so the bytes do not depend on dict order or on
+which other tensors exist. record.py stores the sha256 of each model.safetensors in the goldens, so
+a test can tell if it is looking at different weights.
+
+Scales (tuned with --check so greedy decoding neither copies its input token nor falls into a
+one-token loop at once, and top-1/top-2 gaps stay mostly > 0.01): projections ~N(0, 0.1^2), MLP
+down projection ~N(0, 0.3^2) so token-local features dominate the attention mix, a small
+embedding table (std 0.1, tied LM head) whose logits are spread by a final-norm gain of ~4. Norm
+weights are 1+N(0, 0.1^2) for llama (stored as the multiplier) and N(0, 0.1^2) for Gemma (stored as
+w; the model multiplies by 1+w; Gemma's post-MLP norm uses w ~ 2), so a forgotten norm weight or a
+wrong `1+` shows in the outputs.
+`--check` prints the smallest top-2 logit gap over a few greedy steps (needs mlx-lm).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+SEED = 20261126
+EMBED_STD = 0.1          # embedding table (= tied LM head)
+FINAL_NORM_GAIN = 4.0    # final norm multiplier: sets the logit spread
+O_STD = 0.1              # attention output projection
+DOWN_STD = 0.3           # MLP down projection
+GEMMA_POST_FFW_W = 2.0   # Gemma post-MLP norm w (multiplier 1 + w = 3)
+
+TINY_LLAMA = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": 512,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "hidden_act": "silu",
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "rope_scaling": None,
+    "attention_bias": False,
+    "mlp_bias": False,
+    "tie_word_embeddings": True,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "torch_dtype": "float32",
+}
+
+# Same weights as tiny-llama, only the RoPE frequencies differ. original_max_position_embeddings
+# is small (64) so that, with head_dim 16, the scaled, smoothed and untouched frequency bands all
+# occur (wavelengths 2*pi*10000^(2i/16) span 6 .. 20000).
+TINY_LLAMA_ROPE_LLAMA3 = {
+    **TINY_LLAMA,
+    "rope_scaling": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    },
+}
+
+TINY_GEMMA3 = {
+    "architectures": ["Gemma3ForCausalLM"],
+    "model_type": "gemma3_text",
+    "vocab_size": 512,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "head_dim": 32,
+    "query_pre_attn_scalar": 32,
+    "hidden_activation": "gelu_pytorch_tanh",
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+    "rope_local_base_freq": 10000.0,
+    "rope_scaling": None,
+    # Layers 0 and 2 slide (window 8), 1 and 3 are global: (i + 1) % pattern == 0 is global.
+    "sliding_window": 8,
+    "sliding_window_pattern": 2,
+    "_sliding_window_pattern": 2,
+    "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+    "final_logit_softcapping": None,
+    "attn_logit_softcapping": None,
+    "attention_bias": False,
+    "tie_word_embeddings": True,
+    "bos_token_id": 2,
+    "eos_token_id": 1,
+    "pad_token_id": 0,
+    "torch_dtype": "float32",
+}
+
+
+def normal(name: str, shape: tuple[int, ...], std: float, mean: float = 0.0) -> np.ndarray:
+    """N(mean, std^2) f32 tensor, seeded by the model seed and the tensor's name only."""
+    rng = np.random.default_rng([SEED, zlib.crc32(name.encode())])
+    return (mean + std * rng.standard_normal(shape)).astype(np.float32)
+
+
+def llama_weights(c: dict) -> dict[str, np.ndarray]:
+    h, i, d = c["hidden_size"], c["intermediate_size"], c["head_dim"]
+    nq, nkv = c["num_attention_heads"], c["num_key_value_heads"]
+    w = {"model.embed_tokens.weight": normal("embed", (c["vocab_size"], h), EMBED_STD),
+         "model.norm.weight": normal("norm", (h,), 0.3, FINAL_NORM_GAIN)}
+    for l in range(c["num_hidden_layers"]):
+        p = f"model.layers.{l}."
+        w[p + "input_layernorm.weight"] = normal(p + "in_norm", (h,), 0.1, 1.0)
+        w[p + "post_attention_layernorm.weight"] = normal(p + "post_norm", (h,), 0.1, 1.0)
+        w[p + "self_attn.q_proj.weight"] = normal(p + "q", (nq * d, h), 0.1)
+        w[p + "self_attn.k_proj.weight"] = normal(p + "k", (nkv * d, h), 0.1)
+        w[p + "self_attn.v_proj.weight"] = normal(p + "v", (nkv * d, h), 0.1)
+        w[p + "self_attn.o_proj.weight"] = normal(p + "o", (h, nq * d), O_STD)
+        w[p + "mlp.gate_proj.weight"] = normal(p + "gate", (i, h), 0.1)
+        w[p + "mlp.up_proj.weight"] = normal(p + "up", (i, h), 0.1)
+        w[p + "mlp.down_proj.weight"] = normal(p + "down", (h, i), DOWN_STD)
+    return w
+
+
+def gemma3_weights(c: dict) -> dict[str, np.ndarray]:
+    h, i, d = c["hidden_size"], c["intermediate_size"], c["head_dim"]
+    nq, nkv = c["num_attention_heads"], c["num_key_value_heads"]
+    # Gemma multiplies the embeddings by sqrt(hidden) = 8; the tied LM head sees the raw table.
+    w = {"model.embed_tokens.weight": normal("g.embed", (c["vocab_size"], h), EMBED_STD),
+         "model.norm.weight": normal("g.norm", (h,), 0.3, FINAL_NORM_GAIN - 1.0)}
+    for l in range(c["num_hidden_layers"]):
+        p = f"model.layers.{l}."
+        for n in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm"):
+            w[p + n + ".weight"] = normal("g." + p + n, (h,), 0.1)
+        # Multiplier ~2 on the MLP output: token-local features outweigh the attention mix.
+        w[p + "post_feedforward_layernorm.weight"] = normal("g." + p + "post_ffw", (h,), 0.1,
+                                                            GEMMA_POST_FFW_W)
+        w[p + "self_attn.q_norm.weight"] = normal("g." + p + "q_norm", (d,), 0.1)
+        w[p + "self_attn.k_norm.weight"] = normal("g." + p + "k_norm", (d,), 0.1)
+        w[p + "self_attn.q_proj.weight"] = normal("g." + p + "q", (nq * d, h), 0.1)
+        w[p + "self_attn.k_proj.weight"] = normal("g." + p + "k", (nkv * d, h), 0.1)
+        w[p + "self_attn.v_proj.weight"] = normal("g." + p + "v", (nkv * d, h), 0.1)
+        w[p + "self_attn.o_proj.weight"] = normal("g." + p + "o", (h, nq * d), 0.1)
+        w[p + "mlp.gate_proj.weight"] = normal("g." + p + "gate", (i, h), 0.1)
+        w[p + "mlp.up_proj.weight"] = normal("g." + p + "up", (i, h), 0.1)
+        w[p + "mlp.down_proj.weight"] = normal("g." + p + "down", (h, i), DOWN_STD)
+    return w
+
+
+MODELS = {
+    "tiny-llama": (TINY_LLAMA, llama_weights),
+    "tiny-llama-rope-llama3": (TINY_LLAMA_ROPE_LLAMA3, llama_weights),
+    "tiny-gemma3": (TINY_GEMMA3, gemma3_weights),
+}
+
+
+def write_model(out: Path, config: dict, weights: dict[str, np.ndarray]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(dict(sorted(weights.items())), str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
+    (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+
+
+def write_all(out_dir: Path) -> dict[str, Path]:
+    paths = {}
+    for name, (config, make) in MODELS.items():
+        write_model(out_dir / name, config, make(config))
+        paths[name] = out_dir / name
+    return paths
+
+
+def check(paths: dict[str, Path]) -> None:
+    """Smallest top-1/top-2 logit gap over 32 greedy steps from a fixed prompt (via mlx-lm)."""
+    import mlx.core as mx
+    from mlx_lm.generate import generate_step
+    from mlx_lm.utils import load_model
+
+    for name, path in paths.items():
+        model, _ = load_model(path)
+        gaps, toks = [], []
+        for tok, lp in generate_step(mx.array([1, 17, 254, 3, 99, 400, 12]), model, max_tokens=32,
+                                     sampler=lambda x: mx.argmax(x, axis=-1)):
+            top2 = mx.sort(lp)[-2:].tolist()
+            gaps.append(top2[1] - top2[0])
+            toks.append(int(tok))
+        print(f"{name}: tokens {toks}\n  min top-2 gap {min(gaps):.4f}, "
+              f"median {float(np.median(gaps)):.4f}, distinct tokens {len(set(toks))}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out_dir", type=Path)
+    ap.add_argument("--check", action="store_true")
+    args = ap.parse_args()
+    paths = write_all(args.out_dir)
+    for name, p in paths.items():
+        print(f"wrote {p}")
+    if args.check:
+        check(paths)
+
+
+if __name__ == "__main__":
+    main()
