@@ -102,12 +102,13 @@ def sha256(path: Path) -> str:
 
 
 def loaded_blas() -> list[str]:
-    """BLAS/LAPACK libraries mapped into this process (proves the preload took)."""
+    """BLAS/LAPACK libraries mapped into this process (proves the preload took). numpy's own
+    bundled OpenBLAS shows too; MLX uses the first libblas-compatible one, OpenBLAS."""
     libs = set()
     for line in Path("/proc/self/maps").read_text().splitlines():
         path = line.split()[-1] if len(line.split()) >= 6 else ""
         if "blas" in path or "lapack" in path:
-            libs.add(path)
+            libs.add(Path(path).name)
     return sorted(libs)
 
 
@@ -117,7 +118,8 @@ def fixed_ids(vocab: int) -> list[int]:
 
 
 def f(x) -> float:
-    return float(np.float32(x))
+    """An f32 value as the shortest decimal that reads back as the same f32."""
+    return float(str(np.float32(x)))
 
 
 def prompt_ids(prompt: dict, tokenizer) -> tuple[list[int], str | None]:

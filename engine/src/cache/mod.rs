@@ -1,45 +1,48 @@
 //! The engine-owned KV cache behind the forward context.
 //!
 //! Architectures never touch keys and values after handing them to
-//! [`ForwardContext::attention`]: the cache appends them, builds the mask for the layer's kind
-//! (causal, sliding window) and runs attention. This first version keeps every position of
-//! every layer; growth in steps, rotation, trimming, quantization and prefix reuse arrive with
-//! the caching work and stay behind this same interface.
+//! [`ForwardContext::attention`]: the cache stores them, builds the mask for the layer's kind
+//! and runs attention. Full-attention layers keep every position in a buffer that grows in
+//! steps of [`STEP`] positions (so decoding writes in place instead of copying the whole cache
+//! every token); sliding-window layers keep only the last `window` positions in a ring buffer,
+//! as mlx-lm's `RotatingKVCache` does. Trimming, quantization and prefix reuse arrive with the
+//! caching work and stay behind this same interface.
+
+mod layer;
 
 use mlx_engine_plugin_api::fast::{scaled_dot_product_attention, AttnMask};
-use mlx_engine_plugin_api::{concatenate, where_, Array, AttentionOptions, Dtype, ForwardContext, LayerCache, Result};
+use mlx_engine_plugin_api::{where_, Array, AttentionOptions, Dtype, ForwardContext, LayerCache, Result};
 
-/// Keys and values of one layer, `[B, Hkv, T, D]`.
-#[derive(Default)]
-struct LayerKv {
-    keys: Option<Array>,
-    values: Option<Array>,
-    offset: i32,
-}
+pub use layer::STEP;
+use layer::{Layer, Update};
 
-/// A growing KV cache for one sequence.
+/// The KV cache of one sequence: one layer cache per attention layer of the model.
 pub struct KvCache {
-    layout: Vec<LayerCache>,
-    layers: Vec<LayerKv>,
+    layers: Vec<Layer>,
 }
 
 impl KvCache {
     pub fn new(layout: Vec<LayerCache>) -> KvCache {
-        let layers = layout.iter().map(|_| LayerKv::default()).collect();
-        KvCache { layout, layers }
+        KvCache { layers: layout.into_iter().map(Layer::new).collect() }
     }
 
-    /// Number of positions already cached (layer 0's offset).
+    /// Number of positions processed so far (layer 0's offset).
     pub fn len(&self) -> usize {
-        self.layers.first().map_or(0, |l| l.offset as usize)
+        self.layers.first().map_or(0, |l| l.offset() as usize)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn layer(&self, layer: usize) -> Result<&LayerKv> {
-        self.layers.get(layer).ok_or_else(|| out_of_range(layer, self.layers.len()))
+    /// Bytes held by keys and values (allocated capacity, not just the used part).
+    pub fn nbytes(&self) -> usize {
+        self.layers.iter().map(Layer::nbytes).sum()
+    }
+
+    fn layer_mut(&mut self, layer: usize) -> Result<&mut Layer> {
+        let n = self.layers.len();
+        self.layers.get_mut(layer).ok_or_else(|| out_of_range(layer, n))
     }
 }
 
@@ -49,18 +52,16 @@ fn out_of_range(layer: usize, n: usize) -> mlx_engine_plugin_api::Error {
     ))
 }
 
-/// Boolean mask `[L, T]`: query `i` (absolute position `offset + i`) may see key `j` when
-/// `j <= offset + i` and, for a window `w`, `offset + i - j < w`.
-fn window_mask(offset: i32, queries: i32, keys: i32, window: Option<u32>) -> Result<Array> {
-    let q = Array::arange(offset as f64, (offset + queries) as f64, 1.0, Dtype::I32)?.reshape(&[queries, 1])?;
-    let k = Array::arange(0.0, keys as f64, 1.0, Dtype::I32)?.reshape(&[1, keys])?;
+/// Boolean mask `[L, T]` for queries at absolute positions `q_start..q_start + L` over keys at
+/// `k_start..k_start + T`: a query sees a key at or before itself and, with a window `w`, less
+/// than `w` positions back.
+pub fn attention_mask(q_start: i32, queries: i32, k_start: i32, keys: i32, window: Option<u32>) -> Result<Array> {
+    let q = Array::arange(q_start as f64, (q_start + queries) as f64, 1.0, Dtype::I32)?.reshape(&[queries, 1])?;
+    let k = Array::arange(k_start as f64, (k_start + keys) as f64, 1.0, Dtype::I32)?.reshape(&[1, keys])?;
     let causal = k.less_equal(&q)?;
     match window {
         None => Ok(causal),
-        Some(w) => {
-            let dist = q.subtract(&k)?;
-            causal.logical_and(&dist.less(&Array::scalar(w as f64, Dtype::I32)?)?)
-        }
+        Some(w) => causal.logical_and(&q.subtract(&k)?.less(&Array::scalar(w as f64, Dtype::I32)?)?),
     }
 }
 
@@ -78,8 +79,9 @@ fn manual_attention(q: &Array, k: &Array, v: &Array, scale: f32, mask: Option<&A
     } else {
         (k.clone(), v.clone())
     };
+    let cap = q.scalar_like(softcap as f64)?;
     let scores = q.matmul(&k.swapaxes(-1, -2)?)?.multiply(&q.scalar_like(scale as f64)?)?;
-    let scores = scores.divide(&q.scalar_like(softcap as f64)?)?.tanh()?.multiply(&q.scalar_like(softcap as f64)?)?;
+    let scores = scores.divide(&cap)?.tanh()?.multiply(&cap)?;
     let scores = match mask {
         Some(m) => where_(m, &scores, &Array::scalar(f64::NEG_INFINITY, scores.dtype())?)?,
         None => scores,
@@ -89,7 +91,8 @@ fn manual_attention(q: &Array, k: &Array, v: &Array, scale: f32, mask: Option<&A
 
 impl ForwardContext for KvCache {
     fn offset(&self, layer: usize) -> Result<i32> {
-        Ok(self.layer(layer)?.offset)
+        let n = self.layers.len();
+        Ok(self.layers.get(layer).ok_or_else(|| out_of_range(layer, n))?.offset())
     }
 
     fn attention(
@@ -101,35 +104,25 @@ impl ForwardContext for KvCache {
         scale: f32,
         options: &AttentionOptions,
     ) -> Result<Array> {
-        let n = self.layers.len();
-        let kind = *self.layout.get(layer).ok_or_else(|| out_of_range(layer, n))?;
-        let slot = &mut self.layers[layer];
-        let new = k.dim(2)?;
-        let offset = slot.offset;
-        let (keys, values) = match (&slot.keys, &slot.values) {
-            (Some(pk), Some(pv)) => (concatenate(&[pk, k], 2)?, concatenate(&[pv, v], 2)?),
-            _ => (k.clone(), v.clone()),
+        let queries = q.dim(2)?;
+        let Update { keys, values, k_start, window, needs_mask } = self.layer_mut(layer)?.update(k, v)?;
+        let q_start = k_start + keys.dim(2)? - queries;
+        let mask = if needs_mask {
+            Some(attention_mask(q_start, queries, k_start, keys.dim(2)?, window)?)
+        } else {
+            None
         };
-        slot.keys = Some(keys.clone());
-        slot.values = Some(values.clone());
-        slot.offset += new;
-        let total = keys.dim(2)?;
-        let window = match kind {
-            LayerCache::Full => None,
-            LayerCache::SlidingWindow { window } => Some(window),
-        };
-        let needs_window = window.is_some_and(|w| total as u32 > w);
         if let Some(cap) = options.logit_softcap {
-            let mask = if new > 1 || needs_window { Some(window_mask(offset, new, total, window)?) } else { None };
             return manual_attention(q, &keys, &values, scale, mask.as_ref(), cap);
         }
-        if needs_window {
-            let mask = window_mask(offset, new, total, window)?;
-            scaled_dot_product_attention(q, &keys, &values, scale, AttnMask::Array(&mask))
-        } else if new > 1 {
-            scaled_dot_product_attention(q, &keys, &values, scale, AttnMask::Causal)
-        } else {
-            scaled_dot_product_attention(q, &keys, &values, scale, AttnMask::None)
+        match &mask {
+            // A plain causal mask aligned to the end of the keys is what MLX's fused kernel
+            // builds itself; only windows need an explicit mask.
+            Some(_) if window.is_none() => {
+                scaled_dot_product_attention(q, &keys, &values, scale, AttnMask::Causal)
+            }
+            Some(m) => scaled_dot_product_attention(q, &keys, &values, scale, AttnMask::Array(m)),
+            None => scaled_dot_product_attention(q, &keys, &values, scale, AttnMask::None),
         }
     }
 }
