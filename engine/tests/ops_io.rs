@@ -2,10 +2,12 @@
 //! name the path, and a hand-written GGUF v3 file read back through MLX's loader.
 
 mod common;
+mod gguf_writer;
 
 use std::path::Path;
 
 use common::*;
+use gguf_writer::{GgufWriter, ALIGN, GGML_TYPE_F16, GGML_TYPE_F32};
 use mlx_engine::api::io::{load_gguf, load_safetensors, save_safetensors, Loaded, MetaValue};
 use mlx_engine::api::{Array, Dtype, Error};
 
@@ -189,79 +191,6 @@ fn safetensors_with_truncated_data_is_an_error() {
 }
 
 // --- a tiny GGUF v3 file, written by hand --------------------------------------------------
-
-const GGUF_U32: u32 = 4;
-const GGUF_F32: u32 = 6;
-const GGUF_STRING: u32 = 8;
-const GGUF_ARRAY: u32 = 9;
-const GGML_TYPE_F32: u32 = 0;
-const GGML_TYPE_F16: u32 = 1;
-const ALIGN: usize = 32;
-
-#[derive(Default)]
-struct GgufWriter {
-    buf: Vec<u8>,
-}
-
-impl GgufWriter {
-    fn u32(&mut self, v: u32) {
-        self.buf.extend_from_slice(&v.to_le_bytes());
-    }
-    fn u64(&mut self, v: u64) {
-        self.buf.extend_from_slice(&v.to_le_bytes());
-    }
-    fn str(&mut self, s: &str) {
-        self.u64(s.len() as u64);
-        self.buf.extend_from_slice(s.as_bytes());
-    }
-    fn kv_string(&mut self, k: &str, v: &str) {
-        self.str(k);
-        self.u32(GGUF_STRING);
-        self.str(v);
-    }
-    fn kv_u32(&mut self, k: &str, v: u32) {
-        self.str(k);
-        self.u32(GGUF_U32);
-        self.u32(v);
-    }
-    fn kv_f32(&mut self, k: &str, v: f32) {
-        self.str(k);
-        self.u32(GGUF_F32);
-        self.buf.extend_from_slice(&v.to_le_bytes());
-    }
-    fn kv_strings(&mut self, k: &str, v: &[&str]) {
-        self.str(k);
-        self.u32(GGUF_ARRAY);
-        self.u32(GGUF_STRING);
-        self.u64(v.len() as u64);
-        for s in v {
-            self.str(s);
-        }
-    }
-    fn kv_f32s(&mut self, k: &str, v: &[f32]) {
-        self.str(k);
-        self.u32(GGUF_ARRAY);
-        self.u32(GGUF_F32);
-        self.u64(v.len() as u64);
-        for x in v {
-            self.buf.extend_from_slice(&x.to_le_bytes());
-        }
-    }
-    /// Tensor info: `ne` lists dimensions fastest-varying first (GGML order).
-    fn tensor_info(&mut self, name: &str, ne: &[u64], ty: u32, offset: u64) {
-        self.str(name);
-        self.u32(ne.len() as u32);
-        for &d in ne {
-            self.u64(d);
-        }
-        self.u32(ty);
-        self.u64(offset);
-    }
-    fn pad(&mut self) {
-        let n = self.buf.len().next_multiple_of(ALIGN);
-        self.buf.resize(n, 0);
-    }
-}
 
 const TOKENS: [&str; 4] = ["<s>", "hello", "wörld", ""];
 

@@ -73,6 +73,10 @@ impl Layer {
         self.offset
     }
 
+    pub fn state(&self) -> Vec<&Array> {
+        self.keys.iter().chain(self.values.iter()).collect()
+    }
+
     pub fn nbytes(&self) -> usize {
         self.keys.as_ref().map_or(0, Array::nbytes) + self.values.as_ref().map_or(0, Array::nbytes)
     }

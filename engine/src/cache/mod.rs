@@ -40,6 +40,12 @@ impl KvCache {
         self.layers.iter().map(Layer::nbytes).sum()
     }
 
+    /// The arrays holding the cached keys and values, to evaluate the cache without the
+    /// logits (prefill computes only what later tokens need).
+    pub fn state(&self) -> Vec<&Array> {
+        self.layers.iter().flat_map(Layer::state).collect()
+    }
+
     fn layer_mut(&mut self, layer: usize) -> Result<&mut Layer> {
         let n = self.layers.len();
         self.layers.get_mut(layer).ok_or_else(|| out_of_range(layer, n))

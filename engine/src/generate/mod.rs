@@ -101,6 +101,20 @@ fn token_ids(tokens: &[u32]) -> Result<Array> {
     Ok(Array::from_slice(&ids, &[1, ids.len() as i32])?)
 }
 
+/// Fills the cache with all but the last prompt token, evaluating only the cache (the logits
+/// of those positions are never needed, and for large vocabularies they are much of the
+/// work), then returns the last token's logits.
+fn prefill(model: &dyn DynModel, cache: &mut KvCache, prompt: &[u32]) -> Result<Array> {
+    let (head, last) = prompt.split_at(prompt.len() - 1);
+    if !head.is_empty() {
+        let _unused_logits = model.forward(Input::Tokens(&token_ids(head)?), cache)?;
+        mlx_engine_plugin_api::eval(&cache.state())?;
+    }
+    let logits = last_logits(&model.forward(Input::Tokens(&token_ids(last)?), cache)?)?;
+    logits.eval()?;
+    Ok(logits)
+}
+
 /// Runs one generation, handing each result to `emit` (which returns false when the
 /// receiver is gone). Ends with exactly one result carrying the stop condition.
 pub fn generate(
@@ -118,8 +132,7 @@ pub fn generate(
 
     let mut cache = KvCache::new(ctx.model.cache_layout());
     let t0 = std::time::Instant::now();
-    let mut logits = last_logits(&ctx.model.forward(Input::Tokens(&token_ids(&prompt)?), &mut cache)?)?;
-    logits.eval()?;
+    let mut logits = prefill(ctx.model, &mut cache, &prompt)?;
     stats.prompt_seconds = t0.elapsed().as_secs_f64();
     let t1 = std::time::Instant::now();
 

@@ -251,6 +251,10 @@ pub fn load_with(path: &Path, host: &PluginHost, dtype: DtypeChoice, device: Dev
         (DtypeChoice::Auto, Device::Gpu) => checkpoint_dtype(&weights),
     };
     let weights = cast_weights(weights, target)?;
+    // MLX loads lazily; reading and casting everything now keeps that cost out of the first
+    // request (and surfaces a truncated file here rather than mid-generation).
+    mlx_engine_plugin_api::eval(&weights.iter().map(|(_, a)| a).collect::<Vec<_>>())
+        .map_err(|e| model_err(path, format!("cannot read the weights: {e}")))?;
     let num_parameters = weights.iter().map(|(_, a)| a.size()).sum();
     let model = resolved.create_model(&text_config.to_string(), weights, format)?;
     let context_length = text_config.get("max_position_embeddings").and_then(Value::as_u64).map(|n| n as usize);
