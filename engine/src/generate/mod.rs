@@ -74,10 +74,12 @@ pub fn prepare(ctx: &GenContext<'_>, req: &GenerateRequest) -> Result<(Vec<u32>,
         (Some(ctx_len), max) => {
             let want = prompt.len() + max.unwrap_or(0);
             if prompt.len() >= ctx_len || want > ctx_len {
+                // A prompt of exactly the context length is not "more than" it; it leaves no room.
+                let relation = if want > ctx_len { "more than" } else { "which leaves no room for new tokens in" };
                 return Err(param(
                     "max_tokens",
                     format!(
-                        "the prompt has {} tokens{}, more than the model's context length of {ctx_len}",
+                        "the prompt has {} tokens{}, {relation} the model's context length of {ctx_len}",
                         prompt.len(),
                         max.map(|m| format!(" and max_tokens is {m} (together {want})")).unwrap_or_default()
                     ),

@@ -21,7 +21,7 @@ use mlx_engine::plugin_host::{HostOptions, PluginHost};
 use mlx_engine::{LoadOptions, ModelKit};
 use serde_json::{json, Map, Value};
 
-use crate::tokenizer_fixtures::{bl_tokens, bl_tokenizer_json, sp_tokenizer_json, sp_tokens, write_json};
+use crate::tokenizer_fixtures::{bl_tokenizer_json, bl_tokens, sp_tokenizer_json, sp_tokens, write_json};
 
 pub const HIDDEN: i32 = 64;
 pub const LAYERS: usize = 2;
@@ -50,7 +50,8 @@ pub enum Arch {
     Gemma3,
 }
 
-pub const ALL_ARCHS: [Arch; 6] = [Arch::Llama, Arch::Qwen2, Arch::Qwen3, Arch::Llama3Rope, Arch::LlamaUntied, Arch::Gemma3];
+pub const ALL_ARCHS: [Arch; 6] =
+    [Arch::Llama, Arch::Qwen2, Arch::Qwen3, Arch::Llama3Rope, Arch::LlamaUntied, Arch::Gemma3];
 
 impl Arch {
     pub fn model_type(self) -> &'static str {
@@ -71,6 +72,15 @@ impl Arch {
 
     pub fn is_gemma(self) -> bool {
         self == Arch::Gemma3
+    }
+
+    /// The tokenizer a folder of this variant gets by default.
+    pub fn default_tok(self) -> Tok {
+        if self.is_gemma() {
+            Tok::SentencePiece
+        } else {
+            Tok::ByteLevel
+        }
     }
 }
 
@@ -127,8 +137,7 @@ impl TinyModel {
     /// The variant with its usual tokenizer (byte-level for the llama family, SentencePiece for
     /// gemma3) and weights drawn from `seed`.
     pub fn new(arch: Arch, seed: u64) -> TinyModel {
-        let tok = if arch.is_gemma() { Tok::SentencePiece } else { Tok::ByteLevel };
-        TinyModel::with_tok(arch, tok, seed)
+        TinyModel::with_tok(arch, arch.default_tok(), seed)
     }
 
     pub fn with_tok(arch: Arch, tok: Tok, seed: u64) -> TinyModel {
@@ -220,13 +229,15 @@ impl TinyModel {
         let (mut qw, mut dw) = (Vec::new(), Vec::new());
         for (name, a) in &self.weights {
             let prefix = name.strip_suffix(".weight").unwrap_or(name);
-            let linear = a.ndim() == 2 && (name.contains("_proj.") || name.contains("embed_tokens") || name.contains("lm_head"));
+            let linear =
+                a.ndim() == 2 && (name.contains("_proj.") || name.contains("embed_tokens") || name.contains("lm_head"));
             if !linear {
                 qw.push((name.clone(), a.clone()));
                 dw.push((name.clone(), a.clone()));
                 continue;
             }
-            let (g, b) = overrides.iter().find(|(p, _, _)| *p == prefix).map_or((group_size, bits), |&(_, g, b)| (g, b));
+            let (g, b) =
+                overrides.iter().find(|(p, _, _)| *p == prefix).map_or((group_size, bits), |&(_, g, b)| (g, b));
             let (wq, scales, biases) = quantize(a, g, b).expect("quantize");
             let dense = dequantize(&wq, &scales, Some(&biases), g, b).expect("dequantize");
             assert_eq!(wq.dtype(), Dtype::U32, "{name}: packed weights are uint32");
@@ -240,6 +251,24 @@ impl TinyModel {
         let quant = TinyModel { arch: self.arch, tok: self.tok, config: qconfig, weights: qw };
         let dense = TinyModel { arch: self.arch, tok: self.tok, config: self.config.clone(), weights: dw };
         (quant, dense)
+    }
+
+    /// A byte-level untied llama whose head only scores lowercase letters and the space (the
+    /// other rows are zero, the kept ones drawn at a larger scale), so greedy decoding writes
+    /// varied, printable ASCII and never an EOS: what the stop-string tests need.
+    pub fn printable(seed: u64) -> TinyModel {
+        let mut m = TinyModel::with_tok(Arch::LlamaUntied, Tok::ByteLevel, seed);
+        let v = m.vocab();
+        let keep: Vec<f32> = (0..v as u32)
+            .map(|id| {
+                let byte = id.checked_sub(3).filter(|&b| b < 256).map(|b| b as u8);
+                f32::from(byte.is_some_and(|b| b.is_ascii_lowercase() || b == b' '))
+            })
+            .collect();
+        let mask = Array::from_slice(&keep, &[v, 1]).expect("mask");
+        let head = normal(&[v, HIDDEN], 1.0, seed.wrapping_mul(7919)).multiply(&mask).expect("mask head");
+        m.set("lm_head.weight", head);
+        m
     }
 
     /// Replaces (or adds) one tensor.
@@ -351,11 +380,8 @@ pub fn load_kit(path: &Path) -> ModelKit {
 }
 
 pub fn try_load_kit(path: &Path) -> mlx_engine::Result<ModelKit> {
-    let options = LoadOptions {
-        dtype: DtypeChoice::F32,
-        device: Device::Cpu,
-        plugins: HostOptions::standard(vec![], None),
-    };
+    let options =
+        LoadOptions { dtype: DtypeChoice::F32, device: Device::Cpu, plugins: HostOptions::standard(vec![], None) };
     ModelKit::load(path, options)
 }
 

@@ -1,0 +1,203 @@
+//! A llama model as a hand-written GGUF v3 file (llama.cpp tensor names, metadata, Q/K rows
+//! permuted the way llama.cpp's converter does, a byte-level `gpt2` tokenizer in the metadata)
+//! must compute the same logits as the equivalent Hugging Face folder: this checks the GGUF
+//! name and config mapping (`model/gguf.rs`) and the llama plugin's un-permutation.
+//!
+//! Needs the workspace plugins in target/<profile>/ (`cargo build --workspace`; `make test`).
+
+mod common_models;
+mod gguf_writer;
+mod tokenizer_fixtures;
+
+use std::path::Path;
+
+use common_models::*;
+use gguf_writer::{write_gguf_file, F32Tensor};
+use mlx_engine::api::io::MetaValue;
+use mlx_engine::api::Array;
+use mlx_engine::generate::GenerateRequest;
+use mlx_engine::model::{DtypeChoice, Source};
+
+/// Hugging Face name -> llama.cpp name (written out here independently of the engine's map).
+fn gguf_name(hf: &str) -> String {
+    let (stem, suffix) = hf.rsplit_once('.').expect("dotted name");
+    let mapped = match stem {
+        "model.embed_tokens" => "token_embd".to_string(),
+        "model.norm" => "output_norm".to_string(),
+        "lm_head" => "output".to_string(),
+        _ => {
+            let rest = stem.strip_prefix("model.layers.").expect("layer tensor");
+            let (layer, part) = rest.split_once('.').expect("layer.part");
+            let part = match part {
+                "input_layernorm" => "attn_norm",
+                "post_attention_layernorm" => "ffn_norm",
+                "self_attn.q_proj" => "attn_q",
+                "self_attn.k_proj" => "attn_k",
+                "self_attn.v_proj" => "attn_v",
+                "self_attn.o_proj" => "attn_output",
+                "mlp.gate_proj" => "ffn_gate",
+                "mlp.up_proj" => "ffn_up",
+                "mlp.down_proj" => "ffn_down",
+                other => panic!("no llama.cpp name for {other}"),
+            };
+            format!("blk.{layer}.{part}")
+        }
+    };
+    format!("{mapped}.{suffix}")
+}
+
+/// llama.cpp's Q/K permutation of a `[rows, cols]` matrix: each head's rows, viewed as
+/// `[2, half]`, are stored as `[half, 2]` (`reshape(n_head, 2, half, cols).swapaxes(1, 2)`).
+fn permute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    let (hd, half) = (rows / heads, rows / heads / 2);
+    let mut out = vec![0.0; data.len()];
+    for h in 0..heads {
+        for i in 0..2 {
+            for j in 0..half {
+                let (src, dst) = (h * hd + i * half + j, h * hd + j * 2 + i);
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+fn scalar_f32(v: f32) -> MetaValue {
+    MetaValue::Array(Array::from_slice(&[v], &[]).expect("scalar"))
+}
+
+fn scalar_u32(v: u32) -> MetaValue {
+    MetaValue::Array(tokenizer_fixtures::scalar_u32(v))
+}
+
+/// The GGUF metadata of a tiny llama with the byte-level tokenizer.
+fn metadata() -> Vec<(String, MetaValue)> {
+    let mut meta = vec![
+        ("general.architecture".to_string(), MetaValue::String("llama".into())),
+        ("general.name".to_string(), MetaValue::String("tiny random llama".into())),
+        ("llama.context_length".to_string(), scalar_u32(MAX_POS as u32)),
+        ("llama.embedding_length".to_string(), scalar_u32(HIDDEN as u32)),
+        ("llama.block_count".to_string(), scalar_u32(LAYERS as u32)),
+        ("llama.feed_forward_length".to_string(), scalar_u32(INTERMEDIATE as u32)),
+        ("llama.attention.head_count".to_string(), scalar_u32(HEADS as u32)),
+        ("llama.attention.head_count_kv".to_string(), scalar_u32(KV_HEADS as u32)),
+        ("llama.rope.freq_base".to_string(), scalar_f32(10000.0)),
+        ("llama.attention.layer_norm_rms_epsilon".to_string(), scalar_f32(RMS_EPS as f32)),
+    ];
+    meta.extend(tokenizer_fixtures::bl_gguf_meta("gpt2"));
+    meta
+}
+
+/// Writes `model` as a GGUF file; `permute` false writes Q/K rows as they are (to show that
+/// the permutation matters).
+fn write_gguf(model: &TinyModel, path: &Path, permute: bool) {
+    let tensors: Vec<F32Tensor> = model
+        .weights
+        .iter()
+        .map(|(name, a)| {
+            let shape: Vec<usize> = a.shape().iter().map(|&d| d as usize).collect();
+            let mut data = a.to_vec_f32().expect("read weight");
+            let heads = if name.contains("self_attn.q_proj") {
+                Some(HEADS as usize)
+            } else if name.contains("self_attn.k_proj") {
+                Some(KV_HEADS as usize)
+            } else {
+                None
+            };
+            if let (Some(h), true) = (heads, permute) {
+                data = permute_rows(&data, shape[0], shape[1], h);
+            }
+            F32Tensor { name: gguf_name(name), shape, data }
+        })
+        .collect();
+    write_gguf_file(path, &metadata(), &tensors);
+}
+
+#[test]
+fn permutation_helper_is_llama_cpps() {
+    // One head of 4 rows (half = 2), one column: rows [r0 r1 | r2 r3] -> [r0 r2 r1 r3].
+    assert_eq!(permute_rows(&[0.0, 1.0, 2.0, 3.0], 4, 1, 1), vec![0.0, 2.0, 1.0, 3.0]);
+    // Two heads, two columns.
+    let data: Vec<f32> = (0..16).map(|x| x as f32).collect();
+    let want = [0., 1., 4., 5., 2., 3., 6., 7., 8., 9., 12., 13., 10., 11., 14., 15.];
+    assert_eq!(permute_rows(&data, 8, 2, 2), want);
+}
+
+#[test]
+fn gguf_llama_matches_the_hf_folder() {
+    for arch in [Arch::Llama, Arch::LlamaUntied] {
+        let model = TinyModel::new(arch, 41);
+        let hf = model.write_temp();
+        let gdir = tempfile::tempdir().expect("tempdir");
+        let gguf = gdir.path().join("tiny-llama-f32.gguf");
+        write_gguf(&model, &gguf, true);
+
+        let g = load(&gguf, DtypeChoice::F32);
+        assert_eq!(g.model_type, "llama");
+        assert!(matches!(g.source, Source::Gguf { .. }));
+        assert_eq!(g.context_length, Some(MAX_POS));
+        assert_eq!(g.text_config["tie_word_embeddings"], serde_json::json!(arch != Arch::LlamaUntied));
+        assert_eq!(g.text_config["num_key_value_heads"], serde_json::json!(KV_HEADS));
+        assert_eq!(g.num_parameters, model.weights.iter().map(|(_, a)| a.size()).sum::<usize>());
+        let h = load(hf.path(), DtypeChoice::F32);
+
+        let tokens = prompt(12, Tok::ByteLevel, 6);
+        let (gl, hl) = (full_forward(&g, &tokens), full_forward(&h, &tokens));
+        assert_eq!(gl.shape(), vec![1, 12, model.vocab()]);
+        let diff = max_abs_diff(&gl, &hl);
+        assert!(diff < 1e-5, "{arch:?}: GGUF logits differ from the HF folder's by {diff}");
+        // Cached decode through the GGUF model too.
+        let inc = chunked_forward(&g, &tokens, &[5, 1, 1, 1, 1, 1, 1, 1]);
+        assert!(max_abs_diff(&inc, &hl) < 1e-4);
+
+        // Control: Q/K rows written without llama.cpp's permutation come out wrong, so the
+        // agreement above depends on the plugin undoing it.
+        let raw = gdir.path().join("unpermuted.gguf");
+        write_gguf(&model, &raw, false);
+        let wrong = full_forward(&load(&raw, DtypeChoice::F32), &tokens);
+        let off = max_abs_diff(&wrong, &hl);
+        assert!(off > 1e-3, "{arch:?}: unpermuted Q/K rows gave the same logits ({off})");
+    }
+}
+
+#[test]
+fn gguf_model_generates_like_the_hf_folder() {
+    let model = TinyModel::new(Arch::LlamaUntied, 43);
+    let hf = model.write_temp();
+    // A folder holding only the .gguf file loads too.
+    let gdir = tempfile::tempdir().expect("tempdir");
+    write_gguf(&model, &gdir.path().join("model.gguf"), true);
+
+    let gkit = load_kit(gdir.path());
+    assert_eq!(gkit.info().model_type, "llama");
+    assert_eq!(gkit.info().context_length, Some(MAX_POS));
+    assert_eq!(gkit.tokenizer().bos_token_id(), Some(1), "BOS from tokenizer.ggml.bos_token_id");
+    assert!(gkit.tokenizer().is_eos(2), "EOS from tokenizer.ggml.eos_token_id");
+    assert_eq!(
+        gkit.tokenize("hello world").expect("encode"),
+        vec![tokenizer_fixtures::BL_HELLO, tokenizer_fixtures::BL_SPACE_WORLD]
+    );
+    let hkit = load_kit(hf.path());
+
+    let req = GenerateRequest {
+        prompt_tokens: prompt(7, Tok::ByteLevel, 8),
+        max_tokens: Some(10),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let ids = |kit: &mlx_engine::ModelKit| -> Vec<u32> {
+        let mut out = Vec::new();
+        for r in kit.generate(req.clone()).expect("start") {
+            out.extend(r.expect("result").tokens.iter().map(|t| t.id));
+        }
+        out
+    };
+    let (g, h) = (ids(&gkit), ids(&hkit));
+    assert_eq!(g.len(), 10);
+    assert_eq!(g, h, "greedy tokens of the GGUF and HF models");
+
+    // Two .gguf files and no config.json: the folder is ambiguous.
+    write_gguf(&model, &gdir.path().join("other.gguf"), true);
+    let msg = try_load(gdir.path(), DtypeChoice::F32).err().map(|e| e.to_string()).unwrap_or_default();
+    assert_eq!(msg, format!("{}: 2 .gguf files and no config.json: pass the file to load", gdir.path().display()));
+}
