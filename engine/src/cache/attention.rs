@@ -1,0 +1,183 @@
+//! Masks and the attention kernels behind the cache: MLX's fused attention for dense keys,
+//! plain ops where the fused kernel cannot help (logit softcapping), and attention through
+//! quantized matmuls for quantized keys (mlx-lm's `quantized_scaled_dot_product_attention`).
+
+use mlx_engine_plugin_api::fast::{scaled_dot_product_attention, AttnMask};
+use mlx_engine_plugin_api::{concatenate, quantized_matmul, where_, Array, Dtype, Error, Result};
+
+use super::tensor::Tensor;
+
+/// Which keys each query may see, as decided by the layer that produced the keys.
+pub(crate) enum Mask {
+    /// Every query sees every key (one query over keys that are all visible to it).
+    None,
+    /// Queries are the last `L` of the `T` keys, in order, and see keys at or before
+    /// themselves: what MLX's fused kernel builds itself.
+    Causal,
+    /// An explicit boolean `[L, T]` mask (true = attend): windows, and rotating caches whose
+    /// keys are not one run of consecutive positions.
+    Explicit(Array),
+}
+
+/// Boolean mask `[L, T]` for queries at absolute positions `q_start..q_start + L` over keys at
+/// `k_start..k_start + T`: a query sees a key at or before itself and, with a window `w`, less
+/// than `w` positions back.
+pub fn attention_mask(q_start: i32, queries: i32, k_start: i32, keys: i32, window: Option<u32>) -> Result<Array> {
+    let q = positions(q_start, queries)?.reshape(&[queries, 1])?;
+    let k = positions(k_start, keys)?.reshape(&[1, keys])?;
+    let causal = k.less_equal(&q)?;
+    match window {
+        None => Ok(causal),
+        Some(w) => causal.logical_and(&q.subtract(&k)?.less(&Array::scalar(w as f64, Dtype::I32)?)?),
+    }
+}
+
+fn positions(start: i32, n: i32) -> Result<Array> {
+    Array::arange(start as f64, (start + n) as f64, 1.0, Dtype::I32)
+}
+
+/// Keys laid out as a ring cache hands them to attention: the first `sinks` positions of the
+/// sequence, then consecutive positions from `recent_start` on (`keys - sinks` of them).
+pub(crate) struct RingKeys {
+    pub sinks: i32,
+    pub recent_start: i32,
+    pub keys: i32,
+}
+
+/// Boolean mask `[L, T]` of a ring cache that always keeps the first `keep` positions and
+/// otherwise the last `span`: a query at `p` sees a key at `k <= p` when `k < keep` or
+/// `p - k < span`. With `keep = 0` this is a plain sliding window of `span` positions.
+pub(crate) fn ring_mask(q_start: i32, queries: i32, layout: &RingKeys, keep: i32, span: i32) -> Result<Array> {
+    let recent = positions(layout.recent_start, layout.keys - layout.sinks)?;
+    let k = if layout.sinks > 0 { concatenate(&[&positions(0, layout.sinks)?, &recent], 0)? } else { recent };
+    let k = k.reshape(&[1, layout.keys])?;
+    let q = positions(q_start, queries)?.reshape(&[queries, 1])?;
+    let in_window = q.subtract(&k)?.less(&Array::scalar(span as f64, Dtype::I32)?)?;
+    let visible = if keep > 0 { in_window.logical_or(&k.less(&Array::scalar(keep as f64, Dtype::I32)?)?)? } else { in_window };
+    k.less_equal(&q)?.logical_and(&visible)
+}
+
+/// `softmax(q k^T * scale [softcapped] [masked]) v` over the cached keys and values.
+pub(crate) fn attend(
+    q: &Array,
+    keys: &Tensor,
+    values: &Tensor,
+    scale: f32,
+    mask: &Mask,
+    softcap: Option<f32>,
+) -> Result<Array> {
+    let explicit = |keys_len: i32| -> Result<Option<Array>> {
+        match mask {
+            Mask::None => Ok(None),
+            Mask::Explicit(m) => Ok(Some(m.clone())),
+            Mask::Causal => {
+                let l = q.dim(2)?;
+                Ok(Some(attention_mask(keys_len - l, l, 0, keys_len, None)?))
+            }
+        }
+    };
+    match (keys, values) {
+        (Tensor::Dense(k), Tensor::Dense(v)) => match softcap {
+            Some(cap) => manual_attention(q, k, v, scale, explicit(k.dim(2)?)?.as_ref(), cap),
+            None => match mask {
+                Mask::None => scaled_dot_product_attention(q, k, v, scale, AttnMask::None),
+                Mask::Causal => scaled_dot_product_attention(q, k, v, scale, AttnMask::Causal),
+                Mask::Explicit(m) => scaled_dot_product_attention(q, k, v, scale, AttnMask::Array(m)),
+            },
+        },
+        (Tensor::Quantized { .. }, Tensor::Quantized { .. }) => {
+            quantized_attention(q, keys, values, scale, explicit(keys.positions()?)?.as_ref(), softcap)
+        }
+        _ => Err(Error::Boundary("KV cache: dense keys with quantized values (engine bug)".into())),
+    }
+}
+
+/// Attention written out with plain ops, for what the fused kernel cannot do (softcapping).
+fn manual_attention(q: &Array, k: &Array, v: &Array, scale: f32, mask: Option<&Array>, softcap: f32) -> Result<Array> {
+    let (hq, hkv) = (q.dim(1)?, k.dim(1)?);
+    let (k, v) = if hq != hkv {
+        // Grouped-query attention: repeat each kv head for its group of query heads.
+        let rep = heads_per_kv(hq, hkv)?;
+        let expand = |a: &Array| -> Result<Array> {
+            let s = a.shape();
+            a.expand_dims(&[2])?.broadcast_to(&[s[0], s[1], rep, s[2], s[3]])?.reshape(&[s[0], hq, s[2], s[3]])
+        };
+        (expand(k)?, expand(v)?)
+    } else {
+        (k.clone(), v.clone())
+    };
+    let cap = q.scalar_like(softcap as f64)?;
+    let scores = q.matmul(&k.swapaxes(-1, -2)?)?.multiply(&q.scalar_like(scale as f64)?)?;
+    let scores = scores.divide(&cap)?.tanh()?.multiply(&cap)?;
+    let scores = match mask {
+        Some(m) => where_(m, &scores, &Array::scalar(f64::NEG_INFINITY, scores.dtype())?)?,
+        None => scores,
+    };
+    scores.softmax(&[-1], true)?.matmul(&v)
+}
+
+fn heads_per_kv(hq: i32, hkv: i32) -> Result<i32> {
+    if hkv <= 0 || hq % hkv != 0 {
+        return Err(Error::Boundary(format!(
+            "attention with {hq} query heads over {hkv} key/value heads: query heads must be a multiple"
+        )));
+    }
+    Ok(hq / hkv)
+}
+
+/// Attention over quantized keys and values without dequantizing them, as mlx-lm's
+/// `quantized_scaled_dot_product_attention`: queries are scaled first, query heads are
+/// grouped under their kv head (`[B, Hkv, n_rep, L, D]`) so the quantized keys broadcast
+/// instead of being repeated, scores and outputs come from `quantized_matmul`, masked scores
+/// get the dtype's lowest finite value (as mlx-lm; never a fully masked row here, so -inf would
+/// give the same result), and the softmax runs in f32.
+fn quantized_attention(
+    q: &Array,
+    keys: &Tensor,
+    values: &Tensor,
+    scale: f32,
+    mask: Option<&Array>,
+    softcap: Option<f32>,
+) -> Result<Array> {
+    let (Tensor::Quantized { wq: kq, scales: ks, biases: kb, spec }, Tensor::Quantized { wq: vq, scales: vs, biases: vb, .. }) =
+        (keys, values)
+    else {
+        return Err(Error::Boundary("KV cache: quantized attention over dense keys (engine bug)".into()));
+    };
+    let s = q.shape();
+    let (b, hq, l, d) = (s[0], s[1], s[2], s[3]);
+    let hkv = kq.dim(1)?;
+    let rep = heads_per_kv(hq, hkv)?;
+    let mut q = q.multiply(&q.scalar_like(scale as f64)?)?;
+    let group = |a: &Array| if rep > 1 { a.expand_dims(&[2]) } else { Ok(a.clone()) };
+    if rep > 1 {
+        q = q.reshape(&[b, hkv, rep, l, d])?;
+    }
+    let (g, bits) = (spec.group_size, spec.bits);
+    let mut scores = quantized_matmul(&q, &group(kq)?, &group(ks)?, Some(&group(kb)?), true, g, bits)?;
+    if let Some(cap) = softcap {
+        let cap = scores.scalar_like(cap as f64)?;
+        scores = scores.divide(&cap)?.tanh()?.multiply(&cap)?;
+    }
+    if let Some(m) = mask {
+        scores = where_(m, &scores, &Array::scalar(lowest(scores.dtype()), scores.dtype())?)?;
+    }
+    let probs = scores.softmax(&[-1], true)?;
+    let out = quantized_matmul(&probs, &group(vq)?, &group(vs)?, Some(&group(vb)?), false, g, bits)?;
+    if rep > 1 {
+        let dv = out.dim(-1)?;
+        return out.reshape(&[b, hq, l, dv]);
+    }
+    Ok(out)
+}
+
+/// The lowest finite value of a float dtype (`finfo(dtype).min`), exactly representable in it.
+fn lowest(dtype: Dtype) -> f64 {
+    match dtype {
+        Dtype::F16 => -65504.0,
+        // 0xFF7F: the largest-magnitude finite bfloat16; f32::MIN would round to -inf.
+        Dtype::BF16 => -3.389_531_389_251_535_5e38,
+        Dtype::F64 => f64::MIN,
+        _ => f32::MIN as f64,
+    }
+}
