@@ -135,6 +135,18 @@ impl Weights {
         Ok(a)
     }
 
+    /// Fails when tensors are left over after a model took what it needs: a checkpoint with
+    /// unexpected tensors is usually the wrong architecture or a bad conversion, so say so
+    /// at load (as mlx-lm's strict loading does).
+    pub fn expect_consumed(&self) -> Result<()> {
+        if self.map.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = self.names().take(5).collect();
+        let more = if self.map.len() > 5 { format!(" and {} more", self.map.len() - 5) } else { String::new() };
+        Err(Error::Weights(format!("unexpected tensors in the checkpoint: {}{more}", names.join(", "))))
+    }
+
     /// Renames every tensor with a prefix `from` to start with `to` instead.
     pub fn rename_prefix(&mut self, from: &str, to: &str) {
         let keys: Vec<String> = self.map.keys().filter(|k| k.starts_with(from)).cloned().collect();

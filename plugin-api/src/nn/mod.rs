@@ -97,6 +97,39 @@ impl Weight {
         Ok(Weight::Dense(weight))
     }
 
+    /// Checks that this is a `[out, in]` matrix (packed accordingly when quantized) of a
+    /// floating-point dtype, so a wrong checkpoint fails at load naming the tensor instead of
+    /// mid-forward with a bare shape error.
+    pub fn check_shape(&self, prefix: &str, out: i32, inp: i32) -> Result<()> {
+        let bad = |what: &str, found: Vec<i32>, want: Vec<i32>| {
+            Err(Error::Weights(format!("tensor `{prefix}.{what}` has shape {found:?}, expected {want:?}")))
+        };
+        match self {
+            Weight::Dense(w) => {
+                if w.shape() != [out, inp] {
+                    return bad("weight", w.shape(), vec![out, inp]);
+                }
+                if !w.dtype().is_float() {
+                    return Err(Error::Weights(format!(
+                        "tensor `{prefix}.weight` has dtype {}, expected a floating-point dtype",
+                        w.dtype()
+                    )));
+                }
+            }
+            Weight::Quantized { wq, scales, group_size, bits, .. } => {
+                let packed = vec![out, inp * bits / 32];
+                if wq.shape() != packed {
+                    return bad("weight", wq.shape(), packed);
+                }
+                let groups = vec![out, inp / group_size];
+                if scales.shape() != groups {
+                    return bad("scales", scales.shape(), groups);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `x @ W^T`.
     pub fn apply(&self, x: &Array) -> Result<Array> {
         match self {
@@ -148,6 +181,24 @@ impl Linear {
         Ok(Linear { weight, bias })
     }
 
+    /// [`Linear::load`] plus a check that the layer maps `inp` features to `out`.
+    pub fn load_shaped(
+        w: &mut Weights,
+        prefix: &str,
+        (out, inp): (i32, i32),
+        bias: bool,
+        quant: Option<QuantConfig>,
+    ) -> Result<Linear> {
+        let l = Linear::load(w, prefix, bias, quant)?;
+        l.weight.check_shape(prefix, out, inp)?;
+        if let Some(b) = &l.bias {
+            if b.shape() != [out] {
+                return Err(Error::Weights(format!("tensor `{prefix}.bias` has shape {:?}, expected [{out}]", b.shape())));
+            }
+        }
+        Ok(l)
+    }
+
     pub fn forward(&self, x: &Array) -> Result<Array> {
         let y = self.weight.apply(x)?;
         match &self.bias {
@@ -166,6 +217,13 @@ pub struct Embedding {
 impl Embedding {
     pub fn load(w: &mut Weights, prefix: &str, quant: Option<QuantConfig>) -> Result<Embedding> {
         Ok(Embedding { weight: Weight::load(w, prefix, quant)? })
+    }
+
+    /// [`Embedding::load`] plus a check of the table's `[vocab, dim]` shape.
+    pub fn load_shaped(w: &mut Weights, prefix: &str, (vocab, dim): (i32, i32), quant: Option<QuantConfig>) -> Result<Embedding> {
+        let e = Embedding::load(w, prefix, quant)?;
+        e.weight.check_shape(prefix, vocab, dim)?;
+        Ok(e)
     }
 
     /// Rows for `ids` (any shape) -> `[..ids, dim]`.
@@ -202,6 +260,17 @@ impl RmsNorm {
         let weight = w.take(&format!("{prefix}.weight"))?;
         let weight = weight.add(&weight.scalar_like(1.0)?)?;
         Ok(RmsNorm { weight, eps })
+    }
+
+    /// Checks the scale vector has `dim` entries.
+    pub fn expect_dim(self, prefix: &str, dim: i32) -> Result<RmsNorm> {
+        if self.weight.shape() != [dim] {
+            return Err(Error::Weights(format!(
+                "tensor `{prefix}.weight` has shape {:?}, expected [{dim}]",
+                self.weight.shape()
+            )));
+        }
+        Ok(self)
     }
 
     pub fn forward(&self, x: &Array) -> Result<Array> {
@@ -246,13 +315,26 @@ pub struct GatedMlp {
 }
 
 impl GatedMlp {
-    /// Loads `{prefix}.gate_proj`, `.up_proj`, `.down_proj`.
-    pub fn load(w: &mut Weights, prefix: &str, bias: bool, act: Activation, quant: Option<&Quantization>) -> Result<GatedMlp> {
-        let lin = |w: &mut Weights, name: &str| {
+    /// Loads `{prefix}.gate_proj`, `.up_proj` (`dim -> hidden`) and `.down_proj`
+    /// (`hidden -> dim`), checking their shapes.
+    pub fn load(
+        w: &mut Weights,
+        prefix: &str,
+        (dim, hidden): (i32, i32),
+        bias: bool,
+        act: Activation,
+        quant: Option<&Quantization>,
+    ) -> Result<GatedMlp> {
+        let lin = |w: &mut Weights, name: &str, shape: (i32, i32)| {
             let p = format!("{prefix}.{name}");
-            Linear::load(w, &p, bias, layer_quant(quant, &p))
+            Linear::load_shaped(w, &p, shape, bias, layer_quant(quant, &p))
         };
-        Ok(GatedMlp { gate: lin(w, "gate_proj")?, up: lin(w, "up_proj")?, down: lin(w, "down_proj")?, act })
+        Ok(GatedMlp {
+            gate: lin(w, "gate_proj", (hidden, dim))?,
+            up: lin(w, "up_proj", (hidden, dim))?,
+            down: lin(w, "down_proj", (dim, hidden))?,
+            act,
+        })
     }
 
     pub fn forward(&self, x: &Array) -> Result<Array> {

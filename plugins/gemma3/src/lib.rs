@@ -98,9 +98,15 @@ struct Attention {
 impl Attention {
     fn load(w: &mut Weights, p: &str, c: &Config, sliding: bool) -> Result<Attention> {
         let q = c.quantization.as_ref();
-        let lin = |w: &mut Weights, name: &str| {
+        let lin = |w: &mut Weights, name: &str, shape: (i32, i32)| {
             let prefix = format!("{p}.{name}");
-            Linear::load(w, &prefix, false, layer_quant(q, &prefix))
+            Linear::load_shaped(w, &prefix, shape, false, layer_quant(q, &prefix))
+        };
+        let (d, hd) = (c.hidden_size, c.head_dim);
+        let (q_out, kv_out) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+        let norm = |w: &mut Weights, name: &str| {
+            let prefix = format!("{p}.{name}");
+            RmsNorm::load_one_plus(w, &prefix, c.rms_norm_eps)?.expect_dim(&prefix, hd)
         };
         let rope = if sliding {
             Rope::new(c.head_dim, false, c.rope_local_base_freq, None)?
@@ -108,12 +114,12 @@ impl Attention {
             Rope::new(c.head_dim, false, c.rope_theta, c.rope_scaling.as_ref())?
         };
         Ok(Attention {
-            q_proj: lin(w, "q_proj")?,
-            k_proj: lin(w, "k_proj")?,
-            v_proj: lin(w, "v_proj")?,
-            o_proj: lin(w, "o_proj")?,
-            q_norm: RmsNorm::load_one_plus(w, &format!("{p}.q_norm"), c.rms_norm_eps)?,
-            k_norm: RmsNorm::load_one_plus(w, &format!("{p}.k_norm"), c.rms_norm_eps)?,
+            q_proj: lin(w, "q_proj", (q_out, d))?,
+            k_proj: lin(w, "k_proj", (kv_out, d))?,
+            v_proj: lin(w, "v_proj", (kv_out, d))?,
+            o_proj: lin(w, "o_proj", (d, q_out))?,
+            q_norm: norm(w, "q_norm")?,
+            k_norm: norm(w, "k_norm")?,
             rope,
             n_heads: c.num_attention_heads,
             n_kv_heads: c.num_key_value_heads,
@@ -196,16 +202,21 @@ impl ModelArch for Gemma3 {
         }
         let q = c.quantization.as_ref();
         let eps = c.rms_norm_eps;
-        let embed_tokens = Embedding::load(&mut w, "model.embed_tokens", layer_quant(q, "model.embed_tokens"))?;
+        let d = c.hidden_size;
+        let embed_tokens =
+            Embedding::load_shaped(&mut w, "model.embed_tokens", (c.vocab_size, d), layer_quant(q, "model.embed_tokens"))?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         let mut layout = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let sliding = c.is_sliding(i);
-            let norm = |w: &mut Weights, name: &str| RmsNorm::load_one_plus(w, &format!("{p}.{name}"), eps);
+            let norm = |w: &mut Weights, name: &str| {
+                let prefix = format!("{p}.{name}");
+                RmsNorm::load_one_plus(w, &prefix, eps)?.expect_dim(&prefix, d)
+            };
             layers.push(Block {
                 attn: Attention::load(&mut w, &format!("{p}.self_attn"), &c, sliding)?,
-                mlp: GatedMlp::load(&mut w, &format!("{p}.mlp"), false, Activation::GeluApprox, q)?,
+                mlp: GatedMlp::load(&mut w, &format!("{p}.mlp"), (d, c.intermediate_size), false, Activation::GeluApprox, q)?,
                 input_layernorm: norm(&mut w, "input_layernorm")?,
                 post_attention_layernorm: norm(&mut w, "post_attention_layernorm")?,
                 pre_feedforward_layernorm: norm(&mut w, "pre_feedforward_layernorm")?,
@@ -213,12 +224,13 @@ impl ModelArch for Gemma3 {
             });
             layout.push(if sliding { LayerCache::SlidingWindow { window: c.sliding_window } } else { LayerCache::Full });
         }
-        let norm = RmsNorm::load_one_plus(&mut w, "model.norm", eps)?;
+        let norm = RmsNorm::load_one_plus(&mut w, "model.norm", eps)?.expect_dim("model.norm", d)?;
         let lm_head = if w.contains("lm_head.weight") {
-            Some(Linear::load(&mut w, "lm_head", false, layer_quant(q, "lm_head"))?)
+            Some(Linear::load_shaped(&mut w, "lm_head", (c.vocab_size, d), false, layer_quant(q, "lm_head"))?)
         } else {
             None
         };
+        w.expect_consumed()?;
         Ok(Gemma3 {
             embed_tokens,
             layers,

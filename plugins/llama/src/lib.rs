@@ -74,18 +74,23 @@ struct Attention {
 impl Attention {
     fn load(w: &mut Weights, p: &str, c: &Config) -> Result<Attention> {
         let q = c.quantization.as_ref();
-        let lin = |w: &mut Weights, name: &str, bias: bool| {
+        let lin = |w: &mut Weights, name: &str, shape: (i32, i32), bias: bool| {
             let prefix = format!("{p}.{name}");
-            Linear::load(w, &prefix, bias, layer_quant(q, &prefix))
+            Linear::load_shaped(w, &prefix, shape, bias, layer_quant(q, &prefix))
         };
         let qkv_bias = c.qkv_bias();
         let qk_norm = c.model_type == "qwen3";
-        let norm = |w: &mut Weights, name: &str| RmsNorm::load(w, &format!("{p}.{name}"), c.rms_norm_eps);
+        let (d, hd) = (c.hidden_size, c.head_dim());
+        let (q_out, kv_out) = (c.num_attention_heads * hd, c.kv_heads() * hd);
+        let norm = |w: &mut Weights, name: &str| {
+            let prefix = format!("{p}.{name}");
+            RmsNorm::load(w, &prefix, c.rms_norm_eps)?.expect_dim(&prefix, hd)
+        };
         Ok(Attention {
-            q_proj: lin(w, "q_proj", qkv_bias)?,
-            k_proj: lin(w, "k_proj", qkv_bias)?,
-            v_proj: lin(w, "v_proj", qkv_bias)?,
-            o_proj: lin(w, "o_proj", c.attention_bias)?,
+            q_proj: lin(w, "q_proj", (q_out, d), qkv_bias)?,
+            k_proj: lin(w, "k_proj", (kv_out, d), qkv_bias)?,
+            v_proj: lin(w, "v_proj", (kv_out, d), qkv_bias)?,
+            o_proj: lin(w, "o_proj", (d, q_out), c.attention_bias)?,
             q_norm: if qk_norm { Some(norm(w, "q_norm")?) } else { None },
             k_norm: if qk_norm { Some(norm(w, "k_norm")?) } else { None },
             rope: Rope::new(c.head_dim(), c.rope_traditional, c.rope_theta, c.rope_scaling.as_ref())?,
@@ -174,28 +179,28 @@ impl ModelArch for Llama {
             return Err(Error::Config("num_attention_heads and hidden_size must be positive".into()));
         }
         let q = c.quantization.as_ref();
-        let embed_tokens = Embedding::load(&mut w, "model.embed_tokens", layer_quant(q, "model.embed_tokens"))?;
+        let d = c.hidden_size;
+        let embed_tokens =
+            Embedding::load_shaped(&mut w, "model.embed_tokens", (c.vocab_size, d), layer_quant(q, "model.embed_tokens"))?;
+        let norm = |w: &mut Weights, prefix: String| RmsNorm::load(w, &prefix, c.rms_norm_eps)?.expect_dim(&prefix, d);
         let layers = (0..c.num_hidden_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}");
                 Ok(Block {
                     attn: Attention::load(&mut w, &format!("{p}.self_attn"), &c)?,
-                    mlp: GatedMlp::load(&mut w, &format!("{p}.mlp"), c.mlp_bias, Activation::Silu, q)?,
-                    input_layernorm: RmsNorm::load(&mut w, &format!("{p}.input_layernorm"), c.rms_norm_eps)?,
-                    post_attention_layernorm: RmsNorm::load(
-                        &mut w,
-                        &format!("{p}.post_attention_layernorm"),
-                        c.rms_norm_eps,
-                    )?,
+                    mlp: GatedMlp::load(&mut w, &format!("{p}.mlp"), (d, c.intermediate_size), c.mlp_bias, Activation::Silu, q)?,
+                    input_layernorm: norm(&mut w, format!("{p}.input_layernorm"))?,
+                    post_attention_layernorm: norm(&mut w, format!("{p}.post_attention_layernorm"))?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let norm = RmsNorm::load(&mut w, "model.norm", c.rms_norm_eps)?;
+        let norm = norm(&mut w, "model.norm".into())?;
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
-            Some(Linear::load(&mut w, "lm_head", false, layer_quant(q, "lm_head"))?)
+            Some(Linear::load_shaped(&mut w, "lm_head", (c.vocab_size, d), false, layer_quant(q, "lm_head"))?)
         };
+        w.expect_consumed()?;
         Ok(Llama { embed_tokens, layers, norm, lm_head })
     }
 
