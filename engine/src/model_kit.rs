@@ -2,7 +2,9 @@
 //!
 //! MLX's default streams are per thread, so every MLX call for one model (load, prefill,
 //! decode) happens on that model's worker. Requests go to it over a channel; results stream
-//! back over another; cancellation is a flag the worker checks between tokens.
+//! back over another; cancellation is a flag the worker checks between prefill chunks and
+//! between tokens. The worker also owns the model's [`PromptCache`], so consecutive requests
+//! (the turns of a chat) reuse the KV of the prefix they share.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,8 +16,12 @@ use mlx_engine_plugin_api::runtime::Device;
 use mlx_engine_plugin_api::{Dtype, LayerCache};
 use serde_json::Value;
 
+use crate::cache::prompt_cache::{PromptCache, PromptCacheInfo, DEFAULT_CAPACITY};
+use crate::cache::CacheConfig;
 use crate::error::{Error, Result};
-use crate::generate::{self, GenContext, GenerateRequest, GenerationResult, GenerationStats};
+use crate::generate::{
+    self, GenContext, GenerateRequest, GenerationResult, GenerationStats, NoProgress, PromptProgress, Session,
+};
 use crate::model::{self, DtypeChoice};
 use crate::plugin_host::{HostOptions, PluginHost};
 use crate::tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
@@ -26,11 +32,22 @@ pub struct LoadOptions {
     pub dtype: DtypeChoice,
     pub device: Device,
     pub plugins: HostOptions,
+    /// KV cache settings (max_kv_size, KV quantization), checked at load against the model.
+    pub cache: CacheConfig,
+    /// Prompt-cache snapshots kept for reuse across requests ([`DEFAULT_CAPACITY`]; 0 turns
+    /// reuse off).
+    pub prompt_cache_capacity: usize,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { dtype: DtypeChoice::Auto, device: Device::Cpu, plugins: HostOptions::standard(Vec::new(), None) }
+        LoadOptions {
+            dtype: DtypeChoice::Auto,
+            device: Device::Cpu,
+            plugins: HostOptions::standard(Vec::new(), None),
+            cache: CacheConfig::default(),
+            prompt_cache_capacity: DEFAULT_CAPACITY,
+        }
     }
 }
 
@@ -46,10 +63,21 @@ pub struct ModelInfo {
     pub context_length: Option<usize>,
     pub cache_layout: Vec<LayerCache>,
     pub num_parameters: usize,
+    /// Query heads and head dimension from the config, when it gives them.
+    pub attention_heads: Option<usize>,
+    pub head_dim: Option<usize>,
+    pub cache_config: CacheConfig,
 }
 
 enum Job {
-    Generate { req: GenerateRequest, cancel: Arc<AtomicBool>, tx: mpsc::Sender<Event> },
+    Generate {
+        req: Box<GenerateRequest>,
+        progress: Box<dyn PromptProgress>,
+        cancel: Arc<AtomicBool>,
+        tx: mpsc::Sender<Event>,
+    },
+    CacheInfo(mpsc::Sender<PromptCacheInfo>),
+    ClearCache(mpsc::Sender<()>),
 }
 
 enum Event {
@@ -65,7 +93,7 @@ pub struct ModelKit {
     tokenizer: Arc<Tokenizer>,
 }
 
-/// Cancels a running generation (between tokens).
+/// Cancels a running generation (between prefill chunks and between tokens).
 #[derive(Clone)]
 pub struct CancelHandle(Arc<AtomicBool>);
 
@@ -132,13 +160,15 @@ impl Drop for Generation {
 struct Worker {
     loaded: model::LoadedModel,
     tokenizer: Arc<Tokenizer>,
+    cache: PromptCache,
+    attention_heads: Option<usize>,
 }
 
 impl Worker {
-    fn run(self, jobs: mpsc::Receiver<Job>) {
+    fn run(mut self, jobs: mpsc::Receiver<Job>) {
         for job in jobs {
             match job {
-                Job::Generate { req, cancel, tx } => {
+                Job::Generate { req, mut progress, cancel, tx } => {
                     let ctx = GenContext {
                         model: self.loaded.model.as_ref(),
                         tokenizer: &self.tokenizer,
@@ -146,16 +176,43 @@ impl Worker {
                         context_length: self.loaded.context_length,
                     };
                     let mut emit = |r: GenerationResult| tx.send(Event::Result(r)).is_ok();
+                    let cache = &mut self.cache;
+                    let heads = self.attention_heads;
                     // A panic in a built-in architecture fails this request, not the worker.
                     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        generate::generate(&ctx, &req, &cancel, &mut emit)
+                        let session =
+                            Session { cache: &mut *cache, progress: progress.as_mut(), attention_heads: heads };
+                        generate::generate_in(&ctx, session, &req, &cancel, &mut emit)
                     }))
-                    .unwrap_or_else(|p| Err(Error::Array(mlx_engine_plugin_api::Error::from_panic(p))));
+                    .unwrap_or_else(|p| {
+                        // The panic may have left the live cache half-updated.
+                        cache.discard_live();
+                        Err(Error::Array(mlx_engine_plugin_api::Error::from_panic(p)))
+                    });
+                    // The reporter (a progress bar) goes before the stream ends.
+                    drop(progress);
                     let _ = tx.send(Event::Done(out));
+                }
+                Job::CacheInfo(tx) => {
+                    let _ = tx.send(self.cache.info());
+                }
+                Job::ClearCache(tx) => {
+                    self.cache.clear();
+                    mlx_engine_plugin_api::runtime::clear_cache();
+                    let _ = tx.send(());
                 }
             }
         }
     }
+}
+
+/// `(query heads, head dimension)` from a text config: `num_attention_heads`, and `head_dim`
+/// or else `hidden_size / num_attention_heads` (the convention of configs that omit it).
+pub fn attention_dims(text_config: &Value) -> (Option<usize>, Option<usize>) {
+    let get = |k: &str| text_config.get(k).and_then(Value::as_u64).map(|n| n as usize).filter(|&n| n > 0);
+    let heads = get("num_attention_heads");
+    let head_dim = get("head_dim").or_else(|| Some(get("hidden_size")? / heads?));
+    (heads, head_dim)
 }
 
 impl ModelKit {
@@ -169,8 +226,19 @@ impl ModelKit {
             .spawn(move || {
                 let setup = || -> Result<(Worker, ModelInfo)> {
                     options.device.set_default()?;
+                    // Cheap checks first, before any weight is read.
+                    options.cache.validate()?;
                     let host = PluginHost::new(&options.plugins)?;
                     let loaded = model::load_with(&path, &host, options.dtype, options.device)?;
+                    let (attention_heads, head_dim) = attention_dims(&loaded.text_config);
+                    if let Some(d) = head_dim {
+                        options.cache.check_head_dim(i32::try_from(d).unwrap_or(i32::MAX))?;
+                    }
+                    let cache = PromptCache::new(
+                        loaded.cache_layout.clone(),
+                        options.cache.clone(),
+                        options.prompt_cache_capacity,
+                    )?;
                     let tokenizer = Arc::new(model::load_tokenizer(&loaded)?);
                     let info = ModelInfo {
                         path: path.clone(),
@@ -180,8 +248,11 @@ impl ModelKit {
                         context_length: loaded.context_length,
                         cache_layout: loaded.cache_layout.clone(),
                         num_parameters: loaded.num_parameters,
+                        attention_heads,
+                        head_dim,
+                        cache_config: options.cache.clone(),
                     };
-                    Ok((Worker { loaded, tokenizer }, info))
+                    Ok((Worker { loaded, tokenizer, cache, attention_heads }, info))
                 };
                 match setup() {
                     Ok((worker, info)) => {
@@ -226,20 +297,51 @@ impl ModelKit {
         self.tokenizer.encode(&text, false)
     }
 
-    /// Starts a generation; results stream through the returned iterator.
+    /// Starts a generation; results stream through the returned iterator. The prompt reuses
+    /// whatever prefix earlier requests left in the model's prompt cache.
     pub fn generate(&self, req: GenerateRequest) -> Result<Generation> {
+        self.generate_with_progress(req, Box::new(NoProgress))
+    }
+
+    /// [`ModelKit::generate`] with a prefill reporter, called on the worker thread; any of its
+    /// calls may cancel the request by returning false.
+    pub fn generate_with_progress(
+        &self,
+        req: GenerateRequest,
+        progress: Box<dyn PromptProgress>,
+    ) -> Result<Generation> {
         let cancel = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
-        let jobs = self.jobs.as_ref().ok_or_else(|| Error::Param {
-            name: "model".into(),
-            reason: "the model was unloaded".into(),
-        })?;
-        jobs.send(Job::Generate { req, cancel: cancel.clone(), tx }).map_err(|_| Error::Param {
-            name: "model".into(),
-            reason: "the model's worker thread stopped".into(),
-        })?;
+        self.send(Job::Generate { req: Box::new(req), progress, cancel: cancel.clone(), tx })?;
         Ok(Generation { rx, cancel: CancelHandle(cancel), stats: None, done: false })
     }
+
+    /// The prompt cache's state and counters (waits for queued generations to finish).
+    pub fn prompt_cache_info(&self) -> Result<PromptCacheInfo> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Job::CacheInfo(tx))?;
+        rx.recv().map_err(|_| stopped())
+    }
+
+    /// Drops the prompt cache (live cache, snapshots, counters) and MLX's buffer cache, e.g. to
+    /// measure a cold start or free memory.
+    pub fn clear_prompt_cache(&self) -> Result<()> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Job::ClearCache(tx))?;
+        rx.recv().map_err(|_| stopped())
+    }
+
+    fn send(&self, job: Job) -> Result<()> {
+        let jobs = self
+            .jobs
+            .as_ref()
+            .ok_or_else(|| Error::Param { name: "model".into(), reason: "the model was unloaded".into() })?;
+        jobs.send(job).map_err(|_| stopped())
+    }
+}
+
+fn stopped() -> Error {
+    Error::Param { name: "model".into(), reason: "the model's worker thread stopped".into() }
 }
 
 impl Drop for ModelKit {

@@ -53,7 +53,8 @@ pub(crate) fn ring_mask(q_start: i32, queries: i32, layout: &RingKeys, keep: i32
     let k = k.reshape(&[1, layout.keys])?;
     let q = positions(q_start, queries)?.reshape(&[queries, 1])?;
     let in_window = q.subtract(&k)?.less(&Array::scalar(span as f64, Dtype::I32)?)?;
-    let visible = if keep > 0 { in_window.logical_or(&k.less(&Array::scalar(keep as f64, Dtype::I32)?)?)? } else { in_window };
+    let visible =
+        if keep > 0 { in_window.logical_or(&k.less(&Array::scalar(keep as f64, Dtype::I32)?)?)? } else { in_window };
     k.less_equal(&q)?.logical_and(&visible)
 }
 
@@ -139,8 +140,10 @@ fn quantized_attention(
     mask: Option<&Array>,
     softcap: Option<f32>,
 ) -> Result<Array> {
-    let (Tensor::Quantized { wq: kq, scales: ks, biases: kb, spec }, Tensor::Quantized { wq: vq, scales: vs, biases: vb, .. }) =
-        (keys, values)
+    let (
+        Tensor::Quantized { wq: kq, scales: ks, biases: kb, spec },
+        Tensor::Quantized { wq: vq, scales: vs, biases: vb, .. },
+    ) = (keys, values)
     else {
         return Err(Error::Boundary("KV cache: quantized attention over dense keys (engine bug)".into()));
     };

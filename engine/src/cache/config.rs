@@ -59,10 +59,7 @@ impl CacheConfig {
             }
         }
         if !KV_GROUP_SIZES.contains(&self.kv_group_size) {
-            return Err(param(
-                "kv_group_size",
-                format!("{} is not supported; use 32, 64 or 128", self.kv_group_size),
-            ));
+            return Err(param("kv_group_size", format!("{} is not supported; use 32, 64 or 128", self.kv_group_size)));
         }
         if let Some(m) = self.max_kv_size {
             // A rotating cache always keeps the first KEEP positions; with no room beyond them
@@ -82,7 +79,10 @@ impl CacheConfig {
             }
         }
         if self.quantized_kv_start > i32::MAX as usize {
-            return Err(param("quantized_kv_start", format!("{} is larger than {}", self.quantized_kv_start, i32::MAX)));
+            return Err(param(
+                "quantized_kv_start",
+                format!("{} is larger than {}", self.quantized_kv_start, i32::MAX),
+            ));
         }
         Ok(())
     }
@@ -96,10 +96,7 @@ impl CacheConfig {
         }
         let g = self.kv_group_size;
         if g <= 0 || head_dim <= 0 || head_dim % g != 0 {
-            return Err(param(
-                "kv_group_size",
-                format!("{g} does not divide the model's head dimension {head_dim}"),
-            ));
+            return Err(param("kv_group_size", format!("{g} does not divide the model's head dimension {head_dim}")));
         }
         Ok(())
     }

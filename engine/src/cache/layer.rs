@@ -1,72 +1,59 @@
-//! One layer's keys and values: a step-grown buffer for full attention, a ring buffer of the
-//! last `window` positions for sliding-window attention.
+//! One layer's keys and values under one of two policies:
+//!
+//! - **full**: every position, in a buffer grown in [`STEP`]s so decoding writes in place;
+//! - **ring**: at most `size` positions: the first `keep` of the sequence (attention sinks)
+//!   and the most recent `size - keep`. Sliding-window layers are rings with `keep = 0` and
+//!   `size = window`; full-attention layers under `max_kv_size = m` are rings with `keep = 4`
+//!   and `size = m` (mlx-lm's `RotatingKVCache`).
+//!
+//! Either policy stores dense or quantized [`Tensor`]s; the bookkeeping is the same, because
+//! quantization is per position.
 
-use mlx_engine_plugin_api::{concatenate, Array, LayerCache, Result};
+use mlx_engine_plugin_api::{Array, Error, Result};
+
+use super::attention::{ring_mask, Mask, RingKeys};
+use super::config::QuantSpec;
+use super::tensor::Tensor;
 
 /// Buffers grow by this many positions at a time (mlx-lm's `KVCache.step`).
 pub const STEP: i32 = 256;
 
-/// What attention runs over after an update.
-pub(crate) struct Update {
-    pub keys: Array,
-    pub values: Array,
-    /// Absolute position of `keys[.., 0, ..]` (meaningful when a mask is needed).
-    pub k_start: i32,
-    pub window: Option<u32>,
-    /// Whether some query must not see some key (several queries, or keys beyond a window).
-    pub needs_mask: bool,
+/// How a layer bounds what it keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Policy {
+    /// Every position.
+    Full,
+    /// The first `keep` positions and the last `size - keep` (`0 <= keep < size`).
+    Ring { size: i32, keep: i32 },
 }
 
+/// What attention runs over after an update.
+pub(crate) struct Update {
+    pub keys: Tensor,
+    pub values: Tensor,
+    pub mask: Mask,
+}
+
+#[derive(Clone)]
 pub(crate) struct Layer {
-    kind: LayerCache,
-    /// `[B, H, capacity, D]`; positions `0..len` are valid.
-    keys: Option<Array>,
-    values: Option<Array>,
-    /// Valid positions in the buffers.
+    policy: Policy,
+    quant: Option<QuantSpec>,
+    /// `[B, H, capacity, ..]`; entries `0..len` are valid.
+    keys: Option<Tensor>,
+    values: Option<Tensor>,
+    /// Valid entries. Equals `offset` until a ring first drops a position; `size` after.
     len: i32,
-    /// Sliding layers only: where the next single-token write goes once the ring is full
-    /// (the oldest entry). Positions are in temporal order while the ring is not full.
-    ring_next: i32,
+    /// Rings only, while full (`len == size`): the entry the next single token replaces, the
+    /// oldest non-sink one. Entries `keep..size` run from `next` round to `next - 1` in time
+    /// order; while not full, entries are in time order.
+    next: i32,
     /// Absolute position of the next token.
     offset: i32,
 }
 
-/// `a[.., start..stop, ..]` along axis 2.
-fn positions(a: &Array, start: i32, stop: i32) -> Result<Array> {
-    a.slice_axis(2, start, stop)
-}
-
-/// Writes `update` into `buf` at position `at` along axis 2.
-fn write_at(buf: &Array, update: &Array, at: i32) -> Result<Array> {
-    let s = update.shape();
-    buf.slice_update(update, &[0, 0, at, 0], &[s[0], s[1], at + s[2], s[3]], &[1, 1, 1, 1])
-}
-
-/// `buf` (valid up to `len`) with room for at least `need` positions, grown in [`STEP`]s but
-/// never beyond `cap` when given.
-fn reserve(buf: Option<&Array>, like: &Array, len: i32, need: i32, cap: Option<i32>) -> Result<Array> {
-    if let Some(b) = buf {
-        if b.dim(2)? >= need {
-            return Ok(b.clone());
-        }
-    }
-    let mut size = (need + STEP - 1) / STEP * STEP;
-    if let Some(c) = cap {
-        size = size.min(c.max(need));
-    }
-    let s = like.shape();
-    match buf {
-        Some(b) if len > 0 => {
-            let extra = Array::zeros(&[s[0], s[1], size - len, s[3]], like.dtype())?;
-            concatenate(&[&positions(b, 0, len)?, &extra], 2)
-        }
-        _ => Array::zeros(&[s[0], s[1], size, s[3]], like.dtype()),
-    }
-}
-
 impl Layer {
-    pub fn new(kind: LayerCache) -> Layer {
-        Layer { kind, keys: None, values: None, len: 0, ring_next: 0, offset: 0 }
+    pub fn new(policy: Policy, quant: Option<QuantSpec>) -> Layer {
+        Layer { policy, quant, keys: None, values: None, len: 0, next: 0, offset: 0 }
     }
 
     pub fn offset(&self) -> i32 {
@@ -74,100 +61,237 @@ impl Layer {
     }
 
     pub fn state(&self) -> Vec<&Array> {
-        self.keys.iter().chain(self.values.iter()).collect()
+        self.keys.iter().chain(self.values.iter()).flat_map(Tensor::parts).collect()
     }
 
     pub fn nbytes(&self) -> usize {
-        self.keys.as_ref().map_or(0, Array::nbytes) + self.values.as_ref().map_or(0, Array::nbytes)
+        self.keys.as_ref().map_or(0, Tensor::nbytes) + self.values.as_ref().map_or(0, Tensor::nbytes)
+    }
+
+    pub fn is_quantized(&self) -> bool {
+        self.keys.as_ref().is_some_and(Tensor::is_quantized)
+    }
+
+    /// The valid entries in time order, dequantized (tests and debugging).
+    pub fn dense_state(&self) -> Result<Option<(Array, Array)>> {
+        match (&self.keys, &self.values) {
+            (Some(k), Some(v)) => Ok(Some((self.ordered(k)?.dense()?, self.ordered(v)?.dense()?))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether the last positions can be dropped so that the layer is exactly as if they had
+    /// never been added: always for full layers; for rings only while nothing has been
+    /// evicted yet (`offset <= size`), because an evicted position cannot be brought back.
+    pub fn is_trimmable(&self) -> bool {
+        match self.policy {
+            Policy::Full => true,
+            Policy::Ring { size, .. } => self.offset <= size,
+        }
+    }
+
+    /// Drops the last `n` positions (clamped to what is held); the buffers keep their capacity
+    /// and the dropped entries are overwritten by the next update. Returns how many were
+    /// dropped: 0 when the layer is not trimmable.
+    pub fn trim(&mut self, n: i32) -> i32 {
+        if !self.is_trimmable() {
+            return 0;
+        }
+        // Untrimmed rings hold every position, so `len == offset` for both policies here.
+        let n = n.clamp(0, self.len);
+        self.len -= n;
+        self.offset -= n;
+        n
     }
 
     /// Appends `k`/`v` (`[B, H, L, D]`) and returns what attention runs over.
     pub fn update(&mut self, k: &Array, v: &Array) -> Result<Update> {
-        match self.kind {
-            LayerCache::Full => self.append(k, v, None),
-            LayerCache::SlidingWindow { window } => {
-                let w = window as i32;
-                let new = k.dim(2)?;
-                if new == 1 && self.len == w {
-                    self.ring_write(k, v, w)
-                } else if new == 1 || self.len + new <= w {
-                    self.append(k, v, Some(w))
+        let new = k.dim(2)?;
+        let (nk, nv) = match self.prepare_quantization(k, v)? {
+            Some(spec) => (Tensor::quantize(k, spec)?, Tensor::quantize(v, spec)?),
+            None => (Tensor::Dense(k.clone()), Tensor::Dense(v.clone())),
+        };
+        match self.policy {
+            Policy::Full => self.append(nk, nv, None),
+            Policy::Ring { size, keep } => {
+                if new == 1 && self.len == size {
+                    self.ring_write(nk, nv, size, keep)
+                } else if self.len + new <= size {
+                    let update = self.append(nk, nv, Some(size))?;
+                    if self.len == size {
+                        self.next = keep;
+                    }
+                    Ok(update)
                 } else {
-                    self.window_prefill(k, v, w)
+                    self.overflow(nk, nv, size, keep)
                 }
             }
         }
     }
 
-    /// Appends at the end of the valid positions (full layers, and sliding layers that still
-    /// have room).
-    fn append(&mut self, k: &Array, v: &Array, window: Option<i32>) -> Result<Update> {
-        let new = k.dim(2)?;
+    /// Decides whether this update is stored quantized, converting what the layer holds the
+    /// first time its offset reaches `quantized_kv_start`. Once quantized, a layer stays
+    /// quantized (also if trimmed below the start again): dequantizing would not give the
+    /// original values back.
+    fn prepare_quantization(&mut self, k: &Array, v: &Array) -> Result<Option<QuantSpec>> {
+        let Some(spec) = self.quant else { return Ok(None) };
+        if !self.is_quantized() && self.offset < spec.start {
+            return Ok(None);
+        }
+        for d in [k.dim(-1)?, v.dim(-1)?] {
+            if d % spec.group_size != 0 {
+                return Err(Error::Boundary(format!(
+                    "invalid parameter `kv_group_size`: {} does not divide the model's head dimension {d}",
+                    spec.group_size
+                )));
+            }
+        }
+        if !self.is_quantized() {
+            // The valid entries only, in their current (possibly rotated) order: quantization
+            // is per position, so the ring bookkeeping stays as it is.
+            let convert = |t: &Option<Tensor>| -> Result<Option<Tensor>> {
+                t.as_ref().map(|t| t.slice(0, self.len)?.to_quantized(spec)).transpose()
+            };
+            if self.len > 0 {
+                self.keys = convert(&self.keys)?;
+                self.values = convert(&self.values)?;
+            } else {
+                (self.keys, self.values) = (None, None);
+            }
+        }
+        Ok(Some(spec))
+    }
+
+    /// Appends at the end of the valid entries (full layers, and rings with room left).
+    fn append(&mut self, k: Tensor, v: Tensor, cap: Option<i32>) -> Result<Update> {
+        let new = k.positions()?;
         let need = self.len + new;
-        let keys = write_at(&reserve(self.keys.as_ref(), k, self.len, need, window)?, k, self.len)?;
-        let values = write_at(&reserve(self.values.as_ref(), v, self.len, need, window)?, v, self.len)?;
-        let k_start = self.offset - self.len;
+        let keys = reserve(self.keys.as_ref(), &k, self.len, need, cap)?.write_at(&k, self.len)?;
+        let values = reserve(self.values.as_ref(), &v, self.len, need, cap)?.write_at(&v, self.len)?;
         self.len = need;
         self.offset += new;
-        if window.is_some_and(|w| need == w) {
-            self.ring_next = 0;
-        }
-        let update = Update {
-            keys: positions(&keys, 0, need)?,
-            values: positions(&values, 0, need)?,
-            k_start,
-            window: window.map(|w| w as u32),
-            needs_mask: new > 1,
-        };
+        // Every key is visible to the last query; earlier queries of a chunk need the causal
+        // mask. Rings that still have room hold every position, so no window applies yet.
+        let mask = if new > 1 { Mask::Causal } else { Mask::None };
+        let update = Update { keys: valid(&keys, need)?, values: valid(&values, need)?, mask };
         self.keys = Some(keys);
         self.values = Some(values);
         Ok(update)
     }
 
-    /// One token into a full ring: it replaces the oldest entry. Every cached key is within
-    /// the window of the new query, so attention needs no mask and no ordering.
-    fn ring_write(&mut self, k: &Array, v: &Array, w: i32) -> Result<Update> {
+    /// One token into a full ring: it replaces the oldest non-sink entry. Everything left in
+    /// the ring is visible to the new query (sinks, and the last `size - keep` positions
+    /// including itself), so attention needs no mask and no ordering.
+    fn ring_write(&mut self, k: Tensor, v: Tensor, size: i32, keep: i32) -> Result<Update> {
         let (Some(kb), Some(vb)) = (&self.keys, &self.values) else {
-            return self.append(k, v, Some(w));
+            return Err(Error::Boundary("KV cache: full ring without buffers (engine bug)".into()));
         };
-        let keys = write_at(kb, k, self.ring_next)?;
-        let values = write_at(vb, v, self.ring_next)?;
-        self.ring_next = (self.ring_next + 1) % w;
+        let keys = kb.write_at(&k, self.next)?;
+        let values = vb.write_at(&v, self.next)?;
+        self.next += 1;
+        if self.next == size {
+            self.next = keep;
+        }
         self.offset += 1;
         self.keys = Some(keys.clone());
         self.values = Some(values.clone());
-        Ok(Update { keys, values, k_start: self.offset - w, window: Some(w as u32), needs_mask: false })
+        Ok(Update { keys, values, mask: Mask::None })
     }
 
-    /// Several tokens into a sliding layer that would overflow its window: attend over the
-    /// last `w - 1` cached positions plus the new ones with a window mask, then keep the last
-    /// `w` positions in temporal order.
-    fn window_prefill(&mut self, k: &Array, v: &Array, w: i32) -> Result<Update> {
-        let new = k.dim(2)?;
-        let ordered = |buf: &Option<Array>| -> Result<Option<Array>> {
-            let Some(b) = buf else { return Ok(None) };
-            let b = positions(b, 0, self.len)?;
-            let b = if self.len == w && self.ring_next != 0 {
-                concatenate(&[&positions(&b, self.ring_next, w)?, &positions(&b, 0, self.ring_next)?], 2)?
+    /// Several tokens that do not fit a ring. Attention runs over the sinks, the last
+    /// `span - 1` recent positions (all the first new query can see) and the new ones, with a
+    /// mask giving every query the sinks plus its own last `span` positions; then the ring
+    /// keeps the sinks and the last `span` positions, in time order.
+    ///
+    /// mlx-lm instead masks the concatenation as a plain window of `size` over buffer indices,
+    /// so later queries of a chunk lose the sinks one by one and a long first chunk sees no
+    /// sinks at all; here every query sees what single-token decoding would have shown it,
+    /// so results do not depend on how the prompt was chunked.
+    fn overflow(&mut self, k: Tensor, v: Tensor, size: i32, keep: i32) -> Result<Update> {
+        let new = k.positions()?;
+        let span = size - keep;
+        let sinks = self.len.min(keep);
+        let recent = (self.len - sinks).min(span - 1);
+        let gather = |buf: &Option<Tensor>, fresh: &Tensor| -> Result<Tensor> {
+            let mut parts = Vec::new();
+            if let Some(b) = buf {
+                let b = self.ordered(b)?;
+                if sinks > 0 {
+                    parts.push(b.slice(0, sinks)?);
+                }
+                if recent > 0 {
+                    parts.push(b.slice(self.len - recent, self.len)?);
+                }
+            }
+            parts.push(fresh.clone());
+            Tensor::concat(&parts.iter().collect::<Vec<_>>())
+        };
+        let keys = gather(&self.keys, &k)?;
+        let values = gather(&self.values, &v)?;
+        let total = sinks + recent + new;
+        let layout = RingKeys { sinks, recent_start: self.offset - recent, keys: total };
+        let mask = Mask::Explicit(ring_mask(self.offset, new, &layout, keep, span)?);
+        // More than `size` positions exist now, so the first `keep` entries are positions
+        // 0..keep and the last `span` entries come after them. The ring gets buffers of its
+        // own (a bare slice would keep the whole chunk's buffer alive behind a view, which
+        // `nbytes` would not show).
+        let keep_ring = |t: &Tensor| -> Result<Tensor> {
+            let tail = t.slice(total - span, total)?;
+            if keep > 0 {
+                Tensor::concat(&[&t.slice(0, keep)?, &tail])
             } else {
-                b
-            };
-            let keep = self.len.min(w - 1);
-            Ok(Some(positions(&b, self.len - keep, self.len)?))
+                tail.zeros_like(span)?.write_at(&tail, 0)
+            }
         };
-        let keep = self.len.min(w - 1);
-        let (keys, values) = match (ordered(&self.keys)?, ordered(&self.values)?) {
-            (Some(pk), Some(pv)) if keep > 0 => (concatenate(&[&pk, k], 2)?, concatenate(&[&pv, v], 2)?),
-            _ => (k.clone(), v.clone()),
-        };
-        let total = keep + new;
-        let k_start = self.offset - keep;
-        let stored = total.min(w);
-        self.keys = Some(positions(&keys, total - stored, total)?);
-        self.values = Some(positions(&values, total - stored, total)?);
-        self.len = stored;
-        self.ring_next = if stored == w { 0 } else { stored };
+        self.keys = Some(keep_ring(&keys)?);
+        self.values = Some(keep_ring(&values)?);
+        self.len = size;
+        self.next = keep;
         self.offset += new;
-        Ok(Update { keys, values, k_start, window: Some(w as u32), needs_mask: true })
+        Ok(Update { keys, values, mask })
+    }
+
+    /// The valid entries of `buf` in time order.
+    fn ordered(&self, buf: &Tensor) -> Result<Tensor> {
+        let b = valid(buf, self.len)?;
+        match self.policy {
+            Policy::Ring { size, keep } if self.len == size && self.next != keep => {
+                let mut parts = Vec::new();
+                if keep > 0 {
+                    parts.push(b.slice(0, keep)?);
+                }
+                parts.push(b.slice(self.next, size)?);
+                parts.push(b.slice(keep, self.next)?);
+                Tensor::concat(&parts.iter().collect::<Vec<_>>())
+            }
+            _ => Ok(b),
+        }
+    }
+}
+
+/// The first `len` entries (the buffer itself when that is all of it).
+fn valid(buf: &Tensor, len: i32) -> Result<Tensor> {
+    if buf.positions()? == len {
+        Ok(buf.clone())
+    } else {
+        buf.slice(0, len)
+    }
+}
+
+/// `buf` (valid up to `len`) with room for at least `need` entries, grown in [`STEP`]s but
+/// never beyond `cap` when given. `like` gives the representation and trailing shapes.
+fn reserve(buf: Option<&Tensor>, like: &Tensor, len: i32, need: i32, cap: Option<i32>) -> Result<Tensor> {
+    if let Some(b) = buf {
+        if b.positions()? >= need {
+            return Ok(b.clone());
+        }
+    }
+    let mut size = (need + STEP - 1) / STEP * STEP;
+    if let Some(c) = cap {
+        size = size.min(c.max(need));
+    }
+    match buf {
+        Some(b) if len > 0 => Tensor::concat(&[&b.slice(0, len)?, &like.zeros_like(size - len)?]),
+        _ => like.zeros_like(size),
     }
 }

@@ -2,31 +2,84 @@
 //!
 //! Architectures never touch keys and values after handing them to
 //! [`ForwardContext::attention`]: the cache stores them, builds the mask for the layer's kind
-//! and runs attention. Full-attention layers keep every position in a buffer that grows in
-//! steps of [`STEP`] positions (so decoding writes in place instead of copying the whole cache
-//! every token); sliding-window layers keep only the last `window` positions in a ring buffer,
-//! as mlx-lm's `RotatingKVCache` does. Trimming, quantization and prefix reuse arrive with the
-//! caching work and stay behind this same interface.
+//! and runs attention. What each layer keeps follows the architecture's declared
+//! [`LayerCache`] and the user's [`CacheConfig`]:
+//!
+//! - full-attention layers keep every position, in buffers grown in steps of [`STEP`] (so
+//!   decoding writes in place instead of copying the whole cache every token);
+//! - with `max_kv_size = m`, full-attention layers keep the first [`KEEP`] positions and the
+//!   last `m - KEEP` in a ring (mlx-lm's `RotatingKVCache(max_size=m, keep=4)`);
+//! - sliding-window layers keep their own last `window` positions in a ring, whatever
+//!   `max_kv_size` is;
+//! - with `kv_bits`, any of these stores keys and values quantized from `quantized_kv_start`
+//!   on, and attention runs through quantized matmuls.
+//!
+//! `docs/kv-cache.md` explains the choices (trimming, the combinations, the differences
+//! from mlx-lm and mlx-engine).
 
+mod attention;
+mod config;
 mod layer;
+pub mod prompt_cache;
+mod tensor;
 
-use mlx_engine_plugin_api::fast::{scaled_dot_product_attention, AttnMask};
-use mlx_engine_plugin_api::{where_, Array, AttentionOptions, Dtype, ForwardContext, LayerCache, Result};
+use mlx_engine_plugin_api::{Array, AttentionOptions, Error, ForwardContext, LayerCache, Result};
 
+pub use attention::attention_mask;
+pub use config::{CacheConfig, KEEP, KV_BITS, KV_GROUP_SIZES};
 pub use layer::STEP;
-use layer::{Layer, Update};
+use layer::{Layer, Policy, Update};
 
 /// The KV cache of one sequence: one layer cache per attention layer of the model.
+///
+/// `Clone` is a cheap snapshot: MLX arrays are immutable, reference-counted handles, and an
+/// update never modifies an array another handle still holds (MLX only reuses a buffer in
+/// place when nothing else refers to it), so a clone keeps seeing exactly the state it was
+/// taken in while the original goes on.
+#[derive(Clone)]
 pub struct KvCache {
     layers: Vec<Layer>,
+    config: CacheConfig,
 }
 
 impl KvCache {
+    /// A cache with the default configuration: full layers unbounded, no quantization.
     pub fn new(layout: Vec<LayerCache>) -> KvCache {
-        KvCache { layers: layout.into_iter().map(Layer::new).collect() }
+        KvCache::build(layout, CacheConfig::default())
     }
 
-    /// Number of positions processed so far (layer 0's offset).
+    /// A cache following `config`, after [`CacheConfig::validate`]. Every combination of
+    /// settings and layer kinds is supported (quantized rings included), so validation is
+    /// the only way this fails.
+    pub fn with_config(layout: Vec<LayerCache>, config: &CacheConfig) -> crate::Result<KvCache> {
+        config.validate()?;
+        Ok(KvCache::build(layout, config.clone()))
+    }
+
+    fn build(layout: Vec<LayerCache>, config: CacheConfig) -> KvCache {
+        let quant = config.quant();
+        let policy = |kind: LayerCache| match (kind, config.max_kv_size) {
+            (LayerCache::Full, None) => Policy::Full,
+            // Validation keeps `m` in KEEP + 1..=i32::MAX.
+            (LayerCache::Full, Some(m)) => Policy::Ring { size: m as i32, keep: KEEP as i32 },
+            // The model's own window, not bounded further by `max_kv_size`: shrinking it would
+            // change what the layer computes even on short inputs. A zero window would keep
+            // nothing, not even the current token; it is treated as 1.
+            (LayerCache::SlidingWindow { window }, _) => {
+                Policy::Ring { size: window.clamp(1, i32::MAX as u32) as i32, keep: 0 }
+            }
+        };
+        let layers = layout.into_iter().map(|kind| Layer::new(policy(kind), quant)).collect();
+        KvCache { layers, config }
+    }
+
+    /// The configuration the cache was built with.
+    pub fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
+    /// Positions processed so far (the absolute offset of the next token), also once rings
+    /// have dropped old positions.
     pub fn len(&self) -> usize {
         self.layers.first().map_or(0, |l| l.offset() as usize)
     }
@@ -35,7 +88,33 @@ impl KvCache {
         self.len() == 0
     }
 
-    /// Bytes held by keys and values (allocated capacity, not just the used part).
+    /// Whether every layer can drop its last positions exactly (see [`KvCache::trim`]).
+    pub fn is_trimmable(&self) -> bool {
+        self.layers.iter().all(Layer::is_trimmable)
+    }
+
+    /// Drops the last `n` positions (at most [`KvCache::len`]) of every layer, as if they had
+    /// never been processed, and returns how many were dropped. Returns 0 and changes nothing
+    /// when some layer cannot: a ring (sliding layer, or any layer under `max_kv_size`) that
+    /// has already evicted positions. Quantized layers trim like dense ones.
+    pub fn trim(&mut self, n: usize) -> usize {
+        if !self.is_trimmable() {
+            return 0;
+        }
+        let n = n.min(self.len()) as i32;
+        for layer in &mut self.layers {
+            layer.trim(n);
+        }
+        n as usize
+    }
+
+    /// Whether any layer stores its keys and values quantized now.
+    pub fn is_quantized(&self) -> bool {
+        self.layers.iter().any(Layer::is_quantized)
+    }
+
+    /// Bytes held by keys and values: allocated capacity (not just the used part), including
+    /// quantization scales and biases.
     pub fn nbytes(&self) -> usize {
         self.layers.iter().map(Layer::nbytes).sum()
     }
@@ -46,53 +125,21 @@ impl KvCache {
         self.layers.iter().flat_map(Layer::state).collect()
     }
 
+    /// Layer `layer`'s valid keys and values in time order, dequantized (`[B, H, T, D]`
+    /// each), or `None` before its first update. For tests and debugging.
+    pub fn layer_contents(&self, layer: usize) -> Result<Option<(Array, Array)>> {
+        let n = self.layers.len();
+        self.layers.get(layer).ok_or_else(|| out_of_range(layer, n))?.dense_state()
+    }
+
     fn layer_mut(&mut self, layer: usize) -> Result<&mut Layer> {
         let n = self.layers.len();
         self.layers.get_mut(layer).ok_or_else(|| out_of_range(layer, n))
     }
 }
 
-fn out_of_range(layer: usize, n: usize) -> mlx_engine_plugin_api::Error {
-    mlx_engine_plugin_api::Error::Boundary(format!(
-        "the model attended through layer {layer}, but its cache layout declares {n} layers"
-    ))
-}
-
-/// Boolean mask `[L, T]` for queries at absolute positions `q_start..q_start + L` over keys at
-/// `k_start..k_start + T`: a query sees a key at or before itself and, with a window `w`, less
-/// than `w` positions back.
-pub fn attention_mask(q_start: i32, queries: i32, k_start: i32, keys: i32, window: Option<u32>) -> Result<Array> {
-    let q = Array::arange(q_start as f64, (q_start + queries) as f64, 1.0, Dtype::I32)?.reshape(&[queries, 1])?;
-    let k = Array::arange(k_start as f64, (k_start + keys) as f64, 1.0, Dtype::I32)?.reshape(&[1, keys])?;
-    let causal = k.less_equal(&q)?;
-    match window {
-        None => Ok(causal),
-        Some(w) => causal.logical_and(&q.subtract(&k)?.less(&Array::scalar(w as f64, Dtype::I32)?)?),
-    }
-}
-
-/// Attention written out with plain ops, for what the fused kernel cannot do (softcapping).
-fn manual_attention(q: &Array, k: &Array, v: &Array, scale: f32, mask: Option<&Array>, softcap: f32) -> Result<Array> {
-    let (hq, hkv) = (q.dim(1)?, k.dim(1)?);
-    let (k, v) = if hq != hkv {
-        // Grouped-query attention: repeat each kv head for its group of query heads.
-        let rep = hq / hkv;
-        let expand = |a: &Array| -> Result<Array> {
-            let s = a.shape();
-            a.expand_dims(&[2])?.broadcast_to(&[s[0], s[1], rep, s[2], s[3]])?.reshape(&[s[0], hq, s[2], s[3]])
-        };
-        (expand(k)?, expand(v)?)
-    } else {
-        (k.clone(), v.clone())
-    };
-    let cap = q.scalar_like(softcap as f64)?;
-    let scores = q.matmul(&k.swapaxes(-1, -2)?)?.multiply(&q.scalar_like(scale as f64)?)?;
-    let scores = scores.divide(&cap)?.tanh()?.multiply(&cap)?;
-    let scores = match mask {
-        Some(m) => where_(m, &scores, &Array::scalar(f64::NEG_INFINITY, scores.dtype())?)?,
-        None => scores,
-    };
-    scores.softmax(&[-1], true)?.matmul(&v)
+fn out_of_range(layer: usize, n: usize) -> Error {
+    Error::Boundary(format!("the model attended through layer {layer}, but its cache layout declares {n} layers"))
 }
 
 impl ForwardContext for KvCache {
@@ -110,25 +157,7 @@ impl ForwardContext for KvCache {
         scale: f32,
         options: &AttentionOptions,
     ) -> Result<Array> {
-        let queries = q.dim(2)?;
-        let Update { keys, values, k_start, window, needs_mask } = self.layer_mut(layer)?.update(k, v)?;
-        let q_start = k_start + keys.dim(2)? - queries;
-        let mask = if needs_mask {
-            Some(attention_mask(q_start, queries, k_start, keys.dim(2)?, window)?)
-        } else {
-            None
-        };
-        if let Some(cap) = options.logit_softcap {
-            return manual_attention(q, &keys, &values, scale, mask.as_ref(), cap);
-        }
-        match &mask {
-            // A plain causal mask aligned to the end of the keys is what MLX's fused kernel
-            // builds itself; only windows need an explicit mask.
-            Some(_) if window.is_none() => {
-                scaled_dot_product_attention(q, &keys, &values, scale, AttnMask::Causal)
-            }
-            Some(m) => scaled_dot_product_attention(q, &keys, &values, scale, AttnMask::Array(m)),
-            None => scaled_dot_product_attention(q, &keys, &values, scale, AttnMask::None),
-        }
+        let Update { keys, values, mask } = self.layer_mut(layer)?.update(k, v)?;
+        attention::attend(q, &keys, &values, scale, &mask, options.logit_softcap)
     }
 }

@@ -118,7 +118,8 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 
 impl PromptCache {
     /// An empty cache for a model with this layout; fails when `config` is invalid. A
-    /// `capacity` of 0 keeps no snapshots (only the live cache is reused, by trimming).
+    /// `capacity` of 0 keeps no snapshots, which turns reuse off: the live cache is only ever
+    /// reused through the snapshot it becomes at the next request.
     pub fn new(layout: Vec<LayerCache>, config: CacheConfig, capacity: usize) -> Result<PromptCache> {
         let live = KvCache::with_config(layout.clone(), &config)?;
         Ok(PromptCache {
@@ -138,7 +139,7 @@ impl PromptCache {
     }
 
     fn fresh(&self) -> Result<KvCache> {
-        Ok(KvCache::with_config(self.layout.clone(), &self.config)?)
+        KvCache::with_config(self.layout.clone(), &self.config)
     }
 
     fn tick(&mut self) -> u64 {
@@ -247,15 +248,9 @@ impl PromptCache {
     /// from pushing out every entry of the other, which serves a different kind of reuse.
     fn evict(&mut self) {
         let assistants = self.entries.iter().filter(|e| e.kind == EntryKind::Assistant).count();
-        let kind =
-            if assistants * 2 >= self.entries.len() { EntryKind::Assistant } else { EntryKind::User };
-        let victim = self
-            .entries
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.kind == kind)
-            .min_by_key(|(_, e)| e.used)
-            .map(|(i, _)| i);
+        let kind = if assistants * 2 >= self.entries.len() { EntryKind::Assistant } else { EntryKind::User };
+        let victim =
+            self.entries.iter().enumerate().filter(|(_, e)| e.kind == kind).min_by_key(|(_, e)| e.used).map(|(i, _)| i);
         if let Some(i) = victim {
             self.entries.remove(i);
             self.events.evictions += 1;
@@ -313,7 +308,7 @@ impl PromptCache {
 
     pub fn info(&self) -> PromptCacheInfo {
         let mut entries: Vec<&Entry> = self.entries.iter().collect();
-        entries.sort_by(|a, b| b.used.cmp(&a.used));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.used));
         PromptCacheInfo {
             live_tokens: self.live.len(),
             live_nbytes: self.live.nbytes(),

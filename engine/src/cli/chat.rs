@@ -4,7 +4,7 @@
 use std::io::{BufRead, Write};
 use std::sync::{Arc, Mutex};
 
-use super::common::{load, print_stats, ModelArgs, SamplingArgs};
+use super::common::{load, print_stats, CacheArgs, ModelArgs, PrefillBar, SamplingArgs};
 use crate::error::Result;
 use crate::generate::GenerateRequest;
 use crate::model_kit::CancelHandle;
@@ -19,13 +19,16 @@ pub struct ChatArgs {
     pub system: Option<String>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 pub fn run(args: &ChatArgs) -> Result<()> {
     let template = args.sampling.template()?;
     let template_args = args.sampling.template_args()?;
     crate::stop::StopStrings::new(args.sampling.stop.clone())?;
-    let kit = load(&args.model)?;
+    let step = args.cache.prefill_step_size()?;
+    let kit = load(&args.model, &args.cache)?;
     let current: Arc<Mutex<Option<CancelHandle>>> = Arc::new(Mutex::new(None));
     let handler_slot = current.clone();
     let _ = ctrlc::set_handler(move || {
@@ -73,8 +76,10 @@ pub fn run(args: &ChatArgs) -> Result<()> {
             max_tokens: args.sampling.max_tokens,
             stop_strings: args.sampling.stop.clone(),
             ignore_eos: args.sampling.ignore_eos,
+            prefill_step_size: step,
+            ignore_prompt_cache: false,
         };
-        let mut generation = match kit.generate(req) {
+        let mut generation = match kit.generate_with_progress(req, Box::new(PrefillBar::new(step))) {
             Ok(g) => g,
             Err(e) => {
                 eprintln!("error: {e}");

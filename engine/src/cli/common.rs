@@ -3,10 +3,12 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mlx_engine_plugin_api::runtime::{peak_memory, Device};
 
+use crate::cache::CacheConfig;
 use crate::error::{Error, Result};
-use crate::generate::GenerationStats;
+use crate::generate::{GenerationStats, PromptProgress, DEFAULT_PREFILL_STEP_SIZE};
 use crate::model::DtypeChoice;
 use crate::model_kit::{LoadOptions, ModelKit};
 use crate::plugin_host::HostOptions;
@@ -26,6 +28,77 @@ pub struct ModelArgs {
     pub device: String,
     #[command(flatten)]
     pub plugins: super::plugins::PluginsArgs,
+}
+
+/// KV cache and prefill settings. Numbers are read as signed integers so that a negative value
+/// gets an error naming the flag rather than a parse failure.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct CacheArgs {
+    /// Bound each full-attention layer's KV cache to N positions (the first 4 and the most
+    /// recent ones; a rotating cache).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub max_kv_size: Option<i64>,
+    /// Store the KV cache quantized to this many bits: 2, 3, 4, 6 or 8.
+    #[arg(long, value_name = "BITS", allow_negative_numbers = true)]
+    pub kv_bits: Option<i64>,
+    /// Group size of the KV quantization: 32, 64 (default) or 128; needs --kv-bits.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub kv_group_size: Option<i64>,
+    /// Quantize a layer's cache once it holds N positions (default 0); needs --kv-bits.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub quantized_kv_start: Option<i64>,
+    /// At most N prompt tokens per prefill chunk (default 2048; chunks also shrink as the
+    /// context grows, to bound the attention scores).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub prefill_step_size: Option<i64>,
+}
+
+impl CacheArgs {
+    /// The cache configuration the flags ask for, validated (without the model: the head
+    /// dimension is checked at load).
+    pub fn config(&self) -> Result<CacheConfig> {
+        let mut c = CacheConfig::default();
+        if self.kv_bits.is_none() {
+            // As mlx-engine does: a setting that would be silently ignored is a mistake.
+            for (flag, set) in [
+                ("--kv-group-size", self.kv_group_size.is_some()),
+                ("--quantized-kv-start", self.quantized_kv_start.is_some()),
+            ] {
+                if set {
+                    return Err(param(flag, "only applies to a quantized KV cache; pass --kv-bits too"));
+                }
+            }
+        }
+        let int = |flag: &str, v: i64| i32::try_from(v).map_err(|_| param(flag, format!("{v} is out of range")));
+        c.kv_bits = self.kv_bits.map(|v| int("--kv-bits", v)).transpose()?;
+        if let Some(g) = self.kv_group_size {
+            c.kv_group_size = int("--kv-group-size", g)?;
+        }
+        if let Some(s) = self.quantized_kv_start {
+            c.quantized_kv_start =
+                usize::try_from(s).map_err(|_| param("--quantized-kv-start", format!("must be >= 0, got {s}")))?;
+        }
+        if let Some(m) = self.max_kv_size {
+            // Values from 0 up are the library's to judge (it knows the smallest usable size).
+            c.max_kv_size = Some(usize::try_from(m).map_err(|_| {
+                param("--max-kv-size", format!("must be at least {}, got {m}", crate::cache::KEEP + 1))
+            })?);
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// `--prefill-step-size`, checked (`None` = the default).
+    pub fn prefill_step_size(&self) -> Result<Option<usize>> {
+        self.prefill_step_size
+            .map(|v| {
+                usize::try_from(v)
+                    .ok()
+                    .filter(|&v| v >= 1)
+                    .ok_or_else(|| param("--prefill-step-size", format!("must be at least 1, got {v}")))
+            })
+            .transpose()
+    }
 }
 
 /// Sampling and stopping.
@@ -108,12 +181,14 @@ pub fn param(name: &str, reason: impl Into<String>) -> Error {
 }
 
 /// Loads the model with a spinner on stderr.
-pub fn load(args: &ModelArgs) -> Result<ModelKit> {
+pub fn load(args: &ModelArgs, cache: &CacheArgs) -> Result<ModelKit> {
     let device = if args.device == "gpu" { Device::Gpu } else { Device::Cpu };
     let options = LoadOptions {
         dtype: args.dtype.parse::<DtypeChoice>()?,
         device,
         plugins: HostOptions::standard(args.plugins.plugins.clone(), args.plugins.registry.clone()),
+        cache: cache.config()?,
+        ..Default::default()
     };
     let bar = indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", args.model.display()));
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
@@ -135,17 +210,78 @@ pub fn load(args: &ModelArgs) -> Result<ModelKit> {
     Ok(kit)
 }
 
-/// Prompt and decode speed, time to first token and peak memory, on stderr.
+/// Prompt and decode speed, time to first token and peak memory, on stderr. The prompt rate
+/// counts only the tokens actually prefilled (not those from cache).
 pub fn print_stats(stats: &GenerationStats) {
     let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
+    eprintln!("{} of {} prompt tokens from cache", stats.cached_tokens, stats.prompt_tokens);
     eprintln!(
         "prompt: {} tokens, {:.1} tok/s | generation: {} tokens, {:.1} tok/s | time to first token {:.3}s | peak memory {:.1} MB | seed {}",
         stats.prompt_tokens,
-        rate(stats.prompt_tokens, stats.prompt_seconds),
+        rate(stats.prompt_tokens - stats.cached_tokens, stats.prompt_seconds),
         stats.generated_tokens,
         rate(stats.generated_tokens.saturating_sub(1), stats.decode_seconds),
         stats.prompt_seconds,
         peak_memory() as f64 / 1e6,
         stats.seed
     );
+}
+
+/// A prefill progress bar on stderr. It appears only for prefills of more than one chunk or
+/// that are still running after half a second, so short prompts print nothing extra. It never
+/// cancels (Ctrl-C goes through the generation's cancel handle).
+pub struct PrefillBar {
+    bar: ProgressBar,
+    step: usize,
+    start: Instant,
+    shown: bool,
+}
+
+impl PrefillBar {
+    pub fn new(step: Option<usize>) -> PrefillBar {
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden());
+        if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} tokens, eta {eta}") {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        PrefillBar { bar, step: step.unwrap_or(DEFAULT_PREFILL_STEP_SIZE), start: Instant::now(), shown: false }
+    }
+
+    fn show(&mut self) {
+        if !self.shown {
+            self.shown = true;
+            self.bar.set_draw_target(ProgressDrawTarget::stderr());
+        }
+    }
+}
+
+impl PromptProgress for PrefillBar {
+    fn begin(&mut self, cached: usize, total: usize) -> bool {
+        let todo = total.saturating_sub(cached + 1);
+        self.start = Instant::now();
+        self.bar.set_length(todo as u64);
+        self.bar.set_message(format!("prefill ({cached} of {total} cached)"));
+        if todo > self.step {
+            self.show();
+        }
+        true
+    }
+
+    fn update(&mut self, processed: usize) -> bool {
+        self.bar.set_position(processed as u64);
+        if self.start.elapsed().as_secs_f64() > 0.5 {
+            self.show();
+        }
+        true
+    }
+
+    fn finish(&mut self) -> bool {
+        self.bar.finish_and_clear();
+        true
+    }
+}
+
+impl Drop for PrefillBar {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
 }

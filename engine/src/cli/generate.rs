@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 
-use super::common::{load, param, print_stats, ModelArgs, SamplingArgs};
+use super::common::{load, param, print_stats, CacheArgs, ModelArgs, PrefillBar, SamplingArgs};
 use crate::error::{Error, Result};
 use crate::generate::GenerateRequest;
 use crate::tokenizer::ChatMessage;
@@ -22,6 +22,8 @@ pub struct GenerateArgs {
     pub system: Option<String>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
     /// `text` streams the text; `jsonl` prints one JSON object per streamed result.
     #[arg(long, default_value = "text", value_parser = ["text", "jsonl"])]
     pub output: String,
@@ -43,7 +45,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let template = args.sampling.template()?;
     let template_args = args.sampling.template_args()?;
     crate::stop::StopStrings::new(args.sampling.stop.clone())?;
-    let kit = load(&args.model)?;
+    let step = args.cache.prefill_step_size()?;
+    let kit = load(&args.model, &args.cache)?;
     let prompt_tokens = match (&args.prompt, &args.chat) {
         (Some(p), _) => kit.tokenize(&read_arg(p)?)?,
         (None, Some(c)) => {
@@ -62,8 +65,10 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         max_tokens: args.sampling.max_tokens,
         stop_strings: args.sampling.stop.clone(),
         ignore_eos: args.sampling.ignore_eos,
+        prefill_step_size: step,
+        ignore_prompt_cache: false,
     };
-    let mut generation = kit.generate(req)?;
+    let mut generation = kit.generate_with_progress(req, Box::new(PrefillBar::new(step)))?;
     let cancel = generation.cancel_handle();
     let _ = ctrlc::set_handler(move || cancel.cancel());
     let stdout = std::io::stdout();

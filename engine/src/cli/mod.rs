@@ -1,5 +1,6 @@
 //! The `mlx-engine` command line: thin layers over the library API.
 
+pub mod bench;
 pub mod chat;
 pub mod common;
 pub mod forward;
@@ -25,6 +26,9 @@ pub enum Command {
     Plugins(plugins::PluginsArgs),
     /// Run one forward pass over token ids and print the most likely next tokens.
     Forward(forward::ForwardArgs),
+    /// Measure time to first token with and without the prompt cache, and peak memory vs
+    /// prompt length with and without KV quantization.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the command; the binary maps an error to a message and a non-zero exit.
@@ -34,5 +38,6 @@ pub fn run(cli: Cli) -> crate::Result<()> {
         Command::Chat(a) => chat::run(&a),
         Command::Plugins(a) => plugins::run(&a),
         Command::Forward(a) => forward::run(&a),
+        Command::Bench(a) => bench::run_bench(&a),
     }
 }

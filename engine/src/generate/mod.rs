@@ -1,22 +1,28 @@
-//! The decode loop: prompt tokens -> prefill -> (processors -> sampler -> token -> detokenizer ->
-//! stop strings / EOS) per step -> streamed [`GenerationResult`]s.
+//! The decode loop: prompt tokens -> prompt cache reuse -> chunked prefill -> (processors ->
+//! sampler -> token -> detokenizer -> stop strings / EOS) per step -> streamed
+//! [`GenerationResult`]s.
 //!
-//! It runs on the model's worker thread (see `model_kit`), which owns the model and its cache.
+//! It runs on the model's worker thread (see `model_kit`), which owns the model and its
+//! [`PromptCache`], so consecutive requests reuse what the previous ones computed.
 
+pub mod prefill;
 pub mod result;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use mlx_engine_plugin_api::{Array, Dtype, DynModel, Input};
+use mlx_engine_plugin_api::{Array, DynModel, Input};
 use serde_json::Value;
 
+pub use prefill::{NoProgress, PromptProgress, DEFAULT_PREFILL_STEP_SIZE};
 pub use result::{GenerationResult, StopCondition, StopReason, Token};
 
-use crate::cache::KvCache;
+use crate::cache::prompt_cache::PromptCache;
+use crate::cache::CacheConfig;
 use crate::error::{Error, Result};
 use crate::sample::{apply_processors, processors_for, top_logprobs, Sampler, SamplingOverrides, SamplingParams};
 use crate::stop::StopStrings;
 use crate::tokenizer::{StreamingDetokenizer, Tokenizer};
+use prefill::{last_logits, token_ids, Plan};
 
 /// One generation request over already tokenized prompt tokens.
 #[derive(Clone, Debug, Default)]
@@ -29,6 +35,13 @@ pub struct GenerateRequest {
     pub stop_strings: Vec<String>,
     /// Keep generating through EOS / end-of-turn tokens (until max_tokens or a stop string).
     pub ignore_eos: bool,
+    /// At most this many prompt tokens per prefill chunk (at least 1); `None` =
+    /// [`DEFAULT_PREFILL_STEP_SIZE`]. Chunks also shrink as the context grows (see
+    /// [`prefill::chunk_size`]).
+    pub prefill_step_size: Option<usize>,
+    /// Prefill the whole prompt even if a prefix is cached (for cold timings; the result is
+    /// still cached for later requests).
+    pub ignore_prompt_cache: bool,
 }
 
 /// What a generation needs from the loaded model.
@@ -47,8 +60,19 @@ pub struct GenerationStats {
     pub generated_tokens: usize,
     pub prompt_seconds: f64,
     pub decode_seconds: f64,
+    /// Prompt tokens that came from the prompt cache (not prefilled).
+    pub cached_tokens: usize,
     /// The seed used (the request's, or the one drawn for it).
     pub seed: u64,
+}
+
+/// What a generation borrows from the model's worker besides the model: the cache it reuses
+/// and fills, the prefill reporter, and what bounds a prefill chunk.
+pub struct Session<'a> {
+    pub cache: &'a mut PromptCache,
+    pub progress: &'a mut dyn PromptProgress,
+    /// The model's query heads, for [`prefill::chunk_size`]; `None` = chunks of the step size.
+    pub attention_heads: Option<usize>,
 }
 
 fn param(name: &str, reason: impl Into<String>) -> Error {
@@ -92,108 +116,129 @@ pub fn prepare(ctx: &GenContext<'_>, req: &GenerateRequest) -> Result<(Vec<u32>,
     Ok((prompt, budget, params))
 }
 
-/// The logits of the last position of `[1, L, vocab]`, as `[vocab]` f32.
-fn last_logits(logits: &Array) -> Result<Array> {
-    let l = logits.dim(1)?;
-    Ok(logits.slice_axis(1, l - 1, l)?.reshape(&[-1])?.astype(Dtype::F32)?)
-}
-
-fn token_ids(tokens: &[u32]) -> Result<Array> {
-    let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-    Ok(Array::from_slice(&ids, &[1, ids.len() as i32])?)
-}
-
-/// Fills the cache with all but the last prompt token, evaluating only the cache (the logits
-/// of those positions are never needed, and for large vocabularies they are much of the
-/// work), then returns the last token's logits.
-fn prefill(model: &dyn DynModel, cache: &mut KvCache, prompt: &[u32]) -> Result<Array> {
-    let (head, last) = prompt.split_at(prompt.len() - 1);
-    if !head.is_empty() {
-        let _unused_logits = model.forward(Input::Tokens(&token_ids(head)?), cache)?;
-        mlx_engine_plugin_api::eval(&cache.state())?;
-    }
-    let logits = last_logits(&model.forward(Input::Tokens(&token_ids(last)?), cache)?)?;
-    logits.eval()?;
-    Ok(logits)
-}
-
-/// Runs one generation, handing each result to `emit` (which returns false when the
-/// receiver is gone). Ends with exactly one result carrying the stop condition.
+/// Runs one generation on a fresh cache that is dropped afterwards (no reuse, no progress
+/// reports); see [`generate_in`].
 pub fn generate(
     ctx: &GenContext<'_>,
     req: &GenerateRequest,
     cancel: &AtomicBool,
     emit: &mut dyn FnMut(GenerationResult) -> bool,
 ) -> Result<GenerationStats> {
+    let mut cache = PromptCache::new(ctx.model.cache_layout(), CacheConfig::default(), 0)?;
+    let session = Session { cache: &mut cache, progress: &mut NoProgress, attention_heads: None };
+    generate_in(ctx, session, req, cancel, emit)
+}
+
+/// Runs one generation, reusing and filling `session.cache`, handing each result to `emit`
+/// (which returns false when the receiver is gone). Ends with exactly one result carrying the
+/// stop condition; a cancelled prefill ends with `user_cancelled` and leaves the partly
+/// filled cache for the next request. The request is checked before any model work; after an
+/// error mid-way the live cache is discarded, since its layers may disagree.
+pub fn generate_in(
+    ctx: &GenContext<'_>,
+    session: Session<'_>,
+    req: &GenerateRequest,
+    cancel: &AtomicBool,
+    emit: &mut dyn FnMut(GenerationResult) -> bool,
+) -> Result<GenerationStats> {
     let (prompt, budget, params) = prepare(ctx, req)?;
+    let step = prefill::step_size(req.prefill_step_size)?;
     let mut stops = StopStrings::new(req.stop_strings.clone())?;
     let mut processors = processors_for(&params)?;
     let mut sampler = Sampler::new(&params)?;
     let mut detok = StreamingDetokenizer::new(ctx.tokenizer.clone(), false);
     let mut stats = GenerationStats { prompt_tokens: prompt.len(), seed: sampler.seed(), ..Default::default() };
+    let Session { cache, progress, attention_heads } = session;
 
-    let mut cache = KvCache::new(ctx.model.cache_layout());
-    let t0 = std::time::Instant::now();
-    let mut logits = prefill(ctx.model, &mut cache, &prompt)?;
-    stats.prompt_seconds = t0.elapsed().as_secs_f64();
-    let t1 = std::time::Instant::now();
-
-    let mut history = prompt.clone();
-    let mut pending = GenerationResult::default();
-    let finish = |pending: &mut GenerationResult, reason: StopReason, stop_string: String, stop_tokens: Vec<u32>| {
-        let mut last = std::mem::take(pending);
-        last.stop_condition = Some(StopCondition { reason, stop_string, stop_tokens });
-        last
-    };
-    loop {
-        if cancel.load(Ordering::Relaxed) {
-            pending.text.push_str(&detok.finish()?);
-            pending.text.push_str(&stops.flush());
-            emit(finish(&mut pending, StopReason::UserCancelled, String::new(), Vec::new()));
-            break;
+    let mut work = || -> Result<()> {
+        let t0 = std::time::Instant::now();
+        let cached = cache.prepare(&prompt, !req.ignore_prompt_cache)?;
+        stats.cached_tokens = cached;
+        let plan = Plan { step, attention_heads, checkpoint: cache.checkpoint_at(prompt.len(), cached) };
+        let done = prefill::prefill(ctx.model, cache.live_mut(), &prompt, cached, &plan, progress, cancel)?;
+        if let (Some(at), Some(snapshot)) = (plan.checkpoint, done.checkpoint) {
+            cache.store_checkpoint(at, snapshot);
         }
-        let processed = apply_processors(&mut processors, &history, &logits)?;
-        let out = sampler.sample(&processed)?;
-        let id = out.token;
-        let logprob = out.logprobs.take(&Array::from_slice(&[id as i32], &[1])?, 0)?.item::<f32>()?;
-        let token = Token { id, text: ctx.tokenizer.decode(&[id], false)?, logprob, from_draft: None };
-        if params.top_logprobs > 0 {
-            let alts = top_logprobs(&out.logprobs, params.top_logprobs)?
-                .into_iter()
-                .map(|(t, lp)| Ok(Token { id: t, text: ctx.tokenizer.decode(&[t], false)?, logprob: lp, from_draft: None }))
-                .collect::<Result<Vec<_>>>()?;
-            pending.top_logprobs.push(alts);
-        }
-        history.push(id);
-        stats.generated_tokens += 1;
+        stats.prompt_seconds = t0.elapsed().as_secs_f64();
+        let t1 = std::time::Instant::now();
+        let Some(mut logits) = done.logits else {
+            emit(GenerationResult {
+                stop_condition: Some(StopCondition {
+                    reason: StopReason::UserCancelled,
+                    stop_string: String::new(),
+                    stop_tokens: Vec::new(),
+                }),
+                ..Default::default()
+            });
+            return Ok(());
+        };
 
-        if !req.ignore_eos && ctx.tokenizer.is_eos(id) {
-            pending.text.push_str(&detok.finish()?);
-            pending.text.push_str(&stops.flush());
-            let text = token.text.clone();
+        let mut history = prompt.clone();
+        let mut pending = GenerationResult::default();
+        let finish = |pending: &mut GenerationResult, reason: StopReason, stop_string: String, stop_tokens: Vec<u32>| {
+            let mut last = std::mem::take(pending);
+            last.stop_condition = Some(StopCondition { reason, stop_string, stop_tokens });
+            last
+        };
+        loop {
+            if cancel.load(Ordering::Relaxed) {
+                pending.text.push_str(&detok.finish()?);
+                pending.text.push_str(&stops.flush());
+                emit(finish(&mut pending, StopReason::UserCancelled, String::new(), Vec::new()));
+                break;
+            }
+            let processed = apply_processors(&mut processors, &history, &logits)?;
+            let out = sampler.sample(&processed)?;
+            let id = out.token;
+            let logprob = out.logprobs.take(&Array::from_slice(&[id as i32], &[1])?, 0)?.item::<f32>()?;
+            let token = Token { id, text: ctx.tokenizer.decode(&[id], false)?, logprob, from_draft: None };
+            if params.top_logprobs > 0 {
+                let alts = top_logprobs(&out.logprobs, params.top_logprobs)?
+                    .into_iter()
+                    .map(|(t, lp)| {
+                        Ok(Token { id: t, text: ctx.tokenizer.decode(&[t], false)?, logprob: lp, from_draft: None })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                pending.top_logprobs.push(alts);
+            }
+            history.push(id);
+            cache.record(id);
+            stats.generated_tokens += 1;
+
+            if !req.ignore_eos && ctx.tokenizer.is_eos(id) {
+                pending.text.push_str(&detok.finish()?);
+                pending.text.push_str(&stops.flush());
+                let text = token.text.clone();
+                pending.tokens.push(token);
+                emit(finish(&mut pending, StopReason::EosToken, text, vec![id]));
+                break;
+            }
             pending.tokens.push(token);
-            emit(finish(&mut pending, StopReason::EosToken, text, vec![id]));
-            break;
+            let out = stops.push(&detok.push(id)?);
+            pending.text.push_str(&out.text);
+            if let Some(hit) = out.hit {
+                let stop_tokens = pending.tokens.iter().map(|t| t.id).collect();
+                emit(finish(&mut pending, StopReason::StopString, hit.stop_string, stop_tokens));
+                break;
+            }
+            if stats.generated_tokens >= budget {
+                pending.text.push_str(&stops.push(&detok.finish()?).text);
+                pending.text.push_str(&stops.flush());
+                emit(finish(&mut pending, StopReason::TokenLimit, String::new(), Vec::new()));
+                break;
+            }
+            if !pending.text.is_empty() && !emit(std::mem::take(&mut pending)) {
+                break;
+            }
+            let step = ctx.model.forward(Input::Tokens(&token_ids(&[id])?), cache.live_mut())?;
+            logits = last_logits(&step)?;
         }
-        pending.tokens.push(token);
-        let out = stops.push(&detok.push(id)?);
-        pending.text.push_str(&out.text);
-        if let Some(hit) = out.hit {
-            let stop_tokens = pending.tokens.iter().map(|t| t.id).collect();
-            emit(finish(&mut pending, StopReason::StopString, hit.stop_string, stop_tokens));
-            break;
-        }
-        if stats.generated_tokens >= budget {
-            pending.text.push_str(&stops.push(&detok.finish()?).text);
-            pending.text.push_str(&stops.flush());
-            emit(finish(&mut pending, StopReason::TokenLimit, String::new(), Vec::new()));
-            break;
-        }
-        if !pending.text.is_empty() && !emit(std::mem::take(&mut pending)) {
-            break;
-        }
-        logits = last_logits(&ctx.model.forward(Input::Tokens(&token_ids(&[id])?), &mut cache)?)?;
+        stats.decode_seconds = t1.elapsed().as_secs_f64();
+        Ok(())
+    };
+    let out = work();
+    if out.is_err() {
+        cache.discard_live();
     }
-    stats.decode_seconds = t1.elapsed().as_secs_f64();
-    Ok(stats)
+    out.map(|()| stats)
 }

@@ -380,8 +380,12 @@ pub fn load_kit(path: &Path) -> ModelKit {
 }
 
 pub fn try_load_kit(path: &Path) -> mlx_engine::Result<ModelKit> {
-    let options =
-        LoadOptions { dtype: DtypeChoice::F32, device: Device::Cpu, plugins: HostOptions::standard(vec![], None) };
+    let options = LoadOptions {
+        dtype: DtypeChoice::F32,
+        device: Device::Cpu,
+        plugins: HostOptions::standard(vec![], None),
+        ..Default::default()
+    };
     ModelKit::load(path, options)
 }
 

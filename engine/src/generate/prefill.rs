@@ -1,0 +1,181 @@
+//! Chunked prefill: the uncached part of the prompt goes through the model a chunk at a time,
+//! with a progress reporter that can cancel, and a cache that stays usable when it does.
+//!
+//! Why chunks: one forward pass over `L` new tokens holds activations for all of them, and the
+//! attention of each layer holds a `heads x L x context` score matrix (on the CPU, MLX builds
+//! it in full). Evaluating the cache after each chunk and returning MLX's buffer cache bounds
+//! what a long prompt needs beyond weights and KV to one chunk's worth. Because the scores also
+//! grow with the context already cached, the chunk shrinks as the context grows
+//! ([`chunk_size`]); mlx-engine needed the same (its "dynamic prefill step").
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use mlx_engine_plugin_api::{runtime, Array, Dtype, DynModel, Input};
+
+use crate::cache::KvCache;
+use crate::error::{Error, Result};
+
+/// Tokens per prefill chunk when the request does not say (mlx-engine's default since it moved
+/// from 512: larger chunks use the hardware better, and the score bound below keeps memory in
+/// check).
+pub const DEFAULT_PREFILL_STEP_SIZE: usize = 2048;
+
+/// The most bytes one chunk's attention scores (one layer, `heads x chunk x keys`, counted as
+/// f32) may take before the chunk is shrunk: 256 MiB. A 2048-token prompt on a 9-head model
+/// (151 MiB) keeps its full chunk; with 8k tokens cached the same model gets chunks of about
+/// 800.
+pub const ATTENTION_SCORE_BUDGET: usize = 256 << 20;
+
+/// Chunks never shrink below this many tokens (unless the step itself is smaller): below it
+/// the per-chunk overhead (graph building, one evaluation, buffer release) dominates.
+pub const MIN_CHUNK: usize = 64;
+
+/// Reports prefill progress; every call may return `false` to cancel the request. After a
+/// `false` no further call is made. Runs on the model's worker thread.
+pub trait PromptProgress: Send {
+    /// Before any work. `cached`: prompt tokens reused from the cache; `total`: the whole
+    /// prompt, including the last token, which is not prefilled but seeds decoding.
+    fn begin(&mut self, _cached: usize, _total: usize) -> bool {
+        true
+    }
+
+    /// After each chunk. `processed`: uncached tokens prefilled so far; it ends at
+    /// `total - cached - 1`.
+    fn update(&mut self, _processed: usize) -> bool {
+        true
+    }
+
+    /// After the last chunk, before decoding starts.
+    fn finish(&mut self) -> bool {
+        true
+    }
+}
+
+/// A reporter that reports nothing and never cancels.
+pub struct NoProgress;
+
+impl PromptProgress for NoProgress {}
+
+/// `prefill_step_size` as given (`None` = the default), checked.
+pub fn step_size(requested: Option<usize>) -> Result<usize> {
+    match requested {
+        None => Ok(DEFAULT_PREFILL_STEP_SIZE),
+        Some(0) => Err(Error::Param { name: "prefill_step_size".into(), reason: "must be at least 1, got 0".into() }),
+        Some(n) => Ok(n),
+    }
+}
+
+/// The chunk to prefill next when `context` positions are already cached: the largest `c`
+/// with `heads * c * (context + c) * 4 <= ATTENTION_SCORE_BUDGET`, but never above `step`
+/// and never below `MIN_CHUNK` (or `step`, when that is smaller). With `heads` unknown the
+/// chunk is `step`.
+pub fn chunk_size(step: usize, context: usize, heads: Option<usize>) -> usize {
+    let Some(heads) = heads.filter(|&h| h > 0) else { return step };
+    // c^2 + context * c - per_score <= 0, solved for c.
+    let limit = (ATTENTION_SCORE_BUDGET / (heads * 4)) as f64;
+    let ctx = context as f64;
+    let mut c = ((ctx * ctx + 4.0 * limit).sqrt() - ctx) / 2.0;
+    if !c.is_finite() || c < 0.0 {
+        c = 0.0;
+    }
+    let mut c = c as usize;
+    // Float rounding: settle on the exact largest chunk within the bound.
+    let bytes = |c: usize| heads.saturating_mul(c).saturating_mul(context.saturating_add(c)).saturating_mul(4);
+    while c > 0 && bytes(c) > ATTENTION_SCORE_BUDGET {
+        c -= 1;
+    }
+    while c < step && bytes(c + 1) <= ATTENTION_SCORE_BUDGET {
+        c += 1;
+    }
+    c.max(MIN_CHUNK).min(step)
+}
+
+/// How one prefill runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    /// At most this many tokens per chunk ([`step_size`]).
+    pub step: usize,
+    /// Query heads of the model, for [`chunk_size`]; `None` keeps every chunk at `step`.
+    pub attention_heads: Option<usize>,
+    /// A prompt length at which to snapshot the cache (a chunk is cut to end there).
+    pub checkpoint: Option<usize>,
+}
+
+/// What a prefill left behind.
+pub struct Prefilled {
+    /// The last prompt token's logits `[vocab]` (f32), or `None` when the prefill was
+    /// cancelled; the cache then holds the prompt up to the last finished chunk.
+    pub logits: Option<Array>,
+    /// A snapshot of the cache at `Plan::checkpoint`, when the prefill got there.
+    pub checkpoint: Option<KvCache>,
+    /// Uncached tokens prefilled.
+    pub processed: usize,
+}
+
+/// The logits of the last position of `[1, L, vocab]`, as `[vocab]` f32.
+pub(crate) fn last_logits(logits: &Array) -> Result<Array> {
+    let l = logits.dim(1)?;
+    Ok(logits.slice_axis(1, l - 1, l)?.reshape(&[-1])?.astype(Dtype::F32)?)
+}
+
+pub(crate) fn token_ids(tokens: &[u32]) -> Result<Array> {
+    let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+    Ok(Array::from_slice(&ids, &[1, ids.len() as i32])?)
+}
+
+/// Feeds `prompt[cached..len - 1]` through `model` into `cache` (which must hold
+/// `prompt[..cached]`) in chunks, then the last token, and returns its logits. Between chunks
+/// only the cache is evaluated (the logits of prompt positions are never needed, and for
+/// large vocabularies they are much of the work), temporaries are released, and the reporter
+/// and `cancel` are consulted. An empty `prompt` is the caller's error to prevent.
+pub fn prefill(
+    model: &dyn DynModel,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    cached: usize,
+    plan: &Plan,
+    progress: &mut dyn PromptProgress,
+    cancel: &AtomicBool,
+) -> Result<Prefilled> {
+    let mut out = Prefilled { logits: None, checkpoint: None, processed: 0 };
+    let end = prompt.len().saturating_sub(1);
+    if prompt.is_empty() || cached > end {
+        return Err(Error::Param {
+            name: "prompt".into(),
+            reason: format!("{cached} cached tokens leave no token to decode from in a prompt of {}", prompt.len()),
+        });
+    }
+    if !progress.begin(cached, prompt.len()) {
+        return Ok(out);
+    }
+    let step = plan.step.max(1);
+    let mut pos = cached;
+    while pos < end {
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(out);
+        }
+        let mut n = chunk_size(step, pos, plan.attention_heads).min(end - pos);
+        if let Some(at) = plan.checkpoint.filter(|&at| pos < at && at < pos + n) {
+            n = at - pos;
+        }
+        let _unused_logits = model.forward(Input::Tokens(&token_ids(&prompt[pos..pos + n])?), cache)?;
+        mlx_engine_plugin_api::eval(&cache.state())?;
+        drop(_unused_logits);
+        runtime::clear_cache();
+        pos += n;
+        out.processed += n;
+        if plan.checkpoint == Some(pos) {
+            out.checkpoint = Some(cache.clone());
+        }
+        if !progress.update(out.processed) {
+            return Ok(out);
+        }
+    }
+    if cancel.load(Ordering::Relaxed) || !progress.finish() {
+        return Ok(out);
+    }
+    let logits = last_logits(&model.forward(Input::Tokens(&token_ids(&prompt[end..])?), cache)?)?;
+    logits.eval()?;
+    out.logits = Some(logits);
+    Ok(out)
+}
