@@ -2,11 +2,16 @@
 //! the dequantized keys and values (so masks, GQA and the bookkeeping are exact), stays close
 //! to dense attention (bounded per bit width), converts a dense layer once at
 //! `quantized_kv_start`, and holds fewer bytes.
+//!
+//! Timing (mlx-lm's, which converts after each model call): a layer's first update always
+//! attends densely and is stored dense; the layer is converted at the start of its first later
+//! update whose offset is at least `quantized_kv_start`. So the tests feed a first chunk that
+//! stays dense, and their references ([`Reference`]) take dense keys for that chunk.
 
 mod kv_cache_util;
 
 use kv_cache_util::*;
-use mlx_engine::api::{AttentionOptions, ForwardContext, LayerCache};
+use mlx_engine::api::{Array, AttentionOptions, ForwardContext, LayerCache};
 use mlx_engine::cache::{CacheConfig, KvCache};
 
 fn config(bits: i32, group: i32, start: usize, max_kv_size: Option<usize>) -> CacheConfig {
@@ -17,8 +22,14 @@ fn cache(kind: LayerCache, config: &CacheConfig) -> KvCache {
     KvCache::with_config(vec![kind], config).unwrap()
 }
 
-/// Chunked prefill, single-token decode, and a chunk crossing the 256-position step.
-const CHUNKS: [i32; 8] = [7, 1, 1, 40, 1, 1, 220, 9];
+/// A first token (attended densely; the layer converts at the next update), then a chunk
+/// attended quantized over only a few positions (where the rounding error shows most),
+/// single-token decode, and a chunk crossing the 256-position step.
+const CHUNKS: [i32; 9] = [1, 6, 1, 1, 40, 1, 1, 220, 9];
+
+/// Quantized attention vs dense attention over the same dequantized keys and values: the same
+/// math apart from rounding (f32 sums in another order).
+const EXACT: f32 = 1e-5;
 
 #[test]
 fn quantized_full_layer_is_exact_on_dequantized_data_and_close_to_dense() {
@@ -27,6 +38,7 @@ fn quantized_full_layer_is_exact_on_dequantized_data_and_close_to_dense() {
     let dense =
         Reference { q: &q, dense: (&k, &v), quantized: None, quant_from: 0, keep: 0, span: None, softcap: None }
             .run(&CHUNKS);
+    let dense_cache = feed(&mut KvCache::new(vec![LayerCache::Full]), &q, &k, &v, &CHUNKS, None);
     // Bounds on unit-normal data, scale 1/8, head dim 64, group 64. The largest differences
     // are at the first positions, where a query attends to few values and their quantization
     // error (up to half a step, range / (2 (2^bits - 1))) passes straight through.
@@ -37,6 +49,8 @@ fn quantized_full_layer_is_exact_on_dequantized_data_and_close_to_dense() {
         let mut c = cache(LayerCache::Full, &config(bits, 64, 0, None));
         let got = feed(&mut c, &q, &k, &v, &CHUNKS, None);
         assert!(c.is_quantized());
+        // The first update attended densely: exactly what a dense cache gives.
+        assert_eq!(max_diff(&part(&got, 0, 1), &part(&dense_cache, 0, 1)), 0.0, "bits {bits}: first update");
         let deq = Reference {
             q: &q,
             dense: (&k, &v),
@@ -56,7 +70,7 @@ fn quantized_full_layer_is_exact_on_dequantized_data_and_close_to_dense() {
         results.push((bits, bound, mean_bound, exact, err, mean));
     }
     for (bits, bound, mean_bound, exact, err, mean) in results {
-        assert!(exact < 1e-4, "bits {bits}: quantized path vs dequantized reference {exact}");
+        assert!(exact < EXACT, "bits {bits}: quantized path vs dequantized reference {exact}");
         assert!(err < bound, "bits {bits}: max diff to dense {err} >= {bound}");
         assert!(mean < mean_bound, "bits {bits}: mean diff to dense {mean} >= {mean_bound}");
     }
@@ -75,7 +89,67 @@ fn group_sizes_and_softcap_through_quantized_matmuls() {
             let want = Reference { q: &q, dense: (&k, &v), quantized, quant_from: 0, keep: 0, span: None, softcap }
                 .run(&chunks);
             let d = max_diff(&got, &want);
-            assert!(d < 1e-4, "group {group}, softcap {softcap:?}: {d}");
+            assert!(d < EXACT, "group {group}, softcap {softcap:?}: {d}");
+            // Not vacuous: from the second chunk on, the stored data is the dequantized data,
+            // which 4-bit rounding moves visibly away from the dense result.
+            let dense = Reference { quantized: None, ..want_ref(&q, &k, &v, softcap) }.run(&chunks);
+            assert!(max_diff(&part(&got, 13, t), &part(&dense, 13, t)) > 1e-3, "group {group}: no quantization seen");
+        }
+    }
+}
+
+/// A plain full-attention reference without quantized data (tests fill in the rest).
+fn want_ref<'a>(q: &'a Array, k: &'a Array, v: &'a Array, softcap: Option<f32>) -> Reference<'a> {
+    Reference { q, dense: (k, v), quantized: None, quant_from: 0, keep: 0, span: None, softcap }
+}
+
+/// The timing shared with mlx-lm, for every layer kind: with `quantized_kv_start` 0 (and with
+/// a start the first chunk already passes), an empty layer's first update attends densely and
+/// is stored dense, giving exactly what a dense cache gives; the next update converts what the
+/// layer holds and attends quantized.
+#[test]
+fn first_update_is_dense_and_the_next_converts() {
+    let t = 14;
+    let (q, k, v) = qkv_d(t, 64, 15);
+    // (layer kind, max_kv_size, keep, span) of the reference.
+    let kinds = [
+        (LayerCache::Full, None, 0, None),
+        (LayerCache::SlidingWindow { window: 8 }, None, 0, Some(8)),
+        (LayerCache::Full, Some(12), 4, Some(8)),
+    ];
+    for (kind, max_kv_size, keep, span) in kinds {
+        for (start, first) in [(0, 10), (0, 1), (4, 10), (10, 10)] {
+            let what = format!("{kind:?}, max_kv_size {max_kv_size:?}, start {start}, first chunk {first}");
+            let mut c = cache(kind, &config(8, 64, start, max_kv_size));
+            let mut dense = cache(kind, &CacheConfig { max_kv_size, ..Default::default() });
+            let got = feed(&mut c, &q, &k, &v, &[first], None);
+            let want = feed(&mut dense, &q, &k, &v, &[first], None);
+            assert!(!c.is_quantized(), "{what}: quantized after the first update");
+            assert_eq!(max_diff(&got, &want), 0.0, "{what}: first update differs from the dense path");
+            assert_eq!(c.nbytes(), dense.nbytes(), "{what}: first update not stored dense");
+            let (held, dense_held) = (c.layer_contents(0).unwrap().unwrap(), dense.layer_contents(0).unwrap().unwrap());
+            assert_eq!(max_diff(&held.0, &dense_held.0) + max_diff(&held.1, &dense_held.1), 0.0, "{what}");
+
+            // The second update converts (its offset is at least the start) and attends over
+            // the converted data plus its own quantized keys and values.
+            let rest = [3, 1];
+            let got = feed(&mut c, &q, &k, &v, &rest, None);
+            feed(&mut dense, &q, &k, &v, &rest, None);
+            assert!(c.is_quantized(), "{what}: still dense after the second update");
+            assert!(c.nbytes() < dense.nbytes(), "{what}: {} >= {} bytes", c.nbytes(), dense.nbytes());
+            let (held, dense_held) = (c.layer_contents(0).unwrap().unwrap(), dense.layer_contents(0).unwrap().unwrap());
+            // Quantization is per position, so converting later stores what quantizing each
+            // position on arrival would have stored.
+            let held_diff = max_diff(&held.0, &roundtrip(&dense_held.0, 64, 8))
+                + max_diff(&held.1, &roundtrip(&dense_held.1, 64, 8));
+            assert_eq!(held_diff, 0.0, "{what}: converted contents");
+            let chunks = [first, 3, 1];
+            let quantized = Some((roundtrip(&k, 64, 8), roundtrip(&v, 64, 8)));
+            let reference =
+                Reference { q: &q, dense: (&k, &v), quantized, quant_from: start as i32, keep, span, softcap: None };
+            let end = first + 4;
+            let want = part(&reference.run(&chunks), first, end);
+            assert!(max_diff(&got, &want) < EXACT, "{what}: {}", max_diff(&got, &want));
         }
     }
 }
@@ -95,7 +169,7 @@ fn quantized_kv_start_keeps_dense_then_converts_once() {
             c.attention(0, &part(&q, at, at + n), &part(&k, at, at + n), &part(&v, at, at + n), scale(&q), &opts)
                 .unwrap(),
         );
-        assert_eq!(c.is_quantized(), at as usize >= start, "chunk from {at}");
+        assert_eq!(c.is_quantized(), at > 0 && at as usize >= start, "chunk from {at}");
         at += n;
     }
     let got = mlx_engine::api::concatenate(&outs.iter().collect::<Vec<_>>(), 2).unwrap();
@@ -106,12 +180,18 @@ fn quantized_kv_start_keeps_dense_then_converts_once() {
         Reference { q: &q, dense: (&k, &v), quantized, quant_from: start as i32, keep: 0, span: None, softcap: None }
             .run(&chunks);
     let d = max_diff(&got, &want);
-    assert!(d < 1e-4, "{d}");
-    // The converted layer holds the same values a from-the-start quantized layer holds.
+    assert!(d < EXACT, "{d}");
+    // The dense chunks really were dense: exactly what a dense cache gives.
+    let dense = want_ref(&q, &k, &v, None).run(&chunks);
+    assert!(max_diff(&part(&got, 0, 18), &part(&dense, 0, 18)) < EXACT);
+    // The converted layer holds the same values as a layer quantized from its second update
+    // on (a first chunk of one token, then the rest), and as quantizing everything at once.
     let mut from_start = cache(LayerCache::Full, &config(8, 64, 0, None));
-    feed(&mut from_start, &q, &k, &v, &[t], None);
+    feed(&mut from_start, &q, &k, &v, &[1, t - 1], None);
+    assert!(from_start.is_quantized());
     let (a, b) = (c.layer_contents(0).unwrap().unwrap(), from_start.layer_contents(0).unwrap().unwrap());
     assert!(max_diff(&a.0, &b.0) == 0.0 && max_diff(&a.1, &b.1) == 0.0);
+    assert!(max_diff(&a.0, &roundtrip(&k, 64, 8)) == 0.0 && max_diff(&a.1, &roundtrip(&v, 64, 8)) == 0.0);
 }
 
 #[test]
@@ -136,7 +216,8 @@ fn quantized_sliding_and_rotating_layers_match_dequantized_references() {
             softcap: None,
         }
         .run(chunks);
-        assert!(max_diff(&got, &want) < 1e-4, "sliding {chunks:?}: {}", max_diff(&got, &want));
+        assert!(s.is_quantized());
+        assert!(max_diff(&got, &want) < EXACT, "sliding {chunks:?}: {}", max_diff(&got, &want));
         // A full layer under max_kv_size 12: the first 4 positions and the last 8.
         let mut r = cache(LayerCache::Full, &config(4, 64, 0, Some(12)));
         let got = feed(&mut r, &q, &k, &v, chunks, None);
@@ -150,7 +231,8 @@ fn quantized_sliding_and_rotating_layers_match_dequantized_references() {
             softcap: None,
         }
         .run(chunks);
-        assert!(max_diff(&got, &want) < 1e-4, "rotating {chunks:?}: {}", max_diff(&got, &want));
+        assert!(r.is_quantized());
+        assert!(max_diff(&got, &want) < EXACT, "rotating {chunks:?}: {}", max_diff(&got, &want));
         assert!(r.nbytes() < cache_bytes_dense(12, 64));
     }
 }
@@ -176,7 +258,7 @@ fn rotating_layer_converted_after_wrapping() {
     let quantized = Some((roundtrip(&k, 64, 8), roundtrip(&v, 64, 8)));
     let want = Reference { q: &q, dense: (&k, &v), quantized, quant_from: 30, keep: 4, span: Some(6), softcap: None }
         .run(&chunks);
-    assert!(max_diff(&got, &want) < 1e-4, "{}", max_diff(&got, &want));
+    assert!(max_diff(&got, &want) < EXACT, "{}", max_diff(&got, &want));
 }
 
 #[test]
@@ -186,6 +268,12 @@ fn quantized_buffers_grow_in_steps_and_are_smaller() {
     let mut quant = cache(LayerCache::Full, &config(8, 64, 0, None));
     feed(&mut dense, &q, &k, &v, &[1], None);
     feed(&mut quant, &q, &k, &v, &[1], None);
+    // The first update is stored dense, in a dense step.
+    assert_eq!(quant.nbytes(), cache_bytes_dense(256, 64));
+    // The second converts the one held position and reserves a quantized step.
+    feed(&mut dense, &q, &k, &v, &[1], None);
+    feed(&mut quant, &q, &k, &v, &[1], None);
+    assert!(quant.is_quantized());
     let (d1, q1) = (dense.nbytes(), quant.nbytes());
     assert_eq!(d1, cache_bytes_dense(256, 64));
     // 8 bits: 64 values in 16 uint32 words, plus one f32 scale and one bias per group of 64.
@@ -193,13 +281,14 @@ fn quantized_buffers_grow_in_steps_and_are_smaller() {
     let ratio = q1 as f64 / d1 as f64;
     println!("8-bit / f32 dense bytes at head dim 64: {ratio:.3}");
     assert!(ratio < 0.35);
-    feed(&mut quant, &q, &k, &v, &[1, 1, 200], None);
+    feed(&mut quant, &q, &k, &v, &[1, 200], None);
     assert_eq!(quant.nbytes(), q1, "no reallocation within a step");
     feed(&mut quant, &q, &k, &v, &[60], None);
+    assert_eq!(quant.len(), 263);
     assert_eq!(quant.nbytes(), 2 * q1, "grown by one step");
     // 4 bits with groups of 32: 8 words, two scales and two biases per position and head.
     let mut four = cache(LayerCache::Full, &config(4, 32, 0, None));
-    feed(&mut four, &q, &k, &v, &[2], None);
+    feed(&mut four, &q, &k, &v, &[2, 1], None);
     assert_eq!(four.nbytes(), 2 * 256 * 2 * (8 * 4 + 4 * 4));
 }
 
@@ -209,7 +298,9 @@ fn trimming_a_quantized_layer_replays_exactly() {
     let (q, k, v) = qkv_d(t, 64, 70);
     let (_, k2, v2) = qkv_d(t, 64, 80);
     let mut c = cache(LayerCache::Full, &config(6, 64, 0, None));
-    feed(&mut c, &q, &k2, &v2, &[20], None);
+    // Quantized from the second update on, so the trim below cuts into a quantized layer.
+    feed(&mut c, &q, &k2, &v2, &[5, 15], None);
+    assert!(c.is_quantized());
     assert!(c.is_trimmable());
     assert_eq!(c.trim(8), 8);
     assert_eq!(c.len(), 12);
@@ -222,7 +313,8 @@ fn trimming_a_quantized_layer_replays_exactly() {
         Reference { q: &q, dense: (&k_mixed, &v_mixed), quantized, quant_from: 0, keep: 0, span: None, softcap: None }
             .run(&[12, 3, 1, 14]);
     let want = part(&want, 12, t);
-    assert!(max_diff(&got, &want) < 1e-4, "{}", max_diff(&got, &want));
+    assert!(c.is_quantized(), "a trimmed layer stays quantized");
+    assert!(max_diff(&got, &want) < EXACT, "{}", max_diff(&got, &want));
 }
 
 #[test]

@@ -4,7 +4,8 @@ Usage (what `make goldens` runs; `make models` must have run first):
   .venv/bin/python scripts/goldens/record.py --models-dir models --out tests/goldens
 
 Writes tests/goldens/<name>.json for the tiny random models (built here by tiny_models.py into
---tiny-dir) and for SmolLM2-135M-Instruct and Gemma 3 270M in f32 and bf16.
+--tiny-dir) and for SmolLM2-135M-Instruct and Gemma 3 270M in f32 and bf16, plus SmolLM2 f32
+with an 8-bit quantized KV cache (`--kv-bits 8` parity; see KV_QUANT).
 
 Why it is done this way:
   * Same BLAS as the engine: the engine links Debian's OpenBLAS ahead of the wheel's reference
@@ -97,6 +98,17 @@ GOLDENS = {
     "smollm2-135m-instruct-bf16": ("smollm2-135m-instruct/bf16", SMOLLM2_PROMPTS, 32),
     "gemma3-270m-f32": ("gemma3-270m/f32", GEMMA3_PROMPTS + [LONG_PROMPT], 64),
     "gemma3-270m-bf16": ("gemma3-270m/bf16", GEMMA3_PROMPTS + GEMMA3_BF16_EXTRA, 32),
+    "smollm2-135m-instruct-f32-kv8": ("smollm2-135m-instruct/f32", SMOLLM2_PROMPTS, 32),
+}
+
+# Goldens recorded with a quantized KV cache: name -> generate_step's KV arguments. mlx-lm
+# converts each KVCache to a QuantizedKVCache after every model call once its offset reaches
+# quantized_kv_start (maybe_quantize_kv_cache), so with start 0 the prefill chunk attends
+# densely and the last prompt token and every decode step attend through
+# quantized_scaled_dot_product_attention. SmolLM2 has only full-attention layers, so every
+# layer is quantized (mlx-lm cannot quantize rotating caches).
+KV_QUANT = {
+    "smollm2-135m-instruct-f32-kv8": {"kv_bits": 8, "kv_group_size": 64, "quantized_kv_start": 0},
 }
 
 
@@ -139,12 +151,12 @@ def prompt_ids(prompt: dict, tokenizer) -> tuple[list[int], str | None]:
     return tokenizer.encode(prompt["text"]), prompt["text"]
 
 
-def greedy(model, ids: list[int], steps: int) -> dict:
+def greedy(model, ids: list[int], steps: int, kv: dict) -> dict:
     from mlx_lm.generate import generate_step
 
     tokens, logprobs, gaps = [], [], []
     for tok, lp in generate_step(mx.array(ids), model, max_tokens=steps,
-                                 sampler=lambda x: mx.argmax(x, axis=-1)):
+                                 sampler=lambda x: mx.argmax(x, axis=-1), **kv):
         lp32 = np.array(lp.astype(mx.float32))
         top2 = np.partition(lp32, -2)[-2:]
         tokens.append(int(tok))
@@ -171,7 +183,8 @@ def prompt_logits(model, ids: list[int], fixed: list[int]) -> dict:
     }
 
 
-def record(name: str, folder: Path, prompts: list[dict], steps: int, command: str) -> dict:
+def record(name: str, folder: Path, prompts: list[dict], steps: int, command: str,
+           kv: dict) -> dict:
     import mlx_lm
     from mlx_lm import load
     from mlx_lm.utils import load_model
@@ -204,17 +217,25 @@ def record(name: str, folder: Path, prompts: list[dict], steps: int, command: st
                 "generate_step with argmax sampler: prompt[:-1] prefilled in one chunk, last "
                 "prompt token as its own step, logprobs = logits - logsumexp in the model dtype, "
                 "argmax over logprobs; no stop at EOS (eos_index = first EOS, else null). "
-                "prompt_logits: one cache-less forward over the whole prompt, cast to f32."),
+                "prompt_logits: one cache-less forward over the whole prompt, cast to f32."
+                + (" KV cache quantized as kv_cache says (generate_step's arguments): the "
+                   "prefill call (prompt[:-1], one chunk as every prompt is shorter than "
+                   "prefill_step_size 2048) attends densely, then maybe_quantize_kv_cache "
+                   "converts every layer; the last prompt token and all decode steps attend to "
+                   "quantized keys and values. prompt_logits do not use the cache."
+                   if kv else "")),
         },
         "prompts": [],
     }
+    if kv:
+        out["header"]["kv_cache"] = kv
     for p in prompts:
         ids, text = prompt_ids(p, tokenizer)
         entry = {"name": p["name"], "chat": "chat" in p}
         if "chat" in p:
             entry["messages"] = [{"role": "user", "content": p["chat"]}]
         entry.update(text=text, prompt_ids=ids)
-        g = greedy(model, ids, steps)
+        g = greedy(model, ids, steps, kv)
         entry.update(g)
         entry["eos_index"] = next((i for i, t in enumerate(g["generated_ids"]) if t in eos), None)
         if tokenizer is not None:
@@ -261,7 +282,7 @@ def main() -> None:
                 continue
             raise SystemExit(f"{folder} missing: run `make models` first")
         print(f"{name} ({folder})", flush=True)
-        golden = record(name, folder, prompts, steps, command)
+        golden = record(name, folder, prompts, steps, command, KV_QUANT.get(name, {}))
         path = args.out / f"{name}.json"
         path.write_text(to_json(golden), encoding="utf-8")
 

@@ -32,8 +32,10 @@ pub struct CacheConfig {
     pub kv_bits: Option<i32>,
     /// Elements of the head dimension sharing one scale and bias. Default 64.
     pub kv_group_size: i32,
-    /// A layer is stored dense until it holds this many positions, then converted once and
-    /// quantized from there on. Default 0 (quantized from the first token).
+    /// A layer is stored dense until it holds this many positions, then converted once (at
+    /// the start of the next update) and quantized from there on. Default 0: quantized from a
+    /// layer's second update on, since its first (the first prefill chunk) is always dense, as
+    /// in mlx-lm, which converts after each model call.
     pub quantized_kv_start: usize,
 }
 

@@ -130,14 +130,13 @@ impl Layer {
     }
 
     /// Decides whether this update is stored quantized, converting what the layer holds the
-    /// first time its offset reaches `quantized_kv_start`. Once quantized, a layer stays
-    /// quantized (also if trimmed below the start again): dequantizing would not give the
-    /// original values back.
+    /// first time its offset reaches `quantized_kv_start` — between updates, as mlx-lm's
+    /// `maybe_quantize_kv_cache` does after each model call, so the first update of an empty
+    /// layer always attends densely (this keeps greedy parity with mlx-lm). Once quantized, a
+    /// layer stays quantized (also if trimmed below the start again): dequantizing would not
+    /// give the original values back.
     fn prepare_quantization(&mut self, k: &Array, v: &Array) -> Result<Option<QuantSpec>> {
         let Some(spec) = self.quant else { return Ok(None) };
-        if !self.is_quantized() && self.offset < spec.start {
-            return Ok(None);
-        }
         for d in [k.dim(-1)?, v.dim(-1)?] {
             if d % spec.group_size != 0 {
                 return Err(Error::Boundary(format!(
@@ -145,6 +144,9 @@ impl Layer {
                     spec.group_size
                 )));
             }
+        }
+        if !self.is_quantized() && (self.offset == 0 || self.offset < spec.start) {
+            return Ok(None);
         }
         if !self.is_quantized() {
             // The valid entries only, in their current (possibly rotated) order: quantization

@@ -94,12 +94,16 @@ pub fn masked_attention(q: &Array, k: &Array, v: &Array, mask: &Array, softcap: 
 }
 
 /// Reference for feeding `chunks`: each chunk's queries attend over all keys up to the chunk's
-/// end with `sink_mask`, taking keys from `dense` for chunks that start before `quant_from`
-/// and from `quantized` (dequantized data) otherwise.
+/// end with `sink_mask`, taking keys from `quantized` (dequantized data) for the chunks a
+/// quantized cache attends quantized, and from `dense` for the others: the first chunk, and
+/// chunks that start before `quant_from` (the cache's `quantized_kv_start`). The first chunk is
+/// dense whatever the start, because a layer converts between updates (as mlx-lm converts after
+/// each model call), never before its first one.
 pub struct Reference<'a> {
     pub q: &'a Array,
     pub dense: (&'a Array, &'a Array),
     pub quantized: Option<(Array, Array)>,
+    /// `quantized_kv_start`: chunks starting at or after it (and after position 0) are quantized.
     pub quant_from: i32,
     pub keep: i32,
     pub span: Option<i32>,
@@ -112,7 +116,7 @@ impl Reference<'_> {
         let mut at = 0;
         for &n in chunks {
             let (k, v) = match &self.quantized {
-                Some((kq, vq)) if at >= self.quant_from => (kq, vq),
+                Some((kq, vq)) if at > 0 && at >= self.quant_from => (kq, vq),
                 _ => self.dense,
             };
             let mask = sink_mask(at, n, at + n, self.keep, self.span);
