@@ -116,6 +116,26 @@ pub fn prepare(ctx: &GenContext<'_>, req: &GenerateRequest) -> Result<(Vec<u32>,
     Ok((prompt, budget, params))
 }
 
+/// Ends the text of a stream that stops for `reason`: the detokenizer's last bytes go through
+/// the stop strings (they may still complete one, which then becomes the reason), and text held
+/// back for a possible stop string is released rather than lost.
+fn drain(
+    detok: &mut StreamingDetokenizer,
+    stops: &mut StopStrings,
+    pending: &mut GenerationResult,
+    reason: StopReason,
+) -> Result<(StopReason, String)> {
+    let out = stops.push(&detok.finish()?);
+    pending.text.push_str(&out.text);
+    match out.hit {
+        Some(hit) => Ok((StopReason::StopString, hit.stop_string)),
+        None => {
+            pending.text.push_str(&stops.flush());
+            Ok((reason, String::new()))
+        }
+    }
+}
+
 /// Runs one generation on a fresh cache that is dropped afterwards (no reuse, no progress
 /// reports); see [`generate_in`].
 pub fn generate(
@@ -182,9 +202,8 @@ pub fn generate_in(
         };
         loop {
             if cancel.load(Ordering::Relaxed) {
-                pending.text.push_str(&detok.finish()?);
-                pending.text.push_str(&stops.flush());
-                emit(finish(&mut pending, StopReason::UserCancelled, String::new(), Vec::new()));
+                let (reason, stop_string) = drain(&mut detok, &mut stops, &mut pending, StopReason::UserCancelled)?;
+                emit(finish(&mut pending, reason, stop_string, Vec::new()));
                 break;
             }
             let processed = apply_processors(&mut processors, &history, &logits)?;
@@ -206,11 +225,10 @@ pub fn generate_in(
             stats.generated_tokens += 1;
 
             if !req.ignore_eos && ctx.tokenizer.is_eos(id) {
-                pending.text.push_str(&detok.finish()?);
-                pending.text.push_str(&stops.flush());
-                let text = token.text.clone();
+                let (reason, stop_string) = drain(&mut detok, &mut stops, &mut pending, StopReason::EosToken)?;
+                let stop_string = if reason == StopReason::EosToken { token.text.clone() } else { stop_string };
                 pending.tokens.push(token);
-                emit(finish(&mut pending, StopReason::EosToken, text, vec![id]));
+                emit(finish(&mut pending, reason, stop_string, vec![id]));
                 break;
             }
             pending.tokens.push(token);
@@ -222,9 +240,8 @@ pub fn generate_in(
                 break;
             }
             if stats.generated_tokens >= budget {
-                pending.text.push_str(&stops.push(&detok.finish()?).text);
-                pending.text.push_str(&stops.flush());
-                emit(finish(&mut pending, StopReason::TokenLimit, String::new(), Vec::new()));
+                let (reason, stop_string) = drain(&mut detok, &mut stops, &mut pending, StopReason::TokenLimit)?;
+                emit(finish(&mut pending, reason, stop_string, Vec::new()));
                 break;
             }
             if !pending.text.is_empty() && !emit(std::mem::take(&mut pending)) {
