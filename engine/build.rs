@@ -20,10 +20,7 @@ const SHIM_DIR: &str = "shim";
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
-    let workspace_root = manifest_dir
-        .parent()
-        .expect("engine/ has a parent folder (the workspace root)")
-        .to_path_buf();
+    let workspace_root = manifest_dir.parent().expect("engine/ has a parent folder (the workspace root)").to_path_buf();
     let target_os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
 
     println!("cargo:rerun-if-env-changed=MLX_DIR");
@@ -33,14 +30,8 @@ fn main() {
     let mlx = locate_mlx(&workspace_root, &target_os);
     let include = mlx.join("include");
     let lib = mlx.join("lib");
-    println!(
-        "cargo:rerun-if-changed={}",
-        include.join("mlx").join("version.h").display()
-    );
-    println!(
-        "cargo:rerun-if-changed={}",
-        lib.join(dylib_name(&target_os)).display()
-    );
+    println!("cargo:rerun-if-changed={}", include.join("mlx").join("version.h").display());
+    println!("cargo:rerun-if-changed={}", lib.join(dylib_name(&target_os)).display());
 
     compile_shim(&manifest_dir.join(SHIM_DIR), &include);
 
@@ -101,8 +92,7 @@ fn dylib_name(target_os: &str) -> &'static str {
 
 /// True if `dir` looks like an MLX folder: the C++ headers and the shared library.
 fn is_mlx_dir(dir: &Path, target_os: &str) -> bool {
-    dir.join("include").join("mlx").join("array.h").is_file()
-        && dir.join("lib").join(dylib_name(target_os)).is_file()
+    dir.join("include").join("mlx").join("array.h").is_file() && dir.join("lib").join(dylib_name(target_os)).is_file()
 }
 
 fn absolute(dir: &Path) -> PathBuf {
@@ -141,16 +131,11 @@ fn locate_mlx(workspace_root: &Path, target_os: &str) -> PathBuf {
     }
 
     // 3. Ask the venv's Python (a namespace package: use __path__, not __file__).
-    for python in [
-        venv.join("bin").join("python"),
-        venv.join("bin").join("python3"),
-    ] {
+    for python in [venv.join("bin").join("python"), venv.join("bin").join("python3")] {
         if !python.is_file() {
             continue;
         }
-        let output = Command::new(&python)
-            .args(["-c", "import mlx\nfor p in mlx.__path__: print(p)"])
-            .output();
+        let output = Command::new(&python).args(["-c", "import mlx\nfor p in mlx.__path__: print(p)"]).output();
         if let Ok(output) = output {
             if output.status.success() {
                 let stdout = String::from_utf8_lossy(&output.stdout);
@@ -186,8 +171,7 @@ fn openblas_present() -> bool {
         "/lib64".to_string(),
         "/lib".to_string(),
     ];
-    dirs.iter()
-        .any(|d| Path::new(d).join("libopenblas.so").exists())
+    dirs.iter().any(|d| Path::new(d).join("libopenblas.so").exists())
 }
 
 fn compile_shim(shim_dir: &Path, include: &Path) {

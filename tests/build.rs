@@ -11,9 +11,7 @@ fn main() {
     // Run-time search path for libmlx.so.
     match env::var("DEP_MLX_RPATH") {
         Ok(rpath) if !rpath.is_empty() => println!("cargo:rustc-link-arg=-Wl,-rpath,{rpath}"),
-        _ => println!(
-            "cargo:warning=DEP_MLX_RPATH is not set: test binaries may not find libmlx at run time"
-        ),
+        _ => println!("cargo:warning=DEP_MLX_RPATH is not set: test binaries may not find libmlx at run time"),
     }
 
     // Extra arguments (on Linux: OpenBLAS linked with --no-as-needed), space separated.

@@ -41,17 +41,7 @@ fn random_matrix(n: i32, seed: u64) -> Handle {
     let shape = [n, n];
     let mut out = ptr::null_mut();
     // SAFETY: shape of two values, live key, valid out pointer.
-    let st = unsafe {
-        (t().random_uniform)(
-            shape.as_ptr(),
-            2,
-            -1.0,
-            1.0,
-            Dtype::F32 as u32,
-            key,
-            &mut out,
-        )
-    };
+    let st = unsafe { (t().random_uniform)(shape.as_ptr(), 2, -1.0, 1.0, Dtype::F32 as u32, key, &mut out) };
     check(st, "random_uniform");
     // SAFETY: `out` and `key` are live handles we own; `out` is evaluated so it no longer needs
     // the key, which is freed once.
@@ -77,10 +67,7 @@ fn time_matmul(a: Handle, b: Handle) -> Duration {
 }
 
 fn main() {
-    let n: i32 = std::env::args()
-        .nth(1)
-        .map(|s| s.parse().expect("matrix size N"))
-        .unwrap_or(2048);
+    let n: i32 = std::env::args().nth(1).map(|s| s.parse().expect("matrix size N")).unwrap_or(2048);
     let a = random_matrix(n, 1);
     let b = random_matrix(n, 2);
 

@@ -12,10 +12,7 @@ fn from_slice_round_trips_every_element_type() {
     let a = Array::from_slice(&f, &[2, 3]).unwrap();
     assert_eq!(a.dtype(), Dtype::F32);
     let back = a.to_vec::<f32>().unwrap();
-    assert_eq!(
-        back.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-        f.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
-    );
+    assert_eq!(back.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), f.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
 
     let i = [i32::MIN, -1, 0, 1, i32::MAX, 42];
     let a = Array::from_slice(&i, &[3, 2]).unwrap();
@@ -67,11 +64,7 @@ fn bf16_bit_patterns_round_trip_and_convert_exactly() {
         if want.is_nan() {
             assert!(x.is_nan(), "element {k}: NaN expected, got {x}");
         } else {
-            assert_eq!(
-                x.to_bits(),
-                want.to_bits(),
-                "element {k}: bf16 {b:#06x} -> {x}, expected {want}"
-            );
+            assert_eq!(x.to_bits(), want.to_bits(), "element {k}: bf16 {b:#06x} -> {x}, expected {want}");
         }
     }
     assert!(a.isnan().unwrap().to_vec::<bool>().unwrap()[8]);
@@ -92,12 +85,7 @@ fn f32_to_bf16_conversion_rounds_to_nearest_even() {
     ];
     let a = arr_f32(&vals, &[vals.len() as i32]).astype(Dtype::BF16).unwrap();
     assert_eq!(a.dtype(), Dtype::BF16);
-    let got: Vec<u16> = a
-        .to_bytes()
-        .unwrap()
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .collect();
+    let got: Vec<u16> = a.to_bytes().unwrap().chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
     let want: Vec<u16> = vals.iter().map(|&v| f32_to_bf16_bits(v)).collect();
     assert_eq!(got, want, "f32 -> bf16 rounding");
     assert_eq!(got[0], 0x3F80);
@@ -123,12 +111,7 @@ fn f16_bit_patterns_round_trip_and_convert() {
     // f32 -> f16 rounding matches round-to-nearest-even.
     let vals = [0.1f32, -3.3333, 1000.3, 6.1e-5, 1.0 + 2f32.powi(-11)];
     let h = arr_f32(&vals, &[5]).astype(Dtype::F16).unwrap();
-    let got: Vec<u16> = h
-        .to_bytes()
-        .unwrap()
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .collect();
+    let got: Vec<u16> = h.to_bytes().unwrap().chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
     let want: Vec<u16> = vals.iter().map(|&v| f32_to_f16_bits(v)).collect();
     assert_eq!(got, want);
     assert_eq!(got[4], 0x3C00, "a tie rounds to even");
@@ -197,20 +180,11 @@ fn astype_between_types() {
     init();
     let a = arr_f32(&[-2.7, -0.5, 0.0, 1.9, 300.0], &[5]);
     // float -> int truncates toward zero (C++ conversion).
-    assert_eq!(
-        a.astype(Dtype::I32).unwrap().to_vec::<i32>().unwrap(),
-        vec![-2, 0, 0, 1, 300]
-    );
+    assert_eq!(a.astype(Dtype::I32).unwrap().to_vec::<i32>().unwrap(), vec![-2, 0, 0, 1, 300]);
     // float -> bool is "nonzero".
-    assert_eq!(
-        a.astype(Dtype::Bool).unwrap().to_vec::<bool>().unwrap(),
-        vec![true, true, false, true, true]
-    );
+    assert_eq!(a.astype(Dtype::Bool).unwrap().to_vec::<bool>().unwrap(), vec![true, true, false, true, true]);
     let i = arr_i32(&[-5, 0, 7], &[3]);
-    assert_eq!(
-        i.astype(Dtype::F32).unwrap().to_vec::<f32>().unwrap(),
-        vec![-5.0, 0.0, 7.0]
-    );
+    assert_eq!(i.astype(Dtype::F32).unwrap().to_vec::<f32>().unwrap(), vec![-5.0, 0.0, 7.0]);
     assert_eq!(i.astype(Dtype::I64).unwrap().to_vec::<i64>().unwrap(), vec![-5, 0, 7]);
     let b = arr_bool(&[true, false], &[2]);
     assert_eq!(b.astype(Dtype::F32).unwrap().to_vec::<f32>().unwrap(), vec![1.0, 0.0]);
@@ -218,10 +192,7 @@ fn astype_between_types() {
     let (x, xv) = arr_bf16(&[0.3, -7.125, 1e4], &[3]);
     let y = x.astype(Dtype::F32).unwrap();
     assert_eq!(y.to_vec::<f32>().unwrap(), xv);
-    assert_eq!(
-        y.astype(Dtype::BF16).unwrap().to_bytes().unwrap(),
-        x.to_bytes().unwrap()
-    );
+    assert_eq!(y.astype(Dtype::BF16).unwrap().to_bytes().unwrap(), x.to_bytes().unwrap());
     // astype is lazy and keeps the shape.
     let m = arr_f32(&[1.0; 6], &[2, 3]).astype(Dtype::F16).unwrap();
     assert_eq!((m.shape(), m.dtype(), m.nbytes()), (vec![2, 3], Dtype::F16, 12));
@@ -291,24 +262,14 @@ fn eval_and_async_eval() {
 
     let d = c.exp().unwrap().log().unwrap();
     async_eval(&[&d]).unwrap();
-    assert_close(
-        &d.to_vec::<f32>().unwrap(),
-        &[2.0, 6.0, 12.0],
-        F32_TOL,
-        "async_eval result",
-    );
+    assert_close(&d.to_vec::<f32>().unwrap(), &[2.0, 6.0, 12.0], F32_TOL, "async_eval result");
     eval(&[]).unwrap();
 }
 
 #[test]
 #[should_panic(expected = "worst at index 2")]
 fn assert_close_reports_the_worst_element() {
-    assert_close(
-        &[1.0, 2.0, 3.5, 4.1],
-        &[1.0, 2.0, 3.0, 4.0],
-        Tol { atol: 1e-3, rtol: 1e-3 },
-        "self-check",
-    );
+    assert_close(&[1.0, 2.0, 3.5, 4.1], &[1.0, 2.0, 3.0, 4.0], Tol { atol: 1e-3, rtol: 1e-3 }, "self-check");
 }
 
 #[test]
@@ -322,10 +283,7 @@ fn reference_helpers_self_check() {
     assert!((erf_ref(1.0) - 0.842_700_792_949_714_9).abs() < 1e-12);
     assert!((erf_ref(-0.5) + 0.520_499_877_813_046_5).abs() < 1e-12);
     assert!((erfinv_ref(0.842_700_792_949_714_9) - 1.0).abs() < 1e-10);
-    assert_eq!(
-        matmul_ref(&[1.0, 2.0, 3.0, 4.0], &[5.0, 6.0, 7.0, 8.0], 2, 2, 2),
-        vec![19.0, 22.0, 43.0, 50.0]
-    );
+    assert_eq!(matmul_ref(&[1.0, 2.0, 3.0, 4.0], &[5.0, 6.0, 7.0, 8.0], 2, 2, 2), vec![19.0, 22.0, 43.0, 50.0]);
     assert_eq!(cumsum_lane(&[1.0, 2.0, 3.0], true, false), vec![5.0, 3.0, 0.0]);
     // 4-bit codes 1..=8 packed lowest first in one word.
     assert_eq!(unpack_codes(&[0x8765_4321], 1, 8, 4), vec![1, 2, 3, 4, 5, 6, 7, 8]);
@@ -344,11 +302,7 @@ fn every_dtype_code_round_trips_through_mlx() {
         if dt != Dtype::Complex64 {
             let f = Array::full(&[2], 3.0, dt).unwrap();
             let want = if dt == Dtype::Bool { 1.0 } else { 3.0 };
-            assert_eq!(
-                f.astype(Dtype::F32).unwrap().to_vec::<f32>().unwrap(),
-                vec![want; 2],
-                "full of {dt}"
-            );
+            assert_eq!(f.astype(Dtype::F32).unwrap().to_vec::<f32>().unwrap(), vec![want; 2], "full of {dt}");
             assert_eq!(f.astype(dt).unwrap().dtype(), dt);
         }
     }
@@ -356,26 +310,14 @@ fn every_dtype_code_round_trips_through_mlx() {
     let i16s: [i16; 3] = [-300, 0, 32767];
     let bytes: Vec<u8> = i16s.iter().flat_map(|v| v.to_le_bytes()).collect();
     let a = Array::from_bytes(&bytes, &[3], Dtype::I16).unwrap();
-    assert_eq!(
-        a.astype(Dtype::I32).unwrap().to_vec::<i32>().unwrap(),
-        vec![-300, 0, 32767]
-    );
+    assert_eq!(a.astype(Dtype::I32).unwrap().to_vec::<i32>().unwrap(), vec![-300, 0, 32767]);
     let a = Array::from_bytes(&[0xFF, 0x01, 0x80], &[3], Dtype::I8).unwrap();
-    assert_eq!(
-        a.astype(Dtype::I32).unwrap().to_vec::<i32>().unwrap(),
-        vec![-1, 1, -128]
-    );
+    assert_eq!(a.astype(Dtype::I32).unwrap().to_vec::<i32>().unwrap(), vec![-1, 1, -128]);
     let a = Array::from_bytes(&[0xFF, 0xFF, 0x02, 0x00], &[2], Dtype::U16).unwrap();
     assert_eq!(a.astype(Dtype::I32).unwrap().to_vec::<i32>().unwrap(), vec![65535, 2]);
     // Saturating scalar conversion for integer fills.
-    assert_eq!(
-        Array::full(&[1], 1e10, Dtype::I32).unwrap().to_vec::<i32>().unwrap(),
-        vec![i32::MAX]
-    );
-    assert_eq!(
-        Array::full(&[1], -5.0, Dtype::U32).unwrap().to_vec::<u32>().unwrap(),
-        vec![0]
-    );
+    assert_eq!(Array::full(&[1], 1e10, Dtype::I32).unwrap().to_vec::<i32>().unwrap(), vec![i32::MAX]);
+    assert_eq!(Array::full(&[1], -5.0, Dtype::U32).unwrap().to_vec::<u32>().unwrap(), vec![0]);
 }
 
 #[test]
@@ -392,4 +334,33 @@ fn reading_strided_views() {
     let b = arr_f32(&[5.0], &[1]).broadcast_to(&[2, 2]).unwrap();
     assert_eq!(b.to_vec::<f32>().unwrap(), vec![5.0; 4]);
     assert_eq!(b.to_bytes().unwrap().len(), 16);
+}
+
+/// `to_f64_host` converts every real dtype on the host (used for GGUF metadata, where the CUDA
+/// backend has no float64 to `astype` into).
+#[test]
+fn to_f64_host_reads_every_real_dtype() {
+    let vals = [0.0f32, 1.5, -2.0, 1024.0];
+    for dt in [Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::F64] {
+        let a = Array::from_slice(&vals, &[4]).unwrap().astype(dt).unwrap();
+        assert_eq!(a.to_f64_host().unwrap(), vec![0.0, 1.5, -2.0, 1024.0], "{dt}");
+    }
+    let ints = Array::from_slice(&[-3i32, 0, 7, 1 << 30], &[4]).unwrap();
+    for dt in [Dtype::I32, Dtype::I64, Dtype::I16] {
+        let want: Vec<f64> =
+            if dt == Dtype::I16 { vec![-3.0, 0.0, 7.0, 0.0] } else { vec![-3.0, 0.0, 7.0, (1 << 30) as f64] };
+        assert_eq!(ints.astype(dt).unwrap().to_f64_host().unwrap(), want, "{dt}");
+    }
+    let u = Array::from_slice(&[5u32, 4_000_000_000], &[2]).unwrap();
+    assert_eq!(u.to_f64_host().unwrap(), vec![5.0, 4e9]);
+    let b = Array::from_slice(&[true, false], &[2]).unwrap();
+    assert_eq!(b.to_f64_host().unwrap(), vec![1.0, 0.0]);
+    let half_small = Array::from_slice(
+        &[6.103515625e-5f32 /* smallest normal f16 */, 5.960464477539063e-8 /* smallest subnormal */],
+        &[2],
+    )
+    .unwrap()
+    .astype(Dtype::F16)
+    .unwrap();
+    assert_eq!(half_small.to_f64_host().unwrap(), vec![6.103515625e-5, 5.960464477539063e-8]);
 }

@@ -21,20 +21,12 @@ fn run(case: &Case, dtype: Dtype, seed: u64) {
     let (xa, xr) = arr_of(&rand_vec(seed, numel(&xs)), &xs, dtype);
     let (wa, wr) = arr_of(&rand_vec(seed + 1, numel(&ws)), &ws, dtype);
     let i2 = |v: [usize; 2]| [v[0] as i32, v[1] as i32];
-    let out = xa
-        .conv2d(&wa, i2(case.stride), i2(case.pad), i2(case.dil), case.groups as i32)
-        .unwrap();
+    let out = xa.conv2d(&wa, i2(case.stride), i2(case.pad), i2(case.dil), case.groups as i32).unwrap();
     assert_eq!(out.dtype(), dtype);
     let (want, os) = conv2d_ref(&xr, case.x, &wr, case.w, case.stride, case.pad, case.dil, case.groups);
     let k = case.w[1] * case.w[2] * case.w[3];
-    let tol = if dtype == Dtype::F32 {
-        Tol {
-            atol: 2e-6 * k as f32,
-            rtol: 1e-5,
-        }
-    } else {
-        Tol { atol: 3e-2, rtol: 1e-2 }
-    };
+    let tol =
+        if dtype == Dtype::F32 { Tol { atol: 2e-6 * k as f32, rtol: 1e-5 } } else { Tol { atol: 3e-2, rtol: 1e-2 } };
     let what = format!(
         "conv2d {dtype} x {:?} w {:?} stride {:?} pad {:?} dilation {:?} groups {}",
         case.x, case.w, case.stride, case.pad, case.dil, case.groups
@@ -44,72 +36,16 @@ fn run(case: &Case, dtype: Dtype, seed: u64) {
 
 fn cases() -> Vec<Case> {
     vec![
-        Case {
-            x: [2, 7, 8, 4],
-            w: [6, 3, 3, 4],
-            stride: [1, 1],
-            pad: [0, 0],
-            dil: [1, 1],
-            groups: 1,
-        },
-        Case {
-            x: [2, 7, 8, 4],
-            w: [6, 3, 3, 4],
-            stride: [1, 1],
-            pad: [1, 1],
-            dil: [1, 1],
-            groups: 1,
-        },
-        Case {
-            x: [1, 9, 8, 3],
-            w: [5, 3, 2, 3],
-            stride: [2, 3],
-            pad: [1, 2],
-            dil: [1, 1],
-            groups: 1,
-        },
-        Case {
-            x: [1, 9, 9, 2],
-            w: [4, 3, 3, 2],
-            stride: [1, 1],
-            pad: [2, 1],
-            dil: [2, 3],
-            groups: 1,
-        },
-        Case {
-            x: [2, 6, 6, 4],
-            w: [6, 3, 3, 2],
-            stride: [1, 2],
-            pad: [1, 1],
-            dil: [1, 1],
-            groups: 2,
-        },
+        Case { x: [2, 7, 8, 4], w: [6, 3, 3, 4], stride: [1, 1], pad: [0, 0], dil: [1, 1], groups: 1 },
+        Case { x: [2, 7, 8, 4], w: [6, 3, 3, 4], stride: [1, 1], pad: [1, 1], dil: [1, 1], groups: 1 },
+        Case { x: [1, 9, 8, 3], w: [5, 3, 2, 3], stride: [2, 3], pad: [1, 2], dil: [1, 1], groups: 1 },
+        Case { x: [1, 9, 9, 2], w: [4, 3, 3, 2], stride: [1, 1], pad: [2, 1], dil: [2, 3], groups: 1 },
+        Case { x: [2, 6, 6, 4], w: [6, 3, 3, 2], stride: [1, 2], pad: [1, 1], dil: [1, 1], groups: 2 },
         // Depthwise: one input channel per group.
-        Case {
-            x: [1, 6, 5, 4],
-            w: [8, 3, 3, 1],
-            stride: [1, 1],
-            pad: [1, 1],
-            dil: [1, 1],
-            groups: 4,
-        },
+        Case { x: [1, 6, 5, 4], w: [8, 3, 3, 1], stride: [1, 1], pad: [1, 1], dil: [1, 1], groups: 4 },
         // 1x1 (a per-pixel matmul) and a patch embedding (kernel == stride).
-        Case {
-            x: [1, 4, 4, 5],
-            w: [3, 1, 1, 5],
-            stride: [1, 1],
-            pad: [0, 0],
-            dil: [1, 1],
-            groups: 1,
-        },
-        Case {
-            x: [1, 8, 8, 3],
-            w: [4, 4, 4, 3],
-            stride: [4, 4],
-            pad: [0, 0],
-            dil: [1, 1],
-            groups: 1,
-        },
+        Case { x: [1, 4, 4, 5], w: [3, 1, 1, 5], stride: [1, 1], pad: [0, 0], dil: [1, 1], groups: 1 },
+        Case { x: [1, 8, 8, 3], w: [4, 4, 4, 3], stride: [4, 4], pad: [0, 0], dil: [1, 1], groups: 1 },
     ]
 }
 

@@ -20,118 +20,22 @@ fn unary_cases() -> Vec<UnaryCase> {
     let t = F32_TOL;
     let loose = Tol { atol: 2e-6, rtol: 2e-5 };
     vec![
-        UnaryCase {
-            op: UnaryOp::Neg,
-            lo: -3.0,
-            hi: 3.0,
-            f: |x| -x,
-            tol: t,
-        },
-        UnaryCase {
-            op: UnaryOp::Exp,
-            lo: -5.0,
-            hi: 5.0,
-            f: f64::exp,
-            tol: loose,
-        },
-        UnaryCase {
-            op: UnaryOp::Log,
-            lo: 0.01,
-            hi: 10.0,
-            f: f64::ln,
-            tol: loose,
-        },
-        UnaryCase {
-            op: UnaryOp::Sqrt,
-            lo: 0.0,
-            hi: 9.0,
-            f: f64::sqrt,
-            tol: t,
-        },
-        UnaryCase {
-            op: UnaryOp::Rsqrt,
-            lo: 0.05,
-            hi: 9.0,
-            f: |x| 1.0 / x.sqrt(),
-            tol: loose,
-        },
-        UnaryCase {
-            op: UnaryOp::Tanh,
-            lo: -4.0,
-            hi: 4.0,
-            f: f64::tanh,
-            tol: loose,
-        },
-        UnaryCase {
-            op: UnaryOp::Erf,
-            lo: -2.5,
-            hi: 2.5,
-            f: erf_ref,
-            tol: loose,
-        },
-        UnaryCase {
-            op: UnaryOp::Sigmoid,
-            lo: -8.0,
-            hi: 8.0,
-            f: |x| 1.0 / (1.0 + (-x).exp()),
-            tol: loose,
-        },
-        UnaryCase {
-            op: UnaryOp::Abs,
-            lo: -3.0,
-            hi: 3.0,
-            f: f64::abs,
-            tol: t,
-        },
-        UnaryCase {
-            op: UnaryOp::Square,
-            lo: -3.0,
-            hi: 3.0,
-            f: |x| x * x,
-            tol: t,
-        },
-        UnaryCase {
-            op: UnaryOp::Sin,
-            lo: -6.0,
-            hi: 6.0,
-            f: f64::sin,
-            tol: loose,
-        },
-        UnaryCase {
-            op: UnaryOp::Cos,
-            lo: -6.0,
-            hi: 6.0,
-            f: f64::cos,
-            tol: loose,
-        },
-        UnaryCase {
-            op: UnaryOp::Floor,
-            lo: -5.0,
-            hi: 5.0,
-            f: f64::floor,
-            tol: t,
-        },
-        UnaryCase {
-            op: UnaryOp::Ceil,
-            lo: -5.0,
-            hi: 5.0,
-            f: f64::ceil,
-            tol: t,
-        },
-        UnaryCase {
-            op: UnaryOp::Contiguous,
-            lo: -3.0,
-            hi: 3.0,
-            f: |x| x,
-            tol: t,
-        },
-        UnaryCase {
-            op: UnaryOp::Log1p,
-            lo: -0.9,
-            hi: 5.0,
-            f: f64::ln_1p,
-            tol: loose,
-        },
+        UnaryCase { op: UnaryOp::Neg, lo: -3.0, hi: 3.0, f: |x| -x, tol: t },
+        UnaryCase { op: UnaryOp::Exp, lo: -5.0, hi: 5.0, f: f64::exp, tol: loose },
+        UnaryCase { op: UnaryOp::Log, lo: 0.01, hi: 10.0, f: f64::ln, tol: loose },
+        UnaryCase { op: UnaryOp::Sqrt, lo: 0.0, hi: 9.0, f: f64::sqrt, tol: t },
+        UnaryCase { op: UnaryOp::Rsqrt, lo: 0.05, hi: 9.0, f: |x| 1.0 / x.sqrt(), tol: loose },
+        UnaryCase { op: UnaryOp::Tanh, lo: -4.0, hi: 4.0, f: f64::tanh, tol: loose },
+        UnaryCase { op: UnaryOp::Erf, lo: -2.5, hi: 2.5, f: erf_ref, tol: loose },
+        UnaryCase { op: UnaryOp::Sigmoid, lo: -8.0, hi: 8.0, f: |x| 1.0 / (1.0 + (-x).exp()), tol: loose },
+        UnaryCase { op: UnaryOp::Abs, lo: -3.0, hi: 3.0, f: f64::abs, tol: t },
+        UnaryCase { op: UnaryOp::Square, lo: -3.0, hi: 3.0, f: |x| x * x, tol: t },
+        UnaryCase { op: UnaryOp::Sin, lo: -6.0, hi: 6.0, f: f64::sin, tol: loose },
+        UnaryCase { op: UnaryOp::Cos, lo: -6.0, hi: 6.0, f: f64::cos, tol: loose },
+        UnaryCase { op: UnaryOp::Floor, lo: -5.0, hi: 5.0, f: f64::floor, tol: t },
+        UnaryCase { op: UnaryOp::Ceil, lo: -5.0, hi: 5.0, f: f64::ceil, tol: t },
+        UnaryCase { op: UnaryOp::Contiguous, lo: -3.0, hi: 3.0, f: |x| x, tol: t },
+        UnaryCase { op: UnaryOp::Log1p, lo: -0.9, hi: 5.0, f: f64::ln_1p, tol: loose },
         UnaryCase {
             op: UnaryOp::Sign,
             lo: -3.0,
@@ -147,34 +51,10 @@ fn unary_cases() -> Vec<UnaryCase> {
             },
             tol: t,
         },
-        UnaryCase {
-            op: UnaryOp::Round,
-            lo: -5.0,
-            hi: 5.0,
-            f: f64::round_ties_even,
-            tol: t,
-        },
-        UnaryCase {
-            op: UnaryOp::StopGradient,
-            lo: -3.0,
-            hi: 3.0,
-            f: |x| x,
-            tol: t,
-        },
-        UnaryCase {
-            op: UnaryOp::Reciprocal,
-            lo: 0.1,
-            hi: 4.0,
-            f: |x| 1.0 / x,
-            tol: t,
-        },
-        UnaryCase {
-            op: UnaryOp::Erfinv,
-            lo: -0.99,
-            hi: 0.99,
-            f: erfinv_ref,
-            tol: Tol { atol: 1e-5, rtol: 1e-4 },
-        },
+        UnaryCase { op: UnaryOp::Round, lo: -5.0, hi: 5.0, f: f64::round_ties_even, tol: t },
+        UnaryCase { op: UnaryOp::StopGradient, lo: -3.0, hi: 3.0, f: |x| x, tol: t },
+        UnaryCase { op: UnaryOp::Reciprocal, lo: 0.1, hi: 4.0, f: |x| 1.0 / x, tol: t },
+        UnaryCase { op: UnaryOp::Erfinv, lo: -0.99, hi: 0.99, f: erfinv_ref, tol: Tol { atol: 1e-5, rtol: 1e-4 } },
     ]
 }
 
@@ -219,11 +99,7 @@ fn unary_ops_bf16() {
         // Reference from the bf16-rounded inputs, computed in f64; the output is one bf16
         // rounding away (relative 2^-9), a bit more for ops MLX evaluates in bf16 steps.
         let want: Vec<f32> = xr.iter().map(|&v| (case.f)(v as f64) as f32).collect();
-        let tol = if case.op == UnaryOp::Erfinv {
-            Tol { atol: 2e-2, rtol: 2e-2 }
-        } else {
-            BF16_TOL
-        };
+        let tol = if case.op == UnaryOp::Erfinv { Tol { atol: 2e-2, rtol: 2e-2 } } else { BF16_TOL };
         check_array(&out, &shape, &want, tol, &format!("{:?} bf16", case.op));
     }
 }
@@ -253,37 +129,18 @@ fn unary_methods_match_codes() {
         (Array::reciprocal, UnaryOp::Reciprocal),
     ];
     for (m, op) in pairs {
-        assert_eq!(
-            m(&a).unwrap().to_vec::<f32>().unwrap(),
-            a.unary(op).unwrap().to_vec::<f32>().unwrap(),
-            "{op:?}"
-        );
+        assert_eq!(m(&a).unwrap().to_vec::<f32>().unwrap(), a.unary(op).unwrap().to_vec::<f32>().unwrap(), "{op:?}");
     }
     let p = arr_f32(&[0.5, 2.0], &[2]);
-    assert_close(
-        &p.log().unwrap().to_vec::<f32>().unwrap(),
-        &[0.5f32.ln(), 2f32.ln()],
-        F32_TOL,
-        "log",
-    );
-    assert_close(
-        &p.sqrt().unwrap().to_vec::<f32>().unwrap(),
-        &[0.5f32.sqrt(), 2f32.sqrt()],
-        F32_TOL,
-        "sqrt",
-    );
+    assert_close(&p.log().unwrap().to_vec::<f32>().unwrap(), &[0.5f32.ln(), 2f32.ln()], F32_TOL, "log");
+    assert_close(&p.sqrt().unwrap().to_vec::<f32>().unwrap(), &[0.5f32.sqrt(), 2f32.sqrt()], F32_TOL, "sqrt");
     assert_close(
         &p.rsqrt().unwrap().to_vec::<f32>().unwrap(),
         &[1.0 / 0.5f32.sqrt(), 1.0 / 2f32.sqrt()],
         F32_TOL,
         "rsqrt",
     );
-    assert_close(
-        &p.log1p().unwrap().to_vec::<f32>().unwrap(),
-        &[1.5f32.ln(), 3f32.ln()],
-        F32_TOL,
-        "log1p",
-    );
+    assert_close(&p.log1p().unwrap().to_vec::<f32>().unwrap(), &[1.5f32.ln(), 3f32.ln()], F32_TOL, "log1p");
     let e = arr_f32(&[0.0, 0.5], &[2]).erfinv().unwrap().to_vec::<f32>().unwrap();
     assert_close(&e, &[0.0, erfinv_ref(0.5) as f32], F32_TOL, "erfinv");
 }
@@ -297,10 +154,7 @@ fn logical_not_and_isnan() {
     assert_eq!(n.to_vec::<bool>().unwrap(), vec![false, true, false]);
     // On numbers: "is zero".
     let f = arr_f32(&[0.0, 2.0, -1.0], &[3]);
-    assert_eq!(
-        f.logical_not().unwrap().to_vec::<bool>().unwrap(),
-        vec![true, false, false]
-    );
+    assert_eq!(f.logical_not().unwrap().to_vec::<bool>().unwrap(), vec![true, false, false]);
 
     let x = arr_f32(&[1.0, f32::NAN, f32::INFINITY, -0.0], &[4]);
     let m = x.isnan().unwrap();
@@ -334,60 +188,15 @@ struct BinaryCase {
 
 fn arith_cases() -> Vec<BinaryCase> {
     vec![
-        BinaryCase {
-            op: BinaryOp::Add,
-            a: (-3.0, 3.0),
-            b: (-3.0, 3.0),
-            f: |a, b| a + b,
-        },
-        BinaryCase {
-            op: BinaryOp::Subtract,
-            a: (-3.0, 3.0),
-            b: (-3.0, 3.0),
-            f: |a, b| a - b,
-        },
-        BinaryCase {
-            op: BinaryOp::Multiply,
-            a: (-3.0, 3.0),
-            b: (-3.0, 3.0),
-            f: |a, b| a * b,
-        },
-        BinaryCase {
-            op: BinaryOp::Divide,
-            a: (-3.0, 3.0),
-            b: (0.5, 3.0),
-            f: |a, b| a / b,
-        },
-        BinaryCase {
-            op: BinaryOp::Maximum,
-            a: (-3.0, 3.0),
-            b: (-3.0, 3.0),
-            f: f64::max,
-        },
-        BinaryCase {
-            op: BinaryOp::Minimum,
-            a: (-3.0, 3.0),
-            b: (-3.0, 3.0),
-            f: f64::min,
-        },
-        BinaryCase {
-            op: BinaryOp::Power,
-            a: (0.1, 3.0),
-            b: (-2.0, 2.0),
-            f: f64::powf,
-        },
-        BinaryCase {
-            op: BinaryOp::FloorDivide,
-            a: (-6.0, 6.0),
-            b: (0.7, 2.0),
-            f: floor_div,
-        },
-        BinaryCase {
-            op: BinaryOp::Remainder,
-            a: (-6.0, 6.0),
-            b: (0.7, 2.0),
-            f: py_rem,
-        },
+        BinaryCase { op: BinaryOp::Add, a: (-3.0, 3.0), b: (-3.0, 3.0), f: |a, b| a + b },
+        BinaryCase { op: BinaryOp::Subtract, a: (-3.0, 3.0), b: (-3.0, 3.0), f: |a, b| a - b },
+        BinaryCase { op: BinaryOp::Multiply, a: (-3.0, 3.0), b: (-3.0, 3.0), f: |a, b| a * b },
+        BinaryCase { op: BinaryOp::Divide, a: (-3.0, 3.0), b: (0.5, 3.0), f: |a, b| a / b },
+        BinaryCase { op: BinaryOp::Maximum, a: (-3.0, 3.0), b: (-3.0, 3.0), f: f64::max },
+        BinaryCase { op: BinaryOp::Minimum, a: (-3.0, 3.0), b: (-3.0, 3.0), f: f64::min },
+        BinaryCase { op: BinaryOp::Power, a: (0.1, 3.0), b: (-2.0, 2.0), f: f64::powf },
+        BinaryCase { op: BinaryOp::FloorDivide, a: (-6.0, 6.0), b: (0.7, 2.0), f: floor_div },
+        BinaryCase { op: BinaryOp::Remainder, a: (-6.0, 6.0), b: (0.7, 2.0), f: py_rem },
     ]
 }
 
@@ -409,11 +218,7 @@ fn binary_arithmetic_f32_with_broadcasting() {
         let out = a.binary(case.op, &b).unwrap();
         let (want, shape) = broadcast_binary(&x, &ASHAPE, &y, &BSHAPE, |p, q| (case.f)(p as f64, q as f64) as f32);
         assert_eq!(shape, vec![2, 3, 4]);
-        let tol = if case.op == BinaryOp::Power {
-            Tol { atol: 1e-5, rtol: 3e-5 }
-        } else {
-            F32_TOL
-        };
+        let tol = if case.op == BinaryOp::Power { Tol { atol: 1e-5, rtol: 3e-5 } } else { F32_TOL };
         check_array(&out, &shape, &want, tol, &format!("{:?} f32", case.op));
     }
 }
@@ -450,26 +255,13 @@ fn binary_arithmetic_bf16_with_broadcasting() {
                         rm[i],
                         xs[i]
                     );
-                    assert!(
-                        rm[i] >= -0.02 && rm[i] < ys[i] + 0.02,
-                        "remainder {} not in [0, {})",
-                        rm[i],
-                        ys[i]
-                    );
+                    assert!(rm[i] >= -0.02 && rm[i] < ys[i] + 0.02, "remainder {} not in [0, {})", rm[i], ys[i]);
                     assert_eq!(fd[i], fd[i].floor(), "floor_divide gives integers");
                 }
                 // Most elements still match the direct reference.
-                let direct = want
-                    .iter()
-                    .zip(read_f32(&out))
-                    .filter(|(w, g)| (*w - g).abs() <= 0.02 + 0.02 * w.abs())
-                    .count();
-                assert!(
-                    direct * 10 >= want.len() * 9,
-                    "{:?}: only {direct} of {} match",
-                    case.op,
-                    want.len()
-                );
+                let direct =
+                    want.iter().zip(read_f32(&out)).filter(|(w, g)| (*w - g).abs() <= 0.02 + 0.02 * w.abs()).count();
+                assert!(direct * 10 >= want.len() * 9, "{:?}: only {direct} of {} match", case.op, want.len());
             }
             _ => check_array(&out, &shape, &want, BF16_TOL, &format!("{:?} bf16", case.op)),
         }
@@ -502,16 +294,10 @@ fn binary_methods_match_codes() {
     assert_eq!(a.add(&b).unwrap().to_vec::<f32>().unwrap(), vec![3.0, 0.0, 2.0]);
     assert_eq!(a.subtract(&b).unwrap().to_vec::<f32>().unwrap(), vec![-1.0, -4.0, 5.0]);
     assert_eq!(a.multiply(&b).unwrap().to_vec::<f32>().unwrap(), vec![2.0, -4.0, -5.25]);
-    assert_eq!(
-        a.divide(&b).unwrap().to_vec::<f32>().unwrap(),
-        vec![0.5, -1.0, 3.5 / -1.5]
-    );
+    assert_eq!(a.divide(&b).unwrap().to_vec::<f32>().unwrap(), vec![0.5, -1.0, 3.5 / -1.5]);
     assert_eq!(a.maximum(&b).unwrap().to_vec::<f32>().unwrap(), vec![2.0, 2.0, 3.5]);
     assert_eq!(a.minimum(&b).unwrap().to_vec::<f32>().unwrap(), vec![1.0, -2.0, -1.5]);
-    assert_eq!(
-        a.floor_divide(&b).unwrap().to_vec::<f32>().unwrap(),
-        vec![0.0, -1.0, -3.0]
-    );
+    assert_eq!(a.floor_divide(&b).unwrap().to_vec::<f32>().unwrap(), vec![0.0, -1.0, -3.0]);
     assert_eq!(a.remainder(&b).unwrap().to_vec::<f32>().unwrap(), vec![1.0, 0.0, -1.0]);
     let p = arr_f32(&[2.0, 9.0], &[2]).power(&arr_f32(&[3.0, 0.5], &[2])).unwrap();
     assert_close(&p.to_vec::<f32>().unwrap(), &[8.0, 3.0], F32_TOL, "power");
@@ -523,22 +309,13 @@ fn integer_arithmetic() {
     let a = arr_i32(&[7, -7, 7, -7, 0, 12], &[6]);
     let b = arr_i32(&[2, 2, -2, -2, 5, 4], &[6]);
     assert_eq!(a.add(&b).unwrap().to_vec::<i32>().unwrap(), vec![9, -5, 5, -9, 5, 16]);
-    assert_eq!(
-        a.multiply(&b).unwrap().to_vec::<i32>().unwrap(),
-        vec![14, -14, -14, 14, 0, 48]
-    );
+    assert_eq!(a.multiply(&b).unwrap().to_vec::<i32>().unwrap(), vec![14, -14, -14, 14, 0, 48]);
     // Floor division and remainder follow Python (floor, sign of the divisor).
     let fd = a.floor_divide(&b).unwrap();
     assert_eq!(fd.dtype(), Dtype::I32);
     assert_eq!(fd.to_vec::<i32>().unwrap(), vec![3, -4, -4, 3, 0, 3]);
-    assert_eq!(
-        a.remainder(&b).unwrap().to_vec::<i32>().unwrap(),
-        vec![1, 1, -1, -1, 0, 0]
-    );
-    assert_eq!(
-        a.maximum(&b).unwrap().to_vec::<i32>().unwrap(),
-        vec![7, 2, 7, -2, 5, 12]
-    );
+    assert_eq!(a.remainder(&b).unwrap().to_vec::<i32>().unwrap(), vec![1, 1, -1, -1, 0, 0]);
+    assert_eq!(a.maximum(&b).unwrap().to_vec::<i32>().unwrap(), vec![7, 2, 7, -2, 5, 12]);
     assert_eq!(a.abs().unwrap().to_vec::<i32>().unwrap(), vec![7, 7, 7, 7, 0, 12]);
     assert_eq!(a.neg().unwrap().to_vec::<i32>().unwrap(), vec![-7, 7, -7, 7, 0, -12]);
     assert_eq!(a.sign().unwrap().to_vec::<i32>().unwrap(), vec![1, -1, 1, -1, 0, 1]);
@@ -579,23 +356,11 @@ fn comparisons_with_broadcasting() {
     let a = arr_f32(&[1.0, 2.0, 3.0], &[3]);
     let b = arr_f32(&[2.0], &[1]);
     assert_eq!(a.equal(&b).unwrap().to_vec::<bool>().unwrap(), vec![false, true, false]);
-    assert_eq!(
-        a.not_equal(&b).unwrap().to_vec::<bool>().unwrap(),
-        vec![true, false, true]
-    );
+    assert_eq!(a.not_equal(&b).unwrap().to_vec::<bool>().unwrap(), vec![true, false, true]);
     assert_eq!(a.less(&b).unwrap().to_vec::<bool>().unwrap(), vec![true, false, false]);
-    assert_eq!(
-        a.less_equal(&b).unwrap().to_vec::<bool>().unwrap(),
-        vec![true, true, false]
-    );
-    assert_eq!(
-        a.greater(&b).unwrap().to_vec::<bool>().unwrap(),
-        vec![false, false, true]
-    );
-    assert_eq!(
-        a.greater_equal(&b).unwrap().to_vec::<bool>().unwrap(),
-        vec![false, true, true]
-    );
+    assert_eq!(a.less_equal(&b).unwrap().to_vec::<bool>().unwrap(), vec![true, true, false]);
+    assert_eq!(a.greater(&b).unwrap().to_vec::<bool>().unwrap(), vec![false, false, true]);
+    assert_eq!(a.greater_equal(&b).unwrap().to_vec::<bool>().unwrap(), vec![false, true, true]);
     // NaN compares unequal to everything.
     let n = arr_f32(&[f32::NAN], &[1]);
     assert_eq!(n.equal(&n).unwrap().to_vec::<bool>().unwrap(), vec![false]);
@@ -610,29 +375,14 @@ fn logical_ops() {
     let and = a.logical_and(&b).unwrap();
     assert_eq!(and.dtype(), Dtype::Bool);
     assert_eq!(and.to_vec::<bool>().unwrap(), vec![true, false, false, false]);
-    assert_eq!(
-        a.logical_or(&b).unwrap().to_vec::<bool>().unwrap(),
-        vec![true, true, true, false]
-    );
-    assert_eq!(
-        a.binary(BinaryOp::LogicalAnd, &b).unwrap().to_vec::<bool>().unwrap(),
-        vec![true, false, false, false]
-    );
-    assert_eq!(
-        a.binary(BinaryOp::LogicalOr, &b).unwrap().to_vec::<bool>().unwrap(),
-        vec![true, true, true, false]
-    );
+    assert_eq!(a.logical_or(&b).unwrap().to_vec::<bool>().unwrap(), vec![true, true, true, false]);
+    assert_eq!(a.binary(BinaryOp::LogicalAnd, &b).unwrap().to_vec::<bool>().unwrap(), vec![true, false, false, false]);
+    assert_eq!(a.binary(BinaryOp::LogicalOr, &b).unwrap().to_vec::<bool>().unwrap(), vec![true, true, true, false]);
     // Numbers count as true when nonzero.
     let x = arr_f32(&[0.0, 1.5, -2.0, 0.0], &[4]);
     let y = arr_f32(&[3.0, 0.0, 1.0, 0.0], &[4]);
-    assert_eq!(
-        x.logical_and(&y).unwrap().to_vec::<bool>().unwrap(),
-        vec![false, false, true, false]
-    );
-    assert_eq!(
-        x.logical_or(&y).unwrap().to_vec::<bool>().unwrap(),
-        vec![true, true, true, false]
-    );
+    assert_eq!(x.logical_and(&y).unwrap().to_vec::<bool>().unwrap(), vec![false, false, true, false]);
+    assert_eq!(x.logical_or(&y).unwrap().to_vec::<bool>().unwrap(), vec![true, true, true, false]);
 }
 
 #[test]
@@ -673,10 +423,7 @@ fn std_operator_impls_and_scalar_ops() {
     assert_eq!((&a - &b).unwrap().to_vec::<f32>().unwrap(), zip(|p, q| p - q));
     assert_eq!((&a * &b).unwrap().to_vec::<f32>().unwrap(), zip(|p, q| p * q));
     assert_eq!((&a / &b).unwrap().to_vec::<f32>().unwrap(), zip(|p, q| p / q));
-    assert_eq!(
-        (-&a).unwrap().to_vec::<f32>().unwrap(),
-        x.iter().map(|v| -v).collect::<Vec<_>>()
-    );
+    assert_eq!((-&a).unwrap().to_vec::<f32>().unwrap(), x.iter().map(|v| -v).collect::<Vec<_>>());
 
     let map = |f: fn(f32) -> f32| -> Vec<f32> { x.iter().map(|&p| f(p)).collect() };
     assert_eq!((&a + 1.5).unwrap().to_vec::<f32>().unwrap(), map(|p| p + 1.5));
@@ -695,10 +442,7 @@ fn std_operator_impls_and_scalar_ops() {
     assert_eq!(read_f32(&out), hr.iter().map(|v| v * 0.5).collect::<Vec<_>>());
     let out = (1.0 - &h).unwrap();
     assert_eq!(out.dtype(), Dtype::BF16);
-    assert_eq!(
-        read_f32(&out),
-        hr.iter().map(|v| round_bf16(1.0 - v)).collect::<Vec<_>>()
-    );
+    assert_eq!(read_f32(&out), hr.iter().map(|v| round_bf16(1.0 - v)).collect::<Vec<_>>());
     assert_eq!(h.scalar_like(2.0).unwrap().dtype(), Dtype::BF16);
 
     // With an integer array the scalar is f32 and the result promotes to f32.
@@ -718,15 +462,9 @@ fn activation_helpers() {
     init();
     let x = Lcg::new(99).vec(40, -5.0, 5.0);
     let a = arr_f32(&x, &[40]);
-    let silu: Vec<f32> = x
-        .iter()
-        .map(|&v| (v as f64 / (1.0 + (-v as f64).exp())) as f32)
-        .collect();
+    let silu: Vec<f32> = x.iter().map(|&v| (v as f64 / (1.0 + (-v as f64).exp())) as f32).collect();
     check_array(&a.silu().unwrap(), &[40], &silu, Tol { atol: 2e-6, rtol: 2e-5 }, "silu");
-    let gelu: Vec<f32> = x
-        .iter()
-        .map(|&v| (0.5 * v as f64 * (1.0 + erf_ref(v as f64 / 2f64.sqrt()))) as f32)
-        .collect();
+    let gelu: Vec<f32> = x.iter().map(|&v| (0.5 * v as f64 * (1.0 + erf_ref(v as f64 / 2f64.sqrt()))) as f32).collect();
     check_array(&a.gelu().unwrap(), &[40], &gelu, Tol { atol: 2e-6, rtol: 2e-5 }, "gelu");
     let c = (2.0 / std::f64::consts::PI).sqrt();
     let approx: Vec<f32> = x
@@ -736,19 +474,10 @@ fn activation_helpers() {
             (0.5 * v * (1.0 + (c * (v + 0.044715 * v * v * v)).tanh())) as f32
         })
         .collect();
-    check_array(
-        &a.gelu_approx().unwrap(),
-        &[40],
-        &approx,
-        Tol { atol: 2e-6, rtol: 2e-5 },
-        "gelu_approx",
-    );
+    check_array(&a.gelu_approx().unwrap(), &[40], &approx, Tol { atol: 2e-6, rtol: 2e-5 }, "gelu_approx");
 
     let (h, hr) = arr_bf16(&x, &[40]);
-    let silu_bf: Vec<f32> = hr
-        .iter()
-        .map(|&v| (v as f64 / (1.0 + (-v as f64).exp())) as f32)
-        .collect();
+    let silu_bf: Vec<f32> = hr.iter().map(|&v| (v as f64 / (1.0 + (-v as f64).exp())) as f32).collect();
     let out = h.silu().unwrap();
     assert_eq!(out.dtype(), Dtype::BF16);
     check_array(&out, &[40], &silu_bf, Tol { atol: 2e-2, rtol: 2e-2 }, "silu bf16");

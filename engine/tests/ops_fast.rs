@@ -48,10 +48,7 @@ fn rms_norm_with_and_without_weight() {
     }
     // A weight of the wrong size is MLX's error.
     let bad = arr_f32(&[1.0; 8], &[8]);
-    assert!(matches!(
-        rms_norm(&arr_f32(&x, &shape), Some(&bad), 1e-5),
-        Err(Error::Mlx(_))
-    ));
+    assert!(matches!(rms_norm(&arr_f32(&x, &shape), Some(&bad), 1e-5), Err(Error::Mlx(_))));
 }
 
 #[test]
@@ -70,13 +67,7 @@ fn layer_norm_with_optional_affine() {
             let out = layer_norm(&xa, use_w.then_some(&wa), use_b.then_some(&ba), 1e-5).unwrap();
             assert_eq!(out.dtype(), dtype);
             let want = layer_norm_ref(&xr, d, use_w.then_some(&wr[..]), use_b.then_some(&br[..]), 1e-5);
-            check_array(
-                &out,
-                &shape,
-                &want,
-                tol(dtype),
-                &format!("layer_norm {dtype} weight {use_w} bias {use_b}"),
-            );
+            check_array(&out, &shape, &want, tol(dtype), &format!("layer_norm {dtype} weight {use_w} bias {use_b}"));
         }
     }
 }
@@ -126,9 +117,7 @@ fn rope_with_explicit_freqs() {
     let dims = 8usize;
     let x = Lcg::new(7).vec(numel(&shape), -1.0, 1.0);
     // Llama-3-style: a few periods stretched.
-    let mut periods: Vec<f32> = (0..dims / 2)
-        .map(|i| 10000f32.powf(2.0 * i as f32 / dims as f32))
-        .collect();
+    let mut periods: Vec<f32> = (0..dims / 2).map(|i| 10000f32.powf(2.0 * i as f32 / dims as f32)).collect();
     periods[3] *= 8.0;
     periods[2] *= 2.5;
     for dtype in DTYPES {
@@ -152,18 +141,8 @@ fn rope_with_explicit_freqs() {
     }
     // Plain periods reproduce the base form.
     let xa = arr_f32(&x, &shape);
-    let plain: Vec<f32> = (0..dims / 2)
-        .map(|i| 10000f32.powf(2.0 * i as f32 / dims as f32))
-        .collect();
-    let a = rope(
-        &xa,
-        dims as i32,
-        false,
-        RopeFreqs::Freqs(&arr_f32(&plain, &[4])),
-        1.0,
-        3,
-    )
-    .unwrap();
+    let plain: Vec<f32> = (0..dims / 2).map(|i| 10000f32.powf(2.0 * i as f32 / dims as f32)).collect();
+    let a = rope(&xa, dims as i32, false, RopeFreqs::Freqs(&arr_f32(&plain, &[4])), 1.0, 3).unwrap();
     let b = rope(&xa, dims as i32, false, RopeFreqs::Base(10000.0), 1.0, 3).unwrap();
     assert_close(
         &a.to_vec::<f32>().unwrap(),
@@ -173,10 +152,7 @@ fn rope_with_explicit_freqs() {
     );
     // Freqs of the wrong length are MLX's error.
     let bad = arr_f32(&[1.0; 3], &[3]);
-    assert!(matches!(
-        rope(&xa, dims as i32, false, RopeFreqs::Freqs(&bad), 1.0, 0),
-        Err(Error::Mlx(_))
-    ));
+    assert!(matches!(rope(&xa, dims as i32, false, RopeFreqs::Freqs(&bad), 1.0, 0), Err(Error::Mlx(_))));
 }
 
 /// Runs every mask kind for one head layout and dtype.
@@ -214,14 +190,9 @@ fn check_sdpa(dtype: Dtype, b: usize, hq: usize, hkv: usize, lq: usize, lk: usiz
 
     // A boolean mask with at least one visible key per query.
     let bm: Vec<bool> = (0..lq * lk).map(|i| i % lk == 0 || g.below(3) != 0).collect();
-    let out = scaled_dot_product_attention(
-        &qa,
-        &ka,
-        &va,
-        scale,
-        AttnMask::Array(&arr_bool(&bm, &[lq as i32, lk as i32])),
-    )
-    .unwrap();
+    let out =
+        scaled_dot_product_attention(&qa, &ka, &va, scale, AttnMask::Array(&arr_bool(&bm, &[lq as i32, lk as i32])))
+            .unwrap();
     check_array(
         &out,
         &out_shape,
@@ -277,17 +248,9 @@ fn sdpa_causal_is_aligned_to_the_end_of_the_keys() {
     let q1 = arr_f32(&rand_vec(32, d), &[1, 1, 1, d as i32]);
     let c = scaled_dot_product_attention(&q1, &ka, &va, 0.5, AttnMask::Causal).unwrap();
     let n = scaled_dot_product_attention(&q1, &ka, &va, 0.5, AttnMask::None).unwrap();
-    assert_close(
-        &c.to_vec::<f32>().unwrap(),
-        &n.to_vec::<f32>().unwrap(),
-        F32_TOL,
-        "decode step: causal == none",
-    );
+    assert_close(&c.to_vec::<f32>().unwrap(), &n.to_vec::<f32>().unwrap(), F32_TOL, "decode step: causal == none");
     let q4 = arr_f32(&rand_vec(33, lk * d), &[1, 1, lk as i32, d as i32]);
-    let c = scaled_dot_product_attention(&q4, &ka, &va, 0.5, AttnMask::Causal)
-        .unwrap()
-        .to_vec::<f32>()
-        .unwrap();
+    let c = scaled_dot_product_attention(&q4, &ka, &va, 0.5, AttnMask::Causal).unwrap().to_vec::<f32>().unwrap();
     assert_close(&c[..d], &v[..d], F32_TOL, "first query sees only the first value");
 }
 
@@ -297,14 +260,8 @@ fn sdpa_shape_errors() {
     let q = arr_f32(&[0.0; 2 * 3 * 8], &[1, 2, 3, 8]);
     let k = arr_f32(&[0.0; 3 * 4 * 8], &[1, 3, 4, 8]);
     // 2 query heads cannot share 3 kv heads.
-    assert!(matches!(
-        scaled_dot_product_attention(&q, &k, &k, 1.0, AttnMask::None),
-        Err(Error::Mlx(_))
-    ));
+    assert!(matches!(scaled_dot_product_attention(&q, &k, &k, 1.0, AttnMask::None), Err(Error::Mlx(_))));
     // Head dims differ.
     let k2 = arr_f32(&[0.0; 2 * 4 * 4], &[1, 2, 4, 4]);
-    assert!(matches!(
-        scaled_dot_product_attention(&q, &k2, &k2, 1.0, AttnMask::None),
-        Err(Error::Mlx(_))
-    ));
+    assert!(matches!(scaled_dot_product_attention(&q, &k2, &k2, 1.0, AttnMask::None), Err(Error::Mlx(_))));
 }

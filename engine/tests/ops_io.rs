@@ -12,19 +12,11 @@ use mlx_engine::api::io::{load_gguf, load_safetensors, save_safetensors, Loaded,
 use mlx_engine::api::{Array, Dtype, Error};
 
 fn find<'a>(l: &'a Loaded, name: &str) -> &'a Array {
-    &l.arrays
-        .iter()
-        .find(|(n, _)| n == name)
-        .unwrap_or_else(|| panic!("no tensor {name}"))
-        .1
+    &l.arrays.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no tensor {name}")).1
 }
 
 fn meta<'a>(l: &'a Loaded, key: &str) -> &'a MetaValue {
-    &l.metadata
-        .iter()
-        .find(|(k, _)| k == key)
-        .unwrap_or_else(|| panic!("no metadata {key}"))
-        .1
+    &l.metadata.iter().find(|(k, _)| k == key).unwrap_or_else(|| panic!("no metadata {key}")).1
 }
 
 fn sample_arrays() -> Vec<(&'static str, Array)> {
@@ -34,14 +26,8 @@ fn sample_arrays() -> Vec<(&'static str, Array)> {
     let to_bytes = |b: &[u16]| b.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     vec![
         ("model.embed.weight", arr_f32(&rand_vec(1, 6), &[2, 3])),
-        (
-            "model.norm.weight",
-            Array::from_bytes(&to_bytes(&bf16_bits), &[5], Dtype::BF16).unwrap(),
-        ),
-        (
-            "half",
-            Array::from_bytes(&to_bytes(&f16_bits), &[2, 2], Dtype::F16).unwrap(),
-        ),
+        ("model.norm.weight", Array::from_bytes(&to_bytes(&bf16_bits), &[5], Dtype::BF16).unwrap()),
+        ("half", Array::from_bytes(&to_bytes(&f16_bits), &[2, 2], Dtype::F16).unwrap()),
         ("ids", arr_i32(&[-7, 0, 2_000_000_000], &[3])),
         ("packed", arr_u32(&[0xDEAD_BEEF, 1], &[1, 2])),
         ("bytes", Array::from_slice(&[0u8, 1, 254, 255, 7], &[5]).unwrap()),
@@ -63,11 +49,7 @@ fn safetensors_round_trip_with_metadata() {
     let loaded = load_safetensors(&path).unwrap();
     let mut names: Vec<&str> = arrays.iter().map(|(n, _)| *n).collect();
     names.sort();
-    assert_eq!(
-        loaded.arrays.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
-        names,
-        "tensors sorted by name"
-    );
+    assert_eq!(loaded.arrays.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), names, "tensors sorted by name");
     for (name, orig) in &arrays {
         let got = find(&loaded, name);
         assert_eq!(got.dtype(), orig.dtype(), "{name}: dtype");
@@ -101,11 +83,7 @@ fn safetensors_without_metadata_and_strided_input() {
     let t = m.t().unwrap();
     save_safetensors(&path, &[("t", &t)], &[]).unwrap();
     let loaded = load_safetensors(&path).unwrap();
-    assert!(
-        loaded.metadata.is_empty(),
-        "no metadata was written: {:?}",
-        loaded.metadata
-    );
+    assert!(loaded.metadata.is_empty(), "no metadata was written: {:?}", loaded.metadata);
     let got = find(&loaded, "t");
     assert_eq!(got.shape(), vec![3, 2]);
     assert_eq!(got.to_vec::<f32>().unwrap(), transpose2(&mv, 2, 3));
@@ -183,10 +161,7 @@ fn safetensors_with_truncated_data_is_an_error() {
             assert!(msg.contains(&cut.display().to_string()), "{msg}");
             assert!(msg.contains("[load_safetensors]"), "MLX's own message is kept: {msg}");
         }
-        Ok(l) => panic!(
-            "a safetensors file with truncated data loaded {} arrays",
-            l.arrays.len()
-        ),
+        Ok(l) => panic!("a safetensors file with truncated data loaded {} arrays", l.arrays.len()),
     }
 }
 
@@ -245,10 +220,7 @@ fn gguf_tensors_and_metadata() {
     let tb = find(&l, "blk.0.b.weight");
     assert_eq!(tb.dtype(), Dtype::F16);
     assert_eq!(tb.shape(), vec![4]);
-    assert_eq!(
-        tb.to_bytes().unwrap(),
-        b_bits.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()
-    );
+    assert_eq!(tb.to_bytes().unwrap(), b_bits.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
     assert_eq!(read_f32(tb), vec![1.0, -2.0, 0.5, 65504.0]);
 
     let keys: Vec<&str> = l.metadata.iter().map(|(k, _)| k.as_str()).collect();

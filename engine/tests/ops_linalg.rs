@@ -8,10 +8,7 @@ use mlx_engine::api::{dequantize, quantize, quantized_matmul, Array, Dtype, Erro
 
 /// f32 sums of `k` products: the error grows with `k`.
 fn matmul_tol(k: usize) -> Tol {
-    Tol {
-        atol: 2e-6 * k as f32,
-        rtol: 1e-5,
-    }
+    Tol { atol: 2e-6 * k as f32, rtol: 1e-5 }
 }
 
 #[test]
@@ -20,17 +17,9 @@ fn matmul_2d_f32() {
     let (m, k, n) = (5, 37, 7);
     let a = rand_vec(1, m * k);
     let b = rand_vec(2, k * n);
-    let out = arr_f32(&a, &[m as i32, k as i32])
-        .matmul(&arr_f32(&b, &[k as i32, n as i32]))
-        .unwrap();
+    let out = arr_f32(&a, &[m as i32, k as i32]).matmul(&arr_f32(&b, &[k as i32, n as i32])).unwrap();
     assert_eq!(out.dtype(), Dtype::F32);
-    check_array(
-        &out,
-        &[m as i32, n as i32],
-        &matmul_ref(&a, &b, m, k, n),
-        matmul_tol(k),
-        "matmul f32",
-    );
+    check_array(&out, &[m as i32, n as i32], &matmul_ref(&a, &b, m, k, n), matmul_tol(k), "matmul f32");
 }
 
 #[test]
@@ -53,12 +42,8 @@ fn matmul_2d_bf16() {
 #[test]
 fn matmul_batched_and_broadcast() {
     init();
-    let cases: [(&[i32], &[i32]); 4] = [
-        (&[3, 4, 6], &[3, 6, 5]),
-        (&[2, 1, 4, 6], &[3, 6, 5]),
-        (&[4, 6], &[2, 6, 5]),
-        (&[2, 3, 4, 6], &[6, 5]),
-    ];
+    let cases: [(&[i32], &[i32]); 4] =
+        [(&[3, 4, 6], &[3, 6, 5]), (&[2, 1, 4, 6], &[3, 6, 5]), (&[4, 6], &[2, 6, 5]), (&[2, 3, 4, 6], &[6, 5])];
     for (i, (ash, bsh)) in cases.iter().enumerate() {
         let a = rand_vec(10 + i as u64, numel(ash));
         let b = rand_vec(20 + i as u64, numel(bsh));
@@ -84,39 +69,17 @@ fn matmul_vectors_and_transposed_views() {
     let v = rand_vec(30, k);
     let w = rand_vec(31, k * n);
     // [K] @ [K, N] -> [N]
-    let out = arr_f32(&v, &[k as i32])
-        .matmul(&arr_f32(&w, &[k as i32, n as i32]))
-        .unwrap();
-    check_array(
-        &out,
-        &[n as i32],
-        &matmul_ref(&v, &w, 1, k, n),
-        matmul_tol(k),
-        "vector @ matrix",
-    );
+    let out = arr_f32(&v, &[k as i32]).matmul(&arr_f32(&w, &[k as i32, n as i32])).unwrap();
+    check_array(&out, &[n as i32], &matmul_ref(&v, &w, 1, k, n), matmul_tol(k), "vector @ matrix");
     // [N, K] @ [K] -> [N] using the transposed view of w.
     let wt = transpose2(&w, k, n);
-    let out = arr_f32(&wt, &[n as i32, k as i32])
-        .matmul(&arr_f32(&v, &[k as i32]))
-        .unwrap();
-    check_array(
-        &out,
-        &[n as i32],
-        &matmul_ref(&v, &w, 1, k, n),
-        matmul_tol(k),
-        "matrix @ vector",
-    );
+    let out = arr_f32(&wt, &[n as i32, k as i32]).matmul(&arr_f32(&v, &[k as i32])).unwrap();
+    check_array(&out, &[n as i32], &matmul_ref(&v, &w, 1, k, n), matmul_tol(k), "matrix @ vector");
     // A strided (transposed) operand: (w^T)^T == w.
     let wtv = arr_f32(&wt, &[n as i32, k as i32]).t().unwrap();
     let x = rand_vec(32, 3 * k);
     let out = arr_f32(&x, &[3, k as i32]).matmul(&wtv).unwrap();
-    check_array(
-        &out,
-        &[3, n as i32],
-        &matmul_ref(&x, &w, 3, k, n),
-        matmul_tol(k),
-        "matmul with transposed view",
-    );
+    check_array(&out, &[3, n as i32], &matmul_ref(&x, &w, 3, k, n), matmul_tol(k), "matmul with transposed view");
 }
 
 #[test]
@@ -130,33 +93,17 @@ fn addmm_scales_and_broadcasts() {
     // Full c.
     let c = rand_vec(42, m * n);
     let out = arr_f32(&c, &[m as i32, n as i32])
-        .addmm(
-            &arr_f32(&a, &[m as i32, k as i32]),
-            &arr_f32(&b, &[k as i32, n as i32]),
-            alpha,
-            beta,
-        )
+        .addmm(&arr_f32(&a, &[m as i32, k as i32]), &arr_f32(&b, &[k as i32, n as i32]), alpha, beta)
         .unwrap();
     let want: Vec<f32> = c.iter().zip(&ab).map(|(&c, &p)| beta * c + alpha * p).collect();
     check_array(&out, &[m as i32, n as i32], &want, matmul_tol(k), "addmm");
     // Bias row broadcast over the rows.
     let bias = rand_vec(43, n);
     let out = arr_f32(&bias, &[n as i32])
-        .addmm(
-            &arr_f32(&a, &[m as i32, k as i32]),
-            &arr_f32(&b, &[k as i32, n as i32]),
-            1.0,
-            1.0,
-        )
+        .addmm(&arr_f32(&a, &[m as i32, k as i32]), &arr_f32(&b, &[k as i32, n as i32]), 1.0, 1.0)
         .unwrap();
     let want: Vec<f32> = (0..m * n).map(|i| bias[i % n] + ab[i]).collect();
-    check_array(
-        &out,
-        &[m as i32, n as i32],
-        &want,
-        matmul_tol(k),
-        "addmm broadcast bias",
-    );
+    check_array(&out, &[m as i32, n as i32], &want, matmul_tol(k), "addmm broadcast bias");
     // bf16.
     let (cb, cr) = arr_bf16(&c, &[m as i32, n as i32]);
     let (xa, ar) = arr_bf16(&a, &[m as i32, k as i32]);
@@ -165,13 +112,7 @@ fn addmm_scales_and_broadcasts() {
     assert_eq!(out.dtype(), Dtype::BF16);
     let abr = matmul_ref(&ar, &br, m, k, n);
     let want: Vec<f32> = cr.iter().zip(&abr).map(|(&c, &p)| beta * c + alpha * p).collect();
-    check_array(
-        &out,
-        &[m as i32, n as i32],
-        &want,
-        Tol { atol: 2e-2, rtol: 1e-2 },
-        "addmm bf16",
-    );
+    check_array(&out, &[m as i32, n as i32], &want, Tol { atol: 2e-2, rtol: 1e-2 }, "addmm bf16");
 }
 
 #[test]
@@ -182,10 +123,7 @@ fn matmul_shape_mismatch_is_mlx_error() {
     match a.matmul(&b) {
         Err(Error::Mlx(msg)) => {
             assert!(msg.contains("[matmul]"), "message should be MLX's own: {msg}");
-            assert!(
-                msg.contains("(1,3)") && msg.contains("(4,2)"),
-                "message should name the shapes: {msg}"
-            );
+            assert!(msg.contains("(1,3)") && msg.contains("(4,2)"), "message should name the shapes: {msg}");
         }
         other => panic!("expected an MLX error, got {other:?}"),
     }
@@ -223,28 +161,16 @@ fn quantize_and_check(w: &[f32], rows: usize, cols: usize, group: usize, bits: u
     let what = format!("bits {bits} group {group}");
     let (wq, scales, biases) = quantize(&arr_f32(w, &[rows as i32, cols as i32]), group as i32, bits as i32).unwrap();
     assert_eq!(wq.dtype(), Dtype::U32, "{what}: wq dtype");
-    assert_eq!(
-        wq.shape(),
-        vec![rows as i32, (cols * bits / 32) as i32],
-        "{what}: wq shape"
-    );
+    assert_eq!(wq.shape(), vec![rows as i32, (cols * bits / 32) as i32], "{what}: wq shape");
     assert_eq!(scales.dtype(), Dtype::F32, "{what}");
     assert_eq!(biases.dtype(), Dtype::F32, "{what}");
-    assert_eq!(
-        scales.shape(),
-        vec![rows as i32, (cols / group) as i32],
-        "{what}: scales shape"
-    );
+    assert_eq!(scales.shape(), vec![rows as i32, (cols / group) as i32], "{what}: scales shape");
     assert_eq!(biases.shape(), scales.shape(), "{what}: biases shape");
 
     let codes = unpack_codes(&wq.to_vec::<u32>().unwrap(), rows, cols, bits);
     assert!(codes.iter().all(|&c| c < (1 << bits)));
     // The codes use the whole range (each group maps its min and max to the ends).
-    assert!(
-        codes.contains(&0) && codes.contains(&((1 << bits) - 1)),
-        "{what}: codes span 0..{}",
-        (1 << bits) - 1
-    );
+    assert!(codes.contains(&0) && codes.contains(&((1 << bits) - 1)), "{what}: codes span 0..{}", (1 << bits) - 1);
     let s = scales.to_vec::<f32>().unwrap();
     let b = biases.to_vec::<f32>().unwrap();
     let decoded = dequantize_ref(&codes, &s, &b, rows, cols, group);
@@ -267,23 +193,12 @@ fn quantize_and_check(w: &[f32], rows: usize, cols: usize, group: usize, bits: u
     for i in 0..rows * cols {
         let step = s[(i / cols) * gpr + (i % cols) / group].abs();
         let err = (decoded[i] - w[i]).abs();
-        assert!(
-            err <= step * 1.0001 + 1e-6,
-            "{what}: weight {i} = {} decoded as {} (step {step})",
-            w[i],
-            decoded[i]
-        );
+        assert!(err <= step * 1.0001 + 1e-6, "{what}: weight {i} = {} decoded as {} (step {step})", w[i], decoded[i]);
         sum_err_steps += (err / step.max(1e-12)) as f64;
     }
     let mean = sum_err_steps / (rows * cols) as f64;
     assert!(mean <= 0.3, "{what}: mean error {mean} steps");
-    Quantized {
-        wq,
-        scales,
-        biases,
-        decoded,
-        scales_v: s,
-    }
+    Quantized { wq, scales, biases, decoded, scales_v: s }
 }
 
 #[test]
@@ -311,13 +226,7 @@ fn quantize_layout_dequantize_and_quantized_matmul_f32() {
             .unwrap();
             assert_eq!(out.dtype(), Dtype::F32);
             let want = matmul_ref(&x, &transpose2(&q.decoded, rows, cols), m, cols, rows);
-            check_array(
-                &out,
-                &[m as i32, rows as i32],
-                &want,
-                matmul_tol(cols),
-                &format!("{what}: quantized_matmul"),
-            );
+            check_array(&out, &[m as i32, rows as i32], &want, matmul_tol(cols), &format!("{what}: quantized_matmul"));
         }
     }
 }
@@ -341,13 +250,7 @@ fn quantized_matmul_batched_and_untransposed() {
     )
     .unwrap();
     let want = matmul_ref(&x, &transpose2(&q.decoded, rows, cols), 6, cols, rows);
-    check_array(
-        &out,
-        &[2, 3, rows as i32],
-        &want,
-        matmul_tol(cols),
-        "batched quantized_matmul",
-    );
+    check_array(&out, &[2, 3, rows as i32], &want, matmul_tol(cols), "batched quantized_matmul");
 
     // transpose = false: W is [K, N] quantized along N, and the product is x @ W.
     let x = rand_vec(79, 3 * rows);
@@ -362,13 +265,7 @@ fn quantized_matmul_batched_and_untransposed() {
     )
     .unwrap();
     let want = matmul_ref(&x, &q.decoded, 3, rows, cols);
-    check_array(
-        &out,
-        &[3, cols as i32],
-        &want,
-        matmul_tol(rows),
-        "quantized_matmul transpose=false",
-    );
+    check_array(&out, &[3, cols as i32], &want, matmul_tol(rows), "quantized_matmul transpose=false");
 
     // A K that does not match the weights is an MLX error.
     let bad = arr_f32(&vec![0.0; 3 * 100], &[3, 100]);
@@ -383,10 +280,7 @@ fn quantize_rejects_bad_groups() {
     // 96 is not a multiple of 64.
     assert!(matches!(quantize(&w, 64, 4), Err(Error::Mlx(_))));
     // Unsupported bit width.
-    assert!(matches!(
-        quantize(&arr_f32(&vec![0.5; 4 * 128], &[4, 128]), 64, 7),
-        Err(Error::Mlx(_))
-    ));
+    assert!(matches!(quantize(&arr_f32(&vec![0.5; 4 * 128], &[4, 128]), 64, 7), Err(Error::Mlx(_))));
 }
 
 #[test]

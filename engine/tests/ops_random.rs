@@ -46,32 +46,14 @@ fn keys_and_splits_are_deterministic() {
 fn same_key_same_numbers_different_key_different_numbers() {
     init();
     let k1 = key(7).unwrap();
-    let a = uniform(&[64], 0.0, 1.0, Dtype::F32, Some(&k1))
-        .unwrap()
-        .to_vec::<f32>()
-        .unwrap();
-    let b = uniform(&[64], 0.0, 1.0, Dtype::F32, Some(&key(7).unwrap()))
-        .unwrap()
-        .to_vec::<f32>()
-        .unwrap();
-    let c = uniform(&[64], 0.0, 1.0, Dtype::F32, Some(&key(8).unwrap()))
-        .unwrap()
-        .to_vec::<f32>()
-        .unwrap();
+    let a = uniform(&[64], 0.0, 1.0, Dtype::F32, Some(&k1)).unwrap().to_vec::<f32>().unwrap();
+    let b = uniform(&[64], 0.0, 1.0, Dtype::F32, Some(&key(7).unwrap())).unwrap().to_vec::<f32>().unwrap();
+    let c = uniform(&[64], 0.0, 1.0, Dtype::F32, Some(&key(8).unwrap())).unwrap().to_vec::<f32>().unwrap();
     assert_eq!(a, b);
     assert_ne!(a, c);
-    assert!(
-        a.iter().zip(&c).filter(|(x, y)| x == y).count() < 4,
-        "different keys give unrelated numbers"
-    );
-    let n1 = normal(&[32], 0.0, 1.0, Dtype::F32, Some(&k1))
-        .unwrap()
-        .to_vec::<f32>()
-        .unwrap();
-    let n2 = normal(&[32], 0.0, 1.0, Dtype::F32, Some(&k1))
-        .unwrap()
-        .to_vec::<f32>()
-        .unwrap();
+    assert!(a.iter().zip(&c).filter(|(x, y)| x == y).count() < 4, "different keys give unrelated numbers");
+    let n1 = normal(&[32], 0.0, 1.0, Dtype::F32, Some(&k1)).unwrap().to_vec::<f32>().unwrap();
+    let n2 = normal(&[32], 0.0, 1.0, Dtype::F32, Some(&k1)).unwrap().to_vec::<f32>().unwrap();
     assert_eq!(n1, n2);
 }
 
@@ -80,20 +62,11 @@ fn global_seed_is_reproducible() {
     // The only test of this binary that uses MLX's global generator.
     init();
     seed(1234).unwrap();
-    let a = uniform(&[16], 0.0, 1.0, Dtype::F32, None)
-        .unwrap()
-        .to_vec::<f32>()
-        .unwrap();
-    let b = uniform(&[16], 0.0, 1.0, Dtype::F32, None)
-        .unwrap()
-        .to_vec::<f32>()
-        .unwrap();
+    let a = uniform(&[16], 0.0, 1.0, Dtype::F32, None).unwrap().to_vec::<f32>().unwrap();
+    let b = uniform(&[16], 0.0, 1.0, Dtype::F32, None).unwrap().to_vec::<f32>().unwrap();
     assert_ne!(a, b, "the global generator advances");
     seed(1234).unwrap();
-    let c = uniform(&[16], 0.0, 1.0, Dtype::F32, None)
-        .unwrap()
-        .to_vec::<f32>()
-        .unwrap();
+    let c = uniform(&[16], 0.0, 1.0, Dtype::F32, None).unwrap().to_vec::<f32>().unwrap();
     assert_eq!(a, c, "reseeding repeats the sequence");
 }
 
@@ -104,10 +77,7 @@ fn uniform_within_bounds_with_the_right_mean() {
     let u = uniform(&[100, (n / 100) as i32], -2.0, 3.0, Dtype::F32, Some(&key(1).unwrap())).unwrap();
     assert_eq!(u.shape(), vec![100, (n / 100) as i32]);
     let v = u.to_vec::<f32>().unwrap();
-    assert!(
-        v.iter().all(|&x| (-2.0..3.0).contains(&x)),
-        "uniform values outside [-2, 3)"
-    );
+    assert!(v.iter().all(|&x| (-2.0..3.0).contains(&x)), "uniform values outside [-2, 3)");
     let (m, s) = mean_std(&v);
     // Mean 0.5 (sd of the mean 0.01), sd 5/sqrt(12) = 1.443.
     assert!((m - 0.5).abs() < 0.06, "mean {m}");
@@ -131,10 +101,7 @@ fn uniform_within_bounds_with_the_right_mean() {
 fn normal_mean_and_std() {
     init();
     let n: usize = 20_000;
-    let v = normal(&[n as i32], 1.5, 2.0, Dtype::F32, Some(&key(3).unwrap()))
-        .unwrap()
-        .to_vec::<f32>()
-        .unwrap();
+    let v = normal(&[n as i32], 1.5, 2.0, Dtype::F32, Some(&key(3).unwrap())).unwrap().to_vec::<f32>().unwrap();
     let (m, s) = mean_std(&v);
     // sd of the mean is 2/sqrt(20000) = 0.014.
     assert!((m - 1.5).abs() < 0.07, "mean {m}");
@@ -143,23 +110,14 @@ fn normal_mean_and_std() {
     let within = v.iter().filter(|&&x| (x - 1.5).abs() < 2.0).count() as f64 / n as f64;
     assert!((within - 0.6827).abs() < 0.02, "within one sd: {within}");
 
-    let v = normal(&[n as i32], 0.0, 1.0, Dtype::F32, Some(&key(4).unwrap()))
-        .unwrap()
-        .to_vec::<f32>()
-        .unwrap();
+    let v = normal(&[n as i32], 0.0, 1.0, Dtype::F32, Some(&key(4).unwrap())).unwrap().to_vec::<f32>().unwrap();
     let (m, s) = mean_std(&v);
-    assert!(
-        m.abs() < 0.05 && (s - 1.0).abs() < 0.03,
-        "standard normal: mean {m} sd {s}"
-    );
+    assert!(m.abs() < 0.05 && (s - 1.0).abs() < 0.03, "standard normal: mean {m} sd {s}");
 
     let h = normal(&[4000], -1.0, 0.5, Dtype::BF16, Some(&key(5).unwrap())).unwrap();
     assert_eq!(h.dtype(), Dtype::BF16);
     let (m, s) = mean_std(&read_f32(&h));
-    assert!(
-        (m + 1.0).abs() < 0.05 && (s - 0.5).abs() < 0.05,
-        "bf16 normal: mean {m} sd {s}"
-    );
+    assert!((m + 1.0).abs() < 0.05 && (s - 0.5).abs() < 0.05, "bf16 normal: mean {m} sd {s}");
 }
 
 #[test]
@@ -209,10 +167,7 @@ fn categorical_with_two_equal_logits_draws_both() {
     // Many rows with one key: independent draws per row, matching the softmax.
     let p = [0.1f32, 0.6, 0.3];
     let lg: Vec<f32> = (0..1000).flat_map(|_| p.map(f32::ln)).collect();
-    let s = categorical(&arr_f32(&lg, &[1000, 3]), -1, Some(&key(12).unwrap()))
-        .unwrap()
-        .to_vec::<u32>()
-        .unwrap();
+    let s = categorical(&arr_f32(&lg, &[1000, 3]), -1, Some(&key(12).unwrap())).unwrap().to_vec::<u32>().unwrap();
     for (c, &pc) in p.iter().enumerate() {
         let frac = s.iter().filter(|&&x| x == c as u32).count() as f32 / 1000.0;
         assert!((frac - pc).abs() < 0.06, "class {c}: {frac} vs {pc}");

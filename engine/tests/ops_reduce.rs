@@ -10,16 +10,7 @@ use mlx_engine::api::{Array, Dtype, Error};
 const SHAPE: [i32; 3] = [2, 3, 4];
 
 fn axes_cases() -> Vec<Vec<i32>> {
-    vec![
-        vec![],
-        vec![0],
-        vec![1],
-        vec![2],
-        vec![-1],
-        vec![0, 2],
-        vec![1, 2],
-        vec![0, 1, 2],
-    ]
+    vec![vec![], vec![0], vec![1], vec![2], vec![-1], vec![0, 2], vec![1, 2], vec![0, 1, 2]]
 }
 
 fn sum64(l: &[f32]) -> f32 {
@@ -35,9 +26,7 @@ fn sum_max_min_mean_prod_over_axes() {
         (ReduceOp::Sum, sum64),
         (ReduceOp::Max, |l| l.iter().cloned().fold(f32::NEG_INFINITY, f32::max)),
         (ReduceOp::Min, |l| l.iter().cloned().fold(f32::INFINITY, f32::min)),
-        (ReduceOp::Mean, |l| {
-            (l.iter().map(|&v| v as f64).sum::<f64>() / l.len() as f64) as f32
-        }),
+        (ReduceOp::Mean, |l| (l.iter().map(|&v| v as f64).sum::<f64>() / l.len() as f64) as f32),
         (ReduceOp::Prod, |l| l.iter().map(|&v| v as f64).product::<f64>() as f32),
     ];
     for dtype in [Dtype::F32, Dtype::BF16] {
@@ -49,20 +38,11 @@ fn sum_max_min_mean_prod_over_axes() {
                     assert_eq!(out.dtype(), dtype, "{op:?}");
                     let (want, ws) = reduce_ref(&xr, &SHAPE, &axes, keepdims, f);
                     let tol = if dtype == Dtype::F32 {
-                        Tol {
-                            atol: 1e-5,
-                            rtol: 2e-6 * 24.0,
-                        }
+                        Tol { atol: 1e-5, rtol: 2e-6 * 24.0 }
                     } else {
                         Tol { atol: 2e-2, rtol: 2e-2 }
                     };
-                    check_array(
-                        &out,
-                        &ws,
-                        &want,
-                        tol,
-                        &format!("{op:?} {dtype} axes {axes:?} keepdims {keepdims}"),
-                    );
+                    check_array(&out, &ws, &want, tol, &format!("{op:?} {dtype} axes {axes:?} keepdims {keepdims}"));
                 }
             }
         }
@@ -70,10 +50,7 @@ fn sum_max_min_mean_prod_over_axes() {
     // The named wrappers.
     let a = arr_f32(&x, &SHAPE);
     for (m, op) in [
-        (
-            Array::sum as fn(&Array, &[i32], bool) -> mlx_engine::api::Result<Array>,
-            ReduceOp::Sum,
-        ),
+        (Array::sum as fn(&Array, &[i32], bool) -> mlx_engine::api::Result<Array>, ReduceOp::Sum),
         (Array::max, ReduceOp::Max),
         (Array::min, ReduceOp::Min),
         (Array::mean, ReduceOp::Mean),
@@ -94,10 +71,7 @@ fn integer_sum_and_max() {
     assert_eq!(a.max(&[], false).unwrap().item::<i32>().unwrap(), 5);
     assert_eq!(a.min(&[0], true).unwrap().shape(), vec![1, 3]);
     assert_eq!(a.min(&[0], true).unwrap().to_vec::<i32>().unwrap(), vec![1, -2, -6]);
-    assert_eq!(
-        a.reduce(ReduceOp::Prod, &[0], false).unwrap().to_vec::<i32>().unwrap(),
-        vec![4, -10, -18]
-    );
+    assert_eq!(a.reduce(ReduceOp::Prod, &[0], false).unwrap().to_vec::<i32>().unwrap(), vec![4, -10, -18]);
 }
 
 #[test]
@@ -120,18 +94,9 @@ fn all_and_any() {
     }
     // On numbers: nonzero is true.
     let f = arr_f32(&[0.0, 1.0, 0.0, 0.0, 2.0, 3.0], &[2, 3]);
-    assert_eq!(
-        f.reduce(ReduceOp::Any, &[1], false).unwrap().to_vec::<bool>().unwrap(),
-        vec![true, true]
-    );
-    assert_eq!(
-        f.reduce(ReduceOp::All, &[1], false).unwrap().to_vec::<bool>().unwrap(),
-        vec![false, false]
-    );
-    assert_eq!(
-        f.reduce(ReduceOp::All, &[0], false).unwrap().to_vec::<bool>().unwrap(),
-        vec![false, true, false]
-    );
+    assert_eq!(f.reduce(ReduceOp::Any, &[1], false).unwrap().to_vec::<bool>().unwrap(), vec![true, true]);
+    assert_eq!(f.reduce(ReduceOp::All, &[1], false).unwrap().to_vec::<bool>().unwrap(), vec![false, false]);
+    assert_eq!(f.reduce(ReduceOp::All, &[0], false).unwrap().to_vec::<bool>().unwrap(), vec![false, true, false]);
 }
 
 #[test]
@@ -154,40 +119,20 @@ fn softmax_precise_and_not() {
                 let out = a.softmax(&[axis], precise).unwrap();
                 assert_eq!(out.dtype(), dtype);
                 let want = softmax_ref(&xr, &shape, axis);
-                let tol = if dtype == Dtype::F32 {
-                    Tol { atol: 1e-6, rtol: 1e-5 }
-                } else {
-                    Tol { atol: 5e-3, rtol: 2e-2 }
-                };
-                check_array(
-                    &out,
-                    &shape,
-                    &want,
-                    tol,
-                    &format!("softmax {dtype} axis {axis} precise {precise}"),
-                );
+                let tol =
+                    if dtype == Dtype::F32 { Tol { atol: 1e-6, rtol: 1e-5 } } else { Tol { atol: 5e-3, rtol: 2e-2 } };
+                check_array(&out, &shape, &want, tol, &format!("softmax {dtype} axis {axis} precise {precise}"));
             }
         }
     }
     // Over two axes at once: each [5, 7] slab sums to one.
     let a = arr_f32(&x, &shape);
     let out = a.softmax(&[1, 2], false).unwrap().sum(&[1, 2], false).unwrap();
-    assert_close(
-        &out.to_vec::<f32>().unwrap(),
-        &[1.0; 3],
-        F32_TOL,
-        "softmax over two axes sums to 1",
-    );
+    assert_close(&out.to_vec::<f32>().unwrap(), &[1.0; 3], F32_TOL, "softmax over two axes sums to 1");
     // Empty axes: over everything.
     let out = a.softmax(&[], true).unwrap();
     let flat = softmax_lane(&x);
-    check_array(
-        &out,
-        &shape,
-        &flat,
-        Tol { atol: 1e-7, rtol: 1e-5 },
-        "softmax over all axes",
-    );
+    check_array(&out, &shape, &flat, Tol { atol: 1e-7, rtol: 1e-5 }, "softmax over all axes");
     // Large logits stay finite (max subtraction).
     let big = arr_f32(&[1000.0, 1001.0, 999.0], &[3]).softmax(&[0], false).unwrap();
     assert_close(
@@ -205,11 +150,7 @@ fn logsumexp_and_log_softmax() {
     let x = Lcg::new(4).vec(numel(&shape), -10.0, 10.0);
     for dtype in [Dtype::F32, Dtype::BF16] {
         let (a, xr) = arr_of(&x, &shape, dtype);
-        let tol = if dtype == Dtype::F32 {
-            Tol { atol: 1e-5, rtol: 1e-5 }
-        } else {
-            Tol { atol: 5e-2, rtol: 1e-2 }
-        };
+        let tol = if dtype == Dtype::F32 { Tol { atol: 1e-5, rtol: 1e-5 } } else { Tol { atol: 5e-2, rtol: 1e-2 } };
         for keepdims in [false, true] {
             let out = a.logsumexp(&[1], keepdims).unwrap();
             let (want, ws) = reduce_ref(&xr, &shape, &[1], keepdims, logsumexp_lane);
@@ -231,12 +172,7 @@ fn logsumexp_and_log_softmax() {
     }
     // No overflow for huge values.
     let h = arr_f32(&[1000.0, 1000.0], &[2]).logsumexp(&[0], false).unwrap();
-    assert_close(
-        &h.to_vec::<f32>().unwrap(),
-        &[1000.0 + 2f32.ln()],
-        F32_TOL,
-        "logsumexp of large values",
-    );
+    assert_close(&h.to_vec::<f32>().unwrap(), &[1000.0 + 2f32.ln()], F32_TOL, "logsumexp of large values");
 }
 
 #[test]
@@ -288,26 +224,14 @@ fn sort_and_argsort() {
             assert_eq!(s.dtype(), dtype);
             let mut want = xr.clone();
             map_lanes(&mut want, &shape, axis, |l| l.sort_by(|p, q| p.partial_cmp(q).unwrap()));
-            check_array(
-                &s,
-                &shape,
-                &want,
-                Tol { atol: 0.0, rtol: 0.0 },
-                &format!("sort {dtype} axis {axis}"),
-            );
+            check_array(&s, &shape, &want, Tol { atol: 0.0, rtol: 0.0 }, &format!("sort {dtype} axis {axis}"));
 
             let idx = a.argsort(axis).unwrap();
             assert_eq!(idx.dtype(), Dtype::U32);
             assert_eq!(idx.shape(), shape.to_vec());
             // Gathering with the indices gives the sorted values.
             let g = a.take_along_axis(&idx, axis).unwrap();
-            check_array(
-                &g,
-                &shape,
-                &want,
-                Tol { atol: 0.0, rtol: 0.0 },
-                &format!("argsort {dtype} axis {axis}"),
-            );
+            check_array(&g, &shape, &want, Tol { atol: 0.0, rtol: 0.0 }, &format!("argsort {dtype} axis {axis}"));
         }
     }
     // Integers, with duplicates.
@@ -340,14 +264,8 @@ fn argpartition_partitions() {
             sorted.sort_by(|p, q| p.partial_cmp(q).unwrap());
             let k = kth as usize;
             assert_eq!(vals[k], sorted[k], "row {r}: element {kth} is not in sorted position");
-            assert!(
-                vals[..k].iter().all(|&v| v <= vals[k]),
-                "row {r}: a larger element before kth"
-            );
-            assert!(
-                vals[k + 1..].iter().all(|&v| v >= vals[k]),
-                "row {r}: a smaller element after kth"
-            );
+            assert!(vals[..k].iter().all(|&v| v <= vals[k]), "row {r}: a larger element before kth");
+            assert!(vals[k + 1..].iter().all(|&v| v >= vals[k]), "row {r}: a smaller element after kth");
         }
     }
     // Along axis 0 too.
@@ -431,20 +349,8 @@ fn cumsum_reverse_inclusive_combinations() {
         }
     }
     let i = arr_i32(&[1, 2, 3, 4], &[4]);
-    assert_eq!(
-        i.cumsum(0, false, true).unwrap().to_vec::<i32>().unwrap(),
-        vec![1, 3, 6, 10]
-    );
-    assert_eq!(
-        i.cumsum(0, false, false).unwrap().to_vec::<i32>().unwrap(),
-        vec![0, 1, 3, 6]
-    );
-    assert_eq!(
-        i.cumsum(0, true, true).unwrap().to_vec::<i32>().unwrap(),
-        vec![10, 9, 7, 4]
-    );
-    assert_eq!(
-        i.cumsum(0, true, false).unwrap().to_vec::<i32>().unwrap(),
-        vec![9, 7, 4, 0]
-    );
+    assert_eq!(i.cumsum(0, false, true).unwrap().to_vec::<i32>().unwrap(), vec![1, 3, 6, 10]);
+    assert_eq!(i.cumsum(0, false, false).unwrap().to_vec::<i32>().unwrap(), vec![0, 1, 3, 6]);
+    assert_eq!(i.cumsum(0, true, true).unwrap().to_vec::<i32>().unwrap(), vec![10, 9, 7, 4]);
+    assert_eq!(i.cumsum(0, true, false).unwrap().to_vec::<i32>().unwrap(), vec![9, 7, 4, 0]);
 }

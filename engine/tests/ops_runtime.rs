@@ -40,18 +40,12 @@ fn active_and_peak_memory_follow_allocations() {
     reset_peak_memory();
     let b = big_array(1.5);
     let during = active_memory();
-    assert!(
-        during >= before + 16 * MB,
-        "active memory {before} -> {during} after a 16 MiB array"
-    );
+    assert!(during >= before + 16 * MB, "active memory {before} -> {during} after a 16 MiB array");
     assert!(peak_memory() >= during, "peak {} < active {during}", peak_memory());
     assert_eq!(b.to_vec::<f32>().unwrap()[12345], 3.0);
     drop(b);
     let after = active_memory();
-    assert!(
-        after + 16 * MB <= during,
-        "dropping the array frees it: {during} -> {after}"
-    );
+    assert!(after + 16 * MB <= during, "dropping the array frees it: {during} -> {after}");
     // The peak remembers the high-water mark until reset.
     assert!(peak_memory() >= during);
     reset_peak_memory();
@@ -68,10 +62,7 @@ fn clear_cache_returns_cached_buffers() {
     drop(b);
     // Freed buffers go to MLX's cache for reuse (unless the cache limit is 0).
     let cached = cache_memory();
-    assert!(
-        cached >= 16 * MB,
-        "a freed 16 MiB buffer should be cached, cache is {cached}"
-    );
+    assert!(cached >= 16 * MB, "a freed 16 MiB buffer should be cached, cache is {cached}");
     clear_cache();
     let now = cache_memory();
     assert!(now < cached, "clear_cache: {cached} -> {now}");
@@ -93,11 +84,7 @@ fn limits_return_previous_values() {
     assert_eq!(set_cache_limit(0), 8 * MB);
     clear_cache();
     drop(big_array(3.0));
-    assert!(
-        cache_memory() < 16 * MB,
-        "cache limit 0 still cached {}",
-        cache_memory()
-    );
+    assert!(cache_memory() < 16 * MB, "cache limit 0 still cached {}", cache_memory());
     assert_eq!(set_cache_limit(original_cache), 0);
 }
 
@@ -139,10 +126,7 @@ fn new_stream_set_default_and_synchronize() {
         &p,
         &[64, 64],
         &matmul_ref(&x, &x, 64, 64, 64),
-        Tol {
-            atol: 2e-6 * 64.0,
-            rtol: 1e-5,
-        },
+        Tol { atol: 2e-6 * 64.0, rtol: 1e-5 },
         "matmul on a new stream",
     );
 
@@ -150,10 +134,7 @@ fn new_stream_set_default_and_synchronize() {
     assert_eq!(Stream::default_for(Device::Cpu).unwrap(), original);
     original.synchronize().unwrap();
     // A stream that does not exist is an error, not a crash.
-    let bogus = Stream {
-        device: Device::Cpu,
-        index: 1_000_000,
-    };
+    let bogus = Stream { device: Device::Cpu, index: 1_000_000 };
     assert!(bogus.set_default().is_err());
     assert!(bogus.synchronize().is_err());
 }
@@ -169,10 +150,7 @@ fn work_on_a_second_thread() {
     let handle = std::thread::spawn(move || {
         let s = Stream::default_for(Device::Cpu).expect("a default stream on the worker");
         let p = a.matmul(&a).unwrap();
-        let local = Array::arange(0.0, 4.0, 1.0, Dtype::F32)
-            .unwrap()
-            .sum(&[], false)
-            .unwrap();
+        let local = Array::arange(0.0, 4.0, 1.0, Dtype::F32).unwrap().sum(&[], false).unwrap();
         s.synchronize().unwrap();
         (p.to_vec::<f32>().unwrap(), local.item::<f32>().unwrap())
     });

@@ -28,17 +28,14 @@ fn permute_ref(x: &[f32], shape: &[i32], axes: &[usize]) -> (Vec<f32>, Vec<i32>)
 
 /// Naive strided slice with positive strides.
 fn slice_ref(x: &[f32], shape: &[i32], start: &[i32], stop: &[i32], strides: &[i32]) -> (Vec<f32>, Vec<i32>) {
-    let out_shape: Vec<i32> = (0..shape.len())
-        .map(|i| ((stop[i] - start[i]).max(0) + strides[i] - 1) / strides[i])
-        .collect();
+    let out_shape: Vec<i32> =
+        (0..shape.len()).map(|i| ((stop[i] - start[i]).max(0) + strides[i] - 1) / strides[i]).collect();
     let ist = strides_of(&ushape(shape));
     let ou = ushape(&out_shape);
     let v = (0..numel(&out_shape))
         .map(|flat| {
             let idx = unravel(flat, &ou);
-            x[(0..shape.len())
-                .map(|i| (start[i] as usize + idx[i] * strides[i] as usize) * ist[i])
-                .sum::<usize>()]
+            x[(0..shape.len()).map(|i| (start[i] as usize + idx[i] * strides[i] as usize) * ist[i]).sum::<usize>()]
         })
         .collect();
     (v, out_shape)
@@ -88,10 +85,7 @@ fn transpose_t_swapaxes() {
     // Empty axes reverse, like t().
     let rev = permute_ref(&v, &shape, &[2, 1, 0]);
     let out = a.transpose(&[]).unwrap();
-    assert_eq!(
-        (out.shape(), out.to_vec::<f32>().unwrap()),
-        (rev.1.clone(), rev.0.clone())
-    );
+    assert_eq!((out.shape(), out.to_vec::<f32>().unwrap()), (rev.1.clone(), rev.0.clone()));
     let out = a.t().unwrap();
     assert_eq!((out.shape(), out.to_vec::<f32>().unwrap()), (rev.1, rev.0));
     let (m, mv) = iota(&[3, 5]);
@@ -137,10 +131,7 @@ fn broadcast_to_repeats() {
     assert_eq!(b.to_vec::<f32>().unwrap(), vec![0.0, 1.0, 2.0, 0.0, 1.0, 2.0]);
     let (c, _) = iota(&[2, 1]);
     let d = c.broadcast_to(&[2, 2, 3]).unwrap();
-    assert_eq!(
-        d.to_vec::<f32>().unwrap(),
-        vec![0., 0., 0., 1., 1., 1., 0., 0., 0., 1., 1., 1.]
-    );
+    assert_eq!(d.to_vec::<f32>().unwrap(), vec![0., 0., 0., 1., 1., 1., 0., 0., 0., 1., 1., 1.]);
     assert!(matches!(a.broadcast_to(&[2, 4]), Err(Error::Mlx(_))));
 }
 
@@ -154,9 +145,8 @@ fn concatenate_along_axes() {
     assert_eq!(c0.to_vec::<f32>().unwrap(), [av.clone(), bv.clone()].concat());
     let c1 = concatenate(&[&a, &b, &a], -1).unwrap();
     assert_eq!(c1.shape(), vec![2, 9]);
-    let want: Vec<f32> = (0..2)
-        .flat_map(|r| [&av[r * 3..r * 3 + 3], &bv[r * 3..r * 3 + 3], &av[r * 3..r * 3 + 3]].concat())
-        .collect();
+    let want: Vec<f32> =
+        (0..2).flat_map(|r| [&av[r * 3..r * 3 + 3], &bv[r * 3..r * 3 + 3], &av[r * 3..r * 3 + 3]].concat()).collect();
     assert_eq!(c1.to_vec::<f32>().unwrap(), want);
     // bf16 keeps its dtype and bits.
     let (x, xr) = arr_bf16(&[0.1, 0.2], &[2]);
@@ -200,20 +190,13 @@ fn split_at_and_split_equal() {
 fn strided_slices() {
     let shape = [6, 5];
     let (a, v) = iota(&shape);
-    for (start, stop, strides) in [
-        ([1, 0], [6, 5], [2, 2]),
-        ([0, 1], [3, 5], [1, 3]),
-        ([2, 4], [5, 5], [1, 1]),
-        ([0, 0], [6, 5], [5, 4]),
-    ] {
+    for (start, stop, strides) in
+        [([1, 0], [6, 5], [2, 2]), ([0, 1], [3, 5], [1, 3]), ([2, 4], [5, 5], [1, 1]), ([0, 0], [6, 5], [5, 4])]
+    {
         let out = a.slice(&start, &stop, &strides).unwrap();
         let (want, ws) = slice_ref(&v, &shape, &start, &stop, &strides);
         assert_eq!(out.shape(), ws, "slice {start:?}..{stop:?} by {strides:?}");
-        assert_eq!(
-            out.to_vec::<f32>().unwrap(),
-            want,
-            "slice {start:?}..{stop:?} by {strides:?}"
-        );
+        assert_eq!(out.to_vec::<f32>().unwrap(), want, "slice {start:?}..{stop:?} by {strides:?}");
     }
     // Out-of-range stops clamp to the axis, and negative starts count from the end.
     let out = a.slice(&[-2, 0], &[100, 2], &[1, 1]).unwrap();
@@ -250,10 +233,7 @@ fn slice_axis_selects_one_axis() {
     assert_eq!(out.to_vec::<f32>().unwrap(), want);
     let out = a.slice_axis(-1, 2, 3).unwrap();
     assert_eq!(out.shape(), vec![2, 4, 1]);
-    assert_eq!(
-        out.to_vec::<f32>().unwrap(),
-        (0..8).map(|i| (i * 3 + 2) as f32).collect::<Vec<_>>()
-    );
+    assert_eq!(out.to_vec::<f32>().unwrap(), (0..8).map(|i| (i * 3 + 2) as f32).collect::<Vec<_>>());
     assert!(matches!(a.slice_axis(3, 0, 1), Err(Error::Array(_))));
 }
 
@@ -262,9 +242,7 @@ fn slice_update_replaces_a_region() {
     let shape = [4, 5];
     let (a, v) = iota(&shape);
     let upd: Vec<f32> = (0..4).map(|i| -1.0 - i as f32).collect();
-    let out = a
-        .slice_update(&arr_f32(&upd, &[2, 2]), &[1, 0], &[4, 5], &[2, 3])
-        .unwrap();
+    let out = a.slice_update(&arr_f32(&upd, &[2, 2]), &[1, 0], &[4, 5], &[2, 3]).unwrap();
     let mut want = v.clone();
     // Rows 1, 3 and columns 0, 3.
     for (k, (r, c)) in [(1, 0), (1, 3), (3, 0), (3, 3)].iter().enumerate() {
@@ -274,19 +252,14 @@ fn slice_update_replaces_a_region() {
     // The source is unchanged (arrays are immutable).
     assert_eq!(a.to_vec::<f32>().unwrap(), v);
     // A contiguous block, with a broadcast update.
-    let out = a
-        .slice_update(&Array::scalar(9.0, Dtype::F32).unwrap(), &[0, 1], &[2, 3], &[1, 1])
-        .unwrap();
+    let out = a.slice_update(&Array::scalar(9.0, Dtype::F32).unwrap(), &[0, 1], &[2, 3], &[1, 1]).unwrap();
     let mut want = v.clone();
     for (r, c) in [(0, 1), (0, 2), (1, 1), (1, 2)] {
         want[r * 5 + c] = 9.0;
     }
     assert_eq!(out.to_vec::<f32>().unwrap(), want);
     // An update of the wrong shape.
-    assert!(matches!(
-        a.slice_update(&arr_f32(&[1.0; 3], &[3]), &[0, 0], &[2, 2], &[1, 1]),
-        Err(Error::Mlx(_))
-    ));
+    assert!(matches!(a.slice_update(&arr_f32(&[1.0; 3], &[3]), &[0, 0], &[2, 2], &[1, 1]), Err(Error::Mlx(_))));
 }
 
 #[test]

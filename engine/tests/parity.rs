@@ -42,10 +42,8 @@ fn model_dir(g: &Value) -> Option<PathBuf> {
         // Regenerate the deterministic tiny models with the project venv.
         let python = root().join(".venv/bin/python");
         let out = root().join("target/goldens-models");
-        let status = std::process::Command::new(&python)
-            .arg(root().join("scripts/goldens/tiny_models.py"))
-            .arg(&out)
-            .status();
+        let status =
+            std::process::Command::new(&python).arg(root().join("scripts/goldens/tiny_models.py")).arg(&out).status();
         assert!(status.is_ok_and(|s| s.success()), "could not run scripts/goldens/tiny_models.py");
     }
     if dir.join("config.json").exists() {
@@ -109,11 +107,7 @@ fn check_prompt_logits(model: &dyn mlx_engine::api::DynModel, p: &Value, fixed: 
         let std = (row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / vocab as f64).sqrt();
         let mut got = vec![max, mean as f32, std as f32];
         got.extend(fixed.iter().map(|&i| row[i as usize]));
-        let mut exp = vec![
-            floats(&want["max"])[pos],
-            floats(&want["mean"])[pos],
-            floats(&want["std"])[pos],
-        ];
+        let mut exp = vec![floats(&want["max"])[pos], floats(&want["mean"])[pos], floats(&want["std"])[pos]];
         exp.extend(floats(&want["fixed_ids_logits"][pos]));
         for (g, e) in got.iter().zip(&exp) {
             worst = worst.max((g - e).abs());
@@ -171,7 +165,10 @@ fn run(name: &str, dtype: DtypeChoice, steps: usize) -> usize {
             let worst = tokens.iter().zip(&lp).map(|(t, w)| (t.logprob - w).abs()).fold(0.0, f32::max);
             assert!(worst <= 1e-3, "{name} prompt `{}`: logprobs differ by {worst}", p["name"]);
             let logits_diff = check_prompt_logits(loaded.model.as_ref(), p, &fixed, 1e-3);
-            eprintln!("{name} `{}`: {steps} tokens identical, logprob diff {worst:.2e}, prompt-logit diff {logits_diff:.2e}", p["name"]);
+            eprintln!(
+                "{name} `{}`: {steps} tokens identical, logprob diff {worst:.2e}, prompt-logit diff {logits_diff:.2e}",
+                p["name"]
+            );
         }
         checked += 1;
     }

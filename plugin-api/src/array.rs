@@ -153,9 +153,7 @@ impl Array {
             )));
         }
         // SAFETY: the caller guarantees `data`; shape is a live slice.
-        call1(|out| unsafe {
-            (ops().array_from_data)(data, nbytes, shape.as_ptr(), shape.len(), dtype as u32, out)
-        })
+        call1(|out| unsafe { (ops().array_from_data)(data, nbytes, shape.as_ptr(), shape.len(), dtype as u32, out) })
     }
 
     /// An array of `shape` filled with `value`.
@@ -256,6 +254,41 @@ impl Array {
         }
     }
 
+    /// Reads the elements as f64, converting on the host from whatever real dtype the array
+    /// has. Unlike `astype(F64)` this needs no device op, so it also works on backends without
+    /// float64 (MLX's CUDA backend) — e.g. for GGUF metadata numbers.
+    pub fn to_f64_host(&self) -> Result<Vec<f64>> {
+        let bytes = self.to_bytes()?;
+        let dt = self.dtype();
+        let n = dt.size_in_bytes();
+        let conv = |c: &[u8]| -> Option<f64> {
+            let b = |k: usize| -> [u8; 8] {
+                let mut a = [0u8; 8];
+                a[..k].copy_from_slice(&c[..k]);
+                a
+            };
+            Some(match dt {
+                Dtype::Bool | Dtype::U8 => c[0] as f64,
+                Dtype::I8 => c[0] as i8 as f64,
+                Dtype::U16 => u16::from_le_bytes([c[0], c[1]]) as f64,
+                Dtype::I16 => i16::from_le_bytes([c[0], c[1]]) as f64,
+                Dtype::U32 => u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64,
+                Dtype::I32 => i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64,
+                Dtype::U64 => u64::from_le_bytes(b(8)) as f64,
+                Dtype::I64 => i64::from_le_bytes(b(8)) as f64,
+                Dtype::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64,
+                Dtype::F64 => f64::from_le_bytes(b(8)),
+                Dtype::BF16 => f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16) as f64,
+                Dtype::F16 => f16_to_f64(u16::from_le_bytes([c[0], c[1]])),
+                Dtype::Complex64 => return None,
+            })
+        };
+        bytes
+            .chunks_exact(n)
+            .map(|c| conv(c).ok_or_else(|| Error::Array(format!("cannot read {dt} elements as real numbers"))))
+            .collect()
+    }
+
     /// The single element of a one-element array, as `T` (converting the dtype if needed).
     pub fn item<T: Element>(&self) -> Result<T> {
         if self.size() != 1 {
@@ -311,5 +344,18 @@ impl Clone for Array {
 impl std::fmt::Debug for Array {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Array(shape={:?}, dtype={})", self.shape(), self.dtype())
+    }
+}
+
+/// IEEE half precision bits to f64.
+fn f16_to_f64(h: u16) -> f64 {
+    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
+    let exp = ((h >> 10) & 0x1f) as i32;
+    let frac = (h & 0x3ff) as f64;
+    match exp {
+        0 => sign * frac * 2f64.powi(-24),
+        31 if frac == 0.0 => sign * f64::INFINITY,
+        31 => f64::NAN,
+        e => sign * (1.0 + frac / 1024.0) * 2f64.powi(e - 15),
     }
 }

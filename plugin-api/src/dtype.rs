@@ -41,10 +41,7 @@ impl Dtype {
     ];
 
     pub fn from_code(code: u32) -> Result<Dtype> {
-        Dtype::ALL
-            .get(code as usize)
-            .copied()
-            .ok_or_else(|| Error::Abi(format!("unknown dtype code {code}")))
+        Dtype::ALL.get(code as usize).copied().ok_or_else(|| Error::Abi(format!("unknown dtype code {code}")))
     }
 
     pub fn size_in_bytes(self) -> usize {

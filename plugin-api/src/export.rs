@@ -285,11 +285,8 @@ unsafe extern "C" fn vision_merge(
     }
 }
 
-static VISION_VTABLE: VisionVTable = VisionVTable {
-    size: std::mem::size_of::<VisionVTable>(),
-    destroy: vision_destroy,
-    merge: vision_merge,
-};
+static VISION_VTABLE: VisionVTable =
+    VisionVTable { size: std::mem::size_of::<VisionVTable>(), destroy: vision_destroy, merge: vision_merge };
 
 impl PluginDescriptor {
     /// The descriptor of a plugin built against this crate (used by [`export_plugin!`](crate::export_plugin)).

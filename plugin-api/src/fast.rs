@@ -57,7 +57,5 @@ pub fn scaled_dot_product_attention(q: &Array, k: &Array, v: &Array, scale: f32,
         AttnMask::Array(a) => (MaskMode::Array, Some(a)),
     };
     // SAFETY: live handles (or null) in, owned handle out.
-    call1(|out| unsafe {
-        (ops().sdpa)(q.as_raw(), k.as_raw(), v.as_raw(), scale, mode as u32, opt_raw(m), out)
-    })
+    call1(|out| unsafe { (ops().sdpa)(q.as_raw(), k.as_raw(), v.as_raw(), scale, mode as u32, opt_raw(m), out) })
 }

@@ -81,7 +81,8 @@ impl DynModel for ForeignModel {
             Input::Embeddings(a) => (INPUT_EMBEDDINGS, a.as_raw()),
         };
         let mut fat: &mut dyn ForwardContext = ctx;
-        let ctx_obj = ForwardCtxObject { this: &mut fat as *mut &mut dyn ForwardContext as *mut c_void, vtable: &CTX_VTABLE };
+        let ctx_obj =
+            ForwardCtxObject { this: &mut fat as *mut &mut dyn ForwardContext as *mut c_void, vtable: &CTX_VTABLE };
         let mut slot = ErrorSlot::default();
         let sink = slot.sink();
         let mut out: Handle = std::ptr::null_mut();
@@ -210,11 +211,8 @@ unsafe extern "C" fn ctx_attention(
     }
 }
 
-static CTX_VTABLE: ForwardCtxVTable = ForwardCtxVTable {
-    size: std::mem::size_of::<ForwardCtxVTable>(),
-    offset: ctx_offset,
-    attention: ctx_attention,
-};
+static CTX_VTABLE: ForwardCtxVTable =
+    ForwardCtxVTable { size: std::mem::size_of::<ForwardCtxVTable>(), offset: ctx_offset, attention: ctx_attention };
 
 /// Calls `f` and turns a panic into an error (for engine code running a built-in model).
 pub fn catch_panics<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {

@@ -44,8 +44,7 @@ unsafe fn string_from(ptr: *const c_char, len: usize) -> String {
 }
 
 fn path_bytes(path: &Path) -> Result<&str> {
-    path.to_str()
-        .ok_or_else(|| Error::Array(format!("path {} is not valid UTF-8", path.display())))
+    path.to_str().ok_or_else(|| Error::Array(format!("path {} is not valid UTF-8", path.display())))
 }
 
 fn read_bundle(b: Bundle) -> Result<Loaded> {
@@ -55,12 +54,14 @@ fn read_bundle(b: Bundle) -> Result<Loaded> {
     // bundle and copied before it is freed; handles written are owned.
     unsafe {
         for i in 0..(t.bundle_num_arrays)(b.0) {
-            let (mut name, mut len, mut h): (*const c_char, usize, Handle) = (std::ptr::null(), 0, std::ptr::null_mut());
+            let (mut name, mut len, mut h): (*const c_char, usize, Handle) =
+                (std::ptr::null(), 0, std::ptr::null_mut());
             check((t.bundle_array)(b.0, i, &mut name, &mut len, &mut h))?;
             loaded.arrays.push((string_from(name, len), Array::from_raw(h)?));
         }
         for i in 0..(t.bundle_num_meta)(b.0) {
-            let (mut key, mut len, mut kind, mut n, mut h) = (std::ptr::null(), 0usize, 0u32, 0usize, std::ptr::null_mut());
+            let (mut key, mut len, mut kind, mut n, mut h) =
+                (std::ptr::null(), 0usize, 0u32, 0usize, std::ptr::null_mut());
             check((t.bundle_meta)(b.0, i, &mut key, &mut len, &mut kind, &mut n, &mut h))?;
             let strings = |count: usize| -> Result<Vec<String>> {
                 (0..count)

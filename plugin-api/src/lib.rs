@@ -21,14 +21,14 @@ pub mod runtime;
 pub mod traits;
 
 pub use array::{async_eval, eval, Array};
+pub use dtype::{Dtype, Element};
+pub use error::{Error, Result};
+pub use ops::{concatenate, dequantize, quantize, quantized_matmul, where_};
 /// Re-exported so a plugin's `Config` can derive `Deserialize` with only this crate as a
 /// dependency (`#[serde(crate = "mlx_engine_plugin_api::serde")]`).
 pub use serde;
 pub use serde_json;
-pub use dtype::{Dtype, Element};
-pub use error::{Error, Result};
-pub use ops::{concatenate, dequantize, quantize, quantized_matmul, where_};
 pub use traits::{
-    model_factory, vision_factory, AttentionOptions, DynModel, DynVision, ForwardContext, Input, LayerCache,
-    ModelArch, ModelFactory, VisionAddOn, VisionFactory, Weights, WeightsFormat,
+    model_factory, vision_factory, AttentionOptions, DynModel, DynVision, ForwardContext, Input, LayerCache, ModelArch,
+    ModelFactory, VisionAddOn, VisionFactory, Weights, WeightsFormat,
 };

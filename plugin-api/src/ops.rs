@@ -162,9 +162,7 @@ impl Array {
             )));
         }
         // SAFETY: the three slices have `n` elements each.
-        call1(|out| unsafe {
-            (ops().slice)(self.as_raw(), start.as_ptr(), stop.as_ptr(), strides.as_ptr(), n, out)
-        })
+        call1(|out| unsafe { (ops().slice)(self.as_raw(), start.as_ptr(), stop.as_ptr(), strides.as_ptr(), n, out) })
     }
 
     /// `[start, stop)` along one axis, everything along the others.
@@ -216,9 +214,7 @@ impl Array {
 
     pub fn put_along_axis(&self, indices: &Array, values: &Array, axis: i32) -> Result<Array> {
         // SAFETY: live handles in, owned handle out.
-        call1(|out| unsafe {
-            (ops().put_along_axis)(self.as_raw(), indices.as_raw(), values.as_raw(), axis, out)
-        })
+        call1(|out| unsafe { (ops().put_along_axis)(self.as_raw(), indices.as_raw(), values.as_raw(), axis, out) })
     }
 
     /// Reduces over `axes` (all axes when empty).
@@ -295,7 +291,14 @@ impl Array {
     }
 
     /// 2-D convolution, NHWC input and `[C_out, KH, KW, C_in / groups]` weight.
-    pub fn conv2d(&self, weight: &Array, stride: [i32; 2], padding: [i32; 2], dilation: [i32; 2], groups: i32) -> Result<Array> {
+    pub fn conv2d(
+        &self,
+        weight: &Array,
+        stride: [i32; 2],
+        padding: [i32; 2],
+        dilation: [i32; 2],
+        groups: i32,
+    ) -> Result<Array> {
         // SAFETY: the three arrays have two elements each; handles are live.
         call1(|out| unsafe {
             (ops().conv2d)(
@@ -325,7 +328,8 @@ pub fn concatenate(arrays: &[&Array], axis: i32) -> Result<Array> {
 
 /// Affine quantization of `w` along its last axis: `(wq, scales, biases)`.
 pub fn quantize(w: &Array, group_size: i32, bits: i32) -> Result<(Array, Array, Array)> {
-    let (mut q, mut s, mut b): (Handle, Handle, Handle) = (std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
+    let (mut q, mut s, mut b): (Handle, Handle, Handle) =
+        (std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
     // SAFETY: three out-slots, live input.
     check(unsafe { (ops().quantize)(w.as_raw(), group_size, bits, &mut q, &mut s, &mut b) })?;
     // SAFETY: on success each slot holds a new owned handle.
@@ -334,9 +338,7 @@ pub fn quantize(w: &Array, group_size: i32, bits: i32) -> Result<(Array, Array, 
 
 pub fn dequantize(wq: &Array, scales: &Array, biases: Option<&Array>, group_size: i32, bits: i32) -> Result<Array> {
     // SAFETY: live handles (or null) in, owned handle out.
-    call1(|out| unsafe {
-        (ops().dequantize)(wq.as_raw(), scales.as_raw(), raw_or_null(biases), group_size, bits, out)
-    })
+    call1(|out| unsafe { (ops().dequantize)(wq.as_raw(), scales.as_raw(), raw_or_null(biases), group_size, bits, out) })
 }
 
 /// `x @ dequantize(w).T` when `transpose`, else `x @ dequantize(w)`.

@@ -154,15 +154,9 @@ pub struct OpsTable {
         dtype: u32,
         out: *mut Handle,
     ) -> Status,
-    pub array_full: unsafe extern "C" fn(
-        shape: *const i32,
-        ndim: usize,
-        value: f64,
-        dtype: u32,
-        out: *mut Handle,
-    ) -> Status,
-    pub array_arange:
-        unsafe extern "C" fn(start: f64, stop: f64, step: f64, dtype: u32, out: *mut Handle) -> Status,
+    pub array_full:
+        unsafe extern "C" fn(shape: *const i32, ndim: usize, value: f64, dtype: u32, out: *mut Handle) -> Status,
+    pub array_arange: unsafe extern "C" fn(start: f64, stop: f64, step: f64, dtype: u32, out: *mut Handle) -> Status,
     pub array_ndim: unsafe extern "C" fn(a: Handle) -> usize,
     /// Writes up to `cap` dimensions into `out` and returns the number of dimensions.
     pub array_shape: unsafe extern "C" fn(a: Handle, out: *mut i32, cap: usize) -> usize,
@@ -183,14 +177,7 @@ pub struct OpsTable {
     // --- linear algebra and quantization ----------------------------------------------------
     pub matmul: unsafe extern "C" fn(a: Handle, b: Handle, out: *mut Handle) -> Status,
     /// `beta * c + alpha * (a @ b)`.
-    pub addmm: unsafe extern "C" fn(
-        c: Handle,
-        a: Handle,
-        b: Handle,
-        alpha: f32,
-        beta: f32,
-        out: *mut Handle,
-    ) -> Status,
+    pub addmm: unsafe extern "C" fn(c: Handle, a: Handle, b: Handle, alpha: f32, beta: f32, out: *mut Handle) -> Status,
     /// Affine quantization of `w` along its last axis.
     pub quantize: unsafe extern "C" fn(
         w: Handle,
@@ -220,21 +207,15 @@ pub struct OpsTable {
     ) -> Status,
 
     // --- shape ------------------------------------------------------------------------------
-    pub reshape:
-        unsafe extern "C" fn(a: Handle, shape: *const i32, ndim: usize, out: *mut Handle) -> Status,
+    pub reshape: unsafe extern "C" fn(a: Handle, shape: *const i32, ndim: usize, out: *mut Handle) -> Status,
     /// `n == 0` reverses the axes.
-    pub transpose:
-        unsafe extern "C" fn(a: Handle, axes: *const i32, n: usize, out: *mut Handle) -> Status,
+    pub transpose: unsafe extern "C" fn(a: Handle, axes: *const i32, n: usize, out: *mut Handle) -> Status,
     pub swapaxes: unsafe extern "C" fn(a: Handle, axis1: i32, axis2: i32, out: *mut Handle) -> Status,
-    pub expand_dims:
-        unsafe extern "C" fn(a: Handle, axes: *const i32, n: usize, out: *mut Handle) -> Status,
+    pub expand_dims: unsafe extern "C" fn(a: Handle, axes: *const i32, n: usize, out: *mut Handle) -> Status,
     /// `n == 0` removes every axis of size 1.
-    pub squeeze:
-        unsafe extern "C" fn(a: Handle, axes: *const i32, n: usize, out: *mut Handle) -> Status,
-    pub broadcast_to:
-        unsafe extern "C" fn(a: Handle, shape: *const i32, ndim: usize, out: *mut Handle) -> Status,
-    pub concatenate:
-        unsafe extern "C" fn(arrays: *const Handle, n: usize, axis: i32, out: *mut Handle) -> Status,
+    pub squeeze: unsafe extern "C" fn(a: Handle, axes: *const i32, n: usize, out: *mut Handle) -> Status,
+    pub broadcast_to: unsafe extern "C" fn(a: Handle, shape: *const i32, ndim: usize, out: *mut Handle) -> Status,
+    pub concatenate: unsafe extern "C" fn(arrays: *const Handle, n: usize, axis: i32, out: *mut Handle) -> Status,
     /// Splits at `indices` along `axis` into `n_indices + 1` parts written to `out[..]`;
     /// `out_cap` must be at least `n_indices + 1`.
     pub split: unsafe extern "C" fn(
@@ -265,15 +246,9 @@ pub struct OpsTable {
         out: *mut Handle,
     ) -> Status,
     pub take: unsafe extern "C" fn(a: Handle, indices: Handle, axis: i32, out: *mut Handle) -> Status,
-    pub take_along_axis:
-        unsafe extern "C" fn(a: Handle, indices: Handle, axis: i32, out: *mut Handle) -> Status,
-    pub put_along_axis: unsafe extern "C" fn(
-        a: Handle,
-        indices: Handle,
-        values: Handle,
-        axis: i32,
-        out: *mut Handle,
-    ) -> Status,
+    pub take_along_axis: unsafe extern "C" fn(a: Handle, indices: Handle, axis: i32, out: *mut Handle) -> Status,
+    pub put_along_axis:
+        unsafe extern "C" fn(a: Handle, indices: Handle, values: Handle, axis: i32, out: *mut Handle) -> Status,
 
     // --- reductions, sorting, scans ---------------------------------------------------------
     /// `n == 0` reduces over every axis.
@@ -285,48 +260,23 @@ pub struct OpsTable {
         keepdims: bool,
         out: *mut Handle,
     ) -> Status,
-    pub softmax: unsafe extern "C" fn(
-        a: Handle,
-        axes: *const i32,
-        n: usize,
-        precise: bool,
-        out: *mut Handle,
-    ) -> Status,
-    pub logsumexp: unsafe extern "C" fn(
-        a: Handle,
-        axes: *const i32,
-        n: usize,
-        keepdims: bool,
-        out: *mut Handle,
-    ) -> Status,
+    pub softmax: unsafe extern "C" fn(a: Handle, axes: *const i32, n: usize, precise: bool, out: *mut Handle) -> Status,
+    pub logsumexp:
+        unsafe extern "C" fn(a: Handle, axes: *const i32, n: usize, keepdims: bool, out: *mut Handle) -> Status,
     pub argmax: unsafe extern "C" fn(a: Handle, axis: i32, keepdims: bool, out: *mut Handle) -> Status,
     pub argmin: unsafe extern "C" fn(a: Handle, axis: i32, keepdims: bool, out: *mut Handle) -> Status,
     pub sort: unsafe extern "C" fn(a: Handle, axis: i32, out: *mut Handle) -> Status,
     pub argsort: unsafe extern "C" fn(a: Handle, axis: i32, out: *mut Handle) -> Status,
-    pub argpartition:
-        unsafe extern "C" fn(a: Handle, kth: i32, axis: i32, out: *mut Handle) -> Status,
+    pub argpartition: unsafe extern "C" fn(a: Handle, kth: i32, axis: i32, out: *mut Handle) -> Status,
     /// The `k` largest values along `axis` (unordered, as MLX returns them).
     pub topk: unsafe extern "C" fn(a: Handle, k: i32, axis: i32, out: *mut Handle) -> Status,
-    pub cumsum: unsafe extern "C" fn(
-        a: Handle,
-        axis: i32,
-        reverse: bool,
-        inclusive: bool,
-        out: *mut Handle,
-    ) -> Status,
+    pub cumsum: unsafe extern "C" fn(a: Handle, axis: i32, reverse: bool, inclusive: bool, out: *mut Handle) -> Status,
 
     // --- fused kernels (mlx::core::fast) ----------------------------------------------------
     /// `weight` may be null (no scaling).
-    pub rms_norm:
-        unsafe extern "C" fn(x: Handle, weight: Handle, eps: f32, out: *mut Handle) -> Status,
+    pub rms_norm: unsafe extern "C" fn(x: Handle, weight: Handle, eps: f32, out: *mut Handle) -> Status,
     /// `weight` and `bias` may be null.
-    pub layer_norm: unsafe extern "C" fn(
-        x: Handle,
-        weight: Handle,
-        bias: Handle,
-        eps: f32,
-        out: *mut Handle,
-    ) -> Status,
+    pub layer_norm: unsafe extern "C" fn(x: Handle, weight: Handle, bias: Handle, eps: f32, out: *mut Handle) -> Status,
     /// Rotary embedding over the last axis' first `dims` features at absolute position
     /// `offset` + index along axis -2. With `freqs` non-null, `base` is ignored.
     pub rope: unsafe extern "C" fn(
@@ -356,8 +306,7 @@ pub struct OpsTable {
     /// `num` new keys as an array of shape `[num, 2]`.
     pub random_split: unsafe extern "C" fn(key: Handle, num: i32, out: *mut Handle) -> Status,
     /// Samples indices along `axis` from unnormalised log-probabilities; `key` may be null.
-    pub random_categorical:
-        unsafe extern "C" fn(logits: Handle, axis: i32, key: Handle, out: *mut Handle) -> Status,
+    pub random_categorical: unsafe extern "C" fn(logits: Handle, axis: i32, key: Handle, out: *mut Handle) -> Status,
     pub random_uniform: unsafe extern "C" fn(
         shape: *const i32,
         ndim: usize,
@@ -391,10 +340,8 @@ pub struct OpsTable {
     ) -> Status,
 
     // --- files ------------------------------------------------------------------------------
-    pub load_safetensors:
-        unsafe extern "C" fn(path: *const c_char, len: usize, out: *mut BundleHandle) -> Status,
-    pub load_gguf:
-        unsafe extern "C" fn(path: *const c_char, len: usize, out: *mut BundleHandle) -> Status,
+    pub load_safetensors: unsafe extern "C" fn(path: *const c_char, len: usize, out: *mut BundleHandle) -> Status,
+    pub load_gguf: unsafe extern "C" fn(path: *const c_char, len: usize, out: *mut BundleHandle) -> Status,
     pub bundle_free: unsafe extern "C" fn(b: BundleHandle),
     pub bundle_num_arrays: unsafe extern "C" fn(b: BundleHandle) -> usize,
     /// Entry `i`: its name (borrowed from the bundle) and a new owned handle.
@@ -418,13 +365,8 @@ pub struct OpsTable {
         out: *mut Handle,
     ) -> Status,
     /// String `j` of metadata entry `i` (borrowed from the bundle).
-    pub bundle_meta_string: unsafe extern "C" fn(
-        b: BundleHandle,
-        i: usize,
-        j: usize,
-        s: *mut *const c_char,
-        len: *mut usize,
-    ) -> Status,
+    pub bundle_meta_string:
+        unsafe extern "C" fn(b: BundleHandle, i: usize, j: usize, s: *mut *const c_char, len: *mut usize) -> Status,
     /// Writes `n` arrays and `n_meta` string metadata entries as one safetensors file.
     pub save_safetensors: unsafe extern "C" fn(
         path: *const c_char,

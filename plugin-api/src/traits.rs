@@ -127,10 +127,7 @@ impl Weights {
     pub fn take_shaped(&mut self, name: &str, shape: &[i32]) -> Result<Array> {
         let a = self.take(name)?;
         if a.shape() != shape {
-            return Err(Error::Weights(format!(
-                "tensor `{name}` has shape {:?}, expected {shape:?}",
-                a.shape()
-            )));
+            return Err(Error::Weights(format!("tensor `{name}` has shape {:?}, expected {shape:?}", a.shape())));
         }
         Ok(a)
     }
@@ -258,14 +255,22 @@ fn parse_config<C: serde::de::DeserializeOwned>(config_json: &str) -> Result<C> 
 }
 
 /// The [`ModelFactory`] of a [`ModelArch`]: parse config, sanitize, construct.
-pub fn model_factory<M: ModelArch>(config_json: &str, weights: Weights, format: WeightsFormat) -> Result<Box<dyn DynModel>> {
+pub fn model_factory<M: ModelArch>(
+    config_json: &str,
+    weights: Weights,
+    format: WeightsFormat,
+) -> Result<Box<dyn DynModel>> {
     let config: M::Config = parse_config(config_json)?;
     let weights = M::sanitize(&config, weights, format)?;
     Ok(Box::new(M::new(config, weights)?))
 }
 
 /// The [`VisionFactory`] of a [`VisionAddOn`].
-pub fn vision_factory<V: VisionAddOn>(config_json: &str, weights: Weights, format: WeightsFormat) -> Result<Box<dyn DynVision>> {
+pub fn vision_factory<V: VisionAddOn>(
+    config_json: &str,
+    weights: Weights,
+    format: WeightsFormat,
+) -> Result<Box<dyn DynVision>> {
     let config: V::Config = parse_config(config_json)?;
     let weights = V::sanitize(&config, weights, format)?;
     Ok(Box::new(V::new(config, weights)?))

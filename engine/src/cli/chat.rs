@@ -38,9 +38,7 @@ pub fn run(args: &ChatArgs) -> Result<()> {
             }
         }
     });
-    let fresh = || -> Vec<ChatMessage> {
-        args.system.iter().map(|s| ChatMessage::new("system", s.clone())).collect()
-    };
+    let fresh = || -> Vec<ChatMessage> { args.system.iter().map(|s| ChatMessage::new("system", s.clone())).collect() };
     let mut messages = fresh();
     eprintln!("chat: type a message; /reset starts over, /exit quits, Ctrl-C stops a reply");
     let stdin = std::io::stdin();

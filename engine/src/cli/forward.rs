@@ -55,7 +55,8 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
     let t1 = Instant::now();
     let logits = loaded.model.forward(Input::Tokens(&ids), &mut cache)?;
     let shape = logits.shape();
-    let last = logits.slice_axis(1, shape[1] - 1, shape[1])?.reshape(&[-1])?.astype(mlx_engine_plugin_api::Dtype::F32)?;
+    let last =
+        logits.slice_axis(1, shape[1] - 1, shape[1])?.reshape(&[-1])?.astype(mlx_engine_plugin_api::Dtype::F32)?;
     let logprobs = last.log_softmax(-1)?.to_vec_f32()?;
     let prefill = t1.elapsed().as_secs_f64();
     println!("logits shape {shape:?}, dtype {}", logits.dtype());

@@ -34,9 +34,7 @@ fn read_arg(s: &str) -> Result<String> {
         return Ok(s.to_string());
     }
     let mut text = String::new();
-    std::io::stdin()
-        .read_to_string(&mut text)
-        .map_err(|e| Error::Io { path: "<stdin>".into(), source: e })?;
+    std::io::stdin().read_to_string(&mut text).map_err(|e| Error::Io { path: "<stdin>".into(), source: e })?;
     Ok(text)
 }
 

@@ -86,7 +86,9 @@ pub fn prepare(ctx: &GenContext<'_>, req: &GenerateRequest) -> Result<(Vec<u32>,
     let prompt = if req.prompt_tokens.is_empty() {
         match ctx.tokenizer.bos_token_id() {
             Some(bos) => vec![bos],
-            None => return Err(param("prompt", "the prompt is empty and the tokenizer has no BOS token to start from")),
+            None => {
+                return Err(param("prompt", "the prompt is empty and the tokenizer has no BOS token to start from"))
+            }
         }
     } else {
         req.prompt_tokens.clone()
@@ -195,11 +197,12 @@ pub fn generate_in(
 
         let mut history = prompt.clone();
         let mut pending = GenerationResult::default();
-        let finish = |pending: &mut GenerationResult, reason: StopReason, stop_string: String, stop_tokens: Vec<u32>| {
-            let mut last = std::mem::take(pending);
-            last.stop_condition = Some(StopCondition { reason, stop_string, stop_tokens });
-            last
-        };
+        let finish =
+            |pending: &mut GenerationResult, reason: StopReason, stop_string: String, stop_tokens: Vec<u32>| {
+                let mut last = std::mem::take(pending);
+                last.stop_condition = Some(StopCondition { reason, stop_string, stop_tokens });
+                last
+            };
         loop {
             if cancel.load(Ordering::Relaxed) {
                 let (reason, stop_string) = drain(&mut detok, &mut stops, &mut pending, StopReason::UserCancelled)?;

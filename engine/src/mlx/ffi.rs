@@ -26,20 +26,8 @@ unsafe extern "C" {
         dtype: u32,
         out: *mut Handle,
     ) -> Status;
-    pub fn mlxe_array_full(
-        shape: *const i32,
-        ndim: usize,
-        value: f64,
-        dtype: u32,
-        out: *mut Handle,
-    ) -> Status;
-    pub fn mlxe_array_arange(
-        start: f64,
-        stop: f64,
-        step: f64,
-        dtype: u32,
-        out: *mut Handle,
-    ) -> Status;
+    pub fn mlxe_array_full(shape: *const i32, ndim: usize, value: f64, dtype: u32, out: *mut Handle) -> Status;
+    pub fn mlxe_array_arange(start: f64, stop: f64, step: f64, dtype: u32, out: *mut Handle) -> Status;
     pub fn mlxe_array_ndim(a: Handle) -> usize;
     pub fn mlxe_array_shape(a: Handle, out: *mut i32, cap: usize) -> usize;
     pub fn mlxe_array_dtype(a: Handle) -> u32;
@@ -56,14 +44,7 @@ unsafe extern "C" {
 
     // --- linear algebra and quantization ----------------------------------------------------
     pub fn mlxe_matmul(a: Handle, b: Handle, out: *mut Handle) -> Status;
-    pub fn mlxe_addmm(
-        c: Handle,
-        a: Handle,
-        b: Handle,
-        alpha: f32,
-        beta: f32,
-        out: *mut Handle,
-    ) -> Status;
+    pub fn mlxe_addmm(c: Handle, a: Handle, b: Handle, alpha: f32, beta: f32, out: *mut Handle) -> Status;
     pub fn mlxe_quantize(
         w: Handle,
         group_size: i32,
@@ -97,10 +78,8 @@ unsafe extern "C" {
     pub fn mlxe_swapaxes(a: Handle, axis1: i32, axis2: i32, out: *mut Handle) -> Status;
     pub fn mlxe_expand_dims(a: Handle, axes: *const i32, n: usize, out: *mut Handle) -> Status;
     pub fn mlxe_squeeze(a: Handle, axes: *const i32, n: usize, out: *mut Handle) -> Status;
-    pub fn mlxe_broadcast_to(a: Handle, shape: *const i32, ndim: usize, out: *mut Handle)
-        -> Status;
-    pub fn mlxe_concatenate(arrays: *const Handle, n: usize, axis: i32, out: *mut Handle)
-        -> Status;
+    pub fn mlxe_broadcast_to(a: Handle, shape: *const i32, ndim: usize, out: *mut Handle) -> Status;
+    pub fn mlxe_concatenate(arrays: *const Handle, n: usize, axis: i32, out: *mut Handle) -> Status;
     pub fn mlxe_split(
         a: Handle,
         indices: *const i32,
@@ -128,60 +107,23 @@ unsafe extern "C" {
     ) -> Status;
     pub fn mlxe_take(a: Handle, indices: Handle, axis: i32, out: *mut Handle) -> Status;
     pub fn mlxe_take_along_axis(a: Handle, indices: Handle, axis: i32, out: *mut Handle) -> Status;
-    pub fn mlxe_put_along_axis(
-        a: Handle,
-        indices: Handle,
-        values: Handle,
-        axis: i32,
-        out: *mut Handle,
-    ) -> Status;
+    pub fn mlxe_put_along_axis(a: Handle, indices: Handle, values: Handle, axis: i32, out: *mut Handle) -> Status;
 
     // --- reductions, sorting, scans ---------------------------------------------------------
-    pub fn mlxe_reduce(
-        op: u32,
-        a: Handle,
-        axes: *const i32,
-        n: usize,
-        keepdims: bool,
-        out: *mut Handle,
-    ) -> Status;
-    pub fn mlxe_softmax(
-        a: Handle,
-        axes: *const i32,
-        n: usize,
-        precise: bool,
-        out: *mut Handle,
-    ) -> Status;
-    pub fn mlxe_logsumexp(
-        a: Handle,
-        axes: *const i32,
-        n: usize,
-        keepdims: bool,
-        out: *mut Handle,
-    ) -> Status;
+    pub fn mlxe_reduce(op: u32, a: Handle, axes: *const i32, n: usize, keepdims: bool, out: *mut Handle) -> Status;
+    pub fn mlxe_softmax(a: Handle, axes: *const i32, n: usize, precise: bool, out: *mut Handle) -> Status;
+    pub fn mlxe_logsumexp(a: Handle, axes: *const i32, n: usize, keepdims: bool, out: *mut Handle) -> Status;
     pub fn mlxe_argmax(a: Handle, axis: i32, keepdims: bool, out: *mut Handle) -> Status;
     pub fn mlxe_argmin(a: Handle, axis: i32, keepdims: bool, out: *mut Handle) -> Status;
     pub fn mlxe_sort(a: Handle, axis: i32, out: *mut Handle) -> Status;
     pub fn mlxe_argsort(a: Handle, axis: i32, out: *mut Handle) -> Status;
     pub fn mlxe_argpartition(a: Handle, kth: i32, axis: i32, out: *mut Handle) -> Status;
     pub fn mlxe_topk(a: Handle, k: i32, axis: i32, out: *mut Handle) -> Status;
-    pub fn mlxe_cumsum(
-        a: Handle,
-        axis: i32,
-        reverse: bool,
-        inclusive: bool,
-        out: *mut Handle,
-    ) -> Status;
+    pub fn mlxe_cumsum(a: Handle, axis: i32, reverse: bool, inclusive: bool, out: *mut Handle) -> Status;
 
     // --- fused kernels (mlx::core::fast) ----------------------------------------------------
     pub fn mlxe_rms_norm(x: Handle, weight: Handle, eps: f32, out: *mut Handle) -> Status;
-    pub fn mlxe_layer_norm(
-        x: Handle,
-        weight: Handle,
-        bias: Handle,
-        eps: f32,
-        out: *mut Handle,
-    ) -> Status;
+    pub fn mlxe_layer_norm(x: Handle, weight: Handle, bias: Handle, eps: f32, out: *mut Handle) -> Status;
     pub fn mlxe_rope(
         x: Handle,
         dims: i32,
@@ -206,12 +148,7 @@ unsafe extern "C" {
     pub fn mlxe_random_seed(seed: u64) -> Status;
     pub fn mlxe_random_key(seed: u64, out: *mut Handle) -> Status;
     pub fn mlxe_random_split(key: Handle, num: i32, out: *mut Handle) -> Status;
-    pub fn mlxe_random_categorical(
-        logits: Handle,
-        axis: i32,
-        key: Handle,
-        out: *mut Handle,
-    ) -> Status;
+    pub fn mlxe_random_categorical(logits: Handle, axis: i32, key: Handle, out: *mut Handle) -> Status;
     pub fn mlxe_random_uniform(
         shape: *const i32,
         ndim: usize,
@@ -243,8 +180,7 @@ unsafe extern "C" {
     ) -> Status;
 
     // --- files ------------------------------------------------------------------------------
-    pub fn mlxe_load_safetensors(path: *const c_char, len: usize, out: *mut BundleHandle)
-        -> Status;
+    pub fn mlxe_load_safetensors(path: *const c_char, len: usize, out: *mut BundleHandle) -> Status;
     pub fn mlxe_load_gguf(path: *const c_char, len: usize, out: *mut BundleHandle) -> Status;
     pub fn mlxe_bundle_free(b: BundleHandle);
     pub fn mlxe_bundle_num_arrays(b: BundleHandle) -> usize;

@@ -31,7 +31,7 @@ fn err(path: &Path, reason: impl Into<String>) -> Error {
 /// Reads a scalar number of the metadata.
 pub fn meta_number(meta: &[(String, MetaValue)], key: &str) -> Option<f64> {
     meta.iter().find(|(k, _)| k == key).and_then(|(_, v)| match v {
-        MetaValue::Array(a) if a.size() == 1 => a.item::<f64>().ok(),
+        MetaValue::Array(a) if a.size() == 1 => a.to_f64_host().ok().and_then(|v| v.first().copied()),
         _ => None,
     })
 }

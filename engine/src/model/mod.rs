@@ -34,7 +34,10 @@ impl std::str::FromStr for DtypeChoice {
             "f32" | "float32" => Ok(DtypeChoice::F32),
             "bf16" | "bfloat16" => Ok(DtypeChoice::BF16),
             "f16" | "float16" => Ok(DtypeChoice::F16),
-            other => Err(Error::Param { name: "dtype".into(), reason: format!("expected auto, f32, bf16 or f16, got `{other}`") }),
+            other => Err(Error::Param {
+                name: "dtype".into(),
+                reason: format!("expected auto, f32, bf16 or f16, got `{other}`"),
+            }),
         }
     }
 }

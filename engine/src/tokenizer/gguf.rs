@@ -27,7 +27,6 @@ use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWra
 use super::files::{tok_err, ChatTemplate, Templates};
 use super::Parts;
 use crate::api::io::MetaValue;
-use crate::api::Dtype;
 use crate::error::Result;
 
 /// GGUF `token_type` values.
@@ -82,14 +81,14 @@ impl<'a> Meta<'a> {
         if a.dtype().is_float() {
             return Err(self.err(key, &format!("expected integers, found {}", a.dtype())));
         }
-        let a = if a.dtype() == Dtype::I64 { a.clone() } else { a.astype(Dtype::I64)? };
-        Ok(Some(a.to_vec::<i64>()?))
+        // Converted on the host: some backends (MLX's CUDA) have no 64-bit device ops.
+        Ok(Some(a.to_f64_host()?.into_iter().map(|v| v as i64).collect()))
     }
 
     fn floats(&self, key: &str) -> Result<Option<Vec<f32>>> {
         match self.get(key) {
             None | Some(MetaValue::Empty) => Ok(None),
-            Some(MetaValue::Array(a)) => Ok(Some(a.to_vec_f32()?)),
+            Some(MetaValue::Array(a)) => Ok(Some(a.to_f64_host()?.into_iter().map(|v| v as f32).collect())),
             Some(_) => Err(self.err(key, "expected an array of numbers")),
         }
     }

@@ -26,10 +26,7 @@ impl Lcg {
     }
 
     pub fn next_u32(&mut self) -> u32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (self.0 >> 33) as u32
     }
 
@@ -180,21 +177,15 @@ pub fn read_f32(a: &Array) -> Vec<f32> {
         Dtype::F32 => a.to_vec::<f32>().expect("to_vec f32"),
         Dtype::BF16 => {
             let b = a.to_bytes().expect("to_bytes bf16");
-            b.chunks_exact(2)
-                .map(|c| bf16_bits_to_f32(u16::from_le_bytes([c[0], c[1]])))
-                .collect()
+            b.chunks_exact(2).map(|c| bf16_bits_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect()
         }
         Dtype::F16 => {
             let b = a.to_bytes().expect("to_bytes f16");
-            b.chunks_exact(2)
-                .map(|c| f16_bits_to_f32(u16::from_le_bytes([c[0], c[1]])))
-                .collect()
+            b.chunks_exact(2).map(|c| f16_bits_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect()
         }
-        other => a
-            .astype(Dtype::F32)
-            .expect("astype f32")
-            .to_vec::<f32>()
-            .unwrap_or_else(|e| panic!("read {other}: {e}")),
+        other => {
+            a.astype(Dtype::F32).expect("astype f32").to_vec::<f32>().unwrap_or_else(|e| panic!("read {other}: {e}"))
+        }
     }
 }
 
@@ -219,13 +210,7 @@ pub fn tol_for(dtype: Dtype) -> Tol {
 /// Asserts `|actual - expected| <= atol + rtol * |expected|` everywhere (NaNs must match),
 /// printing the worst element on failure.
 pub fn assert_close(actual: &[f32], expected: &[f32], tol: Tol, what: &str) {
-    assert_eq!(
-        actual.len(),
-        expected.len(),
-        "{what}: {} values, expected {}",
-        actual.len(),
-        expected.len()
-    );
+    assert_eq!(actual.len(), expected.len(), "{what}: {} values, expected {}", actual.len(), expected.len());
     let mut worst: Option<(usize, f32)> = None;
     let mut n_bad = 0usize;
     for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
@@ -280,10 +265,7 @@ pub fn assert_err_contains<T: std::fmt::Debug>(r: mlx_engine::api::Result<T>, ne
         Ok(v) => panic!("{what}: expected an error containing {needle:?}, got Ok({v:?})"),
         Err(e) => {
             let msg = e.to_string();
-            assert!(
-                msg.contains(needle),
-                "{what}: error {msg:?} does not contain {needle:?}"
-            );
+            assert!(msg.contains(needle), "{what}: error {msg:?} does not contain {needle:?}");
         }
     }
 }
@@ -318,10 +300,7 @@ pub fn broadcast_shapes(a: &[i32], b: &[i32]) -> Vec<i32> {
         .map(|i| {
             let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
             let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
-            assert!(
-                da == db || da == 1 || db == 1,
-                "shapes {a:?} and {b:?} do not broadcast"
-            );
+            assert!(da == db || da == 1 || db == 1, "shapes {a:?} and {b:?} do not broadcast");
             da.max(db)
         })
         .collect()
@@ -331,11 +310,7 @@ pub fn broadcast_shapes(a: &[i32], b: &[i32]) -> Vec<i32> {
 pub fn broadcast_index(idx: &[usize], shape: &[i32]) -> usize {
     let off = idx.len() - shape.len();
     let st = strides_of(&ushape(shape));
-    shape
-        .iter()
-        .enumerate()
-        .map(|(i, &d)| if d == 1 { 0 } else { idx[off + i] * st[i] })
-        .sum()
+    shape.iter().enumerate().map(|(i, &d)| if d == 1 { 0 } else { idx[off + i] * st[i] }).sum()
 }
 
 /// Element-wise `f(a, b)` with broadcasting; returns the values and the output shape.
@@ -369,9 +344,7 @@ pub fn reduce_ref<T: Copy, U>(
     let axes: Vec<usize> = if axes.is_empty() {
         (0..nd).collect()
     } else {
-        axes.iter()
-            .map(|&a| if a < 0 { (a + nd as i32) as usize } else { a as usize })
-            .collect()
+        axes.iter().map(|&a| if a < 0 { (a + nd as i32) as usize } else { a as usize }).collect()
     };
     let keep_shape: Vec<i32> = (0..nd).map(|i| if axes.contains(&i) { 1 } else { shape[i] }).collect();
     let us = ushape(shape);
@@ -379,17 +352,12 @@ pub fn reduce_ref<T: Copy, U>(
     let kst = strides_of(&ushape(&keep_shape));
     for (flat, &x) in data.iter().enumerate() {
         let idx = unravel(flat, &us);
-        let o: usize = (0..nd)
-            .map(|i| if axes.contains(&i) { 0 } else { idx[i] * kst[i] })
-            .sum();
+        let o: usize = (0..nd).map(|i| if axes.contains(&i) { 0 } else { idx[i] * kst[i] }).sum();
         lanes[o].push(x);
     }
     let out: Vec<U> = lanes.iter().map(|l| f(l)).collect();
-    let out_shape = if keepdims {
-        keep_shape
-    } else {
-        (0..nd).filter(|i| !axes.contains(i)).map(|i| shape[i]).collect()
-    };
+    let out_shape =
+        if keepdims { keep_shape } else { (0..nd).filter(|i| !axes.contains(i)).map(|i| shape[i]).collect() };
     (out, out_shape)
 }
 
@@ -461,23 +429,9 @@ pub fn batched_matmul_ref(a: &[f32], ash: &[i32], b: &[f32], bsh: &[i32]) -> (Ve
     let mut out = Vec::with_capacity(numel(&batch) * m * n);
     for flat in 0..numel(&batch) {
         let idx = unravel(flat, &ub);
-        let ai = if abatch.is_empty() {
-            0
-        } else {
-            broadcast_index(&idx, abatch)
-        };
-        let bi = if bbatch.is_empty() {
-            0
-        } else {
-            broadcast_index(&idx, bbatch)
-        };
-        out.extend(matmul_ref(
-            &a[ai * m * k..(ai + 1) * m * k],
-            &b[bi * k * n..(bi + 1) * k * n],
-            m,
-            k,
-            n,
-        ));
+        let ai = if abatch.is_empty() { 0 } else { broadcast_index(&idx, abatch) };
+        let bi = if bbatch.is_empty() { 0 } else { broadcast_index(&idx, bbatch) };
+        out.extend(matmul_ref(&a[ai * m * k..(ai + 1) * m * k], &b[bi * k * n..(bi + 1) * k * n], m, k, n));
     }
     let mut shape = batch;
     shape.push(m as i32);
@@ -581,9 +535,7 @@ pub fn rope_ref(
 
 /// `base^(-2i/dims)` for `i < dims/2`.
 pub fn rope_inv_freq(base: f64, dims: usize) -> Vec<f64> {
-    (0..dims / 2)
-        .map(|i| base.powf(-(2.0 * i as f64) / dims as f64))
-        .collect()
+    (0..dims / 2).map(|i| base.powf(-(2.0 * i as f64) / dims as f64)).collect()
 }
 
 /// The mask of [`sdpa_ref`].
@@ -755,11 +707,7 @@ pub fn cumsum_lane(x: &[f32], reverse: bool, inclusive: bool) -> Vec<f32> {
     let n = x.len();
     let mut out = vec![0f32; n];
     let mut acc = 0f64;
-    let order: Vec<usize> = if reverse {
-        (0..n).rev().collect()
-    } else {
-        (0..n).collect()
-    };
+    let order: Vec<usize> = if reverse { (0..n).rev().collect() } else { (0..n).collect() };
     for &i in &order {
         if inclusive {
             acc += x[i] as f64;
@@ -822,8 +770,5 @@ pub fn erfinv_ref(y: f64) -> f64 {
 
 /// Reads f32 metadata-free bytes as little-endian f32 values.
 pub fn le_f32(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }

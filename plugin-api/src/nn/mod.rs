@@ -193,7 +193,10 @@ impl Linear {
         l.weight.check_shape(prefix, out, inp)?;
         if let Some(b) = &l.bias {
             if b.shape() != [out] {
-                return Err(Error::Weights(format!("tensor `{prefix}.bias` has shape {:?}, expected [{out}]", b.shape())));
+                return Err(Error::Weights(format!(
+                    "tensor `{prefix}.bias` has shape {:?}, expected [{out}]",
+                    b.shape()
+                )));
             }
         }
         Ok(l)
@@ -220,7 +223,12 @@ impl Embedding {
     }
 
     /// [`Embedding::load`] plus a check of the table's `[vocab, dim]` shape.
-    pub fn load_shaped(w: &mut Weights, prefix: &str, (vocab, dim): (i32, i32), quant: Option<QuantConfig>) -> Result<Embedding> {
+    pub fn load_shaped(
+        w: &mut Weights,
+        prefix: &str,
+        (vocab, dim): (i32, i32),
+        quant: Option<QuantConfig>,
+    ) -> Result<Embedding> {
         let e = Embedding::load(w, prefix, quant)?;
         e.weight.check_shape(prefix, vocab, dim)?;
         Ok(e)
@@ -232,7 +240,13 @@ impl Embedding {
             Weight::Dense(w) => w.take(ids, 0),
             Weight::Quantized { wq, scales, biases, group_size, bits } => {
                 let rows = |a: &Array| a.take(ids, 0);
-                dequantize(&rows(wq)?, &rows(scales)?, biases.as_ref().map(rows).transpose()?.as_ref(), *group_size, *bits)
+                dequantize(
+                    &rows(wq)?,
+                    &rows(scales)?,
+                    biases.as_ref().map(rows).transpose()?.as_ref(),
+                    *group_size,
+                    *bits,
+                )
             }
         }
     }

@@ -203,8 +203,12 @@ impl ModelArch for Gemma3 {
         let q = c.quantization.as_ref();
         let eps = c.rms_norm_eps;
         let d = c.hidden_size;
-        let embed_tokens =
-            Embedding::load_shaped(&mut w, "model.embed_tokens", (c.vocab_size, d), layer_quant(q, "model.embed_tokens"))?;
+        let embed_tokens = Embedding::load_shaped(
+            &mut w,
+            "model.embed_tokens",
+            (c.vocab_size, d),
+            layer_quant(q, "model.embed_tokens"),
+        )?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         let mut layout = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
@@ -216,13 +220,24 @@ impl ModelArch for Gemma3 {
             };
             layers.push(Block {
                 attn: Attention::load(&mut w, &format!("{p}.self_attn"), &c, sliding)?,
-                mlp: GatedMlp::load(&mut w, &format!("{p}.mlp"), (d, c.intermediate_size), false, Activation::GeluApprox, q)?,
+                mlp: GatedMlp::load(
+                    &mut w,
+                    &format!("{p}.mlp"),
+                    (d, c.intermediate_size),
+                    false,
+                    Activation::GeluApprox,
+                    q,
+                )?,
                 input_layernorm: norm(&mut w, "input_layernorm")?,
                 post_attention_layernorm: norm(&mut w, "post_attention_layernorm")?,
                 pre_feedforward_layernorm: norm(&mut w, "pre_feedforward_layernorm")?,
                 post_feedforward_layernorm: norm(&mut w, "post_feedforward_layernorm")?,
             });
-            layout.push(if sliding { LayerCache::SlidingWindow { window: c.sliding_window } } else { LayerCache::Full });
+            layout.push(if sliding {
+                LayerCache::SlidingWindow { window: c.sliding_window }
+            } else {
+                LayerCache::Full
+            });
         }
         let norm = RmsNorm::load_one_plus(&mut w, "model.norm", eps)?.expect_dim("model.norm", d)?;
         let lm_head = if w.contains("lm_head.weight") {

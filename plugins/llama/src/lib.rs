@@ -180,15 +180,26 @@ impl ModelArch for Llama {
         }
         let q = c.quantization.as_ref();
         let d = c.hidden_size;
-        let embed_tokens =
-            Embedding::load_shaped(&mut w, "model.embed_tokens", (c.vocab_size, d), layer_quant(q, "model.embed_tokens"))?;
+        let embed_tokens = Embedding::load_shaped(
+            &mut w,
+            "model.embed_tokens",
+            (c.vocab_size, d),
+            layer_quant(q, "model.embed_tokens"),
+        )?;
         let norm = |w: &mut Weights, prefix: String| RmsNorm::load(w, &prefix, c.rms_norm_eps)?.expect_dim(&prefix, d);
         let layers = (0..c.num_hidden_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}");
                 Ok(Block {
                     attn: Attention::load(&mut w, &format!("{p}.self_attn"), &c)?,
-                    mlp: GatedMlp::load(&mut w, &format!("{p}.mlp"), (d, c.intermediate_size), c.mlp_bias, Activation::Silu, q)?,
+                    mlp: GatedMlp::load(
+                        &mut w,
+                        &format!("{p}.mlp"),
+                        (d, c.intermediate_size),
+                        c.mlp_bias,
+                        Activation::Silu,
+                        q,
+                    )?,
                     input_layernorm: norm(&mut w, format!("{p}.input_layernorm"))?,
                     post_attention_layernorm: norm(&mut w, format!("{p}.post_attention_layernorm"))?,
                 })
