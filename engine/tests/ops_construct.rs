@@ -356,7 +356,7 @@ fn to_f64_host_reads_every_real_dtype() {
     let b = Array::from_slice(&[true, false], &[2]).unwrap();
     assert_eq!(b.to_f64_host().unwrap(), vec![1.0, 0.0]);
     let half_small = Array::from_slice(
-        &[6.103515625e-5f32 /* smallest normal f16 */, 5.960464477539063e-8 /* smallest subnormal */],
+        &[6.1035156e-5f32 /* smallest normal f16 */, 5.9604645e-8 /* smallest subnormal */],
         &[2],
     )
     .unwrap()

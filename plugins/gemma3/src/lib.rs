@@ -77,7 +77,7 @@ impl Config {
     fn is_sliding(&self, layer: usize) -> bool {
         match &self.layer_types {
             Some(t) => t.get(layer).is_some_and(|k| k == "sliding_attention"),
-            None => (layer + 1) % self.sliding_window_pattern.max(1) != 0,
+            None => !(layer + 1).is_multiple_of(self.sliding_window_pattern.max(1)),
         }
     }
 }
