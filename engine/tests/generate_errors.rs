@@ -449,3 +449,29 @@ fn greedy_logprobs_are_consistent_with_top_logprobs() {
     assert!(r.top.is_empty());
     assert!(r.tokens.iter().all(|t| t.logprob <= 0.0));
 }
+
+/// Requests without logits processors run the pipelined decode loop (the next step is queued
+/// before the current token is read); requests with one wait for each token. Both must give
+/// the same tokens and logprobs for the same seed. A zero logit bias is a processor that
+/// changes nothing, so it switches paths without changing the maths.
+#[test]
+fn pipelined_and_stepwise_decoding_agree() {
+    let (dir, p) = printable();
+    let kit = load_kit(dir.path());
+    for temp in [0.0, 1.0] {
+        let with_bias = |bias: bool| GenerateRequest {
+            sampling: SamplingOverrides {
+                temp: Some(temp),
+                seed: Some(7),
+                logit_bias: bias.then(|| [(0u32, 0.0f32)].into_iter().collect()),
+                ..Default::default()
+            },
+            ..req(p.clone(), 24)
+        };
+        let fast = run_ok(&kit, with_bias(false));
+        let slow = run_ok(&kit, with_bias(true));
+        assert_eq!(ids_of(&fast), ids_of(&slow), "temp {temp}: same tokens on both paths");
+        let lp = |r: &Run| r.tokens.iter().map(|t| t.logprob).collect::<Vec<f32>>();
+        assert_eq!(lp(&fast), lp(&slow), "temp {temp}: same logprobs on both paths");
+    }
+}

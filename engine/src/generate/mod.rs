@@ -10,7 +10,7 @@ pub mod result;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use mlx_engine_plugin_api::{Array, DynModel, Input};
+use mlx_engine_plugin_api::{async_eval, Array, DynModel, Input};
 use serde_json::Value;
 
 pub use prefill::{NoProgress, PromptProgress, DEFAULT_PREFILL_STEP_SIZE};
@@ -19,7 +19,9 @@ pub use result::{GenerationResult, StopCondition, StopReason, Token};
 use crate::cache::prompt_cache::PromptCache;
 use crate::cache::CacheConfig;
 use crate::error::{Error, Result};
-use crate::sample::{apply_processors, processors_for, top_logprobs, Sampler, SamplingOverrides, SamplingParams};
+use crate::sample::{
+    apply_processors, processors_for, top_logprobs, SampleOutput, Sampler, SamplingOverrides, SamplingParams,
+};
 use crate::stop::StopStrings;
 use crate::tokenizer::{StreamingDetokenizer, Tokenizer};
 use prefill::{last_logits, token_ids, Plan};
@@ -183,7 +185,7 @@ pub fn generate_in(
         }
         stats.prompt_seconds = t0.elapsed().as_secs_f64();
         let t1 = std::time::Instant::now();
-        let Some(mut logits) = done.logits else {
+        let Some(logits) = done.logits else {
             emit(GenerationResult {
                 stop_condition: Some(StopCondition {
                     reason: StopReason::UserCancelled,
@@ -195,6 +197,13 @@ pub fn generate_in(
             return Ok(());
         };
 
+        // Without processors the next token needs no host-side history, so the loop runs
+        // mlx-lm's pipeline: step n+1's graph is built and queued (async_eval) before step n's
+        // token is read, keeping the device busy while the host handles text. With processors
+        // each step waits for the previous token.
+        let pipelined = processors.is_empty();
+        let mut current = sampler.sample_lazy(&apply_processors(&mut processors, &prompt, &logits)?)?;
+        async_eval(&[&current.token, &current.logprobs])?;
         let mut history = prompt.clone();
         let mut pending = GenerationResult::default();
         let finish =
@@ -209,8 +218,14 @@ pub fn generate_in(
                 emit(finish(&mut pending, reason, stop_string, Vec::new()));
                 break;
             }
-            let processed = apply_processors(&mut processors, &history, &logits)?;
-            let out = sampler.sample(&processed)?;
+            let mut next = None;
+            if pipelined && stats.generated_tokens + 1 < budget {
+                let step = ctx.model.forward(Input::Tokens(&current.token.reshape(&[1, 1])?), cache.live_mut())?;
+                let sample = sampler.sample_lazy(&last_logits(&step)?)?;
+                async_eval(&[&sample.token, &sample.logprobs])?;
+                next = Some(sample);
+            }
+            let out = SampleOutput { token: current.token.item::<u32>()?, logprobs: current.logprobs.clone() };
             let id = out.token;
             let logprob = out.logprobs.take(&Array::from_slice(&[id as i32], &[1])?, 0)?.item::<f32>()?;
             let token = Token { id, text: ctx.tokenizer.decode(&[id], false)?, logprob, from_draft: None };
@@ -250,8 +265,16 @@ pub fn generate_in(
             if !pending.text.is_empty() && !emit(std::mem::take(&mut pending)) {
                 break;
             }
-            let step = ctx.model.forward(Input::Tokens(&token_ids(&[id])?), cache.live_mut())?;
-            logits = last_logits(&step)?;
+            current = match next {
+                Some(sample) => sample,
+                None => {
+                    let step = ctx.model.forward(Input::Tokens(&token_ids(&[id])?), cache.live_mut())?;
+                    let processed = apply_processors(&mut processors, &history, &last_logits(&step)?)?;
+                    let sample = sampler.sample_lazy(&processed)?;
+                    async_eval(&[&sample.token, &sample.logprobs])?;
+                    sample
+                }
+            };
         }
         stats.decode_seconds = t1.elapsed().as_secs_f64();
         Ok(())
