@@ -7,6 +7,7 @@
 //! Needs the workspace plugins in target/<profile>/ (`cargo build --workspace`; `make test`).
 
 mod common_models;
+mod measured;
 mod tokenizer_fixtures;
 
 use common_models::*;
@@ -47,7 +48,7 @@ fn conformance(arch: Arch) {
     let f32_logits = check_load(arch, dir.path(), DtypeChoice::F32, Dtype::F32);
     let bf16_logits = check_load(arch, dir.path(), DtypeChoice::BF16, Dtype::BF16);
     let rel = rel_diff(&bf16_logits, &f32_logits);
-    assert!(rel < 0.08, "{arch:?}: bf16 logits are {rel} (relative) away from f32");
+    measured::ceiling("conformance/bf16-vs-f32-rel", rel, measured::BF16_VS_F32_REL, format_args!("{arch:?}"));
 
     // Cached incremental decode equals one full forward, at every position. Gemma's prompt is
     // longer than its window of 8, so the local layer's ring buffer wraps.
@@ -65,10 +66,13 @@ fn conformance(arch: Arch) {
     for chunks in &schedules {
         let inc = chunked_forward(&m, &tokens, chunks);
         assert_eq!(inc.shape(), full.shape());
-        let last = max_abs_diff(&last_position(&inc), &last_position(&full));
-        assert!(last < 1e-4, "{arch:?} chunks {chunks:?}: last-position logits differ by {last}");
         let all = max_abs_diff(&inc, &full);
-        assert!(all < 1e-4, "{arch:?} chunks {chunks:?}: logits differ by {all} at some position");
+        measured::check(
+            "conformance/cached-vs-full",
+            all,
+            measured::CACHED_VS_FULL,
+            format_args!("{arch:?} chunks {chunks:?}"),
+        );
     }
 }
 
@@ -116,7 +120,12 @@ fn config_variants_change_what_they_should() {
     let a = full_forward(&load(d1.path(), DtypeChoice::F32), &tokens);
     let b = full_forward(&load(d2.path(), DtypeChoice::F32), &tokens);
     let first = |x: &mlx_engine::api::Array| x.slice_axis(1, 0, 1).expect("slice");
-    assert!(max_abs_diff(&first(&a), &first(&b)) < 1e-6, "position 0 is not rotated");
+    measured::check(
+        "conformance/same-computation",
+        max_abs_diff(&first(&a), &first(&b)),
+        measured::SAME_COMPUTATION,
+        "position 0 is not rotated",
+    );
     let later = max_abs_diff(&last_position(&a), &last_position(&b));
     assert!(later > 1e-4, "llama3 rope scaling left position 9 unchanged ({later})");
 
@@ -125,7 +134,12 @@ fn config_variants_change_what_they_should() {
     untied.set("lm_head.weight", plain.get("model.embed_tokens.weight").clone());
     let d3 = untied.write_temp();
     let c = full_forward(&load(d3.path(), DtypeChoice::F32), &tokens);
-    assert!(max_abs_diff(&a, &c) < 1e-6, "lm_head equal to the embeddings gives the tied logits");
+    measured::check(
+        "conformance/same-computation",
+        max_abs_diff(&a, &c),
+        measured::SAME_COMPUTATION,
+        "an lm_head equal to the embeddings",
+    );
     // A different head gives different logits (the head is really used).
     let other = TinyModel::new(Arch::LlamaUntied, 12);
     untied.set("lm_head.weight", other.get("lm_head.weight").clone());
@@ -145,13 +159,15 @@ fn config_variants_change_what_they_should() {
         full_forward(&load(g2.path(), DtypeChoice::F32), &tokens),
     );
     let head = |a: &mlx_engine::api::Array| a.slice_axis(1, 0, WINDOW as i32).expect("slice");
-    assert!(max_abs_diff(&head(&x), &head(&y)) < 1e-5, "positions inside the window are unaffected");
+    let inside = max_abs_diff(&head(&x), &head(&y));
+    measured::check("conformance/same-computation", inside, measured::SAME_COMPUTATION, "positions inside the window");
     let tail = max_abs_diff(&last_position(&x), &last_position(&y));
     assert!(tail > 1e-4, "the window of 8 changes position 19 ({tail})");
 }
 
 /// Quantized load vs the dequantized dense twin (same effective weights), and vs the original
-/// full-precision weights (quantization error only).
+/// full-precision weights (quantization error only; `vs_original` is a ceiling on it: measured
+/// 0.022 at 8 bits and 0.315 at 4, moving by < 1e-6 across BLAS kernels).
 fn quantized_case(arch: Arch, group: i32, bits: i32, overrides: &[(&str, i32, i32)], vs_original: f32) {
     let model = TinyModel::new(arch, 21);
     let (quant, dense) = model.quantized(group, bits, overrides);
@@ -165,14 +181,18 @@ fn quantized_case(arch: Arch, group: i32, bits: i32, overrides: &[(&str, i32, i3
     let d = full_forward(&load(dd.path(), DtypeChoice::F32), &tokens);
     let o = full_forward(&load(od.path(), DtypeChoice::F32), &tokens);
     let what = format!("{arch:?} {bits}-bit group {group} overrides {overrides:?}");
-    let rel = rel_diff(&q, &d);
-    assert!(rel < 1e-4, "{what}: quantized matmuls differ from the dequantized dense model by {rel} (relative)");
+    measured::check(
+        "conformance/quantized-vs-dequantized-rel",
+        rel_diff(&q, &d),
+        measured::QUANTIZED_VS_DEQUANTIZED_REL,
+        &what,
+    );
     let rel_o = rel_diff(&q, &o);
-    assert!(rel_o < vs_original, "{what}: quantized logits are {rel_o} (relative) from full precision");
+    measured::ceiling(&format!("conformance/quantized-{bits}bit-vs-original-rel"), rel_o, vs_original, &what);
     assert!(rel_o > 0.0, "{what}: quantization changed nothing?");
     // Cached decode works on the quantized model too.
     let inc = chunked_forward(&qm, &tokens, &[4, 1, 1, 1, 1, 1]);
-    assert!(max_abs_diff(&inc, &q) < 1e-4, "{what}: cached decode of the quantized model");
+    measured::check("conformance/quantized-cached-vs-full", max_abs_diff(&inc, &q), measured::CACHED_VS_FULL, &what);
 }
 
 #[test]

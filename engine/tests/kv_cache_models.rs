@@ -7,6 +7,7 @@
 //! Needs the workspace plugins in target/<profile>/ (`cargo build --workspace`; `make test`).
 
 mod common_models;
+mod measured;
 mod tokenizer_fixtures;
 
 use common_models::*;
@@ -38,19 +39,25 @@ fn check(arch: Arch) {
     // one, the tiny llama (16) does not and gets the refusal test below instead.
     let group = 32;
     let quantizable = arch.head_dim() % group == 0;
+    // Ceilings on the quantization error (measured 0.0134 and 0.173 relative, moving by < 1e-6
+    // across BLAS kernels; docs/testing.md).
     let bit_widths: &[(i32, f32)] = if quantizable { &[(8, 0.02), (4, 0.25)] } else { &[] };
     for &(bits, bound) in bit_widths {
         let config = CacheConfig { kv_bits: Some(bits), kv_group_size: group, ..Default::default() };
         let (logits, cache) = run(&m, &tokens, &chunks, &config);
         assert!(cache.is_quantized());
         let rel = rel_diff(&logits, &full);
-        println!("{arch:?}: kv_bits {bits}: logits max |diff| / max |logit| = {rel:.4}");
-        assert!(rel < bound, "{arch:?} kv_bits {bits}: relative logit diff {rel}");
+        measured::ceiling(&format!("kv-cache/{bits}bit-vs-dense-rel"), rel, bound, format_args!("{arch:?}"));
     }
     // Never reached: identical to the unbounded cache.
     let big = CacheConfig { max_kv_size: Some(64), ..Default::default() };
     let (logits, _) = run(&m, &tokens, &chunks, &big);
-    assert!(max_abs_diff(&logits, &full) < 1e-4, "{arch:?}: max_kv_size 64");
+    measured::check(
+        "kv-cache/cached-vs-full",
+        max_abs_diff(&logits, &full),
+        measured::CACHED_VS_FULL,
+        format_args!("{arch:?}: max_kv_size 64"),
+    );
     // Reached: the first positions (before anything is dropped) still match; the cache is bounded.
     let kv_bits = quantizable.then_some(8);
     let small = CacheConfig { max_kv_size: Some(10), kv_bits, kv_group_size: group, quantized_kv_start: 6 };
@@ -59,7 +66,13 @@ fn check(arch: Arch) {
     assert!(!cache.is_trimmable());
     assert!(logits.to_vec_f32().unwrap().iter().all(|x| x.is_finite()));
     let first = |a: &Array| a.slice_axis(1, 0, 6).unwrap();
-    assert!(max_abs_diff(&first(&logits), &first(&full)) < 1e-4, "{arch:?}: before quantization and wrapping");
+    let before = max_abs_diff(&first(&logits), &first(&full));
+    measured::check(
+        "kv-cache/cached-vs-full",
+        before,
+        measured::CACHED_VS_FULL,
+        format_args!("{arch:?}: before quantization and wrapping"),
+    );
     for layer in 0..m.model.cache_layout().len() {
         let (k, _) = cache.layer_contents(layer).unwrap().unwrap();
         let want = match m.model.cache_layout()[layer] {

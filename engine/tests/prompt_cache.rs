@@ -8,6 +8,7 @@
 //! the tokens. Needs the workspace plugins in target/<profile>/ (`cargo build --workspace`).
 
 mod common_models;
+mod measured;
 mod tokenizer_fixtures;
 
 use std::path::Path;
@@ -341,7 +342,7 @@ fn chunked_and_unchunked_prefill_agree() {
             out.logits.expect("not cancelled")
         };
         let diff = max_abs_diff(&logits(3), &logits(usize::MAX));
-        assert!(diff < 1e-5, "{arch:?}: chunked vs unchunked last logits differ by {diff}");
+        measured::check("prompt-cache/chunked-vs-unchunked", diff, measured::CACHED_VS_FULL, format_args!("{arch:?}"));
 
         let k = kit_with(dir.path(), CacheConfig::default(), 0).expect("load");
         let tokens = |step| run(&k, GenerateRequest { prefill_step_size: step, ..req(p.clone(), 8) }).tokens;
@@ -409,9 +410,8 @@ fn bad_cache_settings_fail_with_clear_messages() {
 
 #[test]
 fn smollm2_rejects_a_group_of_128() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/smollm2-135m-instruct/f32");
-    if !dir.join("config.json").exists() {
-        eprintln!("skipped: {} is not there", dir.display());
+    let dir = measured::models_dir().join("smollm2-135m-instruct/f32");
+    if !measured::have_models("smollm2_rejects_a_group_of_128", &[&dir.join("config.json")]) {
         return;
     }
     let config = CacheConfig { kv_bits: Some(4), kv_group_size: 128, ..Default::default() };

@@ -2,6 +2,7 @@
 //! (`llama`) vocabularies must encode exactly like the equivalent tokenizer.json, and the real
 //! SmolLM2 GGUF exactly like its tokenizer.json (when the model files are present).
 
+mod measured;
 mod tokenizer_fixtures;
 
 use std::path::{Path, PathBuf};
@@ -140,12 +141,6 @@ fn gguf_metadata_errors_name_the_key() {
 
 // --- the real SmolLM2 files -------------------------------------------------------------------
 
-fn models_dir() -> PathBuf {
-    std::env::var_os("MLX_ENGINE_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../models"))
-}
-
 fn first_gguf(dir: &Path) -> Option<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
@@ -158,14 +153,13 @@ fn first_gguf(dir: &Path) -> Option<PathBuf> {
 
 #[test]
 fn smollm2_gguf_tokenizer_matches_tokenizer_json() {
-    let root = models_dir().join("smollm2-135m-instruct");
-    let (Some(gguf_path), true) = (first_gguf(&root.join("gguf")), root.join("f32/tokenizer.json").is_file()) else {
-        eprintln!(
-            "skipped: {} has no gguf/*.gguf and f32/tokenizer.json (run `make test` to fetch models)",
-            root.display()
-        );
+    let root = measured::models_dir().join("smollm2-135m-instruct");
+    let name = "smollm2_gguf_tokenizer_matches_tokenizer_json";
+    let gguf = first_gguf(&root.join("gguf")).unwrap_or_else(|| root.join("gguf/*.gguf"));
+    if !measured::have_models(name, &[&gguf, &root.join("f32/tokenizer.json")]) {
         return;
-    };
+    }
+    let gguf_path = gguf;
     init();
     let loaded = mlx_engine::api::io::load_gguf(&gguf_path).expect("GGUF loads");
     let from_gguf = Tokenizer::from_gguf(&gguf_path, &loaded.metadata).expect("tokenizer from GGUF");
@@ -208,9 +202,8 @@ fn smollm2_gguf_tokenizer_matches_tokenizer_json() {
 
 #[test]
 fn gemma3_tokenizer_json_from_folder() {
-    let dir = models_dir().join("gemma3-270m/f32");
-    if !dir.join("tokenizer.json").is_file() {
-        eprintln!("skipped: {} has no tokenizer.json (run `make test` to fetch models)", dir.display());
+    let dir = measured::models_dir().join("gemma3-270m/f32");
+    if !measured::have_models("gemma3_tokenizer_json_from_folder", &[&dir.join("tokenizer.json")]) {
         return;
     }
     let tok = Tokenizer::from_dir(&dir).expect("gemma3 tokenizer");

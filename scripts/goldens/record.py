@@ -131,6 +131,19 @@ def loaded_blas() -> list[str]:
     return sorted(libs)
 
 
+def openblas_core() -> str | None:
+    """The OpenBLAS kernel set in use (it depends on the CPU, or OPENBLAS_CORETYPE): f32 sums
+    round differently under each, which is why the tests' bounds are measured across them."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL(OPENBLAS)
+    except OSError:
+        return None
+    lib.openblas_get_corename.restype = ctypes.c_char_p
+    return lib.openblas_get_corename().decode()
+
+
 def fixed_ids(vocab: int) -> list[int]:
     """16 vocab ids spread evenly over the vocabulary (first and last included)."""
     return [round(i * (vocab - 1) / (N_FIXED_IDS - 1)) for i in range(N_FIXED_IDS)]
@@ -206,6 +219,7 @@ def record(name: str, folder: Path, prompts: list[dict], steps: int, command: st
             "mlx_lm": mlx_lm.__version__,
             "numpy": np.__version__,
             "blas_loaded": loaded_blas(),
+            "openblas_core": openblas_core(),
             "model_dir": str(folder),
             "weights_sha256": sha256(folder / "model.safetensors"),
             "dtype": config.get("torch_dtype", "float32"),
