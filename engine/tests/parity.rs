@@ -53,9 +53,9 @@ const F32: Bounds = Bounds { logprob: 1.5e-4, tie_margin: 1e-3, prompt_logits_re
 /// under every kernel alike. Worst measured: logprob 0.138, gap 0.25; bounds 3.6x and 3x.
 const BF16: Bounds = Bounds { logprob: 0.5, tie_margin: 0.75, prompt_logits_rel: None };
 /// f32 with an 8-bit KV cache: f32 noise flips the rounding of single quantized keys and values
-/// by a whole step (1/255 of a group's range). Worst measured: logprob 0.071, gap 0.24; bounds
-/// 3.5x and 3.1x. A 4-bit cache still misses them by 0.75 in logprobs.
-const KV8: Bounds = Bounds { logprob: 0.25, tie_margin: 0.75, prompt_logits_rel: None };
+/// by a whole step (1/255 of a group's range). Worst measured: logprob 0.093, gap 0.24; bounds
+/// 3.2x and 3.1x. A 4-bit cache still misses the 8-bit golden by 0.75 in logprobs.
+const KV8: Bounds = Bounds { logprob: 0.3, tie_margin: 0.75, prompt_logits_rel: None };
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
