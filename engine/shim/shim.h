@@ -1,6 +1,7 @@
 // Internal header of the mlx-engine C++ shim.
 //
-// The shim implements the ops table declared in plugin-api/src/ops_table.rs. Every exported
+// The shim implements the ops table listed in plugin-api/src/ops_list.rs (its declarations,
+// mlxe.h, are generated from that list by engine/build.rs). Every exported
 // function is `extern "C"`, named `mlxe_<field name>`, never lets a C++ exception escape, and
 // follows the table's conventions: input handles are borrowed, handles written to `out`
 // pointers are owned by the caller, status 0 means success, and on failure the message is kept

@@ -355,12 +355,10 @@ fn to_f64_host_reads_every_real_dtype() {
     assert_eq!(u.to_f64_host().unwrap(), vec![5.0, 4e9]);
     let b = Array::from_slice(&[true, false], &[2]).unwrap();
     assert_eq!(b.to_f64_host().unwrap(), vec![1.0, 0.0]);
-    let half_small = Array::from_slice(
-        &[6.1035156e-5f32 /* smallest normal f16 */, 5.9604645e-8 /* smallest subnormal */],
-        &[2],
-    )
-    .unwrap()
-    .astype(Dtype::F16)
-    .unwrap();
+    let half_small =
+        Array::from_slice(&[6.1035156e-5f32 /* smallest normal f16 */, 5.9604645e-8 /* smallest subnormal */], &[2])
+            .unwrap()
+            .astype(Dtype::F16)
+            .unwrap();
     assert_eq!(half_small.to_f64_host().unwrap(), vec![6.103515625e-5, 5.960464477539063e-8]);
 }

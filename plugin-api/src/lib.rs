@@ -10,11 +10,15 @@ pub mod array;
 pub mod dtype;
 pub mod error;
 pub mod export;
+mod export_macro;
 pub mod fast;
+pub mod gguf;
 pub mod host;
 pub mod io;
+pub mod layout;
 pub mod nn;
 pub mod ops;
+pub mod ops_list;
 pub mod ops_table;
 pub mod random;
 pub mod runtime;
@@ -29,6 +33,6 @@ pub use ops::{concatenate, dequantize, quantize, quantized_matmul, where_};
 pub use serde;
 pub use serde_json;
 pub use traits::{
-    model_factory, vision_factory, AttentionOptions, DynModel, DynVision, ForwardContext, Input, LayerCache, ModelArch,
-    ModelFactory, VisionAddOn, VisionFactory, Weights, WeightsFormat,
+    model_factory, vision_factory, AttentionOptions, DtypePolicy, DynModel, DynVision, ForwardContext, Input,
+    LayerCache, ModelArch, ModelFactory, TextEntry, VisionAddOn, VisionFactory, Weights, WeightsFormat,
 };
