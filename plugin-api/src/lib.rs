@@ -7,6 +7,7 @@
 
 pub mod abi;
 pub mod array;
+pub mod compile;
 pub mod dtype;
 pub mod error;
 pub mod export;
@@ -25,9 +26,10 @@ pub mod runtime;
 pub mod traits;
 
 pub use array::{async_eval, eval, Array};
+pub use compile::{graph_primitives, Compiled};
 pub use dtype::{Dtype, Element};
 pub use error::{Error, Result};
-pub use ops::{concatenate, dequantize, quantize, quantized_matmul, where_};
+pub use ops::{concatenate, dequantize, gather_mm, gather_qmm, quantize, quantized_matmul, where_};
 /// Re-exported so a plugin's `Config` can derive `Deserialize` with only this crate as a
 /// dependency (`#[serde(crate = "mlx_engine_plugin_api::serde")]`).
 pub use serde;

@@ -6,9 +6,9 @@
 //!
 //! Format (parsed by `engine/build.rs` too, so keep to it): groups `MINOR => { ... }` in
 //! increasing minor, each a sequence of `fn name(arg: Type, ...) -> Ret;` with `///` docs; the
-//! types are the ones `mlxe_c_type` in `engine/build.rs` knows (`Handle`, `BundleHandle`,
-//! `Status`, `c_char`, `c_void`, `bool`, `u32`, `i32`, `u64`, `usize`, `f32`, `f64`, and raw
-//! pointers to those). The shim exports each entry as `mlxe_<name>`.
+//! types are the ones `c_type` in `engine/build.rs` knows (`Handle`, `BundleHandle`,
+//! `CompiledHandle`, `CompileFn`, `FreePayloadFn`, `Status`, `c_char`, `c_void`, `bool`, `u32`,
+//! `i32`, `u64`, `usize`, `f32`, `f64`, and raw pointers to those). The shim exports each entry as `mlxe_<name>`.
 
 /// Invokes `$callback!` with the whole list (see the module docs for its shape).
 #[doc(hidden)]
@@ -279,6 +279,66 @@ macro_rules! for_each_op {
             fn default_stream(device: u32, out_index: *mut i32) -> Status;
             /// Waits for all work on stream `index` (`-1`: this thread's default stream) of `device`.
             fn synchronize(device: u32, index: i32) -> Status;
+        }
+        1 => {
+            // --- convolution and padding ------------------------------------------------------------
+            /// NLC input, `[C_out, K, C_in / groups]` weight.
+            fn conv1d(x: Handle, w: Handle, stride: i32, padding: i32, dilation: i32, groups: i32, out: *mut Handle) -> Status;
+            /// Pads `axes[i]` with `low[i]` before and `high[i]` after; [`PadMode`] `mode`, with
+            /// `value` (converted to `a`'s dtype) for `Constant`.
+            fn pad(
+                a: Handle,
+                axes: *const i32,
+                low: *const i32,
+                high: *const i32,
+                n: usize,
+                value: f64,
+                mode: u32,
+                out: *mut Handle,
+            ) -> Status;
+
+            // --- mixture of experts -----------------------------------------------------------------
+            /// `a[lhs_indices] @ b[rhs_indices]` over the batch dimensions; either index array may be
+            /// null (the identity). `sorted` promises `rhs_indices` is sorted (a faster kernel).
+            fn gather_mm(a: Handle, b: Handle, lhs_indices: Handle, rhs_indices: Handle, sorted: bool, out: *mut Handle) -> Status;
+            /// [`quantized_matmul`](OpsTable::quantized_matmul) with the experts of `w`/`scales`/
+            /// `biases` picked per batch entry, as `gather_mm`. `biases` may be null.
+            fn gather_qmm(
+                x: Handle,
+                wq: Handle,
+                scales: Handle,
+                biases: Handle,
+                lhs_indices: Handle,
+                rhs_indices: Handle,
+                transpose: bool,
+                group_size: i32,
+                bits: i32,
+                sorted: bool,
+                out: *mut Handle,
+            ) -> Status;
+
+            // --- compiled graphs ----------------------------------------------------------------------
+            /// Compiles `fun` (called with `payload` while MLX traces; see [`CompileFn`]), which takes
+            /// `n_inputs` arrays and returns `n_outputs`. The compiled function owns `payload` and
+            /// releases it with `free_payload` in [`compiled_free`](OpsTable::compiled_free).
+            /// `shapeless`: no retrace when input shapes change (element-wise functions only).
+            fn compile(
+                fun: CompileFn,
+                payload: *mut c_void,
+                free_payload: FreePayloadFn,
+                n_inputs: usize,
+                n_outputs: usize,
+                shapeless: bool,
+                out: *mut CompiledHandle,
+            ) -> Status;
+            /// Applies a compiled function: `n_inputs` borrowed handles in, `n_outputs` owned out.
+            fn compiled_call(f: CompiledHandle, inputs: *const Handle, n_inputs: usize, outputs: *mut Handle, n_outputs: usize) -> Status;
+            fn compiled_free(f: CompiledHandle);
+
+            // --- diagnostics --------------------------------------------------------------------------
+            /// The number of primitives (kernels) evaluating `arrays` would run: unevaluated nodes
+            /// reachable from them, siblings counted once.
+            fn graph_primitives(arrays: *const Handle, n: usize, out: *mut usize) -> Status;
         }
         }
     };

@@ -25,6 +25,28 @@ pub type Handle = *mut c_void;
 pub type BundleHandle = *mut c_void;
 /// 0 = success; otherwise read [`OpsTable::last_error`].
 pub type Status = i32;
+/// Opaque compiled function ([`OpsTable::compile`]), released with `compiled_free`.
+pub type CompiledHandle = *mut c_void;
+
+/// A plugin-side function that MLX traces for [`OpsTable::compile`] (ABI 1.1).
+///
+/// Called with the `payload` given to `compile`, `n_inputs` borrowed handles and room for
+/// `n_outputs` handles, which it fills with owned handles. It may be called from any thread that
+/// calls the compiled function, and must not unwind. On failure it returns non-zero, copies up to
+/// `msg_cap` bytes of its message (UTF-8) into `msg` and writes their number to `msg_len`; the
+/// shim then frees whatever outputs were written and fails the call with that message.
+pub type CompileFn = unsafe extern "C" fn(
+    payload: *mut c_void,
+    inputs: *const Handle,
+    n_inputs: usize,
+    outputs: *mut Handle,
+    n_outputs: usize,
+    msg: *mut c_char,
+    msg_cap: usize,
+    msg_len: *mut usize,
+) -> Status;
+/// Releases a [`CompileFn`]'s payload; must not unwind.
+pub type FreePayloadFn = unsafe extern "C" fn(payload: *mut c_void);
 
 /// Element-wise unary operations, selected by code in [`OpsTable::unary`].
 #[repr(u32)]
@@ -111,6 +133,16 @@ pub enum MaskMode {
     Causal = 1,
     /// An explicit boolean (true = attend) or additive float mask, broadcastable to the scores.
     Array = 2,
+}
+
+/// How [`OpsTable::pad`] fills the new elements (ABI 1.1).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PadMode {
+    /// The given value.
+    Constant = 0,
+    /// The nearest edge element.
+    Edge = 1,
 }
 
 /// Kind of a metadata entry in a loaded file (see [`OpsTable::bundle_meta`]).
