@@ -10,6 +10,7 @@
 #include "mlx/ops.h"
 #include "mlx/stream.h"
 #include "mlx/transforms.h"
+#include "mlx/types/half_types.h"
 
 #include "mlxe.h"
 
@@ -187,10 +188,12 @@ mx::array scalar(double value, mx::Dtype dtype) {
     case mx::Dtype::Val::int64: return scalar_of(saturate<int64_t>(value), dtype);
     case mx::Dtype::Val::float32: return scalar_of(static_cast<float>(value), dtype);
     case mx::Dtype::Val::float64: return scalar_of(value, dtype);
+    // MLX's own half types round; built from bytes, the scalar is a constant with no
+    // primitive, so a compiled graph does not recompute it on every call.
     case mx::Dtype::Val::float16:
+      return scalar_of(static_cast<mx::float16_t>(static_cast<float>(value)), dtype);
     case mx::Dtype::Val::bfloat16:
-      // Round through float32 on MLX's side rather than re-implementing half conversions.
-      return mx::astype(scalar_of(static_cast<float>(value), mx::float32), dtype);
+      return scalar_of(static_cast<mx::bfloat16_t>(static_cast<float>(value)), dtype);
     case mx::Dtype::Val::complex64: {
       float parts[2] = {static_cast<float>(value), 0.0f};
       return from_bytes(parts, sizeof(parts), mx::Shape{}, dtype);
@@ -270,7 +273,9 @@ Status mlxe_array_full(
   return guard([&] {
     out_ptr(out, "out");
     auto dt = to_dtype(dtype);
-    put(out, mx::full(to_shape(shape, ndim), scalar(value, dt), dt));
+    auto sh = to_shape(shape, ndim);
+    // A 0-d `full` would be a `Full` node evaluated on every use; the plain scalar is data.
+    put(out, sh.empty() ? scalar(value, dt) : mx::full(sh, scalar(value, dt), dt));
   });
 }
 

@@ -1,6 +1,7 @@
 // Internal header of the mlx-engine C++ shim.
 //
-// The shim implements the ops table declared in plugin-api/src/ops_table.rs. Every exported
+// The shim implements the ops table listed in plugin-api/src/ops_list.rs (its declarations,
+// mlxe.h, are generated from that list by engine/build.rs). Every exported
 // function is `extern "C"`, named `mlxe_<field name>`, never lets a C++ exception escape, and
 // follows the table's conventions: input handles are borrowed, handles written to `out`
 // pointers are owned by the caller, status 0 means success, and on failure the message is kept
@@ -32,6 +33,11 @@ namespace mlxe {
 using Handle = void*;
 using BundleHandle = void*;
 using Status = int32_t;
+using CompiledHandle = void*;
+// See `CompileFn` / `FreePayloadFn` in plugin-api/src/ops_table.rs.
+using CompileFn = Status (*)(void* payload, const Handle* inputs, size_t n_inputs, Handle* outputs,
+                             size_t n_outputs, char* msg, size_t msg_cap, size_t* msg_len);
+using FreePayloadFn = void (*)(void* payload);
 
 // --- errors -----------------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 //! A llama model as a hand-written GGUF v3 file (llama.cpp tensor names, metadata, Q/K rows
 //! permuted the way llama.cpp's converter does, a byte-level `gpt2` tokenizer in the metadata)
-//! must compute the same logits as the equivalent Hugging Face folder: this checks the GGUF
-//! name and config mapping (`model/gguf.rs`) and the llama plugin's un-permutation.
+//! must compute the same logits as the equivalent Hugging Face folder: this checks the engine's
+//! structural GGUF loading (`model/gguf.rs`) and the llama plugin's GGUF hook, renaming and
+//! un-permutation, and Llama 3.1's `rope_freqs.weight`.
 //!
 //! Needs the workspace plugins in target/<profile>/ (`cargo build --workspace`; `make test`).
 
@@ -92,6 +93,10 @@ fn metadata() -> Vec<(String, MetaValue)> {
 /// Writes `model` as a GGUF file; `permute` false writes Q/K rows as they are (to show that
 /// the permutation matters).
 fn write_gguf(model: &TinyModel, path: &Path, permute: bool) {
+    write_gguf_with(model, path, permute, &metadata(), Vec::new());
+}
+
+fn write_gguf_with(model: &TinyModel, path: &Path, permute: bool, meta: &[(String, MetaValue)], extra: Vec<F32Tensor>) {
     let tensors: Vec<F32Tensor> = model
         .weights
         .iter()
@@ -110,8 +115,29 @@ fn write_gguf(model: &TinyModel, path: &Path, permute: bool) {
             }
             F32Tensor { name: gguf_name(name), shape, data }
         })
+        .chain(extra)
         .collect();
-    write_gguf_file(path, &metadata(), &tensors);
+    write_gguf_file(path, meta, &tensors);
+}
+
+/// llama.cpp's `rope_freqs.weight` for mlx-lm's llama3 rule: per pair, the factor its
+/// wavelength is multiplied by (computed here independently of the plugin-api's llama3 code).
+fn llama3_freq_factors(dims: usize, base: f64, factor: f64, low: f64, high: f64, old_ctx: f64) -> Vec<f32> {
+    (0..dims / 2)
+        .map(|i| {
+            let wavelen = 2.0 * std::f64::consts::PI * base.powf((2 * i) as f64 / dims as f64);
+            let (low_wl, high_wl) = (old_ctx / low, old_ctx / high);
+            let f = if wavelen > low_wl {
+                factor
+            } else if wavelen > high_wl {
+                let smooth = (old_ctx / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            } else {
+                1.0
+            };
+            f as f32
+        })
+        .collect()
 }
 
 #[test]
@@ -206,4 +232,35 @@ fn gguf_model_generates_like_the_hf_folder() {
     write_gguf(&model, &gdir.path().join("other.gguf"), true);
     let msg = try_load(gdir.path(), DtypeChoice::F32).err().map(|e| e.to_string()).unwrap_or_default();
     assert_eq!(msg, format!("{}: 2 .gguf files and no config.json: pass the file to load", gdir.path().display()));
+}
+
+#[test]
+fn llama_3_1_gguf_with_rope_freqs_matches_the_llama3_rope_scaling_folder() {
+    let model = TinyModel::new(Arch::Llama3Rope, 47);
+    let hf = model.write_temp();
+    let dims = Arch::Llama3Rope.head_dim() as usize;
+    let factors = llama3_freq_factors(dims, 500000.0, 8.0, 1.0, 4.0, 16.0);
+    // Both scaled bands of the rule occur at this size (full factor and smoothed).
+    assert!(factors.contains(&8.0) && factors.iter().any(|&f| f > 1.0 && f < 8.0), "{factors:?}");
+    let mut meta = metadata();
+    meta.retain(|(k, _)| k != "llama.rope.freq_base");
+    meta.push(("llama.rope.freq_base".to_string(), scalar_f32(500000.0)));
+    let gdir = tempfile::tempdir().expect("tempdir");
+    let gguf = gdir.path().join("llama31.gguf");
+    let freqs = F32Tensor { name: "rope_freqs.weight".into(), shape: vec![dims / 2], data: factors };
+    write_gguf_with(&model, &gguf, true, &meta, vec![freqs]);
+
+    let g = load(&gguf, DtypeChoice::F32);
+    assert!(g.text_config.get("rope_scaling").is_none(), "{}", g.text_config);
+    // Positions past the original context (16), where the scaling matters.
+    let tokens = prompt(40, Tok::ByteLevel, 9);
+    let h = load(hf.path(), DtypeChoice::F32);
+    let diff = max_abs_diff(&full_forward(&g, &tokens), &full_forward(&h, &tokens));
+    assert!(diff < 1e-4, "GGUF with rope_freqs differs from the llama3-scaled folder by {diff}");
+
+    // Control: the same file without rope_freqs is plain RoPE, which differs.
+    let plain = gdir.path().join("plain.gguf");
+    write_gguf_with(&model, &plain, true, &meta, Vec::new());
+    let off = max_abs_diff(&full_forward(&load(&plain, DtypeChoice::F32), &tokens), &full_forward(&h, &tokens));
+    assert!(off > 1e-3, "rope_freqs made no difference ({off})");
 }

@@ -4,10 +4,14 @@
 //! Layout rules that hold for the whole of ABI major 1:
 //! - The first three fields of [`PluginDescriptor`] (`size`, `abi_major`, `abi_minor`) never move,
 //!   so any engine can read them from any plugin before trusting anything else.
-//! - Every table ([`OpsTable`], the descriptor, every vtable) starts with its `size` and only
-//!   grows at the end; a reader checks `size` before touching an entry added in a later minor.
-//! - [`LAYOUT_FINGERPRINT`] hashes the offsets of the fields of ABI 1.0; both sides compute it
-//!   and the engine refuses a plugin whose value differs (a field moved, inserted or removed).
+//! - Every table ([`OpsTable`], the descriptor, every vtable, [`AttentionOptionsFfi`]) starts
+//!   with its `size` and only grows at the end. A reader refuses a table smaller than the layout
+//!   of the minor its writer declares, and uses an entry added in a later minor only when the
+//!   `size` covers it ([`has_entry!`](crate::has_entry)).
+//! - [`layout_fingerprint`]`(m)` hashes the offsets of the fields of minors `<= m`; a plugin
+//!   records the fingerprint of its own minor, and the engine compares it with its own value
+//!   for that minor (a field moved, inserted or removed without a major bump).
+//! - Growth rules and what 1.1 added: `docs/adr/0003-abi-1-1.md`.
 
 use std::ffi::c_void;
 
@@ -18,7 +22,7 @@ use crate::ops_table::{Handle, OpsTable, Status};
 pub const ABI_MAJOR: u32 = 1;
 /// Additions (entries appended to a table) bump the minor; a plugin built for minor `m` loads
 /// into an engine of minor `>= m`.
-pub const ABI_MINOR: u32 = 0;
+pub const ABI_MINOR: u32 = 1;
 
 /// The symbol every plugin exports: `extern "C" fn() -> *const PluginDescriptor`.
 pub const DESCRIPTOR_SYMBOL: &str = "mlx_engine_plugin_descriptor";
@@ -70,9 +74,13 @@ pub struct ErrSink {
 impl ErrSink {
     /// Reports `e` to the caller.
     pub fn report(&self, e: &Error) {
-        let msg = e.to_string();
-        // SAFETY: the caller provided a valid sink for this call; `msg` lives across it.
-        unsafe { (self.set)(self.ctx, msg.as_ptr(), msg.len()) }
+        self.send(&e.to_string());
+    }
+
+    /// Hands `text` to the caller (the same mechanism carries results such as a GGUF config).
+    pub fn send(&self, text: &str) {
+        // SAFETY: the caller provided a valid sink for this call; `text` lives across it.
+        unsafe { (self.set)(self.ctx, text.as_ptr(), text.len()) }
     }
 }
 
@@ -92,6 +100,11 @@ unsafe extern "C" fn slot_set(ctx: *mut c_void, msg: *const u8, len: usize) {
 impl ErrorSlot {
     pub fn sink(&mut self) -> ErrSink {
         ErrSink { ctx: self as *mut ErrorSlot as *mut c_void, set: slot_set }
+    }
+
+    /// The text the callee sent, if any (for sinks that carry results).
+    pub fn into_text(self) -> Option<String> {
+        self.0
     }
 
     /// The error for a failed call: the message the callee reported, or a generic one.
@@ -177,6 +190,11 @@ pub struct ModelVTable {
     ) -> Status,
     pub embed_tokens:
         unsafe extern "C" fn(this: *mut c_void, ids: Handle, out: *mut Handle, err: *const ErrSink) -> Status,
+    // --- 1.1: the layout queries again, with an error channel (1.0's `num_layers` cannot fail
+    // and `layer_cache` drops its message) ---
+    pub try_num_layers: unsafe extern "C" fn(this: *mut c_void, out: *mut usize, err: *const ErrSink) -> Status,
+    pub try_layer_cache:
+        unsafe extern "C" fn(this: *mut c_void, layer: usize, out: *mut CacheSpec, err: *const ErrSink) -> Status,
 }
 
 /// A plugin's vision add-on as seen by the engine. The engine calls `destroy` exactly once.
@@ -212,6 +230,18 @@ pub type CreateFn<O> = unsafe extern "C" fn(
     err: *const ErrSink,
 ) -> Status;
 
+/// [`PluginDescriptor::gguf_config`].
+pub type GgufConfigFn =
+    unsafe extern "C" fn(model_type: StrRef, gguf_json: StrRef, out: *const ErrSink, err: *const ErrSink) -> Status;
+/// [`PluginDescriptor::dtype_policy`].
+pub type DtypePolicyFn = unsafe extern "C" fn(
+    model_type: StrRef,
+    names: *const StrRef,
+    n: usize,
+    out: *mut u32,
+    err: *const ErrSink,
+) -> Status;
+
 /// What a plugin exports. Lives in the plugin's static data for as long as it is loaded.
 #[repr(C)]
 pub struct PluginDescriptor {
@@ -229,7 +259,24 @@ pub struct PluginDescriptor {
     pub init: unsafe extern "C" fn(ops: *const OpsTable, err: *const ErrSink) -> Status,
     pub create_model: CreateFn<ModelObject>,
     pub create_vision: CreateFn<VisionObject>,
+    // --- 1.1 ---
+    /// How the plugin was built to handle panics ([`PANIC_UNWIND`] or [`PANIC_ABORT`]),
+    /// recorded by [`export_plugin!`](crate::export_plugin) from the plugin's own build.
+    pub panic_strategy: u32,
+    /// The `config.json` of a GGUF file for text model type `model_type` (the file's
+    /// `general.architecture`): `gguf_json` is a [`GgufInfo`](crate::gguf::GgufInfo) as JSON;
+    /// the plugin writes the config JSON through `out` (borrowed for the call), or nothing when
+    /// the architecture does not load GGUF.
+    pub gguf_config: GgufConfigFn,
+    /// Writes one [`DtypePolicy`](crate::DtypePolicy) code to `out[i]` for each tensor name.
+    pub dtype_policy: DtypePolicyFn,
 }
+
+/// [`PluginDescriptor::panic_strategy`]: panics unwind, so `catch_unwind` contains them.
+pub const PANIC_UNWIND: u32 = 1;
+/// [`PluginDescriptor::panic_strategy`]: built with `panic = "abort"`, so any panic would end the
+/// engine's process; the engine refuses such plugins.
+pub const PANIC_ABORT: u32 = 2;
 
 // SAFETY: a descriptor is immutable static data (string literals and function pointers).
 unsafe impl Sync for PluginDescriptor {}
@@ -253,133 +300,71 @@ impl PluginDescriptor {
     }
 }
 
-const fn fnv(mut h: u64, v: u64) -> u64 {
-    let mut i = 0;
-    while i < 8 {
-        h ^= (v >> (i * 8)) & 0xff;
-        h = h.wrapping_mul(0x100000001b3);
-        i += 1;
+crate::abi_layout!(PluginDescriptor {
+    0 => [
+        size, abi_major, abi_minor, layout_fingerprint, name, version, text_types, n_text_types, vision_types,
+        n_vision_types, init, create_model, create_vision,
+    ],
+    1 => [panic_strategy, gguf_config, dtype_policy],
+});
+crate::abi_layout!(ModelVTable {
+    0 => [size, destroy, num_layers, layer_cache, forward, embed_tokens],
+    1 => [try_num_layers, try_layer_cache],
+});
+crate::abi_layout!(VisionVTable { 0 => [size, destroy, merge] });
+crate::abi_layout!(ForwardCtxVTable { 0 => [size, offset, attention] });
+crate::abi_layout!(AttentionOptionsFfi { 0 => [size, logit_softcap] });
+crate::abi_layout!(ErrSink { 0 => [ctx, set] });
+crate::abi_layout!(WeightEntry { 0 => [name, array] });
+crate::abi_layout!(CacheSpec { 0 => [kind, window] });
+crate::abi_layout!(StrRef { 0 => [ptr, len] });
+
+/// The layout fingerprint of ABI minor `minor` (of this major): pointer width, then every
+/// boundary struct's alignment and the offsets of its fields of minors `<= minor`. The order
+/// of the structs is fixed; a struct added in a later minor is appended to the end of the chain.
+pub const fn layout_fingerprint(minor: u32) -> u64 {
+    let h = crate::layout::fnv(0xcbf29ce484222325, std::mem::size_of::<usize>() as u64);
+    let h = PluginDescriptor::layout_hash(h, minor);
+    let h = ModelVTable::layout_hash(h, minor);
+    let h = VisionVTable::layout_hash(h, minor);
+    let h = ForwardCtxVTable::layout_hash(h, minor);
+    let h = AttentionOptionsFfi::layout_hash(h, minor);
+    let h = ErrSink::layout_hash(h, minor);
+    let h = WeightEntry::layout_hash(h, minor);
+    let h = CacheSpec::layout_hash(h, minor);
+    let h = StrRef::layout_hash(h, minor);
+    OpsTable::layout_hash(h, minor)
+}
+
+/// `layout_fingerprint(0)` on 64-bit targets: the value the released 1.0 crate computed and its
+/// plugins record (checked against it by a test, and by loading a real 1.0 plugin).
+pub const ABI_1_0_FINGERPRINT_64: u64 = 0x6bc6_f62a_0ca2_cf79;
+
+/// The fingerprint of this crate's own minor, which its plugins record in their descriptor.
+pub const LAYOUT_FINGERPRINT: u64 = layout_fingerprint(ABI_MINOR);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fingerprint_of_minor_0_is_the_one_abi_1_0_shipped() {
+        // The value `LAYOUT_FINGERPRINT` had in the released 1.0 crate (tests/abi-1.0/plugin-api)
+        // on 64-bit targets: 1.0 plugins record it, so it must never change.
+        if std::mem::size_of::<usize>() == 8 {
+            assert_eq!(layout_fingerprint(0), ABI_1_0_FINGERPRINT_64);
+        }
+        assert_ne!(layout_fingerprint(0), layout_fingerprint(1));
     }
-    h
-}
 
-macro_rules! hash_offsets {
-    ($h:expr, $t:ty, $($f:ident),*) => {{
-        let mut h = fnv($h, std::mem::align_of::<$t>() as u64);
-        $( h = fnv(h, std::mem::offset_of!($t, $f) as u64); )*
-        h
-    }};
+    #[test]
+    fn sizes_per_minor_grow_only_where_entries_were_added() {
+        assert!(PluginDescriptor::size_at_minor(0) < PluginDescriptor::size_at_minor(1));
+        assert!(ModelVTable::size_at_minor(0) < ModelVTable::size_at_minor(1));
+        assert_eq!(VisionVTable::size_at_minor(0), VisionVTable::size_at_minor(1));
+        assert_eq!(ModelVTable::size_at_minor(ABI_MINOR), std::mem::size_of::<ModelVTable>());
+        assert_eq!(ModelVTable::size_at_minor(0), std::mem::offset_of!(ModelVTable, try_num_layers));
+        assert!(!crate::has_entry!(ModelVTable::size_at_minor(0), ModelVTable, try_num_layers));
+        assert!(crate::has_entry!(ModelVTable::size_at_minor(1), ModelVTable, try_layer_cache));
+    }
 }
-
-/// Hash of the offsets of every ABI 1.0 field (plus pointer width). Fields appended in later
-/// minors are deliberately not part of it: they are guarded by the tables' `size`.
-pub const LAYOUT_FINGERPRINT: u64 = {
-    let h = fnv(0xcbf29ce484222325, std::mem::size_of::<usize>() as u64);
-    let h = hash_offsets!(
-        h,
-        PluginDescriptor,
-        size,
-        abi_major,
-        abi_minor,
-        layout_fingerprint,
-        name,
-        version,
-        text_types,
-        n_text_types,
-        vision_types,
-        n_vision_types,
-        init,
-        create_model,
-        create_vision
-    );
-    let h = hash_offsets!(h, ModelVTable, size, destroy, num_layers, layer_cache, forward, embed_tokens);
-    let h = hash_offsets!(h, VisionVTable, size, destroy, merge);
-    let h = hash_offsets!(h, ForwardCtxVTable, size, offset, attention);
-    let h = hash_offsets!(h, AttentionOptionsFfi, size, logit_softcap);
-    let h = hash_offsets!(h, ErrSink, ctx, set);
-    let h = hash_offsets!(h, WeightEntry, name, array);
-    let h = hash_offsets!(h, CacheSpec, kind, window);
-    let h = hash_offsets!(h, StrRef, ptr, len);
-    hash_offsets!(
-        h,
-        OpsTable,
-        size,
-        last_error,
-        array_free,
-        array_clone,
-        array_from_data,
-        array_full,
-        array_arange,
-        array_ndim,
-        array_shape,
-        array_dtype,
-        array_size,
-        array_read,
-        astype,
-        eval,
-        async_eval,
-        unary,
-        binary,
-        where_,
-        matmul,
-        addmm,
-        quantize,
-        dequantize,
-        quantized_matmul,
-        reshape,
-        transpose,
-        swapaxes,
-        expand_dims,
-        squeeze,
-        broadcast_to,
-        concatenate,
-        split,
-        slice,
-        slice_update,
-        take,
-        take_along_axis,
-        put_along_axis,
-        reduce,
-        softmax,
-        logsumexp,
-        argmax,
-        argmin,
-        sort,
-        argsort,
-        argpartition,
-        topk,
-        cumsum,
-        rms_norm,
-        layer_norm,
-        rope,
-        sdpa,
-        random_seed,
-        random_key,
-        random_split,
-        random_categorical,
-        random_uniform,
-        random_normal,
-        conv2d,
-        load_safetensors,
-        load_gguf,
-        bundle_free,
-        bundle_num_arrays,
-        bundle_array,
-        bundle_num_meta,
-        bundle_meta,
-        bundle_meta_string,
-        save_safetensors,
-        memory,
-        reset_peak_memory,
-        clear_cache,
-        set_memory_limit,
-        set_cache_limit,
-        device_available,
-        set_default_device,
-        default_device,
-        new_stream,
-        set_default_stream,
-        default_stream,
-        synchronize
-    )
-};

@@ -23,11 +23,13 @@ inventory::collect!(OpsProvider);
 /// A table smaller than the one this crate was compiled against comes from an older engine that
 /// lacks entries this code may call, so it is refused.
 pub fn install_ops(table: &'static OpsTable) -> Result<()> {
-    let needed = std::mem::size_of::<OpsTable>();
+    let needed = OpsTable::size_at_minor(crate::abi::ABI_MINOR);
     if table.size < needed {
         return Err(Error::Abi(format!(
-            "the engine's ops table has {} bytes, this plugin-api needs {needed}: the engine is older than the plugin",
-            table.size
+            "the engine's ops table has {} bytes, ABI {}.{} needs {needed}: the engine is older than the plugin",
+            table.size,
+            crate::abi::ABI_MAJOR,
+            crate::abi::ABI_MINOR
         )));
     }
     OPS.store(table as *const OpsTable as *mut OpsTable, Ordering::Release);
@@ -95,6 +97,12 @@ pub(crate) fn call1(f: impl FnOnce(*mut Handle) -> Status) -> Result<Array> {
 ///
 /// `Array` is `Send` (MLX arrays are reference-counted handles), but a model's arrays should be
 /// built and evaluated on that model's worker thread (MLX's default streams are per thread).
+/// It is deliberately not `Sync`: evaluating an array (`eval`, reading it) mutates MLX's node
+/// in place (it gains its data and drops its inputs), so two threads sharing one `&Array` could
+/// race inside MLX.
+///
+/// Every `Array` has a dtype this crate knows: [`Array::from_raw`] refuses a handle whose dtype
+/// code is not one of [`Dtype`]'s (an engine of a later minor could produce one).
 pub struct Array {
     handle: NonNull<c_void>,
 }
@@ -102,9 +110,6 @@ pub struct Array {
 // SAFETY: an MLX array handle is a refcounted, immutable graph node; moving it to another thread
 // is sound (MLX itself moves arrays between its scheduler threads).
 unsafe impl Send for Array {}
-// SAFETY: every operation through a shared reference only reads the node (shape, dtype) or
-// builds new nodes from it, which MLX supports concurrently for immutable arrays.
-unsafe impl Sync for Array {}
 
 impl Array {
     /// Takes ownership of a handle returned by the ops table.
@@ -113,9 +118,19 @@ impl Array {
     /// `handle` must be an owned handle produced by the installed ops table (or null, which is
     /// reported as an error).
     pub unsafe fn from_raw(handle: Handle) -> Result<Array> {
-        NonNull::new(handle)
-            .map(|handle| Array { handle })
-            .ok_or_else(|| Error::Abi("the ops table returned a null array".into()))
+        let handle = NonNull::new(handle).ok_or_else(|| Error::Abi("the ops table returned a null array".into()))?;
+        let a = Array { handle };
+        // SAFETY: `a` holds a live handle (dropped, and so freed, on the error path).
+        let code = unsafe { (ops().array_dtype)(a.as_raw()) };
+        if Dtype::from_code(code).is_err() {
+            return Err(Error::Abi(format!(
+                "an array has dtype code {code}, which this plugin-api (ABI {}.{}) does not know: \
+                 the engine is newer; rebuild against a plugin-api that has it",
+                crate::abi::ABI_MAJOR,
+                crate::abi::ABI_MINOR
+            )));
+        }
+        Ok(a)
     }
 
     /// Borrows the raw handle (for passing to the ops table or across the plugin boundary).
@@ -208,7 +223,11 @@ impl Array {
     pub fn dtype(&self) -> Dtype {
         // SAFETY: self holds a live handle.
         let code = unsafe { (ops().array_dtype)(self.as_raw()) };
-        Dtype::from_code(code).unwrap_or(Dtype::Complex64)
+        match Dtype::from_code(code) {
+            Ok(d) => d,
+            // `from_raw` checked the code, and an MLX array's dtype never changes.
+            Err(e) => unreachable!("{e}"),
+        }
     }
 
     /// Number of elements.

@@ -76,8 +76,8 @@ pub unsafe fn borrow(h: Handle) -> Result<std::mem::ManuallyDrop<Array>> {
 /// # Safety
 /// All pointers must be valid as documented on [`CreateFn`].
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn create_glue<F: Copy, O>(
-    factories: &[(&str, F)],
+pub unsafe fn create_glue<F, O>(
+    find: impl FnOnce(&str) -> Option<F>,
     build: impl FnOnce(F, &str, Weights, WeightsFormat) -> Result<O>,
     model_type: StrRef,
     config_json: StrRef,
@@ -91,14 +91,75 @@ pub unsafe fn create_glue<F: Copy, O>(
     unsafe {
         guard(err, || {
             let ty = model_type.as_str()?;
-            let factory = factories
-                .iter()
-                .find(|(t, _)| *t == ty)
-                .map(|(_, f)| *f)
-                .ok_or_else(|| Error::Config(format!("this plugin does not provide model type `{ty}`")))?;
+            let factory = find(ty).ok_or_else(|| not_provided(ty))?;
             let w = read_weights(weights, n_weights)?;
             let obj = build(factory, config_json.as_str()?, w, WeightsFormat::from_code(format)?)?;
             out.write(obj);
+            Ok(())
+        })
+    }
+}
+
+fn not_provided(ty: &str) -> Error {
+    Error::Config(format!("this plugin does not provide model type `{ty}`"))
+}
+
+fn text_entry(entries: &[TextEntry], model_type: StrRef) -> Result<&TextEntry> {
+    // SAFETY: the engine passes a string live for the call.
+    let ty = unsafe { model_type.as_str()? };
+    entries.iter().find(|e| e.model_type == ty).ok_or_else(|| not_provided(ty))
+}
+
+/// The body of the exported `gguf_config`: the architecture's [`ModelArch::config_from_gguf`].
+///
+/// # Safety
+/// The pointers must be valid as documented on [`PluginDescriptor::gguf_config`].
+pub unsafe fn gguf_config_glue(
+    entries: &[TextEntry],
+    model_type: StrRef,
+    gguf_json: StrRef,
+    out: *const ErrSink,
+    err: *const ErrSink,
+) -> Status {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        guard(err, || {
+            let entry = text_entry(entries, model_type)?;
+            let info = crate::gguf::GgufInfo::from_json(gguf_json.as_str()?)?;
+            if let Some(config) = (entry.gguf_config)(&info)? {
+                if out.is_null() {
+                    return Err(Error::Abi("gguf_config: the engine passed no output sink".into()));
+                }
+                (*out).send(&config.to_string());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The body of the exported `dtype_policy`: the architecture's [`ModelArch::dtype_policy`] for
+/// each name.
+///
+/// # Safety
+/// The pointers must be valid as documented on [`PluginDescriptor::dtype_policy`].
+pub unsafe fn dtype_policy_glue(
+    entries: &[TextEntry],
+    model_type: StrRef,
+    names: *const StrRef,
+    n: usize,
+    out: *mut u32,
+    err: *const ErrSink,
+) -> Status {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        guard(err, || {
+            let entry = text_entry(entries, model_type)?;
+            if n == 0 {
+                return Ok(());
+            }
+            for (i, name) in std::slice::from_raw_parts(names, n).iter().enumerate() {
+                out.add(i).write((entry.dtype_policy)(name.as_str()?) as u32);
+            }
             Ok(())
         })
     }
@@ -127,21 +188,47 @@ unsafe extern "C" fn model_destroy(this: *mut c_void) {
     let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(this as *mut Box<dyn DynModel>) })));
 }
 
+/// ABI 1.0's entry: it has no error channel, so a failure reads as "no layers". 1.1 engines
+/// call [`model_try_num_layers`] instead; this stays for the layout.
 unsafe extern "C" fn model_num_layers(this: *mut c_void) -> usize {
     // SAFETY: live model object.
     catch_unwind(AssertUnwindSafe(|| unsafe { model(this) }.cache_layout().len())).unwrap_or(0)
 }
 
+fn cache_spec(model: &dyn DynModel, layer: usize) -> Result<CacheSpec> {
+    let layout = model.cache_layout();
+    match layout.get(layer) {
+        Some(LayerCache::Full) => Ok(CacheSpec { kind: CACHE_FULL, window: 0 }),
+        Some(LayerCache::SlidingWindow { window }) => Ok(CacheSpec { kind: CACHE_SLIDING, window: *window }),
+        None => Err(Error::Abi(format!("layer {layer} is out of range (the model has {} layers)", layout.len()))),
+    }
+}
+
 unsafe extern "C" fn model_layer_cache(this: *mut c_void, layer: usize, out: *mut CacheSpec) -> Status {
     // SAFETY: live model object and out-slot.
+    unsafe { model_try_layer_cache(this, layer, out, std::ptr::null()) }
+}
+
+unsafe extern "C" fn model_try_num_layers(this: *mut c_void, out: *mut usize, err: *const ErrSink) -> Status {
+    // SAFETY: live model object, one out-slot, the caller's sink.
     unsafe {
-        guard(std::ptr::null(), || {
-            let spec = match model(this).cache_layout().get(layer) {
-                Some(LayerCache::Full) => CacheSpec { kind: CACHE_FULL, window: 0 },
-                Some(LayerCache::SlidingWindow { window }) => CacheSpec { kind: CACHE_SLIDING, window: *window },
-                None => return Err(Error::Abi(format!("layer {layer} is out of range"))),
-            };
-            out.write(spec);
+        guard(err, || {
+            out.write(model(this).cache_layout().len());
+            Ok(())
+        })
+    }
+}
+
+unsafe extern "C" fn model_try_layer_cache(
+    this: *mut c_void,
+    layer: usize,
+    out: *mut CacheSpec,
+    err: *const ErrSink,
+) -> Status {
+    // SAFETY: live model object, one out-slot, the caller's sink (or null).
+    unsafe {
+        guard(err, || {
+            out.write(cache_spec(model(this), layer)?);
             Ok(())
         })
     }
@@ -174,7 +261,7 @@ impl ForwardContext for CtxProxy {
         options: &AttentionOptions,
     ) -> Result<Array> {
         let opts = AttentionOptionsFfi {
-            size: std::mem::size_of::<AttentionOptionsFfi>(),
+            size: AttentionOptionsFfi::size_at_minor(ABI_MINOR),
             logit_softcap: options.logit_softcap.unwrap_or(0.0),
         };
         let mut slot = ErrorSlot::default();
@@ -219,6 +306,13 @@ unsafe extern "C" fn model_forward(
                 INPUT_EMBEDDINGS => Input::Embeddings(&x),
                 k => return Err(Error::Abi(format!("unknown input kind {k}"))),
             };
+            let engine_size = (*(*ctx).vtable).size;
+            if engine_size < ForwardCtxVTable::size_at_minor(ABI_MINOR) {
+                return Err(Error::Abi(format!(
+                    "the engine's forward context vtable has {engine_size} bytes, ABI {ABI_MAJOR}.{ABI_MINOR} needs {}",
+                    ForwardCtxVTable::size_at_minor(ABI_MINOR)
+                )));
+            }
             let mut proxy = CtxProxy(ctx);
             let logits = model(this).forward(input, &mut proxy)?;
             out.write(logits.into_raw());
@@ -245,6 +339,8 @@ static MODEL_VTABLE: ModelVTable = ModelVTable {
     layer_cache: model_layer_cache,
     forward: model_forward,
     embed_tokens: model_embed,
+    try_num_layers: model_try_num_layers,
+    try_layer_cache: model_try_layer_cache,
 };
 
 unsafe extern "C" fn vision_destroy(this: *mut c_void) {
@@ -289,7 +385,9 @@ static VISION_VTABLE: VisionVTable =
     VisionVTable { size: std::mem::size_of::<VisionVTable>(), destroy: vision_destroy, merge: vision_merge };
 
 impl PluginDescriptor {
-    /// The descriptor of a plugin built against this crate (used by [`export_plugin!`](crate::export_plugin)).
+    /// The descriptor of a plugin built against this crate (used by [`export_plugin!`](crate::export_plugin),
+    /// which also records the plugin crate's own panic strategy).
+    #[allow(clippy::too_many_arguments)]
     pub const fn new(
         name: &'static str,
         version: &'static str,
@@ -297,9 +395,11 @@ impl PluginDescriptor {
         vision_types: &'static [StrRef],
         create_model: CreateFn<ModelObject>,
         create_vision: CreateFn<VisionObject>,
+        gguf_config: GgufConfigFn,
+        dtype_policy: DtypePolicyFn,
     ) -> PluginDescriptor {
         PluginDescriptor {
-            size: std::mem::size_of::<PluginDescriptor>(),
+            size: PluginDescriptor::size_at_minor(ABI_MINOR),
             abi_major: ABI_MAJOR,
             abi_minor: ABI_MINOR,
             layout_fingerprint: LAYOUT_FINGERPRINT,
@@ -312,66 +412,15 @@ impl PluginDescriptor {
             init: plugin_init,
             create_model,
             create_vision,
+            panic_strategy: if cfg!(panic = "unwind") { PANIC_UNWIND } else { PANIC_ABORT },
+            gguf_config,
+            dtype_policy,
         }
     }
-}
 
-/// Exports a plugin: its name, version, and which types build which text architectures
-/// ([`ModelArch`]) and vision add-ons ([`VisionAddOn`]).
-///
-/// ```ignore
-/// mlx_engine_plugin_api::export_plugin! {
-///     name: "llama",
-///     version: env!("CARGO_PKG_VERSION"),
-///     text: { "llama" => Llama, "mistral" => Llama },
-///     vision: {},
-/// }
-/// ```
-#[macro_export]
-macro_rules! export_plugin {
-    (
-        name: $name:expr,
-        version: $version:expr,
-        text: { $($tt:literal => $tty:ty),* $(,)? },
-        vision: { $($vt:literal => $vty:ty),* $(,)? } $(,)?
-    ) => {
-        #[unsafe(no_mangle)]
-        pub extern "C" fn mlx_engine_plugin_descriptor() -> *const $crate::abi::PluginDescriptor {
-            use $crate::abi::{StrRef, ModelObject, VisionObject, WeightEntry, ErrSink, PluginDescriptor};
-            static TEXT: &[StrRef] = &[$(StrRef::from_static($tt)),*];
-            static VISION: &[StrRef] = &[$(StrRef::from_static($vt)),*];
-            static TEXT_FACTORIES: &[(&str, $crate::ModelFactory)] =
-                &[$(($tt, $crate::model_factory::<$tty> as $crate::ModelFactory)),*];
-            static VISION_FACTORIES: &[(&str, $crate::VisionFactory)] =
-                &[$(($vt, $crate::vision_factory::<$vty> as $crate::VisionFactory)),*];
-
-            unsafe extern "C" fn create_model(
-                ty: StrRef, cfg: StrRef, w: *const WeightEntry, n: usize, fmt: u32,
-                out: *mut ModelObject, err: *const ErrSink,
-            ) -> $crate::ops_table::Status {
-                // SAFETY: the engine upholds the CreateFn contract.
-                unsafe {
-                    $crate::export::create_glue(TEXT_FACTORIES, |f: $crate::ModelFactory, c, w, fmt| {
-                        f(c, w, fmt).map($crate::export::model_object)
-                    }, ty, cfg, w, n, fmt, out, err)
-                }
-            }
-
-            unsafe extern "C" fn create_vision(
-                ty: StrRef, cfg: StrRef, w: *const WeightEntry, n: usize, fmt: u32,
-                out: *mut VisionObject, err: *const ErrSink,
-            ) -> $crate::ops_table::Status {
-                // SAFETY: the engine upholds the CreateFn contract.
-                unsafe {
-                    $crate::export::create_glue(VISION_FACTORIES, |f: $crate::VisionFactory, c, w, fmt| {
-                        f(c, w, fmt).map($crate::export::vision_object)
-                    }, ty, cfg, w, n, fmt, out, err)
-                }
-            }
-
-            static DESCRIPTOR: PluginDescriptor =
-                PluginDescriptor::new($name, $version, TEXT, VISION, create_model, create_vision);
-            &DESCRIPTOR
-        }
-    };
+    /// Sets the recorded panic strategy (`export_plugin!` passes the plugin crate's `cfg(panic)`).
+    pub const fn with_panic_strategy(mut self, strategy: u32) -> PluginDescriptor {
+        self.panic_strategy = strategy;
+        self
+    }
 }

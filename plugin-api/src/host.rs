@@ -17,44 +17,76 @@ use crate::traits::*;
 pub struct ForeignModel {
     obj: ModelObject,
     layout: Vec<LayerCache>,
+    plugin_minor: u32,
 }
 
 // SAFETY: plugin models are `DynModel: Send` on their side; the object is only a pointer to it.
 unsafe impl Send for ForeignModel {}
 
 impl ForeignModel {
-    /// Adopts a model object returned by a plugin's `create_model`.
+    /// Adopts a model object returned by the `create_model` of a plugin built for ABI minor
+    /// `plugin_minor`.
     ///
     /// # Safety
     /// `obj` must be a live object from a plugin whose library outlives the result.
-    pub unsafe fn new(obj: ModelObject) -> Result<ForeignModel> {
+    pub unsafe fn new(obj: ModelObject, plugin_minor: u32) -> Result<ForeignModel> {
         // SAFETY: guaranteed by the caller.
         let vt = unsafe { &*obj.vtable };
-        if vt.size < std::mem::size_of::<ModelVTable>() {
+        let needed = ModelVTable::size_at_minor(plugin_minor);
+        if vt.size < needed {
             let size = vt.size;
             // SAFETY: destroy is part of every vtable version.
             unsafe { (vt.destroy)(obj.this) };
             return Err(Error::Abi(format!(
-                "model vtable has {size} bytes, expected at least {}",
-                std::mem::size_of::<ModelVTable>()
+                "the model vtable has {size} bytes, ABI {ABI_MAJOR}.{plugin_minor} needs at least {needed}"
             )));
         }
-        let mut m = ForeignModel { obj, layout: Vec::new() };
-        // SAFETY: live object.
-        let n = unsafe { (vt.num_layers)(m.obj.this) };
+        let mut m = ForeignModel { obj, layout: Vec::new(), plugin_minor };
+        m.layout = m.read_layout()?;
+        Ok(m)
+    }
+
+    /// The cache layout, through 1.1's entries that report errors when the vtable has them.
+    fn read_layout(&self) -> Result<Vec<LayerCache>> {
+        let vt = self.vt();
+        let this = self.obj.this;
+        let with_errors = crate::has_entry!(vt.size, ModelVTable, try_layer_cache);
+        let n = if with_errors {
+            let mut slot = ErrorSlot::default();
+            let sink = slot.sink();
+            let mut n = 0usize;
+            // SAFETY: live object, one out-slot, a sink for the call.
+            if unsafe { (vt.try_num_layers)(this, &mut n, &sink) } != 0 {
+                return Err(slot.into_error("num_layers"));
+            }
+            n
+        } else {
+            // SAFETY: live object.
+            unsafe { (vt.num_layers)(this) }
+        };
+        let mut layout = Vec::with_capacity(n);
         for i in 0..n {
             let mut spec = CacheSpec::default();
-            // SAFETY: live object, one out-slot.
-            if unsafe { (vt.layer_cache)(m.obj.this, i, &mut spec) } != 0 {
-                return Err(Error::Abi(format!("the plugin could not describe the cache of layer {i}")));
+            let mut slot = ErrorSlot::default();
+            let sink = slot.sink();
+            let st = if with_errors {
+                // SAFETY: live object, one out-slot, a sink for the call.
+                unsafe { (vt.try_layer_cache)(this, i, &mut spec, &sink) }
+            } else {
+                // SAFETY: live object, one out-slot.
+                unsafe { (vt.layer_cache)(this, i, &mut spec) }
+            };
+            if st != 0 {
+                let e = slot.into_error("layer_cache");
+                return Err(Error::Boundary(format!("the plugin could not describe the cache of layer {i}: {e}")));
             }
-            m.layout.push(match spec.kind {
+            layout.push(match spec.kind {
                 CACHE_FULL => LayerCache::Full,
                 CACHE_SLIDING => LayerCache::SlidingWindow { window: spec.window },
                 k => return Err(Error::Abi(format!("layer {i} has unknown cache kind {k}"))),
             });
         }
-        Ok(m)
+        Ok(layout)
     }
 
     fn vt(&self) -> &ModelVTable {
@@ -80,9 +112,8 @@ impl DynModel for ForeignModel {
             Input::Tokens(a) => (INPUT_TOKENS, a.as_raw()),
             Input::Embeddings(a) => (INPUT_EMBEDDINGS, a.as_raw()),
         };
-        let mut fat: &mut dyn ForwardContext = ctx;
-        let ctx_obj =
-            ForwardCtxObject { this: &mut fat as *mut &mut dyn ForwardContext as *mut c_void, vtable: &CTX_VTABLE };
+        let mut this = CtxThis { ctx, plugin_minor: self.plugin_minor };
+        let ctx_obj = ForwardCtxObject { this: &mut this as *mut CtxThis<'_> as *mut c_void, vtable: &CTX_VTABLE };
         let mut slot = ErrorSlot::default();
         let sink = slot.sink();
         let mut out: Handle = std::ptr::null_mut();
@@ -119,14 +150,19 @@ unsafe impl Send for ForeignVision {}
 
 impl ForeignVision {
     /// # Safety
-    /// `obj` must be a live object from a plugin whose library outlives the result.
-    pub unsafe fn new(obj: VisionObject) -> Result<ForeignVision> {
+    /// `obj` must be a live object from a plugin (built for ABI minor `plugin_minor`) whose
+    /// library outlives the result.
+    pub unsafe fn new(obj: VisionObject, plugin_minor: u32) -> Result<ForeignVision> {
         // SAFETY: guaranteed by the caller.
         let vt = unsafe { &*obj.vtable };
-        if vt.size < std::mem::size_of::<VisionVTable>() {
+        let needed = VisionVTable::size_at_minor(plugin_minor);
+        if vt.size < needed {
+            let size = vt.size;
             // SAFETY: destroy is part of every vtable version.
             unsafe { (vt.destroy)(obj.this) };
-            return Err(Error::Abi("vision vtable is smaller than ABI 1.0's".into()));
+            return Err(Error::Abi(format!(
+                "the vision vtable has {size} bytes, ABI {ABI_MAJOR}.{plugin_minor} needs at least {needed}"
+            )));
         }
         Ok(ForeignVision { obj })
     }
@@ -166,18 +202,25 @@ impl DynVision for ForeignVision {
     }
 }
 
+/// What the context object's `this` points at during a plugin's forward: the engine's context
+/// and the minor of the plugin calling back (to check the sizes of what it passes).
+struct CtxThis<'a> {
+    ctx: &'a mut dyn ForwardContext,
+    plugin_minor: u32,
+}
+
 /// # Safety
-/// `this` must be the `&mut &mut dyn ForwardContext` made in `ForeignModel::forward`.
-unsafe fn ctx<'a>(this: *mut c_void) -> &'a mut dyn ForwardContext {
+/// `this` must be the `CtxThis` made in `ForeignModel::forward`, still live.
+unsafe fn ctx<'a>(this: *mut c_void) -> &'a mut CtxThis<'a> {
     // SAFETY: guaranteed by the caller.
-    unsafe { &mut **(this as *mut &mut dyn ForwardContext) }
+    unsafe { &mut *(this as *mut CtxThis<'a>) }
 }
 
 unsafe extern "C" fn ctx_offset(this: *mut c_void, layer: usize, out: *mut i32, err: *const ErrSink) -> Status {
     // SAFETY: the plugin calls back during `forward`, while the context is live.
     unsafe {
         guard(err, || {
-            out.write(ctx(this).offset(layer)?);
+            out.write(ctx(this).ctx.offset(layer)?);
             Ok(())
         })
     }
@@ -198,17 +241,34 @@ unsafe extern "C" fn ctx_attention(
     // SAFETY: the plugin calls back during `forward` with borrowed handles and an out-slot.
     unsafe {
         guard(err, || {
-            let opts = if options.is_null() {
-                AttentionOptions::default()
-            } else {
-                let o = &*options;
-                AttentionOptions { logit_softcap: (o.logit_softcap != 0.0).then_some(o.logit_softcap) }
-            };
+            let this = ctx(this);
+            let opts = read_options(options, this.plugin_minor)?;
             let (q, k, v) = (borrow(q)?, borrow(k)?, borrow(v)?);
-            out.write(ctx(this).attention(layer, &q, &k, &v, scale, &opts)?.into_raw());
+            out.write(this.ctx.attention(layer, &q, &k, &v, scale, &opts)?.into_raw());
             Ok(())
         })
     }
+}
+
+/// Reads a plugin's attention options, refusing a struct smaller than its minor's layout.
+///
+/// # Safety
+/// `options` must be null or point at options of at least the `size` they declare.
+unsafe fn read_options(options: *const AttentionOptionsFfi, plugin_minor: u32) -> Result<AttentionOptions> {
+    if options.is_null() {
+        return Ok(AttentionOptions::default());
+    }
+    // SAFETY: guaranteed by the caller; `size` is the first field of every version.
+    let size = unsafe { std::ptr::addr_of!((*options).size).read() };
+    let needed = AttentionOptionsFfi::size_at_minor(plugin_minor);
+    if size < needed {
+        return Err(Error::Abi(format!(
+            "attention options have {size} bytes, ABI {ABI_MAJOR}.{plugin_minor} needs at least {needed}"
+        )));
+    }
+    // SAFETY: the size covers every field of minor 0.
+    let cap = unsafe { std::ptr::addr_of!((*options).logit_softcap).read() };
+    Ok(AttentionOptions { logit_softcap: (cap != 0.0).then_some(cap) })
 }
 
 static CTX_VTABLE: ForwardCtxVTable =

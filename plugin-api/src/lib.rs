@@ -7,28 +7,34 @@
 
 pub mod abi;
 pub mod array;
+pub mod compile;
 pub mod dtype;
 pub mod error;
 pub mod export;
+mod export_macro;
 pub mod fast;
+pub mod gguf;
 pub mod host;
 pub mod io;
+pub mod layout;
 pub mod nn;
 pub mod ops;
+pub mod ops_list;
 pub mod ops_table;
 pub mod random;
 pub mod runtime;
 pub mod traits;
 
 pub use array::{async_eval, eval, Array};
+pub use compile::{graph_primitives, Compiled};
 pub use dtype::{Dtype, Element};
 pub use error::{Error, Result};
-pub use ops::{concatenate, dequantize, quantize, quantized_matmul, where_};
+pub use ops::{concatenate, dequantize, gather_mm, gather_qmm, quantize, quantized_matmul, where_};
 /// Re-exported so a plugin's `Config` can derive `Deserialize` with only this crate as a
 /// dependency (`#[serde(crate = "mlx_engine_plugin_api::serde")]`).
 pub use serde;
 pub use serde_json;
 pub use traits::{
-    model_factory, vision_factory, AttentionOptions, DynModel, DynVision, ForwardContext, Input, LayerCache, ModelArch,
-    ModelFactory, VisionAddOn, VisionFactory, Weights, WeightsFormat,
+    model_factory, vision_factory, AttentionOptions, DtypePolicy, DynModel, DynVision, ForwardContext, Input,
+    LayerCache, ModelArch, ModelFactory, TextEntry, VisionAddOn, VisionFactory, Weights, WeightsFormat,
 };

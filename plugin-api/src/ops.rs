@@ -4,7 +4,7 @@
 use crate::array::{call1, check, ops, Array};
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
-use crate::ops_table::{BinaryOp, Handle, ReduceOp, UnaryOp};
+use crate::ops_table::{BinaryOp, Handle, PadMode, ReduceOp, UnaryOp};
 
 fn raw_or_null(a: Option<&Array>) -> Handle {
     a.map_or(std::ptr::null_mut(), Array::as_raw)
@@ -312,6 +312,78 @@ impl Array {
             )
         })
     }
+
+    /// 1-D convolution, NLC input and `[C_out, K, C_in / groups]` weight (ABI 1.1).
+    pub fn conv1d(&self, weight: &Array, stride: i32, padding: i32, dilation: i32, groups: i32) -> Result<Array> {
+        // SAFETY: live handles in, owned handle out.
+        call1(|out| unsafe { (ops().conv1d)(self.as_raw(), weight.as_raw(), stride, padding, dilation, groups, out) })
+    }
+
+    /// Pads each axis of `widths` (`(axis, before, after)`) with `value` (ABI 1.1).
+    pub fn pad(&self, widths: &[(i32, i32, i32)], value: f64) -> Result<Array> {
+        self.pad_with(widths, PadMode::Constant, value)
+    }
+
+    /// Pads each axis of `widths` (`(axis, before, after)`) as `mode` says; `value` is used by
+    /// [`PadMode::Constant`] only (ABI 1.1).
+    pub fn pad_with(&self, widths: &[(i32, i32, i32)], mode: PadMode, value: f64) -> Result<Array> {
+        let axes: Vec<i32> = widths.iter().map(|w| w.0).collect();
+        let low: Vec<i32> = widths.iter().map(|w| w.1).collect();
+        let high: Vec<i32> = widths.iter().map(|w| w.2).collect();
+        // SAFETY: three arrays of `widths.len()` values; live handle in, owned handle out.
+        call1(|out| unsafe {
+            (ops().pad)(self.as_raw(), axes.as_ptr(), low.as_ptr(), high.as_ptr(), axes.len(), value, mode as u32, out)
+        })
+    }
+}
+
+/// `a[lhs_indices] @ b[rhs_indices]`: a matmul per batch entry with the operands picked by
+/// index along the batch dimensions (`None` = the identity), as mixture-of-experts layers use
+/// it. `sorted`: `rhs_indices` is sorted, which allows a faster kernel (ABI 1.1).
+pub fn gather_mm(
+    a: &Array,
+    b: &Array,
+    lhs_indices: Option<&Array>,
+    rhs_indices: Option<&Array>,
+    sorted: bool,
+) -> Result<Array> {
+    // SAFETY: live handles (or null) in, owned handle out.
+    call1(|out| unsafe {
+        (ops().gather_mm)(a.as_raw(), b.as_raw(), raw_or_null(lhs_indices), raw_or_null(rhs_indices), sorted, out)
+    })
+}
+
+/// [`quantized_matmul`] with the experts of `wq`/`scales`/`biases` picked by index, as
+/// [`gather_mm`] (ABI 1.1).
+#[allow(clippy::too_many_arguments)]
+pub fn gather_qmm(
+    x: &Array,
+    wq: &Array,
+    scales: &Array,
+    biases: Option<&Array>,
+    lhs_indices: Option<&Array>,
+    rhs_indices: Option<&Array>,
+    transpose: bool,
+    group_size: i32,
+    bits: i32,
+    sorted: bool,
+) -> Result<Array> {
+    // SAFETY: live handles (or null) in, owned handle out.
+    call1(|out| unsafe {
+        (ops().gather_qmm)(
+            x.as_raw(),
+            wq.as_raw(),
+            scales.as_raw(),
+            raw_or_null(biases),
+            raw_or_null(lhs_indices),
+            raw_or_null(rhs_indices),
+            transpose,
+            group_size,
+            bits,
+            sorted,
+            out,
+        )
+    })
 }
 
 /// Elementwise selection: `cond ? a : b` (broadcasting).

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::array::Array;
 use crate::error::{Error, Result};
+use crate::gguf::GgufInfo;
 
 /// What kind of KV cache one layer needs; the engine owns and manages the cache itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +34,30 @@ impl WeightsFormat {
             1 => Ok(WeightsFormat::HuggingFace),
             2 => Ok(WeightsFormat::Gguf),
             _ => Err(Error::Abi(format!("unknown weights format code {code}"))),
+        }
+    }
+}
+
+/// Which dtype the engine keeps a checkpoint tensor in when it converts the weights to the
+/// compute dtype (codes cross the ABI: append only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum DtypePolicy {
+    /// Converted to the compute dtype (floating-point tensors; packed integers never change).
+    Compute = 0,
+    /// Kept as stored in the checkpoint.
+    Stored = 1,
+    /// Converted to float32 (norms or routers that must not lose precision).
+    F32 = 2,
+}
+
+impl DtypePolicy {
+    pub fn from_code(code: u32) -> Result<DtypePolicy> {
+        match code {
+            0 => Ok(DtypePolicy::Compute),
+            1 => Ok(DtypePolicy::Stored),
+            2 => Ok(DtypePolicy::F32),
+            _ => Err(Error::Abi(format!("unknown dtype policy code {code}"))),
         }
     }
 }
@@ -188,6 +213,19 @@ pub trait ModelArch: Sized + Send + 'static {
 
     fn new(config: Self::Config, weights: Weights) -> Result<Self>;
 
+    /// The `config.json` equivalent of a GGUF file of this architecture, built from its
+    /// metadata (the engine adds `quantization` and the tokenizer's token ids). `None`, the
+    /// default, means the architecture does not load GGUF files.
+    fn config_from_gguf(_gguf: &GgufInfo) -> Result<Option<serde_json::Value>> {
+        Ok(None)
+    }
+
+    /// The dtype the engine keeps checkpoint tensor `name` in (before `sanitize`, so with the
+    /// checkpoint's names); by default every floating-point tensor takes the compute dtype.
+    fn dtype_policy(_name: &str) -> DtypePolicy {
+        DtypePolicy::Compute
+    }
+
     /// One entry per layer that attends through the context.
     fn cache_layout(&self) -> Vec<LayerCache>;
 
@@ -247,6 +285,31 @@ impl<V: VisionAddOn> DynVision for V {
 
 /// Builds a text model from a model type, the text config JSON and weights.
 pub type ModelFactory = fn(config_json: &str, weights: Weights, format: WeightsFormat) -> Result<Box<dyn DynModel>>;
+/// [`ModelArch::config_from_gguf`] of one architecture.
+pub type GgufConfigHook = fn(gguf: &GgufInfo) -> Result<Option<serde_json::Value>>;
+/// [`ModelArch::dtype_policy`] of one architecture.
+pub type DtypePolicyHook = fn(name: &str) -> DtypePolicy;
+
+/// What a plugin exports for one text model type.
+#[derive(Clone, Copy)]
+pub struct TextEntry {
+    pub model_type: &'static str,
+    pub factory: ModelFactory,
+    pub gguf_config: GgufConfigHook,
+    pub dtype_policy: DtypePolicyHook,
+}
+
+impl TextEntry {
+    /// The entry of architecture `M` for `model_type`.
+    pub const fn of<M: ModelArch>(model_type: &'static str) -> TextEntry {
+        TextEntry {
+            model_type,
+            factory: model_factory::<M>,
+            gguf_config: M::config_from_gguf,
+            dtype_policy: M::dtype_policy,
+        }
+    }
+}
 /// Builds a vision add-on from the full config JSON and weights.
 pub type VisionFactory = fn(config_json: &str, weights: Weights, format: WeightsFormat) -> Result<Box<dyn DynVision>>;
 

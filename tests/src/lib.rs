@@ -21,26 +21,59 @@ pub enum Variant {
     NoDescriptor,
     /// Plugin `tiny2`, declaring the same model type `tiny`.
     AltName,
+    /// Claims ABI 1.2 (newer than the engine).
+    AbiMinor2,
+    /// Claims ABI 1.1 with a descriptor only as large as 1.0's.
+    SmallDescriptor,
+    /// Its models' vtable is smaller than 1.1's.
+    SmallVtable,
+    /// A layout fingerprint of no minor.
+    BadFingerprint,
+    /// The good plugin built with `panic = "abort"`.
+    PanicAbort,
+    /// The good plugin's source built against the frozen ABI 1.0 plugin-api (tests/abi-1.0).
+    Abi10,
+    /// `cache_layout` panics.
+    PanicLayout,
+    /// `forward` returns logits of the wrong shape.
+    BadLogitsShape,
 }
 
 impl Variant {
     fn feature(self) -> Option<&'static str> {
         match self {
-            Variant::Good => None,
+            Variant::Good | Variant::PanicAbort | Variant::Abi10 => None,
             Variant::PanicForward => Some("panic_forward"),
+            Variant::PanicLayout => Some("panic_layout"),
+            Variant::BadLogitsShape => Some("bad_logits_shape"),
             Variant::AbiMajor2 => Some("abi_major_2"),
             Variant::NoDescriptor => Some("no_descriptor"),
             Variant::AltName => Some("alt_name"),
+            Variant::AbiMinor2 => Some("abi_minor_2"),
+            Variant::SmallDescriptor => Some("small_descriptor"),
+            Variant::SmallVtable => Some("small_vtable"),
+            Variant::BadFingerprint => Some("bad_fingerprint"),
         }
     }
 
     fn dir_name(self) -> &'static str {
-        self.feature().unwrap_or("good")
+        match self {
+            Variant::PanicAbort => "panic_abort",
+            Variant::Abi10 => "abi_1_0",
+            v => v.feature().unwrap_or("good"),
+        }
+    }
+
+    fn manifest(self) -> PathBuf {
+        let dir = if self == Variant::Abi10 { "tests/abi-1.0/fixture" } else { "tests/plugin-fixture" };
+        workspace_root().join(dir).join("Cargo.toml")
     }
 }
 
 /// The message the `panic_forward` variant panics with (tests/plugin-fixture/src/lib.rs).
 pub const PANIC_MESSAGE: &str = "tiny fixture: forward panicked on purpose";
+/// The message the `panic_layout` variant panics with.
+pub const LAYOUT_PANIC_MESSAGE: &str = "tiny fixture: cache_layout panicked on purpose";
 
 /// The file name a plugin called `name` has on this platform.
 pub fn lib_name(name: &str) -> String {
@@ -110,12 +143,22 @@ fn build_variant(v: Variant) -> PathBuf {
     let root = target_dir().join("plugin-fixture");
     std::fs::create_dir_all(&root).unwrap();
     let _lock = FileLock::acquire(root.join(".build-lock"));
+    // A different panic strategy rebuilds every dependency, and the 1.0 fixture is another
+    // package with the same library name (cargo does not re-copy a fresh one over the other's
+    // output): each gets its own folder, so the other variants' builds stay incremental.
+    let build_dir = match v {
+        Variant::PanicAbort => root.join("panic-abort"),
+        Variant::Abi10 => root.join("abi-1.0"),
+        _ => root.clone(),
+    };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let manifest = workspace_root().join("tests/plugin-fixture/Cargo.toml");
     let mut cmd = Command::new(cargo);
-    cmd.arg("build").arg("--manifest-path").arg(&manifest).arg("--target-dir").arg(&root);
+    cmd.arg("build").arg("--manifest-path").arg(v.manifest()).arg("--target-dir").arg(&build_dir);
     if let Some(f) = v.feature() {
         cmd.arg("--features").arg(f);
+    }
+    if v == Variant::PanicAbort {
+        cmd.env("CARGO_PROFILE_DEV_PANIC", "abort");
     }
     // The outer `cargo test` exports variables meant for this package's build; the fixture is
     // a separate build that must not see them.
@@ -133,7 +176,7 @@ fn build_variant(v: Variant) -> PathBuf {
         "building the fixture plugin ({v:?}) failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let built = root.join("debug").join(lib_name("tiny"));
+    let built = build_dir.join("debug").join(lib_name("tiny"));
     let dest_dir = root.join("out").join(v.dir_name());
     std::fs::create_dir_all(&dest_dir).unwrap();
     let dest = dest_dir.join(lib_name("tiny"));

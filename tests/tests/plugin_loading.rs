@@ -41,14 +41,14 @@ fn good_plugin_loads_and_is_listed() {
     let plugins: Vec<_> = host.plugins().collect();
     assert_eq!(plugins.len(), 1);
     let p = plugins[0];
-    assert_eq!((p.name.as_str(), p.version.as_str(), p.abi), ("tiny", "0.3.1", (1, 0)));
+    assert_eq!((p.name.as_str(), p.version.as_str(), p.abi), ("tiny", "0.3.1", (1, 1)));
     assert_eq!(p.text_types, vec!["tiny".to_string()]);
     assert!(p.vision_types.is_empty());
     assert_eq!(p.path, paths[0]);
 
     let listing = render(&host);
     let row = listing.lines().find(|l| l.contains(&paths[0].display().to_string())).expect(&listing);
-    for cell in ["tiny", "0.3.1", "1.0"] {
+    for cell in ["tiny", "0.3.1", "1.1"] {
         assert!(row.split_whitespace().any(|c| c == cell), "missing {cell} in row {row:?}");
     }
     assert!(listing.contains("NAME") && listing.contains("VISION ADD-ONS"), "{listing}");
@@ -157,7 +157,7 @@ fn a_text_file_is_not_a_shared_library_and_others_still_load() {
 
 #[test]
 fn a_panicking_forward_fails_the_request_not_the_process() {
-    let (bad_dir, _) = folder_with(&[(Variant::PanicForward, "tiny")]);
+    let (bad_dir, bad_paths) = folder_with(&[(Variant::PanicForward, "tiny")]);
     let (good_dir, _) = folder_with(&[(Variant::Good, "tiny")]);
     let bad_host = host_for(&[bad_dir.path()]);
     let bad = bad_host.create_model("tiny", &config(), tiny_weights(3), WeightsFormat::Mlx).unwrap();
@@ -165,6 +165,7 @@ fn a_panicking_forward_fails_the_request_not_the_process() {
         let err = bad.forward(Input::Tokens(&tokens(&[1, 2, 3])), &mut TestContext::new()).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("panicked: ") && msg.contains(PANIC_MESSAGE), "{msg}");
+        assert!(msg.contains(&format!("plugin `tiny` ({}): forward: ", bad_paths[0].display())), "{msg}");
     }
     drop(bad);
     drop(bad_host);

@@ -1,10 +1,14 @@
-//! GGUF checkpoints: llama.cpp names and metadata -> the Hugging Face names and `config.json`
-//! fields the architectures read. MLX's loader gives F32/F16/BF16 tensors as they are and
-//! Q4_0/Q4_1/Q8_0 as affine triples (`.weight` packed, `.scales`, `.biases`, group 32); it
-//! refuses K-quants, which must be converted to safetensors first (`scripts/models/`).
+//! GGUF checkpoints. MLX's loader gives F32/F16/BF16 tensors as they are and Q4_0/Q4_1/Q8_0 as
+//! affine triples (`.weight` packed, `.scales`, `.biases`, group 32); it refuses K-quants, which
+//! must be converted to safetensors first (`scripts/models/`).
 //!
-//! What stays architecture-specific (llama.cpp's Q/K row permutation for llama, Gemma's `1 + w`
-//! norms) is undone by the plugin's `sanitize`, which is told the format is GGUF.
+//! The engine knows only what is common to every GGUF file: the structural renaming of tensors
+//! (`mlx_engine_plugin_api::gguf` documents it), the quantization layout of MLX's loader and
+//! the tokenizer metadata. What the metadata and the per-layer tensor names mean is the
+//! architecture's: the plugin resolved for `general.architecture` maps the metadata to its
+//! config (`ModelArch::config_from_gguf`), and its `sanitize`, told the format is GGUF, renames
+//! the layer tensors and undoes llama.cpp's layouts (llama's Q/K row permutation, Gemma's
+//! `1 + w` norms).
 
 use std::path::Path;
 
@@ -13,6 +17,7 @@ use mlx_engine_plugin_api::Weights;
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
+use crate::plugin_host::PluginHost;
 
 /// A GGUF file read into engine terms.
 pub struct GgufModel {
@@ -43,88 +48,55 @@ pub fn meta_string<'a>(meta: &'a [(String, MetaValue)], key: &str) -> Option<&'a
     })
 }
 
-/// llama.cpp tensor name -> Hugging Face name, for the architectures we map.
-fn hf_name(arch: &str, name: &str) -> Option<String> {
-    let (stem, suffix) = name.rsplit_once('.')?;
-    let mapped = match stem {
+/// The structural renaming every architecture shares; per-layer part names stay llama.cpp's.
+fn structural_name(name: &str) -> String {
+    let (stem, suffix) = match name.rsplit_once('.') {
+        Some(x) => x,
+        None => return name.to_string(),
+    };
+    let stem = match stem {
         "token_embd" => "model.embed_tokens".to_string(),
         "output_norm" => "model.norm".to_string(),
         "output" => "lm_head".to_string(),
-        _ => {
-            let rest = stem.strip_prefix("blk.")?;
-            let (layer, part) = rest.split_once('.')?;
-            let sub = match (arch, part) {
-                (_, "attn_norm") => "input_layernorm",
-                (_, "attn_q") => "self_attn.q_proj",
-                (_, "attn_k") => "self_attn.k_proj",
-                (_, "attn_v") => "self_attn.v_proj",
-                (_, "attn_output") => "self_attn.o_proj",
-                (_, "attn_q_norm") => "self_attn.q_norm",
-                (_, "attn_k_norm") => "self_attn.k_norm",
-                (_, "ffn_gate") => "mlp.gate_proj",
-                (_, "ffn_up") => "mlp.up_proj",
-                (_, "ffn_down") => "mlp.down_proj",
-                ("gemma3", "post_attention_norm") => "post_attention_layernorm",
-                ("gemma3", "ffn_norm") => "pre_feedforward_layernorm",
-                ("gemma3", "post_ffw_norm") => "post_feedforward_layernorm",
-                (_, "ffn_norm") => "post_attention_layernorm",
-                _ => return None,
-            };
-            format!("model.layers.{layer}.{sub}")
-        }
+        s => match s.strip_prefix("blk.") {
+            Some(rest) => format!("model.layers.{rest}"),
+            None => return name.to_string(),
+        },
     };
-    Some(format!("{mapped}.{suffix}"))
+    format!("{stem}.{suffix}")
 }
 
-/// Builds the config.json fields an architecture reads from `<arch>.*` metadata.
-fn config_from_metadata(path: &Path, arch: &str, meta: &[(String, MetaValue)], weights: &Weights) -> Result<Value> {
-    let num = |k: &str| meta_number(meta, &format!("{arch}.{k}"));
-    let need = |k: &str| num(k).ok_or_else(|| err(path, format!("GGUF metadata `{arch}.{k}` is missing")));
-    let heads = need("attention.head_count")?;
-    let hidden = need("embedding_length")?;
-    let vocab = match num("vocab_size") {
-        Some(v) => v,
-        None => meta
-            .iter()
-            .find(|(k, _)| k == "tokenizer.ggml.tokens")
-            .and_then(|(_, v)| if let MetaValue::Strings(s) = v { Some(s.len() as f64) } else { None })
-            .ok_or_else(|| err(path, "GGUF has neither `vocab_size` nor `tokenizer.ggml.tokens`"))?,
-    };
-    let model_type = match arch {
-        "gemma3" => "gemma3_text",
-        a => a,
-    };
-    let mut c = Map::new();
-    c.insert("model_type".into(), json!(model_type));
-    c.insert("hidden_size".into(), json!(hidden as i64));
-    c.insert("num_hidden_layers".into(), json!(need("block_count")? as i64));
-    c.insert("intermediate_size".into(), json!(need("feed_forward_length")? as i64));
-    c.insert("num_attention_heads".into(), json!(heads as i64));
-    c.insert("num_key_value_heads".into(), json!(num("attention.head_count_kv").unwrap_or(heads) as i64));
-    c.insert("rms_norm_eps".into(), json!(num("attention.layer_norm_rms_epsilon").unwrap_or(1e-6)));
-    c.insert("vocab_size".into(), json!(vocab as i64));
-    c.insert("tie_word_embeddings".into(), json!(!weights.contains("lm_head.weight")));
-    if let Some(v) = num("context_length") {
-        c.insert("max_position_embeddings".into(), json!(v as i64));
+/// The metadata and tensor shapes as the plugin's GGUF hook reads them (`GgufInfo`).
+fn describe(meta: &[(String, MetaValue)], weights: &Weights) -> Result<String> {
+    let mut m = Map::new();
+    for (k, v) in meta {
+        let value = match v {
+            MetaValue::String(s) => json!(s),
+            MetaValue::Strings(list) => json!({ "strings": list.len() }),
+            MetaValue::Empty => Value::Null,
+            // Long numeric lists (token types, scores) are tokenizer data no config needs.
+            MetaValue::Array(a) if a.size() > 1024 => continue,
+            MetaValue::Array(a) => {
+                let nums = a.to_f64_host()?;
+                if a.ndim() == 0 || (a.size() == 1 && a.ndim() <= 1) {
+                    json!(nums.first().copied())
+                } else {
+                    json!(nums)
+                }
+            }
+        };
+        m.insert(k.clone(), value);
     }
-    if let Some(v) = num("rope.freq_base") {
-        c.insert("rope_theta".into(), json!(v));
-    }
-    if let Some(v) = num("attention.key_length") {
-        c.insert("head_dim".into(), json!(v as i64));
-    }
-    if let Some(v) = num("attention.sliding_window") {
-        c.insert("sliding_window".into(), json!(v as i64));
-    }
-    if arch == "gemma3" {
-        c.insert("rope_local_base_freq".into(), json!(10000.0));
-        c.insert("sliding_window_pattern".into(), json!(6));
-        let hd = num("attention.key_length").unwrap_or(hidden / heads);
-        c.insert("query_pre_attn_scalar".into(), json!(hd));
-    }
+    let tensors: Map<String, Value> = weights.iter().map(|(n, a)| (n.to_string(), json!(a.shape()))).collect();
+    Ok(json!({ "metadata": m, "tensors": tensors }).to_string())
+}
+
+/// What every GGUF config gets on top of the plugin's mapping: MLX's quantization layout and
+/// the tokenizer's special ids.
+fn add_generic_fields(config: &mut Map<String, Value>, meta: &[(String, MetaValue)], weights: &Weights) -> Result<()> {
     for key in ["bos_token_id", "eos_token_id"] {
         if let Some(v) = meta_number(meta, &format!("tokenizer.ggml.{key}")) {
-            c.insert(key.into(), json!(v as i64));
+            config.entry(key).or_insert(json!(v as i64));
         }
     }
     // MLX loads Q4_0/Q4_1/Q8_0 as group-32 affine triples; the bit width follows from the
@@ -141,13 +113,14 @@ fn config_from_metadata(path: &Path, arch: &str, meta: &[(String, MetaValue)], w
     if let Some(bits) = default_bits {
         quant.insert("group_size".into(), json!(32));
         quant.insert("bits".into(), json!(bits));
-        c.insert("quantization".into(), Value::Object(quant));
+        config.insert("quantization".into(), Value::Object(quant));
     }
-    Ok(Value::Object(c))
+    Ok(())
 }
 
-/// Loads a `.gguf` file: tensors renamed to Hugging Face names, config from metadata.
-pub fn load(path: &Path) -> Result<GgufModel> {
+/// Loads a `.gguf` file: tensors renamed structurally, config from the plugin that `host`
+/// resolves for the file's `general.architecture`.
+pub fn load(path: &Path, host: &PluginHost) -> Result<GgufModel> {
     let Loaded { arrays, metadata } = load_gguf(path).map_err(|e| {
         let msg = e.to_string();
         if msg.contains("gguf_tensor_to") {
@@ -159,14 +132,30 @@ pub fn load(path: &Path) -> Result<GgufModel> {
     let arch = meta_string(&metadata, "general.architecture")
         .ok_or_else(|| err(path, "GGUF metadata `general.architecture` is missing"))?
         .to_string();
-    let mut weights = Weights::new();
-    for (name, a) in arrays {
-        let Some(hf) = hf_name(&arch, &name) else {
-            return Err(err(path, format!("tensor `{name}` has no mapping for GGUF architecture `{arch}`")));
-        };
-        weights.insert(hf, a);
-    }
-    let config = config_from_metadata(path, &arch, &metadata, &weights)?;
-    let model_type = config["model_type"].as_str().unwrap_or(&arch).to_string();
-    Ok(GgufModel { model_type, config, weights, metadata })
+    let weights: Weights = arrays.into_iter().map(|(name, a)| (structural_name(&name), a)).collect();
+    let resolved = host.resolve_text(&arch)?;
+    let config_text = resolved.gguf_config(&describe(&metadata, &weights)?)?.ok_or_else(|| {
+        err(
+            path,
+            format!("{} does not map GGUF files of architecture `{arch}` (it has no GGUF hook)", resolved.provider),
+        )
+    })?;
+    let mut config = match serde_json::from_str(&config_text) {
+        Ok(Value::Object(c)) => c,
+        _ => {
+            return Err(err(
+                path,
+                format!("{} mapped the GGUF metadata to something other than a JSON object", resolved.provider),
+            ))
+        }
+    };
+    add_generic_fields(&mut config, &metadata, &weights)?;
+    let model_type = match config.get("model_type") {
+        Some(Value::String(t)) => t.clone(),
+        _ => {
+            config.insert("model_type".into(), json!(arch));
+            arch
+        }
+    };
+    Ok(GgufModel { model_type, config: Value::Object(config), weights, metadata })
 }

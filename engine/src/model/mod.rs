@@ -7,7 +7,7 @@ pub mod gguf;
 
 use mlx_engine_plugin_api::io::{load_safetensors, MetaValue};
 use mlx_engine_plugin_api::runtime::Device;
-use mlx_engine_plugin_api::{Dtype, DynModel, LayerCache, Weights, WeightsFormat};
+use mlx_engine_plugin_api::{Dtype, DtypePolicy, DynModel, LayerCache, Weights, WeightsFormat};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -178,12 +178,25 @@ fn checkpoint_dtype(w: &Weights) -> Dtype {
     counts.into_iter().max_by_key(|&(_, n)| n).map_or(Dtype::F32, |(d, _)| d)
 }
 
-/// Casts every floating-point tensor (dense weights, norms, quantization scales and biases) to
-/// `dtype`; packed quantized integers stay as they are.
-fn cast_weights(w: Weights, dtype: Dtype) -> Result<Weights> {
+/// Casts the floating-point tensors (dense weights, norms, quantization scales and biases) to
+/// `dtype`, except where the architecture's policy (one entry per tensor, in `w`'s order) keeps
+/// the stored dtype or asks for f32; packed quantized integers stay as they are.
+pub fn cast_weights(w: Weights, dtype: Dtype, policy: &[DtypePolicy]) -> Result<Weights> {
+    if policy.len() != w.len() {
+        return Err(Error::Param {
+            name: "dtype policy".into(),
+            reason: format!("{} entries for {} tensors", policy.len(), w.len()),
+        });
+    }
     w.into_iter()
-        .map(|(k, a)| {
-            let a = if a.dtype().is_float() && a.dtype() != dtype { a.astype(dtype)? } else { a };
+        .zip(policy)
+        .map(|((k, a), p)| {
+            let want = match p {
+                DtypePolicy::Compute => dtype,
+                DtypePolicy::Stored => a.dtype(),
+                DtypePolicy::F32 => Dtype::F32,
+            };
+            let a = if a.dtype().is_float() && a.dtype() != want { a.astype(want)? } else { a };
             Ok((k, a))
         })
         .collect()
@@ -229,8 +242,7 @@ pub fn load_with(path: &Path, host: &PluginHost, dtype: DtypeChoice, device: Dev
     }
     let (model_type, text_config, generation_config, weights, format, source) = match gguf_file(path)? {
         Some(file) => {
-            let g = gguf::load(&file)?;
-            host.resolve_text(&g.model_type)?;
+            let g = gguf::load(&file, host)?;
             let source = Source::Gguf { file, metadata: g.metadata };
             (g.model_type, g.config, Value::Object(Default::default()), g.weights, WeightsFormat::Gguf, source)
         }
@@ -253,7 +265,8 @@ pub fn load_with(path: &Path, host: &PluginHost, dtype: DtypeChoice, device: Dev
         (DtypeChoice::F16, _) => Dtype::F16,
         (DtypeChoice::Auto, Device::Gpu) => checkpoint_dtype(&weights),
     };
-    let weights = cast_weights(weights, target)?;
+    let policy = resolved.dtype_policy(&weights.names().collect::<Vec<_>>())?;
+    let weights = cast_weights(weights, target, &policy)?;
     // MLX loads lazily; reading and casting everything now keeps that cost out of the first
     // request (and surfaces a truncated file here rather than mid-generation).
     mlx_engine_plugin_api::eval(&weights.iter().map(|(_, a)| a).collect::<Vec<_>>())

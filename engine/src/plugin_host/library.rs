@@ -3,8 +3,9 @@
 //!
 //! The checks run in the order in which each becomes safe to make: only the first three fields
 //! of the descriptor (`size`, `abi_major`, `abi_minor`) are fixed for every ABI version, so they
-//! are read alone first; the rest of the descriptor is only read once the major, minor, size and
-//! layout fingerprint say it has the layout this engine was compiled with. Every failure is an
+//! are read alone first; the rest is only read once the major, the minor, the size (at least
+//! the layout of the minor the plugin declares) and that minor's layout fingerprint check out,
+//! and an entry a later minor added only when the plugin's `size` covers it. Every failure is an
 //! [`Error::Plugin`] naming the file, so a folder of plugins can be scanned and each bad file
 //! reported without stopping the process.
 
@@ -15,11 +16,14 @@ use std::sync::Arc;
 
 use libloading::Library;
 use mlx_engine_plugin_api::abi::{
-    CreateFn, DescriptorFn, ErrorSlot, ModelObject, PluginDescriptor, StrRef, VisionObject, WeightEntry, ABI_MAJOR,
-    ABI_MINOR, DESCRIPTOR_SYMBOL, LAYOUT_FINGERPRINT,
+    layout_fingerprint, CreateFn, DescriptorFn, DtypePolicyFn, ErrorSlot, GgufConfigFn, ModelObject, PluginDescriptor,
+    StrRef, VisionObject, WeightEntry, ABI_MAJOR, ABI_MINOR, DESCRIPTOR_SYMBOL, PANIC_ABORT, PANIC_UNWIND,
 };
+use mlx_engine_plugin_api::has_entry;
 use mlx_engine_plugin_api::host::{ForeignModel, ForeignVision};
-use mlx_engine_plugin_api::{Array, DynModel, DynVision, ForwardContext, Input, LayerCache, Weights, WeightsFormat};
+use mlx_engine_plugin_api::{
+    Array, DtypePolicy, DynModel, DynVision, ForwardContext, Input, LayerCache, Weights, WeightsFormat,
+};
 
 use crate::error::{Error, Result};
 
@@ -42,6 +46,9 @@ pub struct LoadedPlugin {
     pub vision_types: Vec<String>,
     create_model: CreateFn<ModelObject>,
     create_vision: CreateFn<VisionObject>,
+    /// 1.1's hooks (absent in 1.0 plugins).
+    gguf_config: Option<GgufConfigFn>,
+    dtype_policy: Option<DtypePolicyFn>,
     /// Shared with every object created from this plugin: the code behind their vtables must
     /// stay mapped for as long as any of them lives.
     lib: Arc<Library>,
@@ -115,19 +122,33 @@ impl LoadedPlugin {
         // pointer is non-null and aligned.
         let head = unsafe { std::ptr::read(ptr.cast::<DescriptorHead>()) };
         check_version(path, &head)?;
-        // SAFETY: the version and size checks passed, so the plugin claims the 1.x layout with
-        // at least the fields of this engine's descriptor; the fingerprint is one of them.
-        let d: &PluginDescriptor = unsafe { &*ptr };
-        if d.layout_fingerprint != LAYOUT_FINGERPRINT {
+        // SAFETY: the version and size checks passed: the plugin's descriptor has at least the
+        // fields of the minor it declares, so the fingerprint (a 1.0 field) can be read.
+        let fingerprint = unsafe { std::ptr::addr_of!((*ptr).layout_fingerprint).read() };
+        let expected = layout_fingerprint(head.abi_minor);
+        if fingerprint != expected {
             return Err(plugin_err(
                 path,
                 format!(
-                    "layout check failed: fingerprint {:#018x}, this engine expects {LAYOUT_FINGERPRINT:#018x} \
+                    "layout check failed: fingerprint {fingerprint:#018x}, ABI {}.{} has {expected:#018x} \
                      (the plugin's ABI structs are laid out differently: rebuild it against a released mlx-engine-plugin-api)",
-                    d.layout_fingerprint
+                    head.abi_major, head.abi_minor
                 ),
             ));
         }
+        // SAFETY: as above; 1.1's entry is read only when the plugin's size covers it.
+        let panic_strategy = has_entry!(head.size, PluginDescriptor, panic_strategy)
+            .then(|| unsafe { std::ptr::addr_of!((*ptr).panic_strategy).read() });
+        check_panic_strategy(path, panic_strategy)?;
+        // SAFETY: read only when the plugin's size covers them (1.1 entries).
+        let gguf_config = has_entry!(head.size, PluginDescriptor, gguf_config)
+            .then(|| unsafe { std::ptr::addr_of!((*ptr).gguf_config).read() });
+        // SAFETY: as above.
+        let dtype_policy = has_entry!(head.size, PluginDescriptor, dtype_policy)
+            .then(|| unsafe { std::ptr::addr_of!((*ptr).dtype_policy).read() });
+        // SAFETY: every field of minor 0 is present (size check), and nothing below reads a
+        // field of a later minor through this reference.
+        let d: &PluginDescriptor = unsafe { &*ptr };
         let read = |s: &StrRef, what: &str| {
             // SAFETY: the descriptor's strings are static data of the loaded library; we copy them.
             unsafe { s.as_str() }.map(str::to_string).map_err(|e| plugin_err(path, format!("{what}: {e}")))
@@ -162,6 +183,8 @@ impl LoadedPlugin {
             vision_types,
             create_model: d.create_model,
             create_vision: d.create_vision,
+            gguf_config,
+            dtype_policy,
             lib: Arc::new(lib),
         })
     }
@@ -177,8 +200,56 @@ impl LoadedPlugin {
         let obj = self.call_create(self.create_model, "text model", model_type, config_json, weights, format)?;
         // SAFETY: `obj` was just returned by the plugin's create_model; `_lib` below keeps the
         // library loaded for as long as the model lives.
-        let model = unsafe { ForeignModel::new(obj) }.map_err(|e| plugin_err(&self.path, e.to_string()))?;
-        Ok(Box::new(PluginModel { model, _lib: Arc::clone(&self.lib) }))
+        let model = unsafe { ForeignModel::new(obj, self.abi.1) }.map_err(|e| plugin_err(&self.path, e.to_string()))?;
+        Ok(Box::new(PluginModel { model, label: self.label(), _lib: Arc::clone(&self.lib) }))
+    }
+
+    /// The plugin's `config.json` for a GGUF file of text type `model_type` (`gguf_json`: a
+    /// `GgufInfo` as JSON), or `None` when its architecture does not map GGUF (always, for 1.0
+    /// plugins, which have no such hook).
+    pub fn gguf_config(&self, model_type: &str, gguf_json: &str) -> Result<Option<String>> {
+        let Some(hook) = self.gguf_config else { return Ok(None) };
+        let mut out = ErrorSlot::default();
+        let out_sink = out.sink();
+        let mut slot = ErrorSlot::default();
+        let sink = slot.sink();
+        // SAFETY: strings borrowed from live locals, two sinks for the call; the function is
+        // from a descriptor of a library `self.lib` keeps loaded.
+        let st = unsafe { hook(StrRef::new(model_type), StrRef::new(gguf_json), &out_sink, &sink) };
+        if st != 0 {
+            return Err(plugin_err(
+                &self.path,
+                format!("mapping GGUF metadata for `{model_type}` failed: {}", slot.into_error("gguf_config")),
+            ));
+        }
+        Ok(out.into_text())
+    }
+
+    /// The plugin's dtype policy for each tensor name of a `model_type` checkpoint (every
+    /// tensor takes the compute dtype for 1.0 plugins).
+    pub fn dtype_policy(&self, model_type: &str, names: &[&str]) -> Result<Vec<DtypePolicy>> {
+        let Some(hook) = self.dtype_policy else { return Ok(vec![DtypePolicy::Compute; names.len()]) };
+        let refs: Vec<StrRef> = names.iter().map(|n| StrRef::new(n)).collect();
+        let mut codes = vec![0u32; names.len()];
+        let mut slot = ErrorSlot::default();
+        let sink = slot.sink();
+        // SAFETY: `refs` and `codes` have one element per name; strings borrowed from `names`.
+        let st = unsafe { hook(StrRef::new(model_type), refs.as_ptr(), refs.len(), codes.as_mut_ptr(), &sink) };
+        if st != 0 {
+            return Err(plugin_err(
+                &self.path,
+                format!("dtype policy for `{model_type}` failed: {}", slot.into_error("dtype_policy")),
+            ));
+        }
+        codes
+            .into_iter()
+            .map(|c| DtypePolicy::from_code(c).map_err(|e| plugin_err(&self.path, e.to_string())))
+            .collect()
+    }
+
+    /// How errors of this plugin's objects name it.
+    fn label(&self) -> String {
+        format!("plugin `{}` ({})", self.name, self.path.display())
     }
 
     /// Builds the vision add-on `model_type` from the plugin.
@@ -191,7 +262,8 @@ impl LoadedPlugin {
     ) -> Result<Box<dyn DynVision>> {
         let obj = self.call_create(self.create_vision, "vision add-on", model_type, config_json, weights, format)?;
         // SAFETY: as in `create_model`.
-        let vision = unsafe { ForeignVision::new(obj) }.map_err(|e| plugin_err(&self.path, e.to_string()))?;
+        let vision =
+            unsafe { ForeignVision::new(obj, self.abi.1) }.map_err(|e| plugin_err(&self.path, e.to_string()))?;
         Ok(Box::new(PluginVision { vision, _lib: Arc::clone(&self.lib) }))
     }
 
@@ -239,7 +311,7 @@ impl LoadedPlugin {
     }
 }
 
-/// Refuses other ABI majors, newer minors and descriptors smaller than ABI 1.0's.
+/// Refuses other ABI majors, newer minors and descriptors smaller than their minor's layout.
 fn check_version(path: &Path, head: &DescriptorHead) -> Result<()> {
     let (major, minor) = (head.abi_major, head.abi_minor);
     if major != ABI_MAJOR {
@@ -257,21 +329,44 @@ fn check_version(path: &Path, head: &DescriptorHead) -> Result<()> {
             format!("built for plugin ABI {major}.{minor}, this engine provides ABI {ABI_MAJOR}.{ABI_MINOR}: upgrade the engine"),
         ));
     }
-    let needed = std::mem::size_of::<PluginDescriptor>();
+    let needed = PluginDescriptor::size_at_minor(minor);
     if head.size < needed {
         return Err(plugin_err(
             path,
-            format!("the descriptor has {} bytes, ABI {ABI_MAJOR}.0 needs at least {needed}", head.size),
+            format!("the descriptor has {} bytes, ABI {major}.{minor} needs at least {needed}", head.size),
         ));
     }
     Ok(())
+}
+
+/// Refuses a plugin built with `panic = "abort"`: `catch_unwind` cannot contain its panics, so
+/// one would end the engine's process instead of failing a request. 1.0 plugins do not say
+/// (`None`); they are accepted, as 1.0 promised.
+fn check_panic_strategy(path: &Path, strategy: Option<u32>) -> Result<()> {
+    match strategy {
+        None | Some(PANIC_UNWIND) => Ok(()),
+        Some(PANIC_ABORT) => Err(plugin_err(
+            path,
+            "built with panic = \"abort\": a panic in it would end the engine's process instead of failing \
+             one request; rebuild it with panic = \"unwind\" (remove `panic = \"abort\"` from the [profile.*] \
+             sections of its Cargo.toml, and -C panic=abort from RUSTFLAGS)",
+        )),
+        Some(code) => Err(plugin_err(path, format!("the descriptor has an unknown panic strategy code {code}"))),
+    }
 }
 
 /// A plugin's text model plus the library its code lives in. Fields drop in order: the model
 /// (through the plugin's `destroy`) before the last reference to the library.
 pub struct PluginModel {
     model: ForeignModel,
+    label: String,
     _lib: Arc<Library>,
+}
+
+impl PluginModel {
+    fn blame(&self, call: &str, e: impl fmt::Display) -> mlx_engine_plugin_api::Error {
+        mlx_engine_plugin_api::Error::Boundary(format!("{}: {call}: {e}", self.label))
+    }
 }
 
 impl DynModel for PluginModel {
@@ -279,12 +374,25 @@ impl DynModel for PluginModel {
         self.model.cache_layout()
     }
 
+    /// The plugin's logits, checked to be `[B, L, vocab]` for an input of `B` rows of `L`
+    /// positions, so a plugin bug fails this request here, with the plugin's name, rather than
+    /// somewhere in the sampler.
     fn forward(&self, input: Input<'_>, ctx: &mut dyn ForwardContext) -> mlx_engine_plugin_api::Result<Array> {
-        self.model.forward(input, ctx)
+        let x = match input {
+            Input::Tokens(a) | Input::Embeddings(a) => a,
+        };
+        let rows = x.shape().into_iter().take(2).collect::<Vec<_>>();
+        let logits = self.model.forward(input, ctx).map_err(|e| self.blame("forward", e))?;
+        let shape = logits.shape();
+        if shape.len() != 3 || shape[..2] != rows[..] {
+            let want = format!("[{}, vocab]", rows.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "));
+            return Err(self.blame("forward", format!("returned logits of shape {shape:?}, expected {want}")));
+        }
+        Ok(logits)
     }
 
     fn embed_tokens(&self, ids: &Array) -> mlx_engine_plugin_api::Result<Array> {
-        self.model.embed_tokens(ids)
+        self.model.embed_tokens(ids).map_err(|e| self.blame("embed_tokens", e))
     }
 }
 

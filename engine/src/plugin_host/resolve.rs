@@ -18,7 +18,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use mlx_engine_plugin_api::{DynModel, DynVision, Weights, WeightsFormat};
+use mlx_engine_plugin_api::{DtypePolicy, DynModel, DynVision, Weights, WeightsFormat};
 
 use super::builtin::{builtins, BuiltinArch};
 use super::folders::library_file_name;
@@ -106,6 +106,23 @@ impl Resolved {
         match &self.provider {
             Provider::Plugin(p) => p.create_model(&self.model_type, config_json, weights, format),
             Provider::Builtin(b) => b.create_model(&self.model_type, config_json, weights, format),
+        }
+    }
+
+    /// The provider's `config.json` for a GGUF file of this (text) type; `None` when it does not
+    /// map GGUF (built-ins never do).
+    pub fn gguf_config(&self, gguf_json: &str) -> Result<Option<String>> {
+        match &self.provider {
+            Provider::Plugin(p) => p.gguf_config(&self.model_type, gguf_json),
+            Provider::Builtin(_) => Ok(None),
+        }
+    }
+
+    /// The provider's dtype policy for each checkpoint tensor name.
+    pub fn dtype_policy(&self, names: &[&str]) -> Result<Vec<DtypePolicy>> {
+        match &self.provider {
+            Provider::Plugin(p) => p.dtype_policy(&self.model_type, names),
+            Provider::Builtin(_) => Ok(vec![DtypePolicy::Compute; names.len()]),
         }
     }
 

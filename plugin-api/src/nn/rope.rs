@@ -51,6 +51,26 @@ impl Rope {
         Ok(r)
     }
 
+    /// Divides each pair's frequency by `factors[i]` (llama.cpp's `rope_freqs.weight`, which
+    /// holds llama3-style scaling precomputed per pair), as llama.cpp does:
+    /// `theta_i = pos * base^(-2i/dims) / factors[i]`.
+    pub fn with_freq_factors(mut self, factors: &Array) -> Result<Rope> {
+        let half = self.dims / 2;
+        if factors.shape() != [half] {
+            return Err(Error::Weights(format!(
+                "tensor `rope_freqs.weight` has shape {:?}, expected [{half}]",
+                factors.shape()
+            )));
+        }
+        // MLX's `freqs` are wavelengths: theta = pos / freqs.
+        let exps = Array::arange(0.0, self.dims as f64, 2.0, crate::Dtype::F32)?
+            .multiply(&Array::scalar(1.0 / self.dims as f64, crate::Dtype::F32)?)?;
+        let base = Array::scalar(self.base as f64, crate::Dtype::F32)?;
+        let wavelengths = base.power(&exps)?;
+        self.freqs = Some(wavelengths.multiply(&factors.astype(crate::Dtype::F32)?)?);
+        Ok(self)
+    }
+
     /// Rotates `x` `[B, H, L, D]` for positions `offset..offset + L`.
     pub fn apply(&self, x: &Array, offset: i32) -> Result<Array> {
         let freqs = match &self.freqs {

@@ -3,10 +3,12 @@
 //! `sliding_window_pattern`-th layer global, q/k norms, `(1 + w)` RMSNorms around attention and
 //! MLP, GeGLU, embeddings scaled by `sqrt(hidden_size)` (rounded to bf16, as the reference does).
 
+use mlx_engine_plugin_api::gguf::{rename_llama_cpp_parts, GgufInfo};
 use mlx_engine_plugin_api::nn::{
     layer_quant, merge_heads, split_heads, Activation, Embedding, GatedMlp, Linear, Quantization, RmsNorm, Rope,
     RopeScaling,
 };
+use mlx_engine_plugin_api::serde_json::{json, Map, Value};
 use mlx_engine_plugin_api::{
     export_plugin, Array, AttentionOptions, Dtype, Error, ForwardContext, Input, LayerCache, ModelArch, Result,
     Weights, WeightsFormat,
@@ -177,10 +179,70 @@ pub struct Gemma3 {
     softcap: Option<f32>,
 }
 
+/// Gemma 3's own meanings of llama.cpp's per-layer norm names.
+fn gguf_part(part: &str) -> Option<&'static str> {
+    Some(match part {
+        "post_attention_norm" => "post_attention_layernorm",
+        "ffn_norm" => "pre_feedforward_layernorm",
+        "post_ffw_norm" => "post_feedforward_layernorm",
+        _ => return None,
+    })
+}
+
+/// Gemma 3 27B (62 layers) scales queries by `hidden_size / num_heads` instead of `head_dim`,
+/// as its config.json and llama.cpp's loader do; GGUF metadata does not say.
+const GEMMA3_27B_LAYERS: f64 = 62.0;
+
 impl ModelArch for Gemma3 {
     type Config = Config;
 
+    fn config_from_gguf(g: &GgufInfo) -> Result<Option<Value>> {
+        if g.architecture()? != "gemma3" {
+            return Ok(None);
+        }
+        let key = |k: &str| format!("gemma3.{k}");
+        let heads = g.need(&key("attention.head_count"))?;
+        let hidden = g.need(&key("embedding_length"))?;
+        let layers = g.need(&key("block_count"))?;
+        let head_dim = g.number(&key("attention.key_length")).unwrap_or(hidden / heads);
+        let mut c = Map::new();
+        c.insert("model_type".into(), json!("gemma3_text"));
+        c.insert("hidden_size".into(), json!(hidden as i64));
+        c.insert("num_hidden_layers".into(), json!(layers as i64));
+        c.insert("intermediate_size".into(), json!(g.need(&key("feed_forward_length"))? as i64));
+        c.insert("num_attention_heads".into(), json!(heads as i64));
+        let kv = g.number(&key("attention.head_count_kv")).unwrap_or(heads);
+        c.insert("num_key_value_heads".into(), json!(kv as i64));
+        c.insert("head_dim".into(), json!(head_dim as i64));
+        let eps = g.number(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-6);
+        c.insert("rms_norm_eps".into(), json!(eps));
+        c.insert("vocab_size".into(), json!(g.vocab_size("gemma3")? as i64));
+        if let Some(v) = g.number(&key("context_length")) {
+            c.insert("max_position_embeddings".into(), json!(v as i64));
+        }
+        if let Some(v) = g.number(&key("rope.freq_base")) {
+            c.insert("rope_theta".into(), json!(v));
+        }
+        if let Some(v) = g.number(&key("attention.sliding_window")) {
+            c.insert("sliding_window".into(), json!(v as i64));
+        }
+        // Not in the metadata: the values every Gemma 3 size uses (its config.json defaults).
+        c.insert("rope_local_base_freq".into(), json!(10000.0));
+        c.insert("sliding_window_pattern".into(), json!(6));
+        let scalar = if layers == GEMMA3_27B_LAYERS { hidden / heads } else { head_dim };
+        c.insert("query_pre_attn_scalar".into(), json!(scalar));
+        // 4B-27B scale the global layers' positions linearly (factor 8).
+        if let Some(kind) = g.string(&key("rope.scaling.type")) {
+            let factor = g.need(&key("rope.scaling.factor"))?;
+            c.insert("rope_scaling".into(), json!({"rope_type": kind, "factor": factor}));
+        }
+        Ok(Some(Value::Object(c)))
+    }
+
     fn sanitize(_c: &Config, mut w: Weights, format: WeightsFormat) -> Result<Weights> {
+        if format == WeightsFormat::Gguf {
+            w = rename_llama_cpp_parts(w, gguf_part)?;
+        }
         // The multimodal checkpoint nests the text model; the vision add-on takes the rest.
         w.rename_prefix("language_model.model.", "model.");
         w.rename_prefix("language_model.lm_head.", "lm_head.");
@@ -293,4 +355,72 @@ export_plugin! {
     version: env!("CARGO_PKG_VERSION"),
     text: { "gemma3_text" => Gemma3, "gemma3" => Gemma3 },
     vision: {},
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gguf(layers: u32, hidden: u32, heads: u32, key_length: u32, scaling: bool) -> GgufInfo {
+        let mut meta = json!({
+            "general.architecture": "gemma3",
+            "gemma3.block_count": layers,
+            "gemma3.embedding_length": hidden,
+            "gemma3.feed_forward_length": hidden * 4,
+            "gemma3.attention.head_count": heads,
+            "gemma3.attention.head_count_kv": heads / 2,
+            "gemma3.attention.key_length": key_length,
+            "gemma3.rope.freq_base": 1000000.0,
+            "tokenizer.ggml.tokens": {"strings": 262144},
+        });
+        if scaling {
+            meta["gemma3.rope.scaling.type"] = json!("linear");
+            meta["gemma3.rope.scaling.factor"] = json!(8.0);
+        }
+        GgufInfo::from_json(&json!({"metadata": meta, "tensors": {}}).to_string()).unwrap()
+    }
+
+    fn config(g: &GgufInfo) -> Value {
+        Gemma3::config_from_gguf(g).unwrap().unwrap()
+    }
+
+    #[test]
+    fn gguf_27b_scales_queries_by_hidden_over_heads_and_keeps_rope_scaling() {
+        // Gemma 3 27B: 62 layers, hidden 5376, 32 heads of 128 -> query_pre_attn_scalar 168.
+        let c = config(&gguf(62, 5376, 32, 128, true));
+        assert_eq!(c["query_pre_attn_scalar"], json!(168.0));
+        assert_eq!(c["rope_scaling"], json!({"rope_type": "linear", "factor": 8.0}));
+        assert_eq!(c["model_type"], json!("gemma3_text"));
+        assert_eq!(c["vocab_size"], json!(262144));
+        // The config it builds is one the architecture accepts.
+        let parsed: Config = serde::Deserialize::deserialize(c).unwrap();
+        assert_eq!(parsed.rope_scaling.and_then(|s| s.factor), Some(8.0));
+    }
+
+    #[test]
+    fn gguf_4b_and_1b_scale_queries_by_head_dim() {
+        let c = config(&gguf(34, 2560, 8, 256, true));
+        assert_eq!(c["query_pre_attn_scalar"], json!(256.0));
+        assert_eq!(c["rope_scaling"]["factor"], json!(8.0));
+        let c = config(&gguf(26, 1152, 4, 256, false));
+        assert_eq!(c["query_pre_attn_scalar"], json!(256.0));
+        assert!(c.get("rope_scaling").is_none());
+    }
+
+    #[test]
+    fn other_architectures_and_missing_keys() {
+        let other = GgufInfo::from_json(r#"{"metadata": {"general.architecture": "llama"}, "tensors": {}}"#).unwrap();
+        assert!(Gemma3::config_from_gguf(&other).unwrap().is_none());
+        let mut g = gguf(26, 1152, 4, 256, false);
+        g.metadata.remove("gemma3.block_count");
+        let err = Gemma3::config_from_gguf(&g).unwrap_err().to_string();
+        assert_eq!(err, "config: GGUF metadata `gemma3.block_count` is missing");
+    }
+
+    #[test]
+    fn gguf_norm_names_take_gemmas_meanings() {
+        assert_eq!(gguf_part("ffn_norm"), Some("pre_feedforward_layernorm"));
+        assert_eq!(gguf_part("post_attention_norm"), Some("post_attention_layernorm"));
+        assert_eq!(gguf_part("attn_q"), None);
+    }
 }

@@ -1,10 +1,12 @@
 //! Llama-family text architectures: llama, mistral, qwen2 (q/k/v bias), qwen3 (q/k norms).
 //! Follows mlx-lm's `models/llama.py` (and `qwen2.py` / `qwen3.py` for their differences).
 
+use mlx_engine_plugin_api::gguf::{rename_llama_cpp_parts, GgufInfo};
 use mlx_engine_plugin_api::nn::{
     layer_quant, merge_heads, split_heads, Activation, Embedding, GatedMlp, Linear, Quantization, RmsNorm, Rope,
     RopeScaling,
 };
+use mlx_engine_plugin_api::serde_json::{json, Map, Value};
 use mlx_engine_plugin_api::{
     export_plugin, Array, AttentionOptions, Error, ForwardContext, Input, LayerCache, ModelArch, Result, Weights,
     WeightsFormat,
@@ -72,7 +74,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(w: &mut Weights, p: &str, c: &Config) -> Result<Attention> {
+    fn load(w: &mut Weights, p: &str, c: &Config, rope_factors: Option<&Array>) -> Result<Attention> {
         let q = c.quantization.as_ref();
         let lin = |w: &mut Weights, name: &str, shape: (i32, i32), bias: bool| {
             let prefix = format!("{p}.{name}");
@@ -93,7 +95,13 @@ impl Attention {
             o_proj: lin(w, "o_proj", (d, q_out), c.attention_bias)?,
             q_norm: if qk_norm { Some(norm(w, "q_norm")?) } else { None },
             k_norm: if qk_norm { Some(norm(w, "k_norm")?) } else { None },
-            rope: Rope::new(c.head_dim(), c.rope_traditional, c.rope_theta, c.rope_scaling.as_ref())?,
+            rope: {
+                let rope = Rope::new(c.head_dim(), c.rope_traditional, c.rope_theta, c.rope_scaling.as_ref())?;
+                match rope_factors {
+                    Some(f) => rope.with_freq_factors(f)?,
+                    None => rope,
+                }
+            },
             n_heads: c.num_attention_heads,
             n_kv_heads: c.kv_heads(),
             scale: (c.head_dim() as f32).powf(-0.5),
@@ -149,10 +157,53 @@ fn unpermute_rows(a: &Array, heads: i32) -> Result<Array> {
     a.reshape(&shape)?.swapaxes(1, 2)?.reshape(&s)
 }
 
+/// llama.cpp's name of the per-pair rope frequency factors (Llama 3.1+ GGUFs).
+const ROPE_FREQS: &str = "rope_freqs.weight";
+
 impl ModelArch for Llama {
     type Config = Config;
 
+    /// The `<arch>.*` keys llama.cpp writes for llama, mistral, qwen2 and qwen3.
+    fn config_from_gguf(g: &GgufInfo) -> Result<Option<Value>> {
+        let arch = g.architecture()?.to_string();
+        if !matches!(arch.as_str(), "llama" | "mistral" | "qwen2" | "qwen3") {
+            return Ok(None);
+        }
+        let key = |k: &str| format!("{arch}.{k}");
+        let heads = g.need(&key("attention.head_count"))?;
+        let mut c = Map::new();
+        c.insert("model_type".into(), json!(arch));
+        c.insert("hidden_size".into(), json!(g.need(&key("embedding_length"))? as i64));
+        c.insert("num_hidden_layers".into(), json!(g.need(&key("block_count"))? as i64));
+        c.insert("intermediate_size".into(), json!(g.need(&key("feed_forward_length"))? as i64));
+        c.insert("num_attention_heads".into(), json!(heads as i64));
+        let kv = g.number(&key("attention.head_count_kv")).unwrap_or(heads);
+        c.insert("num_key_value_heads".into(), json!(kv as i64));
+        let eps = g.number(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-6);
+        c.insert("rms_norm_eps".into(), json!(eps));
+        c.insert("vocab_size".into(), json!(g.vocab_size(&arch)? as i64));
+        c.insert("tie_word_embeddings".into(), json!(!g.has_tensor("lm_head.weight")));
+        if let Some(v) = g.number(&key("context_length")) {
+            c.insert("max_position_embeddings".into(), json!(v as i64));
+        }
+        if let Some(v) = g.number(&key("rope.freq_base")) {
+            c.insert("rope_theta".into(), json!(v));
+        }
+        if let Some(v) = g.number(&key("attention.key_length")) {
+            c.insert("head_dim".into(), json!(v as i64));
+        }
+        // Llama 3.1+ carry their scaling as `rope_freqs.weight` (used in `new`), not metadata.
+        if g.string(&key("rope.scaling.type")) == Some("linear") {
+            let factor = g.need(&key("rope.scaling.factor"))?;
+            c.insert("rope_scaling".into(), json!({"rope_type": "linear", "factor": factor}));
+        }
+        Ok(Some(Value::Object(c)))
+    }
+
     fn sanitize(c: &Config, mut w: Weights, format: WeightsFormat) -> Result<Weights> {
+        if format == WeightsFormat::Gguf {
+            w = rename_llama_cpp_parts(w, |_| None)?;
+        }
         w.retain(|k| !k.contains("self_attn.rotary_emb.inv_freq"));
         if c.tie_word_embeddings {
             w.remove("lm_head.weight");
@@ -180,6 +231,7 @@ impl ModelArch for Llama {
         }
         let q = c.quantization.as_ref();
         let d = c.hidden_size;
+        let rope_factors = w.remove(ROPE_FREQS);
         let embed_tokens = Embedding::load_shaped(
             &mut w,
             "model.embed_tokens",
@@ -191,7 +243,7 @@ impl ModelArch for Llama {
             .map(|i| {
                 let p = format!("model.layers.{i}");
                 Ok(Block {
-                    attn: Attention::load(&mut w, &format!("{p}.self_attn"), &c)?,
+                    attn: Attention::load(&mut w, &format!("{p}.self_attn"), &c, rope_factors.as_ref())?,
                     mlp: GatedMlp::load(
                         &mut w,
                         &format!("{p}.mlp"),
@@ -244,4 +296,42 @@ export_plugin! {
     version: env!("CARGO_PKG_VERSION"),
     text: { "llama" => Llama, "mistral" => Llama, "qwen2" => Llama, "qwen3" => Llama },
     vision: {},
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gguf(meta: Value, tensors: Value) -> GgufInfo {
+        GgufInfo::from_json(&json!({"metadata": meta, "tensors": tensors}).to_string()).unwrap()
+    }
+
+    #[test]
+    fn gguf_metadata_maps_to_the_llama_config() {
+        let g = gguf(
+            json!({
+                "general.architecture": "qwen2",
+                "qwen2.block_count": 2, "qwen2.embedding_length": 64, "qwen2.feed_forward_length": 128,
+                "qwen2.attention.head_count": 4, "qwen2.attention.head_count_kv": 2,
+                "qwen2.rope.freq_base": 1000000.0, "qwen2.context_length": 32768,
+                "qwen2.rope.scaling.type": "linear", "qwen2.rope.scaling.factor": 4.0,
+                "tokenizer.ggml.tokens": {"strings": 100},
+            }),
+            json!({"lm_head.weight": [100, 64]}),
+        );
+        let c = Llama::config_from_gguf(&g).unwrap().unwrap();
+        assert_eq!(c["model_type"], json!("qwen2"));
+        assert_eq!(c["num_key_value_heads"], json!(2));
+        assert_eq!(c["vocab_size"], json!(100));
+        assert_eq!(c["tie_word_embeddings"], json!(false));
+        assert_eq!(c["rope_scaling"], json!({"rope_type": "linear", "factor": 4.0}));
+        let parsed: Config = serde::Deserialize::deserialize(c).unwrap();
+        assert_eq!((parsed.kv_heads(), parsed.head_dim()), (2, 16));
+    }
+
+    #[test]
+    fn gguf_of_another_architecture_is_not_ours() {
+        let g = gguf(json!({"general.architecture": "gemma3"}), json!({}));
+        assert!(Llama::config_from_gguf(&g).unwrap().is_none());
+    }
 }

@@ -10,7 +10,7 @@
 //! `model.layers.L.self_attn.{q,k,v,o}_proj.weight`, `model.layers.L.mlp.{gate,up,down}_proj.weight`.
 //!
 //! Cargo features produce the bad plugins of the loading tests (see Cargo.toml).
-#![cfg_attr(any(feature = "abi_major_2", feature = "no_descriptor"), allow(dead_code))]
+#![cfg_attr(feature = "no_descriptor", allow(dead_code))]
 
 use mlx_engine_plugin_api::fast::{self, RopeFreqs};
 use mlx_engine_plugin_api::nn::{Embedding, Linear, RmsNorm};
@@ -20,6 +20,9 @@ use mlx_engine_plugin_api::{
 
 /// The message of the `panic_forward` variant, matched by the tests.
 pub const PANIC_MESSAGE: &str = "tiny fixture: forward panicked on purpose";
+
+/// The message of the `panic_layout` variant.
+pub const LAYOUT_PANIC_MESSAGE: &str = "tiny fixture: cache_layout panicked on purpose";
 
 /// The plugin's name: `tiny2` under `alt_name`, which declares the same model type.
 pub const PLUGIN_NAME: &str = if cfg!(feature = "alt_name") { "tiny2" } else { "tiny" };
@@ -117,7 +120,20 @@ impl ModelArch for Tiny {
         Ok(Tiny { cfg, embed, layers, norm })
     }
 
+    /// Keeps the final norm in f32 whatever the compute dtype (1.1's dtype policy).
+    #[cfg(not(feature = "abi_1_0"))]
+    fn dtype_policy(name: &str) -> mlx_engine_plugin_api::DtypePolicy {
+        if name == "model.norm.weight" {
+            mlx_engine_plugin_api::DtypePolicy::F32
+        } else {
+            mlx_engine_plugin_api::DtypePolicy::Compute
+        }
+    }
+
     fn cache_layout(&self) -> Vec<LayerCache> {
+        if cfg!(feature = "panic_layout") {
+            panic!("{LAYOUT_PANIC_MESSAGE}");
+        }
         vec![LayerCache::Full; self.layers.len()]
     }
 
@@ -136,7 +152,13 @@ impl ModelArch for Tiny {
             let m = layer.down.forward(&layer.gate.forward(&x)?.silu()?.multiply(&layer.up.forward(&x)?)?)?;
             h = h.add(&m)?;
         }
-        self.embed.as_linear(&self.norm.forward(&h)?)
+        let logits = self.embed.as_linear(&self.norm.forward(&h)?)?;
+        if cfg!(feature = "bad_logits_shape") {
+            // One position too few: the engine must notice, not the sampler.
+            let l = logits.dim(1)?;
+            return logits.slice_axis(1, 0, l - 1);
+        }
+        Ok(logits)
     }
 
     fn embed_tokens(&self, ids: &Array) -> Result<Array> {
@@ -144,7 +166,7 @@ impl ModelArch for Tiny {
     }
 }
 
-#[cfg(not(any(feature = "abi_major_2", feature = "no_descriptor")))]
+#[cfg(not(any(feature = "tampered", feature = "no_descriptor")))]
 mlx_engine_plugin_api::export_plugin! {
     name: PLUGIN_NAME,
     version: env!("CARGO_PKG_VERSION"),
@@ -152,42 +174,87 @@ mlx_engine_plugin_api::export_plugin! {
     vision: {},
 }
 
-/// A descriptor identical to a real one except that it claims ABI major 2, as a plugin built
-/// against a future, incompatible plugin-api would.
-#[cfg(all(feature = "abi_major_2", not(feature = "no_descriptor")))]
-mod abi2 {
-    use mlx_engine_plugin_api::abi::{ErrSink, ModelObject, PluginDescriptor, StrRef, VisionObject, WeightEntry};
+/// The real descriptor with one thing broken, as a plugin built against a different or buggy
+/// plugin-api would have it: each `tampered_*` feature breaks one thing (see Cargo.toml).
+#[cfg(all(feature = "tampered", not(feature = "no_descriptor")))]
+mod tampered {
+    use std::sync::OnceLock;
+
+    use mlx_engine_plugin_api::abi::{
+        CreateFn, ErrSink, ModelObject, ModelVTable, PluginDescriptor, StrRef, WeightEntry, ABI_MINOR,
+    };
     use mlx_engine_plugin_api::ops_table::Status;
 
-    unsafe extern "C" fn refuse<O>(
-        _: StrRef,
-        _: StrRef,
-        _: *const WeightEntry,
-        _: usize,
-        _: u32,
-        _: *mut O,
-        _: *const ErrSink,
+    /// Static data that only holds pointers into this library's own statics.
+    struct Shared<T>(T);
+    // SAFETY: the wrapped descriptor / vtable is immutable after initialisation and points only
+    // at 'static data and functions of this library.
+    unsafe impl<T> Sync for Shared<T> {}
+    // SAFETY: as above.
+    unsafe impl<T> Send for Shared<T> {}
+
+    static REAL_CREATE: OnceLock<CreateFn<ModelObject>> = OnceLock::new();
+    static SMALL_VTABLE: OnceLock<Shared<ModelVTable>> = OnceLock::new();
+
+    /// The real `create_model`, with the object's vtable replaced by a copy whose `size` lacks
+    /// the last entry of ABI 1.1.
+    unsafe extern "C" fn create_with_small_vtable(
+        ty: StrRef,
+        cfg: StrRef,
+        w: *const WeightEntry,
+        n: usize,
+        fmt: u32,
+        out: *mut ModelObject,
+        err: *const ErrSink,
     ) -> Status {
-        1
+        let Some(real) = REAL_CREATE.get() else { return 1 };
+        // SAFETY: the engine's arguments are passed through unchanged.
+        let st = unsafe { real(ty, cfg, w, n, fmt, out, err) };
+        if st == 0 {
+            // SAFETY: on success `out` holds an object whose vtable is static data.
+            unsafe {
+                let small = SMALL_VTABLE.get_or_init(|| {
+                    let mut vt = std::ptr::read((*out).vtable);
+                    vt.size = std::mem::offset_of!(ModelVTable, try_layer_cache);
+                    Shared(vt)
+                });
+                (*out).vtable = &small.0;
+            }
+        }
+        st
     }
-
-    static TEXT: [StrRef; 1] = [StrRef::from_static(super::MODEL_TYPE)];
-
-    static DESCRIPTOR: PluginDescriptor = {
-        let mut d = PluginDescriptor::new(
-            super::PLUGIN_NAME,
-            env!("CARGO_PKG_VERSION"),
-            &TEXT,
-            &[],
-            refuse::<ModelObject>,
-            refuse::<VisionObject>,
-        );
-        d.abi_major = 2;
-        d
-    };
 
     #[unsafe(no_mangle)]
     pub extern "C" fn mlx_engine_plugin_descriptor() -> *const PluginDescriptor {
-        &DESCRIPTOR
+        static TAMPERED: OnceLock<Shared<PluginDescriptor>> = OnceLock::new();
+        let real: &'static PluginDescriptor = mlx_engine_plugin_api::plugin_descriptor! {
+            name: super::PLUGIN_NAME,
+            version: env!("CARGO_PKG_VERSION"),
+            text: { "tiny" => super::Tiny },
+            vision: {},
+        };
+        let d = TAMPERED.get_or_init(|| {
+            // SAFETY: a bitwise copy of static, pointer-only data.
+            let mut d = unsafe { std::ptr::read(real) };
+            if cfg!(feature = "abi_major_2") {
+                d.abi_major = 2;
+                d.abi_minor = 0;
+            }
+            if cfg!(feature = "abi_minor_2") {
+                d.abi_minor = ABI_MINOR + 1;
+            }
+            if cfg!(feature = "small_descriptor") {
+                d.size = PluginDescriptor::size_at_minor(ABI_MINOR - 1);
+            }
+            if cfg!(feature = "bad_fingerprint") {
+                d.layout_fingerprint ^= 1;
+            }
+            if cfg!(feature = "small_vtable") {
+                let _ = REAL_CREATE.set(d.create_model);
+                d.create_model = create_with_small_vtable;
+            }
+            Shared(d)
+        });
+        &d.0
     }
 }

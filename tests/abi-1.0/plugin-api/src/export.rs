@@ -1,0 +1,377 @@
+//! The plugin side of the boundary: the glue behind [`export_plugin!`](crate::export_plugin).
+//!
+//! Every `extern "C"` function here runs its body under `catch_unwind`, so a panicking plugin
+//! turns into an error for the one request, never an unwind across the boundary.
+
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::abi::*;
+use crate::array::{install_ops, Array};
+use crate::error::{Error, Result};
+use crate::ops_table::{Handle, OpsTable, Status};
+use crate::traits::*;
+
+/// Runs `f`, reporting an error or a panic through `err`; returns the ABI status.
+///
+/// # Safety
+/// `err` must be null or a valid sink for the duration of the call.
+pub unsafe fn guard(err: *const ErrSink, f: impl FnOnce() -> Result<()>) -> Status {
+    let e = match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => return 0,
+        Ok(Err(e)) => e,
+        Err(payload) => Error::from_panic(payload),
+    };
+    if !err.is_null() {
+        // SAFETY: guaranteed by the caller.
+        unsafe { (*err).report(&e) };
+    }
+    1
+}
+
+/// `PluginDescriptor::init`: adopts the engine's ops table.
+///
+/// # Safety
+/// `ops` must point at a table that lives as long as the plugin is loaded.
+pub unsafe extern "C" fn plugin_init(ops: *const OpsTable, err: *const ErrSink) -> Status {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        guard(err, || {
+            if ops.is_null() {
+                return Err(Error::Abi("the engine passed no ops table".into()));
+            }
+            install_ops(&*ops)
+        })
+    }
+}
+
+/// # Safety
+/// `weights` must point at `n` valid entries whose handles are live for the call.
+unsafe fn read_weights(weights: *const WeightEntry, n: usize) -> Result<Weights> {
+    let mut w = Weights::new();
+    if n == 0 {
+        return Ok(w);
+    }
+    // SAFETY: guaranteed by the caller.
+    for e in unsafe { std::slice::from_raw_parts(weights, n) } {
+        // SAFETY: the handle is borrowed; `clone` makes our own reference to it.
+        let borrowed = std::mem::ManuallyDrop::new(unsafe { Array::from_raw(e.array)? });
+        // SAFETY: the name is live for the call (copied by to_string).
+        w.insert(unsafe { e.name.as_str()? }.to_string(), (*borrowed).clone());
+    }
+    Ok(w)
+}
+
+/// Borrows a handle as an `Array` without taking ownership.
+///
+/// # Safety
+/// `h` must be a live handle for as long as the result is used.
+pub unsafe fn borrow(h: Handle) -> Result<std::mem::ManuallyDrop<Array>> {
+    // SAFETY: guaranteed by the caller; ManuallyDrop keeps us from freeing what we don't own.
+    unsafe { Array::from_raw(h).map(std::mem::ManuallyDrop::new) }
+}
+
+/// The shared body of the exported `create_model` / `create_vision` functions.
+///
+/// # Safety
+/// All pointers must be valid as documented on [`CreateFn`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn create_glue<F: Copy, O>(
+    factories: &[(&str, F)],
+    build: impl FnOnce(F, &str, Weights, WeightsFormat) -> Result<O>,
+    model_type: StrRef,
+    config_json: StrRef,
+    weights: *const WeightEntry,
+    n_weights: usize,
+    format: u32,
+    out: *mut O,
+    err: *const ErrSink,
+) -> Status {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        guard(err, || {
+            let ty = model_type.as_str()?;
+            let factory = factories
+                .iter()
+                .find(|(t, _)| *t == ty)
+                .map(|(_, f)| *f)
+                .ok_or_else(|| Error::Config(format!("this plugin does not provide model type `{ty}`")))?;
+            let w = read_weights(weights, n_weights)?;
+            let obj = build(factory, config_json.as_str()?, w, WeightsFormat::from_code(format)?)?;
+            out.write(obj);
+            Ok(())
+        })
+    }
+}
+
+/// Wraps a model into the object handed to the engine.
+pub fn model_object(model: Box<dyn DynModel>) -> ModelObject {
+    ModelObject { this: Box::into_raw(Box::new(model)) as *mut c_void, vtable: &MODEL_VTABLE }
+}
+
+/// Wraps a vision add-on into the object handed to the engine.
+pub fn vision_object(v: Box<dyn DynVision>) -> VisionObject {
+    VisionObject { this: Box::into_raw(Box::new(v)) as *mut c_void, vtable: &VISION_VTABLE }
+}
+
+/// # Safety
+/// `this` must come from [`model_object`] and not be destroyed.
+unsafe fn model<'a>(this: *mut c_void) -> &'a dyn DynModel {
+    // SAFETY: guaranteed by the caller.
+    unsafe { &**(this as *mut Box<dyn DynModel>) }
+}
+
+unsafe extern "C" fn model_destroy(this: *mut c_void) {
+    // SAFETY: `this` came from `model_object`; the engine destroys it once. A panicking Drop is
+    // contained.
+    let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(this as *mut Box<dyn DynModel>) })));
+}
+
+unsafe extern "C" fn model_num_layers(this: *mut c_void) -> usize {
+    // SAFETY: live model object.
+    catch_unwind(AssertUnwindSafe(|| unsafe { model(this) }.cache_layout().len())).unwrap_or(0)
+}
+
+unsafe extern "C" fn model_layer_cache(this: *mut c_void, layer: usize, out: *mut CacheSpec) -> Status {
+    // SAFETY: live model object and out-slot.
+    unsafe {
+        guard(std::ptr::null(), || {
+            let spec = match model(this).cache_layout().get(layer) {
+                Some(LayerCache::Full) => CacheSpec { kind: CACHE_FULL, window: 0 },
+                Some(LayerCache::SlidingWindow { window }) => CacheSpec { kind: CACHE_SLIDING, window: *window },
+                None => return Err(Error::Abi(format!("layer {layer} is out of range"))),
+            };
+            out.write(spec);
+            Ok(())
+        })
+    }
+}
+
+/// The engine's context behind the plugin's `dyn ForwardContext`.
+struct CtxProxy(*const ForwardCtxObject);
+
+impl ForwardContext for CtxProxy {
+    fn offset(&self, layer: usize) -> Result<i32> {
+        let mut slot = ErrorSlot::default();
+        let sink = slot.sink();
+        let mut off = 0;
+        // SAFETY: the engine's context object is live for the whole forward call.
+        let st = unsafe { ((*(*self.0).vtable).offset)((*self.0).this, layer, &mut off, &sink) };
+        if st == 0 {
+            Ok(off)
+        } else {
+            Err(slot.into_error("offset"))
+        }
+    }
+
+    fn attention(
+        &mut self,
+        layer: usize,
+        q: &Array,
+        k: &Array,
+        v: &Array,
+        scale: f32,
+        options: &AttentionOptions,
+    ) -> Result<Array> {
+        let opts = AttentionOptionsFfi {
+            size: std::mem::size_of::<AttentionOptionsFfi>(),
+            logit_softcap: options.logit_softcap.unwrap_or(0.0),
+        };
+        let mut slot = ErrorSlot::default();
+        let sink = slot.sink();
+        let mut out: Handle = std::ptr::null_mut();
+        // SAFETY: the context object is live for the forward call; the handles are borrowed.
+        let st = unsafe {
+            ((*(*self.0).vtable).attention)(
+                (*self.0).this,
+                layer,
+                q.as_raw(),
+                k.as_raw(),
+                v.as_raw(),
+                scale,
+                &opts,
+                &mut out,
+                &sink,
+            )
+        };
+        if st != 0 {
+            return Err(slot.into_error("attention"));
+        }
+        // SAFETY: on success the engine wrote an owned handle.
+        unsafe { Array::from_raw(out) }
+    }
+}
+
+unsafe extern "C" fn model_forward(
+    this: *mut c_void,
+    input_kind: u32,
+    input: Handle,
+    ctx: *const ForwardCtxObject,
+    out: *mut Handle,
+    err: *const ErrSink,
+) -> Status {
+    // SAFETY: the engine passes a live model, input handle, context and out-slot.
+    unsafe {
+        guard(err, || {
+            let x = borrow(input)?;
+            let input = match input_kind {
+                INPUT_TOKENS => Input::Tokens(&x),
+                INPUT_EMBEDDINGS => Input::Embeddings(&x),
+                k => return Err(Error::Abi(format!("unknown input kind {k}"))),
+            };
+            let mut proxy = CtxProxy(ctx);
+            let logits = model(this).forward(input, &mut proxy)?;
+            out.write(logits.into_raw());
+            Ok(())
+        })
+    }
+}
+
+unsafe extern "C" fn model_embed(this: *mut c_void, ids: Handle, out: *mut Handle, err: *const ErrSink) -> Status {
+    // SAFETY: live model, input handle and out-slot.
+    unsafe {
+        guard(err, || {
+            let ids = borrow(ids)?;
+            out.write(model(this).embed_tokens(&ids)?.into_raw());
+            Ok(())
+        })
+    }
+}
+
+static MODEL_VTABLE: ModelVTable = ModelVTable {
+    size: std::mem::size_of::<ModelVTable>(),
+    destroy: model_destroy,
+    num_layers: model_num_layers,
+    layer_cache: model_layer_cache,
+    forward: model_forward,
+    embed_tokens: model_embed,
+};
+
+unsafe extern "C" fn vision_destroy(this: *mut c_void) {
+    // SAFETY: `this` came from `vision_object`; the engine destroys it once.
+    let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(this as *mut Box<dyn DynVision>) })));
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C" fn vision_merge(
+    this: *mut c_void,
+    input_ids: Handle,
+    text_embeddings: Handle,
+    images: *const Handle,
+    n_images: usize,
+    out_ids: *mut Handle,
+    out_embeddings: *mut Handle,
+    err: *const ErrSink,
+) -> Status {
+    // SAFETY: the engine passes a live add-on, borrowed handles and two out-slots.
+    unsafe {
+        guard(err, || {
+            let v = &**(this as *mut Box<dyn DynVision>);
+            let ids = borrow(input_ids)?;
+            let emb = borrow(text_embeddings)?;
+            let imgs: Vec<Array> = if n_images == 0 {
+                Vec::new()
+            } else {
+                std::slice::from_raw_parts(images, n_images)
+                    .iter()
+                    .map(|&h| borrow(h).map(|a| (*a).clone()))
+                    .collect::<Result<_>>()?
+            };
+            let (i, e) = v.merge(&ids, &emb, &imgs)?;
+            out_ids.write(i.into_raw());
+            out_embeddings.write(e.into_raw());
+            Ok(())
+        })
+    }
+}
+
+static VISION_VTABLE: VisionVTable =
+    VisionVTable { size: std::mem::size_of::<VisionVTable>(), destroy: vision_destroy, merge: vision_merge };
+
+impl PluginDescriptor {
+    /// The descriptor of a plugin built against this crate (used by [`export_plugin!`](crate::export_plugin)).
+    pub const fn new(
+        name: &'static str,
+        version: &'static str,
+        text_types: &'static [StrRef],
+        vision_types: &'static [StrRef],
+        create_model: CreateFn<ModelObject>,
+        create_vision: CreateFn<VisionObject>,
+    ) -> PluginDescriptor {
+        PluginDescriptor {
+            size: std::mem::size_of::<PluginDescriptor>(),
+            abi_major: ABI_MAJOR,
+            abi_minor: ABI_MINOR,
+            layout_fingerprint: LAYOUT_FINGERPRINT,
+            name: StrRef::from_static(name),
+            version: StrRef::from_static(version),
+            text_types: text_types.as_ptr(),
+            n_text_types: text_types.len(),
+            vision_types: vision_types.as_ptr(),
+            n_vision_types: vision_types.len(),
+            init: plugin_init,
+            create_model,
+            create_vision,
+        }
+    }
+}
+
+/// Exports a plugin: its name, version, and which types build which text architectures
+/// ([`ModelArch`]) and vision add-ons ([`VisionAddOn`]).
+///
+/// ```ignore
+/// mlx_engine_plugin_api::export_plugin! {
+///     name: "llama",
+///     version: env!("CARGO_PKG_VERSION"),
+///     text: { "llama" => Llama, "mistral" => Llama },
+///     vision: {},
+/// }
+/// ```
+#[macro_export]
+macro_rules! export_plugin {
+    (
+        name: $name:expr,
+        version: $version:expr,
+        text: { $($tt:literal => $tty:ty),* $(,)? },
+        vision: { $($vt:literal => $vty:ty),* $(,)? } $(,)?
+    ) => {
+        #[unsafe(no_mangle)]
+        pub extern "C" fn mlx_engine_plugin_descriptor() -> *const $crate::abi::PluginDescriptor {
+            use $crate::abi::{StrRef, ModelObject, VisionObject, WeightEntry, ErrSink, PluginDescriptor};
+            static TEXT: &[StrRef] = &[$(StrRef::from_static($tt)),*];
+            static VISION: &[StrRef] = &[$(StrRef::from_static($vt)),*];
+            static TEXT_FACTORIES: &[(&str, $crate::ModelFactory)] =
+                &[$(($tt, $crate::model_factory::<$tty> as $crate::ModelFactory)),*];
+            static VISION_FACTORIES: &[(&str, $crate::VisionFactory)] =
+                &[$(($vt, $crate::vision_factory::<$vty> as $crate::VisionFactory)),*];
+
+            unsafe extern "C" fn create_model(
+                ty: StrRef, cfg: StrRef, w: *const WeightEntry, n: usize, fmt: u32,
+                out: *mut ModelObject, err: *const ErrSink,
+            ) -> $crate::ops_table::Status {
+                // SAFETY: the engine upholds the CreateFn contract.
+                unsafe {
+                    $crate::export::create_glue(TEXT_FACTORIES, |f: $crate::ModelFactory, c, w, fmt| {
+                        f(c, w, fmt).map($crate::export::model_object)
+                    }, ty, cfg, w, n, fmt, out, err)
+                }
+            }
+
+            unsafe extern "C" fn create_vision(
+                ty: StrRef, cfg: StrRef, w: *const WeightEntry, n: usize, fmt: u32,
+                out: *mut VisionObject, err: *const ErrSink,
+            ) -> $crate::ops_table::Status {
+                // SAFETY: the engine upholds the CreateFn contract.
+                unsafe {
+                    $crate::export::create_glue(VISION_FACTORIES, |f: $crate::VisionFactory, c, w, fmt| {
+                        f(c, w, fmt).map($crate::export::vision_object)
+                    }, ty, cfg, w, n, fmt, out, err)
+                }
+            }
+
+            static DESCRIPTOR: PluginDescriptor =
+                PluginDescriptor::new($name, $version, TEXT, VISION, create_model, create_vision);
+            &DESCRIPTOR
+        }
+    };
+}

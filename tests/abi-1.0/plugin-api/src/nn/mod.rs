@@ -1,0 +1,362 @@
+//! Shared layers, loaded from checkpoint tensors by name prefix. Plugins build on these instead
+//! of re-implementing them; the text-generation work grows this module (RoPE variants, MLPs,
+//! attention helpers).
+
+pub mod rope;
+pub use rope::{Rope, RopeScaling};
+
+use crate::array::Array;
+use crate::dtype::Dtype;
+use crate::error::{Error, Result};
+use crate::fast;
+use crate::ops::{dequantize, quantized_matmul};
+use crate::traits::Weights;
+
+/// MLX affine quantization parameters (`quantization` in config.json).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct QuantConfig {
+    pub group_size: i32,
+    pub bits: i32,
+}
+
+/// The `quantization` (or `quantization_config`) entry of config.json: a default plus
+/// per-layer overrides keyed by the layer's weight prefix (mlx-lm's format), e.g.
+/// `{"group_size": 64, "bits": 4, "model.embed_tokens": {"group_size": 32, "bits": 8}}`.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+pub struct Quantization {
+    #[serde(default = "default_group")]
+    pub group_size: i32,
+    #[serde(default = "default_bits")]
+    pub bits: i32,
+    #[serde(flatten)]
+    pub per_layer: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+fn default_group() -> i32 {
+    64
+}
+fn default_bits() -> i32 {
+    4
+}
+
+impl Quantization {
+    /// The parameters of the layer at `prefix`: its override if there is one, else the default.
+    pub fn for_layer(&self, prefix: &str) -> Option<QuantConfig> {
+        match self.per_layer.get(prefix) {
+            Some(v) => serde_json::from_value::<QuantConfig>(v.clone()).ok(),
+            None => Some(QuantConfig { group_size: self.group_size, bits: self.bits }),
+        }
+    }
+}
+
+/// `quantization` of a layer, when the config has one.
+pub fn layer_quant(q: Option<&Quantization>, prefix: &str) -> Option<QuantConfig> {
+    q.and_then(|q| q.for_layer(prefix))
+}
+
+fn check_quant(prefix: &str, q: QuantConfig) -> Result<QuantConfig> {
+    if ![2, 3, 4, 5, 6, 8].contains(&q.bits) || ![32, 64, 128].contains(&q.group_size) {
+        return Err(Error::Config(format!(
+            "`{prefix}`: unsupported quantization bits={} group_size={} (bits 2/3/4/5/6/8, groups 32/64/128)",
+            q.bits, q.group_size
+        )));
+    }
+    Ok(q)
+}
+
+/// A dense or affine-quantized weight `[out, in]`, chosen from what the checkpoint holds.
+#[derive(Clone, Debug)]
+pub enum Weight {
+    Dense(Array),
+    Quantized { wq: Array, scales: Array, biases: Option<Array>, group_size: i32, bits: i32 },
+}
+
+impl Weight {
+    /// Loads `{prefix}.weight`, quantized when `{prefix}.scales` exists (then `quant` is
+    /// required).
+    pub fn load(w: &mut Weights, prefix: &str, quant: Option<QuantConfig>) -> Result<Weight> {
+        let weight = w.take(&format!("{prefix}.weight"))?;
+        if let Some(scales) = w.remove(&format!("{prefix}.scales")) {
+            let q = quant.ok_or_else(|| {
+                Error::Config(format!("`{prefix}` is quantized but config.json has no `quantization` entry"))
+            })?;
+            let q = check_quant(prefix, q)?;
+            let biases = w.remove(&format!("{prefix}.biases"));
+            let (rows, packed) = (weight.dim(0)?, weight.dim(-1)?);
+            if scales.dim(0)? != rows || packed * 32 / q.bits != scales.dim(-1)? * q.group_size {
+                return Err(Error::Weights(format!(
+                    "`{prefix}`: packed weight {:?} and scales {:?} do not match bits={} group_size={}",
+                    weight.shape(),
+                    scales.shape(),
+                    q.bits,
+                    q.group_size
+                )));
+            }
+            return Ok(Weight::Quantized { wq: weight, scales, biases, group_size: q.group_size, bits: q.bits });
+        }
+        Ok(Weight::Dense(weight))
+    }
+
+    /// Checks that this is a `[out, in]` matrix (packed accordingly when quantized) of a
+    /// floating-point dtype, so a wrong checkpoint fails at load naming the tensor instead of
+    /// mid-forward with a bare shape error.
+    pub fn check_shape(&self, prefix: &str, out: i32, inp: i32) -> Result<()> {
+        let bad = |what: &str, found: Vec<i32>, want: Vec<i32>| {
+            Err(Error::Weights(format!("tensor `{prefix}.{what}` has shape {found:?}, expected {want:?}")))
+        };
+        match self {
+            Weight::Dense(w) => {
+                if w.shape() != [out, inp] {
+                    return bad("weight", w.shape(), vec![out, inp]);
+                }
+                if !w.dtype().is_float() {
+                    return Err(Error::Weights(format!(
+                        "tensor `{prefix}.weight` has dtype {}, expected a floating-point dtype",
+                        w.dtype()
+                    )));
+                }
+            }
+            Weight::Quantized { wq, scales, group_size, bits, .. } => {
+                let packed = vec![out, inp * bits / 32];
+                if wq.shape() != packed {
+                    return bad("weight", wq.shape(), packed);
+                }
+                let groups = vec![out, inp / group_size];
+                if scales.shape() != groups {
+                    return bad("scales", scales.shape(), groups);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `x @ W^T`.
+    pub fn apply(&self, x: &Array) -> Result<Array> {
+        match self {
+            Weight::Dense(w) => x.matmul(&w.t()?),
+            Weight::Quantized { wq, scales, biases, group_size, bits } => {
+                quantized_matmul(x, wq, scales, biases.as_ref(), true, *group_size, *bits)
+            }
+        }
+    }
+
+    /// The full-precision matrix (dequantized when needed).
+    pub fn dense(&self) -> Result<Array> {
+        match self {
+            Weight::Dense(w) => Ok(w.clone()),
+            Weight::Quantized { wq, scales, biases, group_size, bits } => {
+                dequantize(wq, scales, biases.as_ref(), *group_size, *bits)
+            }
+        }
+    }
+
+    /// Casts dense weights (and quantization scales/biases) to `dtype`.
+    pub fn astype(&self, dtype: Dtype) -> Result<Weight> {
+        Ok(match self {
+            Weight::Dense(w) => Weight::Dense(w.astype(dtype)?),
+            Weight::Quantized { wq, scales, biases, group_size, bits } => Weight::Quantized {
+                wq: wq.clone(),
+                scales: scales.astype(dtype)?,
+                biases: biases.as_ref().map(|b| b.astype(dtype)).transpose()?,
+                group_size: *group_size,
+                bits: *bits,
+            },
+        })
+    }
+}
+
+/// `y = x W^T + b`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Weight,
+    pub bias: Option<Array>,
+}
+
+impl Linear {
+    /// Loads `{prefix}.weight` (+ `.scales`/`.biases` when quantized) and `{prefix}.bias` if
+    /// `bias` is true.
+    pub fn load(w: &mut Weights, prefix: &str, bias: bool, quant: Option<QuantConfig>) -> Result<Linear> {
+        let weight = Weight::load(w, prefix, quant)?;
+        let bias = if bias { Some(w.take(&format!("{prefix}.bias"))?) } else { None };
+        Ok(Linear { weight, bias })
+    }
+
+    /// [`Linear::load`] plus a check that the layer maps `inp` features to `out`.
+    pub fn load_shaped(
+        w: &mut Weights,
+        prefix: &str,
+        (out, inp): (i32, i32),
+        bias: bool,
+        quant: Option<QuantConfig>,
+    ) -> Result<Linear> {
+        let l = Linear::load(w, prefix, bias, quant)?;
+        l.weight.check_shape(prefix, out, inp)?;
+        if let Some(b) = &l.bias {
+            if b.shape() != [out] {
+                return Err(Error::Weights(format!(
+                    "tensor `{prefix}.bias` has shape {:?}, expected [{out}]",
+                    b.shape()
+                )));
+            }
+        }
+        Ok(l)
+    }
+
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        let y = self.weight.apply(x)?;
+        match &self.bias {
+            Some(b) => y.add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+/// Token embedding table `[vocab, dim]`, possibly quantized; `as_linear` serves tied heads.
+#[derive(Clone, Debug)]
+pub struct Embedding {
+    pub weight: Weight,
+}
+
+impl Embedding {
+    pub fn load(w: &mut Weights, prefix: &str, quant: Option<QuantConfig>) -> Result<Embedding> {
+        Ok(Embedding { weight: Weight::load(w, prefix, quant)? })
+    }
+
+    /// [`Embedding::load`] plus a check of the table's `[vocab, dim]` shape.
+    pub fn load_shaped(
+        w: &mut Weights,
+        prefix: &str,
+        (vocab, dim): (i32, i32),
+        quant: Option<QuantConfig>,
+    ) -> Result<Embedding> {
+        let e = Embedding::load(w, prefix, quant)?;
+        e.weight.check_shape(prefix, vocab, dim)?;
+        Ok(e)
+    }
+
+    /// Rows for `ids` (any shape) -> `[..ids, dim]`.
+    pub fn forward(&self, ids: &Array) -> Result<Array> {
+        match &self.weight {
+            Weight::Dense(w) => w.take(ids, 0),
+            Weight::Quantized { wq, scales, biases, group_size, bits } => {
+                let rows = |a: &Array| a.take(ids, 0);
+                dequantize(
+                    &rows(wq)?,
+                    &rows(scales)?,
+                    biases.as_ref().map(rows).transpose()?.as_ref(),
+                    *group_size,
+                    *bits,
+                )
+            }
+        }
+    }
+
+    /// Logits against the embedding table: `x @ E^T`.
+    pub fn as_linear(&self, x: &Array) -> Result<Array> {
+        self.weight.apply(x)
+    }
+}
+
+/// RMS normalisation with a learned scale.
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    pub weight: Array,
+    pub eps: f32,
+}
+
+impl RmsNorm {
+    pub fn load(w: &mut Weights, prefix: &str, eps: f32) -> Result<RmsNorm> {
+        Ok(RmsNorm { weight: w.take(&format!("{prefix}.weight"))?, eps })
+    }
+
+    /// Gemma's variant, which scales by `1 + weight`; the sum is formed once at load.
+    pub fn load_one_plus(w: &mut Weights, prefix: &str, eps: f32) -> Result<RmsNorm> {
+        let weight = w.take(&format!("{prefix}.weight"))?;
+        let weight = weight.add(&weight.scalar_like(1.0)?)?;
+        Ok(RmsNorm { weight, eps })
+    }
+
+    /// Checks the scale vector has `dim` entries.
+    pub fn expect_dim(self, prefix: &str, dim: i32) -> Result<RmsNorm> {
+        if self.weight.shape() != [dim] {
+            return Err(Error::Weights(format!(
+                "tensor `{prefix}.weight` has shape {:?}, expected [{dim}]",
+                self.weight.shape()
+            )));
+        }
+        Ok(self)
+    }
+
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        fast::rms_norm(x, Some(&self.weight), self.eps)
+    }
+}
+
+/// `[B, L, H * D]` -> `[B, H, L, D]`.
+pub fn split_heads(x: &Array, heads: i32) -> Result<Array> {
+    let s = x.shape();
+    if s.len() != 3 {
+        return Err(Error::Array(format!("split_heads expects [B, L, H*D], got {s:?}")));
+    }
+    x.reshape(&[s[0], s[1], heads, -1])?.transpose(&[0, 2, 1, 3])
+}
+
+/// `[B, H, L, D]` -> `[B, L, H * D]`.
+pub fn merge_heads(x: &Array) -> Result<Array> {
+    let s = x.shape();
+    if s.len() != 4 {
+        return Err(Error::Array(format!("merge_heads expects [B, H, L, D], got {s:?}")));
+    }
+    x.transpose(&[0, 2, 1, 3])?.reshape(&[s[0], s[2], -1])
+}
+
+/// The activation of a gated MLP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// SwiGLU (llama family).
+    Silu,
+    /// GeGLU with the tanh approximation (gemma).
+    GeluApprox,
+}
+
+/// `down(act(gate(x)) * up(x))`.
+#[derive(Clone, Debug)]
+pub struct GatedMlp {
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+    pub act: Activation,
+}
+
+impl GatedMlp {
+    /// Loads `{prefix}.gate_proj`, `.up_proj` (`dim -> hidden`) and `.down_proj`
+    /// (`hidden -> dim`), checking their shapes.
+    pub fn load(
+        w: &mut Weights,
+        prefix: &str,
+        (dim, hidden): (i32, i32),
+        bias: bool,
+        act: Activation,
+        quant: Option<&Quantization>,
+    ) -> Result<GatedMlp> {
+        let lin = |w: &mut Weights, name: &str, shape: (i32, i32)| {
+            let p = format!("{prefix}.{name}");
+            Linear::load_shaped(w, &p, shape, bias, layer_quant(quant, &p))
+        };
+        Ok(GatedMlp {
+            gate: lin(w, "gate_proj", (hidden, dim))?,
+            up: lin(w, "up_proj", (hidden, dim))?,
+            down: lin(w, "down_proj", (dim, hidden))?,
+            act,
+        })
+    }
+
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        let g = self.gate.forward(x)?;
+        let g = match self.act {
+            Activation::Silu => g.silu()?,
+            Activation::GeluApprox => g.gelu_approx()?,
+        };
+        self.down.forward(&g.multiply(&self.up.forward(x)?)?)
+    }
+}

@@ -1,0 +1,277 @@
+//! The safe traits an architecture implements, and the forward context the engine provides.
+
+use std::collections::BTreeMap;
+
+use crate::array::Array;
+use crate::error::{Error, Result};
+
+/// What kind of KV cache one layer needs; the engine owns and manages the cache itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerCache {
+    /// Attention over every previous position.
+    Full,
+    /// Attention over the last `window` positions only (gemma3's local layers).
+    SlidingWindow { window: u32 },
+}
+
+/// Where the checkpoint's tensors came from, so `sanitize` can undo format differences.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum WeightsFormat {
+    /// MLX-converted safetensors (mlx-lm naming).
+    Mlx = 0,
+    /// Hugging Face safetensors (transformers naming).
+    HuggingFace = 1,
+    /// GGUF (llama.cpp naming and layouts, already renamed by the engine's GGUF mapper).
+    Gguf = 2,
+}
+
+impl WeightsFormat {
+    pub fn from_code(code: u32) -> Result<WeightsFormat> {
+        match code {
+            0 => Ok(WeightsFormat::Mlx),
+            1 => Ok(WeightsFormat::HuggingFace),
+            2 => Ok(WeightsFormat::Gguf),
+            _ => Err(Error::Abi(format!("unknown weights format code {code}"))),
+        }
+    }
+}
+
+/// Extra per-call attention settings some architectures need.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct AttentionOptions {
+    /// `tanh(scores / cap) * cap` before the softmax when set (gemma2-style softcapping).
+    pub logit_softcap: Option<f32>,
+}
+
+/// The engine's side of a forward pass: positions and attention through its KV cache.
+///
+/// The architecture never sees the cache: it asks for the position of the first new token of a
+/// layer (for RoPE) and hands new keys and values to `attention`, which appends them to the
+/// engine-owned cache, builds the right mask (causal, sliding window, rotated or trimmed
+/// buffers) and runs attention.
+pub trait ForwardContext {
+    /// Absolute position of the first token of this forward pass in `layer`.
+    fn offset(&self, layer: usize) -> Result<i32>;
+
+    /// Appends `k`/`v` (`[B, Hkv, L, D]`) to layer `layer`'s cache and attends `q`
+    /// (`[B, Hq, L, D]`) over everything cached, returning `[B, Hq, L, D]`.
+    fn attention(
+        &mut self,
+        layer: usize,
+        q: &Array,
+        k: &Array,
+        v: &Array,
+        scale: f32,
+        options: &AttentionOptions,
+    ) -> Result<Array>;
+}
+
+/// The input of a forward pass: token ids `[B, L]` or input embeddings `[B, L, D]` (for
+/// vision-merged prompts).
+#[derive(Clone, Copy, Debug)]
+pub enum Input<'a> {
+    Tokens(&'a Array),
+    Embeddings(&'a Array),
+}
+
+/// A checkpoint's tensors by name, with errors that name the missing or mismatched tensor.
+#[derive(Debug, Default, Clone)]
+pub struct Weights {
+    map: BTreeMap<String, Array>,
+}
+
+impl Weights {
+    pub fn new() -> Weights {
+        Weights::default()
+    }
+
+    pub fn insert(&mut self, name: impl Into<String>, a: Array) {
+        self.map.insert(name.into(), a);
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.map.contains_key(name)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Array> {
+        self.map.get(name)
+    }
+
+    pub fn remove(&mut self, name: &str) -> Option<Array> {
+        self.map.remove(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.map.keys().map(String::as_str)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Array)> {
+        self.map.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Removes and returns a required tensor.
+    pub fn take(&mut self, name: &str) -> Result<Array> {
+        self.map.remove(name).ok_or_else(|| Error::Weights(format!("tensor `{name}` is missing from the checkpoint")))
+    }
+
+    /// Removes and returns a required tensor after checking its shape.
+    pub fn take_shaped(&mut self, name: &str, shape: &[i32]) -> Result<Array> {
+        let a = self.take(name)?;
+        if a.shape() != shape {
+            return Err(Error::Weights(format!("tensor `{name}` has shape {:?}, expected {shape:?}", a.shape())));
+        }
+        Ok(a)
+    }
+
+    /// Fails when tensors are left over after a model took what it needs: a checkpoint with
+    /// unexpected tensors is usually the wrong architecture or a bad conversion, so say so
+    /// at load (as mlx-lm's strict loading does).
+    pub fn expect_consumed(&self) -> Result<()> {
+        if self.map.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = self.names().take(5).collect();
+        let more = if self.map.len() > 5 { format!(" and {} more", self.map.len() - 5) } else { String::new() };
+        Err(Error::Weights(format!("unexpected tensors in the checkpoint: {}{more}", names.join(", "))))
+    }
+
+    /// Renames every tensor with a prefix `from` to start with `to` instead.
+    pub fn rename_prefix(&mut self, from: &str, to: &str) {
+        let keys: Vec<String> = self.map.keys().filter(|k| k.starts_with(from)).cloned().collect();
+        for k in keys {
+            if let Some(a) = self.map.remove(&k) {
+                self.map.insert(format!("{to}{}", &k[from.len()..]), a);
+            }
+        }
+    }
+
+    /// Keeps only the tensors for which `keep` is true.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.map.retain(|k, _| keep(k));
+    }
+}
+
+impl FromIterator<(String, Array)> for Weights {
+    fn from_iter<I: IntoIterator<Item = (String, Array)>>(iter: I) -> Self {
+        Weights { map: iter.into_iter().collect() }
+    }
+}
+
+impl IntoIterator for Weights {
+    type Item = (String, Array);
+    type IntoIter = std::collections::btree_map::IntoIter<String, Array>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.map.into_iter()
+    }
+}
+
+/// A text architecture: token ids (or embeddings) in, logits out.
+///
+/// Built from the text part of `config.json` (deserialised into `Config`) and the sanitized
+/// weights. Reads like mlx-lm's Python file for the architecture.
+pub trait ModelArch: Sized + Send + 'static {
+    type Config: serde::de::DeserializeOwned;
+
+    /// Renames, drops or transforms checkpoint tensors into the names `new` expects.
+    fn sanitize(_config: &Self::Config, weights: Weights, _format: WeightsFormat) -> Result<Weights> {
+        Ok(weights)
+    }
+
+    fn new(config: Self::Config, weights: Weights) -> Result<Self>;
+
+    /// One entry per layer that attends through the context.
+    fn cache_layout(&self) -> Vec<LayerCache>;
+
+    /// Logits `[B, L, vocab]` for the input.
+    fn forward(&self, input: Input<'_>, ctx: &mut dyn ForwardContext) -> Result<Array>;
+
+    /// Token embeddings `[B, L, D]` (what `forward` would start from), for vision merging.
+    fn embed_tokens(&self, ids: &Array) -> Result<Array>;
+}
+
+/// A vision tower + projector that merges image features into the text embeddings.
+pub trait VisionAddOn: Sized + Send + 'static {
+    type Config: serde::de::DeserializeOwned;
+
+    fn sanitize(_config: &Self::Config, weights: Weights, _format: WeightsFormat) -> Result<Weights> {
+        Ok(weights)
+    }
+
+    fn new(config: Self::Config, weights: Weights) -> Result<Self>;
+
+    /// Given prompt ids `[B, L]`, their text embeddings `[B, L, D]` and decoded RGB images
+    /// (`[H, W, 3]` uint8 each), returns `(input_ids, input_embeddings)` with image features at
+    /// the image-token positions.
+    fn merge(&self, input_ids: &Array, text_embeddings: &Array, images: &[Array]) -> Result<(Array, Array)>;
+}
+
+/// Object-safe view of a loaded text model, used by the engine for plugin-loaded and built-in
+/// architectures alike.
+pub trait DynModel: Send {
+    fn cache_layout(&self) -> Vec<LayerCache>;
+    fn forward(&self, input: Input<'_>, ctx: &mut dyn ForwardContext) -> Result<Array>;
+    fn embed_tokens(&self, ids: &Array) -> Result<Array>;
+}
+
+impl<M: ModelArch> DynModel for M {
+    fn cache_layout(&self) -> Vec<LayerCache> {
+        ModelArch::cache_layout(self)
+    }
+    fn forward(&self, input: Input<'_>, ctx: &mut dyn ForwardContext) -> Result<Array> {
+        ModelArch::forward(self, input, ctx)
+    }
+    fn embed_tokens(&self, ids: &Array) -> Result<Array> {
+        ModelArch::embed_tokens(self, ids)
+    }
+}
+
+/// Object-safe view of a loaded vision add-on.
+pub trait DynVision: Send {
+    fn merge(&self, input_ids: &Array, text_embeddings: &Array, images: &[Array]) -> Result<(Array, Array)>;
+}
+
+impl<V: VisionAddOn> DynVision for V {
+    fn merge(&self, input_ids: &Array, text_embeddings: &Array, images: &[Array]) -> Result<(Array, Array)> {
+        VisionAddOn::merge(self, input_ids, text_embeddings, images)
+    }
+}
+
+/// Builds a text model from a model type, the text config JSON and weights.
+pub type ModelFactory = fn(config_json: &str, weights: Weights, format: WeightsFormat) -> Result<Box<dyn DynModel>>;
+/// Builds a vision add-on from the full config JSON and weights.
+pub type VisionFactory = fn(config_json: &str, weights: Weights, format: WeightsFormat) -> Result<Box<dyn DynVision>>;
+
+fn parse_config<C: serde::de::DeserializeOwned>(config_json: &str) -> Result<C> {
+    serde_json::from_str(config_json).map_err(|e| Error::Config(e.to_string()))
+}
+
+/// The [`ModelFactory`] of a [`ModelArch`]: parse config, sanitize, construct.
+pub fn model_factory<M: ModelArch>(
+    config_json: &str,
+    weights: Weights,
+    format: WeightsFormat,
+) -> Result<Box<dyn DynModel>> {
+    let config: M::Config = parse_config(config_json)?;
+    let weights = M::sanitize(&config, weights, format)?;
+    Ok(Box::new(M::new(config, weights)?))
+}
+
+/// The [`VisionFactory`] of a [`VisionAddOn`].
+pub fn vision_factory<V: VisionAddOn>(
+    config_json: &str,
+    weights: Weights,
+    format: WeightsFormat,
+) -> Result<Box<dyn DynVision>> {
+    let config: V::Config = parse_config(config_json)?;
+    let weights = V::sanitize(&config, weights, format)?;
+    Ok(Box::new(V::new(config, weights)?))
+}
