@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod gguf;
+pub mod partition;
 
 use mlx_engine_plugin_api::io::{load_safetensors, MetaValue};
 use mlx_engine_plugin_api::runtime::Device;
@@ -255,6 +256,8 @@ pub fn load_with(path: &Path, host: &PluginHost, dtype: DtypeChoice, device: Dev
             let files = weight_files(path)?;
             let generation_config = read_json_or_empty(&path.join("generation_config.json"))?;
             let (weights, format) = load_weights(&files)?;
+            // The text plugin gets the text part only; the vision part is the add-on's.
+            let weights = partition::partition(weights).text;
             (model_type, text_config, generation_config, weights, format, Source::Folder)
         }
     };

@@ -243,10 +243,7 @@ impl ModelArch for Gemma3 {
         if format == WeightsFormat::Gguf {
             w = rename_llama_cpp_parts(w, gguf_part)?;
         }
-        // The multimodal checkpoint nests the text model; the vision add-on takes the rest.
-        w.rename_prefix("language_model.model.", "model.");
-        w.rename_prefix("language_model.lm_head.", "lm_head.");
-        w.retain(|k| !k.starts_with("vision_tower") && !k.starts_with("multi_modal_projector"));
+        // A multimodal checkpoint arrives with its text part only (the engine partitions it).
         if format == WeightsFormat::Gguf {
             // GGUF stores Gemma's norm weights as 1 + w.
             let norms: Vec<String> = w.names().filter(|n| n.ends_with("norm.weight")).map(str::to_string).collect();
