@@ -7,6 +7,8 @@
 #   scripts/blas-matrix.sh            # parity + conformance + cache suites (the spread)
 #   scripts/blas-matrix.sh --all      # the whole `make test` suite under each (slower)
 #   KERNELS="Haswell Zen" scripts/blas-matrix.sh   # a chosen subset; "reference" = the wheel's BLAS
+#   scripts/blas-matrix.sh -- --report-time         # arguments after `--` go to the test binaries
+#                                                   # (--report-time needs RUSTC_BOOTSTRAP=1 -Z unstable-options)
 #
 # Needs `make setup` and `make models` (the real models) first. Each run's measurements land
 # in target/blas-matrix/<kernel>.jsonl and its log in target/blas-matrix/<kernel>.log.
@@ -15,7 +17,9 @@ cd "$(dirname "$0")/.."
 
 suites=(--test parity --test arch_conformance --test kv_cache_models --test gguf_model --test prompt_cache)
 scope=(-p mlx-engine "${suites[@]}")
-if [ "${1:-}" = "--all" ]; then scope=(--workspace); fi
+if [ "${1:-}" = "--all" ]; then scope=(--workspace); shift; fi
+test_args=()
+if [ "${1:-}" = "--" ]; then shift; test_args=("$@"); fi
 
 flags=$(grep -m1 '^flags' /proc/cpuinfo)
 has() { for f in "$@"; do [[ " $flags " == *" $f "* ]] || return 1; done; }
@@ -57,7 +61,7 @@ for k in "${kernels[@]}"; do
   fi
   start=$SECONDS
   if env "${env[@]}" MLX_ENGINE_REQUIRE_MODELS=1 MLX_ENGINE_SPREAD_LOG="$PWD/$out/$k.jsonl" \
-      cargo test -q "${scope[@]}" --no-fail-fast > "$out/$k.log" 2>&1; then
+      cargo test -q "${scope[@]}" --no-fail-fast -- "${test_args[@]}" > "$out/$k.log" 2>&1; then
     echo "   passed in $((SECONDS - start)) s"
   else
     status=1
