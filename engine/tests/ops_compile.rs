@@ -92,8 +92,9 @@ fn closure_errors_and_panics_come_back_as_errors() {
     let wrong = Compiled::new(1, 2, false, |xs: &[Array]| Ok(vec![xs[0].clone()])).unwrap();
     assert_err_contains(wrong.call(&[&x]), "returned 1 arrays, declared 2", "output count");
     // MLX refuses to evaluate inside a trace; that is the closure's error too.
-    let evaluating = Compiled::new(1, 1, false, |xs: &[Array]| Ok(vec![Array::scalar(xs[0].item::<f32>()? as f64, xs[0].dtype())?]))
-        .unwrap();
+    let evaluating =
+        Compiled::new(1, 1, false, |xs: &[Array]| Ok(vec![Array::scalar(xs[0].item::<f32>()? as f64, xs[0].dtype())?]))
+            .unwrap();
     assert!(evaluating.call(&[&x]).is_err());
     // The process and other compiled functions keep working.
     assert_eq!(failing.call(&[&arr_f32(&[5.0], &[1])]).unwrap()[0].to_vec::<f32>().unwrap(), vec![-5.0]);

@@ -117,7 +117,8 @@ fn conv1d_f32_and_bf16() {
                 groups,
             );
             let tol = if dtype == Dtype::F32 { Tol { atol: 2e-5, rtol: 1e-5 } } else { Tol { atol: 3e-2, rtol: 1e-2 } };
-            let what = format!("conv1d {dtype} x {x:?} w {w:?} stride {stride} pad {pad} dilation {dil} groups {groups}");
+            let what =
+                format!("conv1d {dtype} x {x:?} w {w:?} stride {stride} pad {pad} dilation {dil} groups {groups}");
             check_array(&out, &[os[0] as i32, os[2] as i32, os[3] as i32], &want, tol, &what);
         }
     }

@@ -71,7 +71,8 @@ fn gather_qmm_matches_dequantized_experts() {
     for (sorted, rhs) in [(false, [2u32, 0, 1, 2]), (true, [0u32, 0, 1, 2])] {
         let ri = arr_u32(&rhs, &[tokens as i32]);
         let out =
-            gather_qmm(&xa, &wq, &scales, Some(&biases), None, Some(&ri), true, group as i32, bits as i32, sorted).unwrap();
+            gather_qmm(&xa, &wq, &scales, Some(&biases), None, Some(&ri), true, group as i32, bits as i32, sorted)
+                .unwrap();
         // x @ w[e].T per token.
         let want: Vec<f32> = (0..tokens)
             .flat_map(|t| {

@@ -60,7 +60,9 @@ fn llama_loads_the_text_part_of_a_vlm_checkpoint() {
 fn partition_splits_and_leaves_text_checkpoints_alone() {
     let a = || Array::zeros(&[1], Dtype::F32).unwrap();
     let mut w = Weights::new();
-    for n in ["model.language_model.layers.0.x", "lm_head.weight", "model.vision_tower.y", "model.multi_modal_projector.z"] {
+    for n in
+        ["model.language_model.layers.0.x", "lm_head.weight", "model.vision_tower.y", "model.multi_modal_projector.z"]
+    {
         w.insert(n, a());
     }
     assert!(is_multimodal(&w));
