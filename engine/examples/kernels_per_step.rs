@@ -31,6 +31,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         logits.eval()?;
     }
     let compile = if std::env::var_os("MLX_DISABLE_COMPILE").is_some() { "disabled" } else { "enabled" };
-    println!("{} ({}): primitives per decode step {:?} (compile {compile})", path.display(), m.model_type, &counts[1..]);
+    println!(
+        "{} ({}): primitives per decode step {:?} (compile {compile})",
+        path.display(),
+        m.model_type,
+        &counts[1..]
+    );
     Ok(())
 }

@@ -85,7 +85,13 @@ impl Drop for Compiled {
     }
 }
 
-fn run(payload: *mut c_void, inputs: *const Handle, n_inputs: usize, outputs: *mut Handle, n_outputs: usize) -> Result<()> {
+fn run(
+    payload: *mut c_void,
+    inputs: *const Handle,
+    n_inputs: usize,
+    outputs: *mut Handle,
+    n_outputs: usize,
+) -> Result<()> {
     // SAFETY: the shim passes back the payload made in `Compiled::new`.
     let f = unsafe { &*(payload as *const Box<Closure>) };
     let ins = (0..n_inputs)
