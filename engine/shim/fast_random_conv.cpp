@@ -24,15 +24,32 @@ Status mlxe_layer_norm(Handle x, Handle weight, Handle bias, float eps, Handle* 
   });
 }
 
+namespace {
+// MLX accepts exactly one of `base` and `freqs`.
+std::optional<float> rope_base(const std::optional<mx::array>& freqs, float base) {
+  return freqs ? std::nullopt : std::optional<float>(base);
+}
+} // namespace
+
 Status mlxe_rope(
     Handle x, int32_t dims, bool traditional, float base, float scale, int32_t offset,
     Handle freqs, Handle* out) noexcept {
   return guard([&] {
     out_ptr(out, "out");
     auto f = opt_arr(freqs);
-    // MLX accepts exactly one of `base` and `freqs`.
-    std::optional<float> b = f ? std::nullopt : std::optional<float>(base);
-    put(out, mx::fast::rope(arr(x, "x"), dims, traditional, b, scale, offset, f));
+    put(out, mx::fast::rope(arr(x, "x"), dims, traditional, rope_base(f, base), scale, offset, f));
+  });
+}
+
+Status mlxe_rope_offsets(
+    Handle x, int32_t dims, bool traditional, float base, float scale, Handle offsets,
+    Handle freqs, Handle* out) noexcept {
+  return guard([&] {
+    out_ptr(out, "out");
+    auto f = opt_arr(freqs);
+    put(out,
+        mx::fast::rope(
+            arr(x, "x"), dims, traditional, rope_base(f, base), scale, arr(offsets, "offsets"), f));
   });
 }
 

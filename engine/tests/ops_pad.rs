@@ -38,10 +38,13 @@ fn pad_ref(x: &[f32], shape: &[i32], widths: &[(i32, i32, i32)], edge: bool, val
     (v, out_shape)
 }
 
+/// A shape and its `(axis, low, high)` pad widths.
+type PadCase<'a> = (&'a [i32], &'a [(i32, i32, i32)]);
+
 #[test]
 fn pad_constant_and_edge() {
     init();
-    let cases: [(&[i32], &[(i32, i32, i32)]); 4] = [
+    let cases: [PadCase; 4] = [
         (&[3, 4], &[(0, 1, 2), (1, 0, 3)]),
         (&[2, 3, 4], &[(1, 2, 0)]),
         // Negative axis: the last one (images: pad the width).

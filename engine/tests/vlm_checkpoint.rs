@@ -35,6 +35,9 @@ fn as_vlm(base: &TinyModel, text: fn(&str) -> String, vision_prefix: &str) -> Ti
     m
 }
 
+/// A layout's name, how it renames a text tensor, and the prefix of its vision tensors.
+type Layout = (&'static str, fn(&str) -> String, &'static str);
+
 #[test]
 fn llama_loads_the_text_part_of_a_vlm_checkpoint() {
     let base = TinyModel::new(Arch::LlamaUntied, 5);
@@ -42,7 +45,7 @@ fn llama_loads_the_text_part_of_a_vlm_checkpoint() {
     let plain = load(plain_dir.path(), DtypeChoice::F32);
     let tokens = prompt(6, base.tok, 1);
     let want = full_forward(&plain, &tokens);
-    let layouts: [(&str, fn(&str) -> String, &str); 2] = [
+    let layouts: [Layout; 2] = [
         ("language_model.*", |n| format!("language_model.{n}"), ""),
         ("model.language_model.*", |n| n.replacen("model.", "model.language_model.", 1), "model."),
     ];

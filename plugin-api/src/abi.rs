@@ -136,6 +136,21 @@ pub struct AttentionOptionsFfi {
     pub logit_softcap: f32,
 }
 
+/// Kind codes of [`PositionsFfi`] (the variants of [`Positions`](crate::Positions)).
+pub const POSITIONS_OFFSET: u32 = 0;
+pub const POSITIONS_PER_ROW: u32 = 1;
+pub const POSITIONS_EXPLICIT: u32 = 2;
+
+/// [`ForwardCtxVTable::positions`]' answer: `offset` for [`POSITIONS_OFFSET`], else `array`
+/// (an owned handle the receiver frees).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PositionsFfi {
+    pub kind: u32,
+    pub offset: i32,
+    pub array: Handle,
+}
+
 /// One named weight, borrowed for the duration of a constructor call.
 #[repr(C)]
 pub struct WeightEntry {
@@ -165,6 +180,11 @@ pub struct ForwardCtxVTable {
         out: *mut Handle,
         err: *const ErrSink,
     ) -> Status,
+    // --- 1.1 ---
+    /// Where the pass's tokens sit ([`Positions`](crate::Positions)), for batches whose rows
+    /// start at different positions and for explicit positions.
+    pub positions:
+        unsafe extern "C" fn(this: *mut c_void, layer: usize, out: *mut PositionsFfi, err: *const ErrSink) -> Status,
 }
 
 /// A plugin's text model as seen by the engine. The engine calls `destroy` exactly once.
@@ -195,6 +215,9 @@ pub struct ModelVTable {
     pub try_num_layers: unsafe extern "C" fn(this: *mut c_void, out: *mut usize, err: *const ErrSink) -> Status,
     pub try_layer_cache:
         unsafe extern "C" fn(this: *mut c_void, layer: usize, out: *mut CacheSpec, err: *const ErrSink) -> Status,
+    /// [`ModelArch::embeddings_scale`](crate::ModelArch::embeddings_scale). A 1.0 plugin has
+    /// no entry and declares no scale (1).
+    pub embeddings_scale: unsafe extern "C" fn(this: *mut c_void, out: *mut f32, err: *const ErrSink) -> Status,
 }
 
 /// A plugin's vision add-on as seen by the engine. The engine calls `destroy` exactly once.
@@ -309,15 +332,16 @@ crate::abi_layout!(PluginDescriptor {
 });
 crate::abi_layout!(ModelVTable {
     0 => [size, destroy, num_layers, layer_cache, forward, embed_tokens],
-    1 => [try_num_layers, try_layer_cache],
+    1 => [try_num_layers, try_layer_cache, embeddings_scale],
 });
 crate::abi_layout!(VisionVTable { 0 => [size, destroy, merge] });
-crate::abi_layout!(ForwardCtxVTable { 0 => [size, offset, attention] });
+crate::abi_layout!(ForwardCtxVTable { 0 => [size, offset, attention], 1 => [positions] });
 crate::abi_layout!(AttentionOptionsFfi { 0 => [size, logit_softcap] });
 crate::abi_layout!(ErrSink { 0 => [ctx, set] });
 crate::abi_layout!(WeightEntry { 0 => [name, array] });
 crate::abi_layout!(CacheSpec { 0 => [kind, window] });
 crate::abi_layout!(StrRef { 0 => [ptr, len] });
+crate::abi_layout!(PositionsFfi { 1 => [kind, offset, array] });
 
 /// The layout fingerprint of ABI minor `minor` (of this major): pointer width, then every
 /// boundary struct's alignment and the offsets of its fields of minors `<= minor`. The order
@@ -333,7 +357,8 @@ pub const fn layout_fingerprint(minor: u32) -> u64 {
     let h = WeightEntry::layout_hash(h, minor);
     let h = CacheSpec::layout_hash(h, minor);
     let h = StrRef::layout_hash(h, minor);
-    OpsTable::layout_hash(h, minor)
+    let h = OpsTable::layout_hash(h, minor);
+    PositionsFfi::layout_hash(h, minor)
 }
 
 /// `layout_fingerprint(0)` on 64-bit targets: the value the released 1.0 crate computed and its

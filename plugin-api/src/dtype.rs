@@ -124,3 +124,14 @@ unsafe impl Element for f32 {
 unsafe impl Element for f64 {
     const DTYPE: Dtype = Dtype::F64;
 }
+
+/// `x` rounded to the nearest bfloat16 (ties to even), as an f32: what a constant becomes
+/// when a reference builds it as `mx.array(x, mx.bfloat16)`.
+pub fn round_to_bf16(x: f32) -> f32 {
+    if !x.is_finite() {
+        return x;
+    }
+    let bits = x.to_bits();
+    let lsb = (bits >> 16) & 1;
+    f32::from_bits(bits.wrapping_add(0x7fff + lsb) & 0xffff_0000)
+}

@@ -251,6 +251,20 @@ impl ForwardContext for CtxProxy {
         }
     }
 
+    fn positions(&self, layer: usize) -> Result<Positions> {
+        let mut slot = ErrorSlot::default();
+        let sink = slot.sink();
+        let mut p = PositionsFfi { kind: POSITIONS_OFFSET, offset: 0, array: std::ptr::null_mut() };
+        // SAFETY: the engine's context object is live for the whole forward call, and its
+        // vtable has this entry (checked in `model_forward`).
+        let st = unsafe { ((*(*self.0).vtable).positions)((*self.0).this, layer, &mut p, &sink) };
+        if st != 0 {
+            return Err(slot.into_error("positions"));
+        }
+        // SAFETY: on success the engine wrote an owned handle for the array kinds.
+        unsafe { positions_from_ffi(p) }
+    }
+
     fn attention(
         &mut self,
         layer: usize,
@@ -286,6 +300,35 @@ impl ForwardContext for CtxProxy {
         }
         // SAFETY: on success the engine wrote an owned handle.
         unsafe { Array::from_raw(out) }
+    }
+}
+
+/// Adopts what a `positions` entry wrote.
+///
+/// # Safety
+/// For the array kinds, `p.array` must be an owned handle (or null).
+pub(crate) unsafe fn positions_from_ffi(p: PositionsFfi) -> Result<Positions> {
+    // SAFETY: guaranteed by the caller.
+    let array = || unsafe { Array::from_raw(p.array) };
+    match p.kind {
+        POSITIONS_OFFSET => Ok(Positions::Offset(p.offset)),
+        POSITIONS_PER_ROW => Ok(Positions::PerRow(array()?)),
+        POSITIONS_EXPLICIT => Ok(Positions::Explicit(array()?)),
+        k => {
+            if !p.array.is_null() {
+                drop(array());
+            }
+            Err(Error::Abi(format!("unknown positions kind {k}")))
+        }
+    }
+}
+
+/// What a `positions` entry writes for `p`.
+pub(crate) fn positions_to_ffi(p: Positions) -> PositionsFfi {
+    match p {
+        Positions::Offset(offset) => PositionsFfi { kind: POSITIONS_OFFSET, offset, array: std::ptr::null_mut() },
+        Positions::PerRow(a) => PositionsFfi { kind: POSITIONS_PER_ROW, offset: 0, array: a.into_raw() },
+        Positions::Explicit(a) => PositionsFfi { kind: POSITIONS_EXPLICIT, offset: 0, array: a.into_raw() },
     }
 }
 
@@ -332,6 +375,16 @@ unsafe extern "C" fn model_embed(this: *mut c_void, ids: Handle, out: *mut Handl
     }
 }
 
+unsafe extern "C" fn model_embeddings_scale(this: *mut c_void, out: *mut f32, err: *const ErrSink) -> Status {
+    // SAFETY: live model and out-slot.
+    unsafe {
+        guard(err, || {
+            out.write(model(this).embeddings_scale()?);
+            Ok(())
+        })
+    }
+}
+
 static MODEL_VTABLE: ModelVTable = ModelVTable {
     size: std::mem::size_of::<ModelVTable>(),
     destroy: model_destroy,
@@ -341,6 +394,7 @@ static MODEL_VTABLE: ModelVTable = ModelVTable {
     embed_tokens: model_embed,
     try_num_layers: model_try_num_layers,
     try_layer_cache: model_try_layer_cache,
+    embeddings_scale: model_embeddings_scale,
 };
 
 unsafe extern "C" fn vision_destroy(this: *mut c_void) {

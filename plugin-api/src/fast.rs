@@ -39,6 +39,26 @@ pub fn rope(x: &Array, dims: i32, traditional: bool, freqs: RopeFreqs<'_>, scale
     call1(|out| unsafe { (ops().rope)(x.as_raw(), dims, traditional, base, scale, offset, opt_raw(f), out) })
 }
 
+/// [`rope`] with each row's first position given separately: `offsets` is `[B]` int32 for `x`
+/// `[B, H, L, D]` (row `b`'s tokens are at `offsets[b] + i`).
+pub fn rope_offsets(
+    x: &Array,
+    dims: i32,
+    traditional: bool,
+    freqs: RopeFreqs<'_>,
+    scale: f32,
+    offsets: &Array,
+) -> Result<Array> {
+    let (base, f) = match freqs {
+        RopeFreqs::Base(b) => (b, None),
+        RopeFreqs::Freqs(a) => (0.0, Some(a)),
+    };
+    // SAFETY: live handles (or null) in, owned handle out.
+    call1(|out| unsafe {
+        (ops().rope_offsets)(x.as_raw(), dims, traditional, base, scale, offsets.as_raw(), opt_raw(f), out)
+    })
+}
+
 /// The mask of [`scaled_dot_product_attention`].
 #[derive(Clone, Copy, Debug)]
 pub enum AttnMask<'a> {

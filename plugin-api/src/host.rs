@@ -8,7 +8,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use crate::abi::*;
 use crate::array::Array;
 use crate::error::{Error, Result};
-use crate::export::{borrow, guard};
+use crate::export::{borrow, guard, positions_to_ffi};
 use crate::ops_table::{Handle, Status};
 use crate::traits::*;
 
@@ -126,6 +126,24 @@ impl DynModel for ForeignModel {
         unsafe { Array::from_raw(out) }
     }
 
+    fn embeddings_scale(&self) -> Result<f32> {
+        let vt = self.vt();
+        if !crate::has_entry!(vt.size, ModelVTable, embeddings_scale) {
+            return Ok(1.0);
+        }
+        let mut slot = ErrorSlot::default();
+        let sink = slot.sink();
+        let mut scale = 1.0f32;
+        // SAFETY: live object, one out-slot, a sink for the call.
+        if unsafe { (vt.embeddings_scale)(self.obj.this, &mut scale, &sink) } != 0 {
+            return Err(slot.into_error("embeddings_scale"));
+        }
+        if !scale.is_finite() || scale == 0.0 {
+            return Err(Error::Boundary(format!("the model declared an embeddings scale of {scale}")));
+        }
+        Ok(scale)
+    }
+
     fn embed_tokens(&self, ids: &Array) -> Result<Array> {
         let mut slot = ErrorSlot::default();
         let sink = slot.sink();
@@ -226,6 +244,21 @@ unsafe extern "C" fn ctx_offset(this: *mut c_void, layer: usize, out: *mut i32, 
     }
 }
 
+unsafe extern "C" fn ctx_positions(
+    this: *mut c_void,
+    layer: usize,
+    out: *mut PositionsFfi,
+    err: *const ErrSink,
+) -> Status {
+    // SAFETY: the plugin calls back during `forward`, while the context is live.
+    unsafe {
+        guard(err, || {
+            out.write(positions_to_ffi(ctx(this).ctx.positions(layer)?));
+            Ok(())
+        })
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C" fn ctx_attention(
     this: *mut c_void,
@@ -271,8 +304,12 @@ unsafe fn read_options(options: *const AttentionOptionsFfi, plugin_minor: u32) -
     Ok(AttentionOptions { logit_softcap: (cap != 0.0).then_some(cap) })
 }
 
-static CTX_VTABLE: ForwardCtxVTable =
-    ForwardCtxVTable { size: std::mem::size_of::<ForwardCtxVTable>(), offset: ctx_offset, attention: ctx_attention };
+static CTX_VTABLE: ForwardCtxVTable = ForwardCtxVTable {
+    size: std::mem::size_of::<ForwardCtxVTable>(),
+    offset: ctx_offset,
+    attention: ctx_attention,
+    positions: ctx_positions,
+};
 
 /// Calls `f` and turns a panic into an error (for engine code running a built-in model).
 pub fn catch_panics<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {

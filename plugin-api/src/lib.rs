@@ -27,7 +27,7 @@ pub mod traits;
 
 pub use array::{async_eval, eval, Array};
 pub use compile::{graph_primitives, Compiled};
-pub use dtype::{Dtype, Element};
+pub use dtype::{round_to_bf16, Dtype, Element};
 pub use error::{Error, Result};
 pub use ops::{concatenate, dequantize, gather_mm, gather_qmm, quantize, quantized_matmul, where_};
 /// Re-exported so a plugin's `Config` can derive `Deserialize` with only this crate as a
@@ -36,5 +36,5 @@ pub use serde;
 pub use serde_json;
 pub use traits::{
     model_factory, vision_factory, AttentionOptions, DtypePolicy, DynModel, DynVision, ForwardContext, Input,
-    LayerCache, ModelArch, ModelFactory, TextEntry, VisionAddOn, VisionFactory, Weights, WeightsFormat,
+    LayerCache, ModelArch, ModelFactory, Positions, TextEntry, VisionAddOn, VisionFactory, Weights, WeightsFormat,
 };

@@ -297,6 +297,20 @@ macro_rules! for_each_op {
                 out: *mut Handle,
             ) -> Status;
 
+            // --- positions -------------------------------------------------------------------------
+            /// [`rope`](OpsTable::rope) with the position of each row's first token given per row:
+            /// `offsets` is `[B]` int32 (or a scalar) for `x` `[B, ..., L, D]`.
+            fn rope_offsets(
+                x: Handle,
+                dims: i32,
+                traditional: bool,
+                base: f32,
+                scale: f32,
+                offsets: Handle,
+                freqs: Handle,
+                out: *mut Handle,
+            ) -> Status;
+
             // --- mixture of experts -----------------------------------------------------------------
             /// `a[lhs_indices] @ b[rhs_indices]` over the batch dimensions; either index array may be
             /// null (the identity). `sorted` promises `rhs_indices` is sorted (a faster kernel).

@@ -69,6 +69,19 @@ pub struct AttentionOptions {
     pub logit_softcap: Option<f32>,
 }
 
+/// Where the tokens of a forward pass sit in their sequences, for rotary embeddings.
+#[derive(Clone, Debug)]
+pub enum Positions {
+    /// Every row's tokens are at `offset + i` (`i` along the sequence axis).
+    Offset(i32),
+    /// Row `b`'s tokens are at `offsets[b] + i`; `offsets` is `[B]` int32. Left-padded batches:
+    /// a row's padding gets negative positions, and the engine's masks keep every real token
+    /// from attending to it.
+    PerRow(Array),
+    /// Explicit positions `[B, L]` int32 (prompts whose positions do not advance one per token).
+    Explicit(Array),
+}
+
 /// The engine's side of a forward pass: positions and attention through its KV cache.
 ///
 /// The architecture never sees the cache: it asks for the position of the first new token of a
@@ -76,8 +89,16 @@ pub struct AttentionOptions {
 /// engine-owned cache, builds the right mask (causal, sliding window, rotated or trimmed
 /// buffers) and runs attention.
 pub trait ForwardContext {
-    /// Absolute position of the first token of this forward pass in `layer`.
+    /// Absolute position of the first token of this forward pass in `layer`, when every row
+    /// has the same one; an error for a batch whose rows sit at different positions (read
+    /// [`ForwardContext::positions`] instead).
     fn offset(&self, layer: usize) -> Result<i32>;
+
+    /// The positions of this forward pass's tokens in `layer` (what rotary embeddings need).
+    /// Built-in contexts override this; the default serves single sequences.
+    fn positions(&self, layer: usize) -> Result<Positions> {
+        Ok(Positions::Offset(self.offset(layer)?))
+    }
 
     /// Appends `k`/`v` (`[B, Hkv, L, D]`) to layer `layer`'s cache and attends `q`
     /// (`[B, Hq, L, D]`) over everything cached, returning `[B, Hq, L, D]`.
@@ -232,8 +253,17 @@ pub trait ModelArch: Sized + Send + 'static {
     /// Logits `[B, L, vocab]` for the input.
     fn forward(&self, input: Input<'_>, ctx: &mut dyn ForwardContext) -> Result<Array>;
 
-    /// Token embeddings `[B, L, D]` (what `forward` would start from), for vision merging.
+    /// Token embeddings `[B, L, D]` as [`Input::Embeddings`] takes them: `forward` of
+    /// `Embeddings(embed_tokens(ids))` equals `forward` of `Tokens(ids)`.
     fn embed_tokens(&self, ids: &Array) -> Result<Array>;
+
+    /// The factor `forward` multiplies [`Input::Embeddings`] by before the first layer (gemma
+    /// models scale by `sqrt(hidden_size)`); 1 by default. Whoever merges features that already
+    /// live in the first layer's input space into `embed_tokens`' output (image features from a
+    /// projector) divides them by it, so a generic merger needs no architecture knowledge.
+    fn embeddings_scale(&self) -> f32 {
+        1.0
+    }
 }
 
 /// A vision tower + projector that merges image features into the text embeddings.
@@ -258,6 +288,8 @@ pub trait DynModel: Send {
     fn cache_layout(&self) -> Vec<LayerCache>;
     fn forward(&self, input: Input<'_>, ctx: &mut dyn ForwardContext) -> Result<Array>;
     fn embed_tokens(&self, ids: &Array) -> Result<Array>;
+    /// [`ModelArch::embeddings_scale`]; fails only when a plugin's call fails.
+    fn embeddings_scale(&self) -> Result<f32>;
 }
 
 impl<M: ModelArch> DynModel for M {
@@ -269,6 +301,9 @@ impl<M: ModelArch> DynModel for M {
     }
     fn embed_tokens(&self, ids: &Array) -> Result<Array> {
         ModelArch::embed_tokens(self, ids)
+    }
+    fn embeddings_scale(&self) -> Result<f32> {
+        Ok(ModelArch::embeddings_scale(self))
     }
 }
 

@@ -162,3 +162,19 @@ fn the_dtype_policy_and_gguf_hooks_answer_and_default_for_1_0_plugins() {
     assert_eq!(good.gguf_config("tiny", gguf).unwrap(), None);
     assert_eq!(old.gguf_config("tiny", gguf).unwrap(), None);
 }
+
+#[test]
+fn a_1_0_plugin_declares_no_embeddings_scale_and_a_padded_batch_fails_it_with_the_fix() {
+    let (_old_dir, old_path, old_host) = host_with(Variant::Abi10);
+    let config = tiny_config().to_string();
+    let old = old_host.create_model("tiny", &config, tiny_weights(4), WeightsFormat::Mlx).unwrap();
+    assert_eq!(old.embeddings_scale().unwrap(), 1.0);
+    // The fixture reads a single offset, which a left-padded batch does not have: the request
+    // fails naming the plugin and what to use instead; an unpadded batch runs.
+    let padded = mlx_engine::cache::KvCache::batched(old.cache_layout(), &Default::default(), &[0, 2]).unwrap();
+    let batch = mlx_engine_plugin_api::Array::from_slice(&[1i32, 2, 3, 0, 0, 4], &[2, 3]).unwrap();
+    let err = old.forward(Input::Tokens(&batch), &mut padded.clone()).unwrap_err().to_string();
+    assert!(err.contains(&old_path.display().to_string()) && err.contains("apply_at"), "{err}");
+    let mut plain = mlx_engine::cache::KvCache::batched(old.cache_layout(), &Default::default(), &[0, 0]).unwrap();
+    assert_eq!(old.forward(Input::Tokens(&batch), &mut plain).unwrap().shape(), vec![2, 3, 64]);
+}

@@ -36,8 +36,102 @@ fn positions(start: i32, n: i32) -> Result<Array> {
     Array::arange(start as f64, (start + n) as f64, 1.0, Dtype::I32)
 }
 
+fn int(v: i32) -> Result<Array> {
+    Array::scalar(v as f64, Dtype::I32)
+}
+
+/// Which absolute position each key handed to attention holds.
+#[derive(Clone, Debug)]
+pub(crate) enum KeyPositions {
+    /// Positions `0..keys`, in order.
+    Consecutive { keys: i32 },
+    /// A full ring buffer of `size` entries just after entry `written` got position `newest`:
+    /// entries `0..keep` are positions `0..keep`, the others run in time order from
+    /// `written + 1` round to `written`.
+    Ring { keep: i32, size: i32, written: i32, newest: i32 },
+    /// Sinks, then consecutive recent positions, as [`RingKeys`] describes.
+    Gathered(RingKeys),
+}
+
+impl KeyPositions {
+    /// The positions as an int32 array `[T]`.
+    pub fn to_array(&self) -> Result<Array> {
+        match self {
+            KeyPositions::Consecutive { keys } => positions(0, *keys),
+            KeyPositions::Ring { keep, size, written, newest } => {
+                let span = size - keep;
+                // Entry j (keep <= j < size) is `(written - j) mod span` steps older than `newest`.
+                let back = int(*written)?.subtract(&positions(*keep, span)?)?;
+                let back = where_(&back.less(&int(0)?)?, &back.add(&int(span)?)?, &back)?;
+                let ring = int(*newest)?.subtract(&back)?;
+                if *keep > 0 {
+                    concatenate(&[&positions(0, *keep)?, &ring], 0)
+                } else {
+                    Ok(ring)
+                }
+            }
+            KeyPositions::Gathered(layout) => {
+                let recent = positions(layout.recent_start, layout.keys - layout.sinks)?;
+                if layout.sinks > 0 {
+                    concatenate(&[&positions(0, layout.sinks)?, &recent], 0)
+                } else {
+                    Ok(recent)
+                }
+            }
+        }
+    }
+}
+
+/// What a request adds to the masks the layers build, in the cache's absolute positions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AttentionExtras {
+    /// Spans of positions whose tokens all see each other (an image's tokens, for VLMs that
+    /// attend bidirectionally within an image). A span only takes effect for queries that are
+    /// prefilled in the same forward pass as the whole span.
+    pub bidirectional: Vec<std::ops::Range<i32>>,
+}
+
+/// The mask of one attention call once batch padding and the request's extras are applied to
+/// the layer's own mask: `pads` is `[B, 1, 1, 1]` int32 (each row's left padding) or `None`
+/// for an unpadded batch; queries are at `q_start..q_start + L`. A padding query sees only
+/// itself (so no row is ever fully masked), and no real query sees padding.
+pub(crate) fn extend_mask(
+    layer_mask: Mask,
+    key_positions: &KeyPositions,
+    q_start: i32,
+    queries: i32,
+    pads: Option<&Array>,
+    spans: &[std::ops::Range<i32>],
+) -> Result<Mask> {
+    let q_end = q_start + queries;
+    let spans: Vec<_> = spans.iter().filter(|s| queries > 1 && s.start < q_end && q_start < s.end).collect();
+    if pads.is_none() && spans.is_empty() {
+        return Ok(layer_mask);
+    }
+    let k = key_positions.to_array()?;
+    let keys = k.dim(0)?;
+    let k = k.reshape(&[1, keys])?;
+    let q = positions(q_start, queries)?.reshape(&[queries, 1])?;
+    let mut visible = match layer_mask {
+        Mask::None => Array::full(&[queries, keys], 1.0, Dtype::Bool)?,
+        Mask::Causal => k.less_equal(&q)?,
+        Mask::Explicit(m) => m,
+    };
+    for s in spans {
+        let inside =
+            |a: &Array| -> Result<Array> { a.greater_equal(&int(s.start)?)?.logical_and(&a.less(&int(s.end)?)?) };
+        visible = visible.logical_or(&inside(&q)?.logical_and(&inside(&k)?)?)?;
+    }
+    if let Some(pads) = pads {
+        let real_key = k.greater_equal(pads)?;
+        visible = visible.logical_and(&real_key.logical_or(&k.equal(&q)?)?)?;
+    }
+    Ok(Mask::Explicit(visible))
+}
+
 /// Keys laid out as a ring cache hands them to attention: the first `sinks` positions of the
 /// sequence, then consecutive positions from `recent_start` on (`keys - sinks` of them).
+#[derive(Clone, Debug)]
 pub(crate) struct RingKeys {
     pub sinks: i32,
     pub recent_start: i32,
@@ -163,7 +257,10 @@ fn quantized_attention(
         scores = scores.divide(&cap)?.tanh()?.multiply(&cap)?;
     }
     if let Some(m) = mask {
-        scores = where_(m, &scores, &Array::scalar(lowest(scores.dtype()), scores.dtype())?)?;
+        // A per-row mask `[B, 1, L, T]` broadcasts over the grouped `[B, Hkv, rep, L, T]`
+        // scores only with the group axis added.
+        let m = if rep > 1 && m.ndim() == 4 { m.expand_dims(&[2])? } else { m.clone() };
+        scores = where_(&m, &scores, &Array::scalar(lowest(scores.dtype()), scores.dtype())?)?;
     }
     let probs = scores.softmax(&[-1], true)?;
     let out = quantized_matmul(&probs, &group(vq)?, &group(vs)?, Some(&group(vb)?), false, g, bits)?;

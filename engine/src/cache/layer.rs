@@ -11,7 +11,7 @@
 
 use mlx_engine_plugin_api::{Array, Error, Result};
 
-use super::attention::{ring_mask, Mask, RingKeys};
+use super::attention::{ring_mask, KeyPositions, Mask, RingKeys};
 use super::config::QuantSpec;
 use super::tensor::Tensor;
 
@@ -32,6 +32,9 @@ pub(crate) struct Update {
     pub keys: Tensor,
     pub values: Tensor,
     pub mask: Mask,
+    /// The absolute position of each of `keys`' entries, for masks the layer does not build
+    /// itself (padding of batched rows, bidirectional spans).
+    pub key_positions: KeyPositions,
 }
 
 #[derive(Clone)]
@@ -175,7 +178,12 @@ impl Layer {
         // Every key is visible to the last query; earlier queries of a chunk need the causal
         // mask. Rings that still have room hold every position, so no window applies yet.
         let mask = if new > 1 { Mask::Causal } else { Mask::None };
-        let update = Update { keys: valid(&keys, need)?, values: valid(&values, need)?, mask };
+        let update = Update {
+            keys: valid(&keys, need)?,
+            values: valid(&values, need)?,
+            mask,
+            key_positions: KeyPositions::Consecutive { keys: need },
+        };
         self.keys = Some(keys);
         self.values = Some(values);
         Ok(update)
@@ -190,6 +198,7 @@ impl Layer {
         };
         let keys = kb.write_at(&k, self.next)?;
         let values = vb.write_at(&v, self.next)?;
+        let key_positions = KeyPositions::Ring { keep, size, written: self.next, newest: self.offset };
         self.next += 1;
         if self.next == size {
             self.next = keep;
@@ -197,7 +206,7 @@ impl Layer {
         self.offset += 1;
         self.keys = Some(keys.clone());
         self.values = Some(values.clone());
-        Ok(Update { keys, values, mask: Mask::None })
+        Ok(Update { keys, values, mask: Mask::None, key_positions })
     }
 
     /// Several tokens that do not fit a ring. Attention runs over the sinks, the last
@@ -233,6 +242,7 @@ impl Layer {
         let total = sinks + recent + new;
         let layout = RingKeys { sinks, recent_start: self.offset - recent, keys: total };
         let mask = Mask::Explicit(ring_mask(self.offset, new, &layout, keep, span)?);
+        let key_positions = KeyPositions::Gathered(layout);
         // More than `size` positions exist now, so the first `keep` entries are positions
         // 0..keep and the last `span` entries come after them. The ring gets buffers of its
         // own (a bare slice would keep the whole chunk's buffer alive behind a view, which
@@ -250,7 +260,7 @@ impl Layer {
         self.len = size;
         self.next = keep;
         self.offset += new;
-        Ok(Update { keys, values, mask })
+        Ok(Update { keys, values, mask, key_positions })
     }
 
     /// The valid entries of `buf` in time order.

@@ -23,9 +23,9 @@ mod layer;
 pub mod prompt_cache;
 mod tensor;
 
-use mlx_engine_plugin_api::{Array, AttentionOptions, Error, ForwardContext, LayerCache, Result};
+use mlx_engine_plugin_api::{Array, AttentionOptions, Error, ForwardContext, LayerCache, Positions, Result};
 
-pub use attention::attention_mask;
+pub use attention::{attention_mask, AttentionExtras};
 pub use config::{CacheConfig, KEEP, KV_BITS, KV_GROUP_SIZES};
 pub use layer::STEP;
 use layer::{Layer, Policy, Update};
@@ -40,6 +40,18 @@ use layer::{Layer, Policy, Update};
 pub struct KvCache {
     layers: Vec<Layer>,
     config: CacheConfig,
+    /// Rows of a left-padded batch, when some row is padded.
+    batch: Option<Batch>,
+}
+
+/// The rows of a batch whose shorter prompts are padded on the left (as mlx-lm's batch
+/// generation does): every row's tokens end in the same column, and row `b`'s first
+/// `padding[b]` columns are padding that no real token attends to.
+#[derive(Clone)]
+struct Batch {
+    padding: Vec<i32>,
+    /// `padding` as `[B, 1, 1, 1]` int32, to mask keys.
+    pads: Array,
 }
 
 impl KvCache {
@@ -70,7 +82,73 @@ impl KvCache {
             }
         };
         let layers = layout.into_iter().map(|kind| Layer::new(policy(kind), quant)).collect();
-        KvCache { layers, config }
+        KvCache { layers, config, batch: None }
+    }
+
+    /// The cache of a batch of `left_padding.len()` rows whose prompts are left-padded by
+    /// `left_padding[b]` columns. Positions (RoPE) reach the model per row through
+    /// [`ForwardContext::positions`], and attention masks out each row's padding, so an
+    /// architecture runs a batch without knowing. `max_kv_size` is refused with padding: its
+    /// sinks are a row's first positions, which padding would fill.
+    pub fn batched(layout: Vec<LayerCache>, config: &CacheConfig, left_padding: &[usize]) -> crate::Result<KvCache> {
+        let bad = |reason: String| crate::Error::Param { name: "left_padding".into(), reason };
+        if left_padding.is_empty() {
+            return Err(bad("a batch needs at least one row".into()));
+        }
+        let padding = left_padding
+            .iter()
+            .map(|&p| i32::try_from(p).map_err(|_| bad(format!("{p} columns of padding is too many"))))
+            .collect::<crate::Result<Vec<i32>>>()?;
+        let mut cache = KvCache::with_config(layout, config)?;
+        if padding.iter().any(|&p| p > 0) {
+            if config.max_kv_size.is_some() {
+                return Err(bad("left-padded batches cannot use max_kv_size (its sinks would be padding)".into()));
+            }
+            let pads = Array::from_slice(&padding, &[padding.len() as i32, 1, 1, 1])?;
+            cache.batch = Some(Batch { padding, pads });
+        }
+        Ok(cache)
+    }
+
+    /// Each row's left padding (empty for a cache that is not a padded batch).
+    pub fn left_padding(&self) -> &[i32] {
+        self.batch.as_ref().map_or(&[], |b| &b.padding)
+    }
+
+    /// This cache as the context of a forward pass whose masks also follow `extras`.
+    pub fn with_extras<'a>(&'a mut self, extras: &'a AttentionExtras) -> WithExtras<'a> {
+        WithExtras { cache: self, extras }
+    }
+
+    /// [`ForwardContext::attention`] with the request's extras (its signature plus one).
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &mut self,
+        layer: usize,
+        q: &Array,
+        k: &Array,
+        v: &Array,
+        scale: f32,
+        options: &AttentionOptions,
+        extras: Option<&AttentionExtras>,
+    ) -> Result<Array> {
+        if let Some(b) = &self.batch {
+            if q.dim(0)? != b.padding.len() as i32 {
+                return Err(Error::Boundary(format!(
+                    "attention over a batch of {} rows got queries of shape {:?}",
+                    b.padding.len(),
+                    q.shape()
+                )));
+            }
+        }
+        let queries = k.dim(2)?;
+        let l = self.layer_mut(layer)?;
+        let Update { keys, values, mask, key_positions } = l.update(k, v)?;
+        let q_start = l.offset() - queries;
+        let spans = extras.map_or(&[][..], |e| &e.bidirectional[..]);
+        let pads = self.batch.as_ref().map(|b| &b.pads);
+        let mask = attention::extend_mask(mask, &key_positions, q_start, queries, pads, spans)?;
+        attention::attend(q, &keys, &values, scale, &mask, options.logit_softcap)
     }
 
     /// The configuration the cache was built with.
@@ -145,7 +223,28 @@ fn out_of_range(layer: usize, n: usize) -> Error {
 impl ForwardContext for KvCache {
     fn offset(&self, layer: usize) -> Result<i32> {
         let n = self.layers.len();
-        Ok(self.layers.get(layer).ok_or_else(|| out_of_range(layer, n))?.offset())
+        let offset = self.layers.get(layer).ok_or_else(|| out_of_range(layer, n))?.offset();
+        if self.batch.is_some() {
+            // A model that reads one offset would place a padded row's tokens wrongly.
+            return Err(Error::Boundary(
+                "this batch's rows start at different positions, and the model reads a single offset; \
+                 it must read `positions` (plugin-api 1.1's `nn::Rope::apply_at`) to run batched"
+                    .into(),
+            ));
+        }
+        Ok(offset)
+    }
+
+    fn positions(&self, layer: usize) -> Result<Positions> {
+        let n = self.layers.len();
+        let offset = self.layers.get(layer).ok_or_else(|| out_of_range(layer, n))?.offset();
+        match &self.batch {
+            None => Ok(Positions::Offset(offset)),
+            Some(b) => {
+                let rows: Vec<i32> = b.padding.iter().map(|p| offset - p).collect();
+                Ok(Positions::PerRow(Array::from_slice(&rows, &[rows.len() as i32])?))
+            }
+        }
     }
 
     fn attention(
@@ -157,7 +256,34 @@ impl ForwardContext for KvCache {
         scale: f32,
         options: &AttentionOptions,
     ) -> Result<Array> {
-        let Update { keys, values, mask } = self.layer_mut(layer)?.update(k, v)?;
-        attention::attend(q, &keys, &values, scale, &mask, options.logit_softcap)
+        self.attend(layer, q, k, v, scale, options, None)
+    }
+}
+
+/// A [`KvCache`] as the forward context of a request with [`AttentionExtras`].
+pub struct WithExtras<'a> {
+    cache: &'a mut KvCache,
+    extras: &'a AttentionExtras,
+}
+
+impl ForwardContext for WithExtras<'_> {
+    fn offset(&self, layer: usize) -> Result<i32> {
+        self.cache.offset(layer)
+    }
+
+    fn positions(&self, layer: usize) -> Result<Positions> {
+        self.cache.positions(layer)
+    }
+
+    fn attention(
+        &mut self,
+        layer: usize,
+        q: &Array,
+        k: &Array,
+        v: &Array,
+        scale: f32,
+        options: &AttentionOptions,
+    ) -> Result<Array> {
+        self.cache.attend(layer, q, k, v, scale, options, Some(self.extras))
     }
 }

@@ -120,6 +120,10 @@ impl DynModel for BuiltinModel {
     fn embed_tokens(&self, ids: &Array) -> mlx_engine_plugin_api::Result<Array> {
         catch_panics(|| self.inner.embed_tokens(ids))
     }
+
+    fn embeddings_scale(&self) -> mlx_engine_plugin_api::Result<f32> {
+        catch_panics(|| self.inner.embeddings_scale())
+    }
 }
 
 struct BuiltinVision {

@@ -394,6 +394,10 @@ impl DynModel for PluginModel {
     fn embed_tokens(&self, ids: &Array) -> mlx_engine_plugin_api::Result<Array> {
         self.model.embed_tokens(ids).map_err(|e| self.blame("embed_tokens", e))
     }
+
+    fn embeddings_scale(&self) -> mlx_engine_plugin_api::Result<f32> {
+        self.model.embeddings_scale().map_err(|e| self.blame("embeddings_scale", e))
+    }
 }
 
 /// A plugin's vision add-on plus its library (same drop order as [`PluginModel`]).

@@ -6,7 +6,9 @@ use serde::Deserialize;
 use crate::array::Array;
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
-use crate::fast::{rope, RopeFreqs};
+use crate::fast::{rope, rope_offsets, RopeFreqs};
+use crate::ops::concatenate;
+use crate::traits::Positions;
 
 /// `rope_scaling` of config.json (the keys the supported variants read).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -71,13 +73,76 @@ impl Rope {
         Ok(self)
     }
 
-    /// Rotates `x` `[B, H, L, D]` for positions `offset..offset + L`.
-    pub fn apply(&self, x: &Array, offset: i32) -> Result<Array> {
-        let freqs = match &self.freqs {
+    fn freqs(&self) -> RopeFreqs<'_> {
+        match &self.freqs {
             Some(f) => RopeFreqs::Freqs(f),
             None => RopeFreqs::Base(self.base),
+        }
+    }
+
+    /// Rotates `x` `[B, H, L, D]` for positions `offset..offset + L`.
+    pub fn apply(&self, x: &Array, offset: i32) -> Result<Array> {
+        rope(x, self.dims, self.traditional, self.freqs(), self.scale, offset)
+    }
+
+    /// Rotates `x` `[B, H, L, D]` for the positions the forward context gives (one offset,
+    /// one per row of a left-padded batch, or explicit ones). Architectures call this with
+    /// `ctx.positions(layer)?` so that batches need nothing else from them.
+    pub fn apply_at(&self, x: &Array, positions: &Positions) -> Result<Array> {
+        match positions {
+            Positions::Offset(offset) => self.apply(x, *offset),
+            Positions::PerRow(offsets) => {
+                rope_offsets(x, self.dims, self.traditional, self.freqs(), self.scale, offsets)
+            }
+            Positions::Explicit(p) => self.apply_explicit(x, p),
+        }
+    }
+
+    /// The rotation written out with plain ops, for positions `[B, L]` that MLX's fused
+    /// kernel cannot take: angle `scale * p / wavelength_i` per pair, computed in f32.
+    fn apply_explicit(&self, x: &Array, positions: &Array) -> Result<Array> {
+        let s = x.shape();
+        if s.len() != 4 || positions.shape() != [s[0], s[2]] {
+            return Err(Error::Boundary(format!(
+                "explicit positions have shape {:?}, expected [batch, length] = [{}, {}] for input {s:?}",
+                positions.shape(),
+                s.first().copied().unwrap_or(0),
+                s.get(2).copied().unwrap_or(0)
+            )));
+        }
+        let half = self.dims / 2;
+        let wavelengths = match &self.freqs {
+            Some(f) => f.astype(Dtype::F32)?,
+            None => Array::scalar(self.base as f64, Dtype::F32)?.power(
+                &Array::arange(0.0, self.dims as f64, 2.0, Dtype::F32)?
+                    .divide(&Array::scalar(self.dims as f64, Dtype::F32)?)?,
+            )?,
         };
-        rope(x, self.dims, self.traditional, freqs, self.scale, offset)
+        // [B, 1, L, half]
+        let theta = positions
+            .astype(Dtype::F32)?
+            .multiply(&Array::scalar(self.scale as f64, Dtype::F32)?)?
+            .reshape(&[s[0], 1, s[2], 1])?
+            .divide(&wavelengths.reshape(&[1, 1, 1, half])?)?;
+        let (cos, sin) = (theta.cos()?, theta.sin()?);
+        let xf = x.astype(Dtype::F32)?;
+        let rotated = xf.slice_axis(3, 0, self.dims)?;
+        let (a, b) = if self.traditional {
+            let pairs = rotated.reshape(&[s[0], s[1], s[2], half, 2])?;
+            (pairs.slice_axis(4, 0, 1)?.squeeze(&[4])?, pairs.slice_axis(4, 1, 2)?.squeeze(&[4])?)
+        } else {
+            (rotated.slice_axis(3, 0, half)?, rotated.slice_axis(3, half, self.dims)?)
+        };
+        let ra = a.multiply(&cos)?.subtract(&b.multiply(&sin)?)?;
+        let rb = a.multiply(&sin)?.add(&b.multiply(&cos)?)?;
+        let out = if self.traditional {
+            concatenate(&[&ra.expand_dims(&[4])?, &rb.expand_dims(&[4])?], 4)?
+                .reshape(&[s[0], s[1], s[2], self.dims])?
+        } else {
+            concatenate(&[&ra, &rb], 3)?
+        };
+        let out = if self.dims < s[3] { concatenate(&[&out, &xf.slice_axis(3, self.dims, s[3])?], 3)? } else { out };
+        out.astype(x.dtype())
     }
 }
 

@@ -10,8 +10,8 @@ use mlx_engine_plugin_api::nn::{
 };
 use mlx_engine_plugin_api::serde_json::{json, Map, Value};
 use mlx_engine_plugin_api::{
-    export_plugin, Array, AttentionOptions, Dtype, Error, ForwardContext, Input, LayerCache, ModelArch, Result,
-    Weights, WeightsFormat,
+    export_plugin, round_to_bf16, Array, AttentionOptions, Dtype, Error, ForwardContext, Input, LayerCache, ModelArch,
+    Result, Weights, WeightsFormat,
 };
 use serde::Deserialize;
 
@@ -133,8 +133,8 @@ impl Attention {
         let q = self.q_norm.forward(&split_heads(&self.q_proj.forward(x)?, self.n_heads)?)?;
         let k = self.k_norm.forward(&split_heads(&self.k_proj.forward(x)?, self.n_kv_heads)?)?;
         let v = split_heads(&self.v_proj.forward(x)?, self.n_kv_heads)?;
-        let offset = ctx.offset(layer)?;
-        let (q, k) = (self.rope.apply(&q, offset)?, self.rope.apply(&k, offset)?);
+        let positions = ctx.positions(layer)?;
+        let (q, k) = (self.rope.apply_at(&q, &positions)?, self.rope.apply_at(&k, &positions)?);
         let out = ctx.attention(layer, &q, &k, &v, self.scale, &AttentionOptions::default())?;
         self.o_proj.forward(&merge_heads(&out)?)
     }
@@ -311,7 +311,8 @@ impl ModelArch for Gemma3 {
             layout,
             norm,
             lm_head,
-            embed_scale: (c.hidden_size as f32).sqrt(),
+            // The reference rounds the scale to bf16 before casting it to the activation dtype.
+            embed_scale: round_to_bf16((c.hidden_size as f32).sqrt()),
             softcap: c.final_logit_softcapping,
         })
     }
@@ -325,9 +326,7 @@ impl ModelArch for Gemma3 {
             Input::Tokens(ids) => self.embed_tokens.forward(ids)?,
             Input::Embeddings(e) => e.clone(),
         };
-        // The reference rounds the scale to bf16 before casting it to the activation dtype.
-        let scale = Array::scalar(self.embed_scale as f64, Dtype::BF16)?.astype(h.dtype())?;
-        let mut h = h.multiply(&scale)?;
+        let mut h = h.multiply(&h.scalar_like(self.embeddings_scale() as f64)?)?;
         for (i, layer) in self.layers.iter().enumerate() {
             h = layer.forward(&h, i, ctx)?;
         }
@@ -344,6 +343,10 @@ impl ModelArch for Gemma3 {
 
     fn embed_tokens(&self, ids: &Array) -> Result<Array> {
         self.embed_tokens.forward(ids)
+    }
+
+    fn embeddings_scale(&self) -> f32 {
+        self.embed_scale
     }
 }
 

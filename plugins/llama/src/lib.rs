@@ -116,9 +116,9 @@ impl Attention {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
         }
-        let offset = ctx.offset(layer)?;
-        let q = self.rope.apply(&q, offset)?;
-        let k = self.rope.apply(&k, offset)?;
+        let positions = ctx.positions(layer)?;
+        let q = self.rope.apply_at(&q, &positions)?;
+        let k = self.rope.apply_at(&k, &positions)?;
         let out = ctx.attention(layer, &q, &k, &v, self.scale, &AttentionOptions::default())?;
         self.o_proj.forward(&merge_heads(&out)?)
     }
