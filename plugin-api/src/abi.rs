@@ -241,6 +241,32 @@ pub struct VisionVTable {
         out_embeddings: *mut Handle,
         err: *const ErrSink,
     ) -> Status,
+    // --- 1.1: the engine runs the pipeline (decoding, preprocessing, prompt expansion, a
+    // feature memo); 1.0's `merge` of raw images is answered with an error by 1.1 plugins ---
+    /// [`VisionAddOn::image_prompt`](crate::VisionAddOn::image_prompt): writes the placeholder
+    /// and the expansion through the two text sinks.
+    pub image_prompt: unsafe extern "C" fn(
+        this: *mut c_void,
+        height: i32,
+        width: i32,
+        placeholder: *const ErrSink,
+        expansion: *const ErrSink,
+        err: *const ErrSink,
+    ) -> Status,
+    /// [`VisionAddOn::encode`](crate::VisionAddOn::encode).
+    pub encode:
+        unsafe extern "C" fn(this: *mut c_void, pixels: Handle, out: *mut Handle, err: *const ErrSink) -> Status,
+    /// [`VisionAddOn::merge`](crate::VisionAddOn::merge).
+    pub merge_features: unsafe extern "C" fn(
+        this: *mut c_void,
+        input_ids: Handle,
+        text_embeddings: Handle,
+        features: *const Handle,
+        n_features: usize,
+        embeddings_scale: f32,
+        out: *mut Handle,
+        err: *const ErrSink,
+    ) -> Status,
 }
 
 pub type CreateFn<O> = unsafe extern "C" fn(
@@ -334,7 +360,7 @@ crate::abi_layout!(ModelVTable {
     0 => [size, destroy, num_layers, layer_cache, forward, embed_tokens],
     1 => [try_num_layers, try_layer_cache, embeddings_scale],
 });
-crate::abi_layout!(VisionVTable { 0 => [size, destroy, merge] });
+crate::abi_layout!(VisionVTable { 0 => [size, destroy, merge], 1 => [image_prompt, encode, merge_features] });
 crate::abi_layout!(ForwardCtxVTable { 0 => [size, offset, attention], 1 => [positions] });
 crate::abi_layout!(AttentionOptionsFfi { 0 => [size, logit_softcap] });
 crate::abi_layout!(ErrSink { 0 => [ctx, set] });
@@ -386,7 +412,7 @@ mod tests {
     fn sizes_per_minor_grow_only_where_entries_were_added() {
         assert!(PluginDescriptor::size_at_minor(0) < PluginDescriptor::size_at_minor(1));
         assert!(ModelVTable::size_at_minor(0) < ModelVTable::size_at_minor(1));
-        assert_eq!(VisionVTable::size_at_minor(0), VisionVTable::size_at_minor(1));
+        assert!(VisionVTable::size_at_minor(0) < VisionVTable::size_at_minor(1));
         assert_eq!(ModelVTable::size_at_minor(ABI_MINOR), std::mem::size_of::<ModelVTable>());
         assert_eq!(ModelVTable::size_at_minor(0), std::mem::offset_of!(ModelVTable, try_num_layers));
         assert!(!crate::has_entry!(ModelVTable::size_at_minor(0), ModelVTable, try_num_layers));

@@ -402,41 +402,103 @@ unsafe extern "C" fn vision_destroy(this: *mut c_void) {
     let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(this as *mut Box<dyn DynVision>) })));
 }
 
+/// # Safety
+/// `this` must come from [`vision_object`] and not be destroyed.
+unsafe fn vision<'a>(this: *mut c_void) -> &'a dyn DynVision {
+    // SAFETY: guaranteed by the caller.
+    unsafe { &**(this as *mut Box<dyn DynVision>) }
+}
+
+/// 1.0's entry (raw images in, ids and embeddings out); 1.1 engines call the three below.
 #[allow(clippy::too_many_arguments)]
-unsafe extern "C" fn vision_merge(
-    this: *mut c_void,
-    input_ids: Handle,
-    text_embeddings: Handle,
-    images: *const Handle,
-    n_images: usize,
-    out_ids: *mut Handle,
-    out_embeddings: *mut Handle,
+unsafe extern "C" fn vision_merge_1_0(
+    _this: *mut c_void,
+    _input_ids: Handle,
+    _text_embeddings: Handle,
+    _images: *const Handle,
+    _n_images: usize,
+    _out_ids: *mut Handle,
+    _out_embeddings: *mut Handle,
     err: *const ErrSink,
 ) -> Status {
-    // SAFETY: the engine passes a live add-on, borrowed handles and two out-slots.
+    // SAFETY: the caller's sink.
     unsafe {
         guard(err, || {
-            let v = &**(this as *mut Box<dyn DynVision>);
-            let ids = borrow(input_ids)?;
-            let emb = borrow(text_embeddings)?;
-            let imgs: Vec<Array> = if n_images == 0 {
-                Vec::new()
-            } else {
-                std::slice::from_raw_parts(images, n_images)
-                    .iter()
-                    .map(|&h| borrow(h).map(|a| (*a).clone()))
-                    .collect::<Result<_>>()?
-            };
-            let (i, e) = v.merge(&ids, &emb, &imgs)?;
-            out_ids.write(i.into_raw());
-            out_embeddings.write(e.into_raw());
+            Err(Error::Abi(
+                "this vision add-on implements ABI 1.1's image_prompt/encode/merge_features, not 1.0's merge".into(),
+            ))
+        })
+    }
+}
+
+unsafe extern "C" fn vision_image_prompt(
+    this: *mut c_void,
+    height: i32,
+    width: i32,
+    placeholder: *const ErrSink,
+    expansion: *const ErrSink,
+    err: *const ErrSink,
+) -> Status {
+    // SAFETY: the engine passes a live add-on and three sinks for the call.
+    unsafe {
+        guard(err, || {
+            let p = vision(this).image_prompt(height, width)?;
+            (*placeholder).send(&p.placeholder);
+            (*expansion).send(&p.expansion);
             Ok(())
         })
     }
 }
 
-static VISION_VTABLE: VisionVTable =
-    VisionVTable { size: std::mem::size_of::<VisionVTable>(), destroy: vision_destroy, merge: vision_merge };
+unsafe extern "C" fn vision_encode(this: *mut c_void, pixels: Handle, out: *mut Handle, err: *const ErrSink) -> Status {
+    // SAFETY: live add-on, a borrowed handle and an out-slot.
+    unsafe {
+        guard(err, || {
+            let pixels = borrow(pixels)?;
+            out.write(vision(this).encode(&pixels)?.into_raw());
+            Ok(())
+        })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C" fn vision_merge_features(
+    this: *mut c_void,
+    input_ids: Handle,
+    text_embeddings: Handle,
+    features: *const Handle,
+    n_features: usize,
+    embeddings_scale: f32,
+    out: *mut Handle,
+    err: *const ErrSink,
+) -> Status {
+    // SAFETY: live add-on, borrowed handles (`n_features` of them at `features`), an out-slot.
+    unsafe {
+        guard(err, || {
+            let ids = borrow(input_ids)?;
+            let emb = borrow(text_embeddings)?;
+            let feats: Vec<Array> = if n_features == 0 {
+                Vec::new()
+            } else {
+                std::slice::from_raw_parts(features, n_features)
+                    .iter()
+                    .map(|&h| borrow(h).map(|a| (*a).clone()))
+                    .collect::<Result<_>>()?
+            };
+            out.write(vision(this).merge(&ids, &emb, &feats, embeddings_scale)?.into_raw());
+            Ok(())
+        })
+    }
+}
+
+static VISION_VTABLE: VisionVTable = VisionVTable {
+    size: std::mem::size_of::<VisionVTable>(),
+    destroy: vision_destroy,
+    merge: vision_merge_1_0,
+    image_prompt: vision_image_prompt,
+    encode: vision_encode,
+    merge_features: vision_merge_features,
+};
 
 impl PluginDescriptor {
     /// The descriptor of a plugin built against this crate (used by [`export_plugin!`](crate::export_plugin),

@@ -174,49 +174,98 @@ impl ForeignVision {
         // SAFETY: guaranteed by the caller.
         let vt = unsafe { &*obj.vtable };
         let needed = VisionVTable::size_at_minor(plugin_minor);
-        if vt.size < needed {
-            let size = vt.size;
+        let refusal = if vt.size < needed {
+            Some(format!(
+                "the vision vtable has {} bytes, ABI {ABI_MAJOR}.{plugin_minor} needs at least {needed}",
+                vt.size
+            ))
+        } else if !crate::has_entry!(vt.size, VisionVTable, merge_features) {
+            // 1.0's contract (raw images in, the add-on's own preprocessing and expansion) does
+            // not fit the engine's pipeline; text models of 1.0 plugins keep working.
+            Some(format!(
+                "vision add-ons of ABI {ABI_MAJOR}.0 are not supported; rebuild the plugin against plugin-api \
+                 {ABI_MAJOR}.{ABI_MINOR} (image_prompt, encode, merge)"
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
             // SAFETY: destroy is part of every vtable version.
             unsafe { (vt.destroy)(obj.this) };
-            return Err(Error::Abi(format!(
-                "the vision vtable has {size} bytes, ABI {ABI_MAJOR}.{plugin_minor} needs at least {needed}"
-            )));
+            return Err(Error::Abi(reason));
         }
         Ok(ForeignVision { obj })
+    }
+
+    fn vt(&self) -> &VisionVTable {
+        // SAFETY: the vtable is static data of the (still loaded) plugin.
+        unsafe { &*self.obj.vtable }
     }
 }
 
 impl Drop for ForeignVision {
     fn drop(&mut self) {
         // SAFETY: destroyed exactly once, while the plugin is loaded.
-        unsafe { ((*self.obj.vtable).destroy)(self.obj.this) }
+        unsafe { (self.vt().destroy)(self.obj.this) }
     }
 }
 
 impl DynVision for ForeignVision {
-    fn merge(&self, input_ids: &Array, text_embeddings: &Array, images: &[Array]) -> Result<(Array, Array)> {
-        let handles: Vec<Handle> = images.iter().map(Array::as_raw).collect();
+    fn image_prompt(&self, height: i32, width: i32) -> Result<ImagePrompt> {
+        let (mut slot, mut p, mut e) = (ErrorSlot::default(), ErrorSlot::default(), ErrorSlot::default());
+        let (sink, ps, es) = (slot.sink(), p.sink(), e.sink());
+        // SAFETY: live object and three sinks for the call.
+        if unsafe { (self.vt().image_prompt)(self.obj.this, height, width, &ps, &es, &sink) } != 0 {
+            return Err(slot.into_error("vision image_prompt"));
+        }
+        let (placeholder, expansion) = (p.into_text().unwrap_or_default(), e.into_text().unwrap_or_default());
+        if placeholder.is_empty() {
+            return Err(Error::Boundary("the vision add-on declared an empty image placeholder".into()));
+        }
+        Ok(ImagePrompt { placeholder, expansion })
+    }
+
+    fn encode(&self, pixels: &Array) -> Result<Array> {
         let mut slot = ErrorSlot::default();
         let sink = slot.sink();
-        let (mut ids, mut emb): (Handle, Handle) = (std::ptr::null_mut(), std::ptr::null_mut());
-        // SAFETY: live object, borrowed handles, two out-slots.
+        let mut out: Handle = std::ptr::null_mut();
+        // SAFETY: live object, a borrowed handle, one out-slot.
+        if unsafe { (self.vt().encode)(self.obj.this, pixels.as_raw(), &mut out, &sink) } != 0 {
+            return Err(slot.into_error("vision encode"));
+        }
+        // SAFETY: on success the plugin wrote an owned handle.
+        unsafe { Array::from_raw(out) }
+    }
+
+    fn merge(
+        &self,
+        input_ids: &Array,
+        text_embeddings: &Array,
+        features: &[Array],
+        embeddings_scale: f32,
+    ) -> Result<Array> {
+        let handles: Vec<Handle> = features.iter().map(Array::as_raw).collect();
+        let mut slot = ErrorSlot::default();
+        let sink = slot.sink();
+        let mut out: Handle = std::ptr::null_mut();
+        // SAFETY: live object, borrowed handles, one out-slot.
         let st = unsafe {
-            ((*self.obj.vtable).merge)(
+            (self.vt().merge_features)(
                 self.obj.this,
                 input_ids.as_raw(),
                 text_embeddings.as_raw(),
                 handles.as_ptr(),
                 handles.len(),
-                &mut ids,
-                &mut emb,
+                embeddings_scale,
+                &mut out,
                 &sink,
             )
         };
         if st != 0 {
             return Err(slot.into_error("vision merge"));
         }
-        // SAFETY: on success the plugin wrote two owned handles.
-        unsafe { Ok((Array::from_raw(ids)?, Array::from_raw(emb)?)) }
+        // SAFETY: on success the plugin wrote an owned handle.
+        unsafe { Array::from_raw(out) }
     }
 }
 

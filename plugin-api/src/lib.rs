@@ -35,6 +35,7 @@ pub use ops::{concatenate, dequantize, gather_mm, gather_qmm, quantize, quantize
 pub use serde;
 pub use serde_json;
 pub use traits::{
-    model_factory, vision_factory, AttentionOptions, DtypePolicy, DynModel, DynVision, ForwardContext, Input,
-    LayerCache, ModelArch, ModelFactory, Positions, TextEntry, VisionAddOn, VisionFactory, Weights, WeightsFormat,
+    model_factory, vision_factory, AttentionOptions, DtypePolicy, DynModel, DynVision, ForwardContext, ImagePrompt,
+    Input, LayerCache, ModelArch, ModelFactory, Positions, TextEntry, VisionAddOn, VisionFactory, Weights,
+    WeightsFormat,
 };

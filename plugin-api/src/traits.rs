@@ -266,7 +266,19 @@ pub trait ModelArch: Sized + Send + 'static {
     }
 }
 
-/// A vision tower + projector that merges image features into the text embeddings.
+/// How images enter a prompt: the text the chat template writes for each image, and the text
+/// that replaces it for one image (its image-token span), which the engine expands before
+/// tokenizing, as the Hugging Face processors do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImagePrompt {
+    pub placeholder: String,
+    pub expansion: String,
+}
+
+/// A vision tower + projector that turns images into features the text model reads at its
+/// image-token positions. The engine decodes and preprocesses images (the checkpoint's
+/// `preprocessor_config.json`), memoizes `encode`'s features per image, and prefills the
+/// merged embeddings through the text model like any prompt.
 pub trait VisionAddOn: Sized + Send + 'static {
     type Config: serde::de::DeserializeOwned;
 
@@ -274,12 +286,27 @@ pub trait VisionAddOn: Sized + Send + 'static {
         Ok(weights)
     }
 
+    /// Built from the whole `config.json` and the checkpoint's vision tensors
+    /// (`vision_tower.*`, `multi_modal_projector.*`).
     fn new(config: Self::Config, weights: Weights) -> Result<Self>;
 
-    /// Given prompt ids `[B, L]`, their text embeddings `[B, L, D]` and decoded RGB images
-    /// (`[H, W, 3]` uint8 each), returns `(input_ids, input_embeddings)` with image features at
-    /// the image-token positions.
-    fn merge(&self, input_ids: &Array, text_embeddings: &Array, images: &[Array]) -> Result<(Array, Array)>;
+    /// The placeholder and its expansion for an image of `height x width` preprocessed pixels.
+    fn image_prompt(&self, height: i32, width: i32) -> Result<ImagePrompt>;
+
+    /// The features of one image, `[N, D]` (N = its image tokens, D = the text model's
+    /// hidden size), from its preprocessed pixels `[1, H, W, 3]` (f32).
+    fn encode(&self, pixels: &Array) -> Result<Array>;
+
+    /// The prompt's input embeddings `[1, L, D]` from its ids `[1, L]`, its text embeddings
+    /// (the text model's `embed_tokens`) and each image's features, in prompt order.
+    /// `embeddings_scale` is the text model's [`ModelArch::embeddings_scale`].
+    fn merge(
+        &self,
+        input_ids: &Array,
+        text_embeddings: &Array,
+        features: &[Array],
+        embeddings_scale: f32,
+    ) -> Result<Array>;
 }
 
 /// Object-safe view of a loaded text model, used by the engine for plugin-loaded and built-in
@@ -309,12 +336,32 @@ impl<M: ModelArch> DynModel for M {
 
 /// Object-safe view of a loaded vision add-on.
 pub trait DynVision: Send {
-    fn merge(&self, input_ids: &Array, text_embeddings: &Array, images: &[Array]) -> Result<(Array, Array)>;
+    fn image_prompt(&self, height: i32, width: i32) -> Result<ImagePrompt>;
+    fn encode(&self, pixels: &Array) -> Result<Array>;
+    fn merge(
+        &self,
+        input_ids: &Array,
+        text_embeddings: &Array,
+        features: &[Array],
+        embeddings_scale: f32,
+    ) -> Result<Array>;
 }
 
 impl<V: VisionAddOn> DynVision for V {
-    fn merge(&self, input_ids: &Array, text_embeddings: &Array, images: &[Array]) -> Result<(Array, Array)> {
-        VisionAddOn::merge(self, input_ids, text_embeddings, images)
+    fn image_prompt(&self, height: i32, width: i32) -> Result<ImagePrompt> {
+        VisionAddOn::image_prompt(self, height, width)
+    }
+    fn encode(&self, pixels: &Array) -> Result<Array> {
+        VisionAddOn::encode(self, pixels)
+    }
+    fn merge(
+        &self,
+        input_ids: &Array,
+        text_embeddings: &Array,
+        features: &[Array],
+        embeddings_scale: f32,
+    ) -> Result<Array> {
+        VisionAddOn::merge(self, input_ids, text_embeddings, features, embeddings_scale)
     }
 }
 

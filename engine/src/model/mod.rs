@@ -8,7 +8,7 @@ pub mod partition;
 
 use mlx_engine_plugin_api::io::{load_safetensors, MetaValue};
 use mlx_engine_plugin_api::runtime::Device;
-use mlx_engine_plugin_api::{Dtype, DtypePolicy, DynModel, LayerCache, Weights, WeightsFormat};
+use mlx_engine_plugin_api::{Dtype, DtypePolicy, DynModel, DynVision, LayerCache, Weights, WeightsFormat};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -66,6 +66,9 @@ pub struct LoadedModel {
     pub dtype: Dtype,
     pub num_parameters: usize,
     pub cache_layout: Vec<LayerCache>,
+    /// The vision add-on of a vision-language checkpoint, or why there is none (`None` for a
+    /// text-only model).
+    pub vision: Option<std::result::Result<Box<dyn DynVision>, String>>,
 }
 
 fn model_err(path: &Path, reason: impl Into<String>) -> Error {
@@ -241,6 +244,7 @@ pub fn load_with(path: &Path, host: &PluginHost, dtype: DtypeChoice, device: Dev
     if !path.exists() {
         return Err(model_err(path, "no such file or folder"));
     }
+    let mut vision = None;
     let (model_type, text_config, generation_config, weights, format, source) = match gguf_file(path)? {
         Some(file) => {
             let g = gguf::load(&file, host)?;
@@ -248,7 +252,7 @@ pub fn load_with(path: &Path, host: &PluginHost, dtype: DtypeChoice, device: Dev
             (g.model_type, g.config, Value::Object(Default::default()), g.weights, WeightsFormat::Gguf, source)
         }
         None => {
-            let (model_type, _config, text_config) = read_config(path)?;
+            let (model_type, config, text_config) = read_config(path)?;
             if !path.join("tokenizer.json").exists() {
                 return Err(model_err(path, "no tokenizer.json in the model folder"));
             }
@@ -257,8 +261,9 @@ pub fn load_with(path: &Path, host: &PluginHost, dtype: DtypeChoice, device: Dev
             let generation_config = read_json_or_empty(&path.join("generation_config.json"))?;
             let (weights, format) = load_weights(&files)?;
             // The text plugin gets the text part only; the vision part is the add-on's.
-            let weights = partition::partition(weights).text;
-            (model_type, text_config, generation_config, weights, format, Source::Folder)
+            let parts = partition::partition(weights);
+            vision = load_vision(path, host, &config, parts.vision, format, dtype, device);
+            (model_type, text_config, generation_config, parts.text, format, Source::Folder)
         }
     };
     let resolved = host.resolve_text(&model_type)?;
@@ -290,7 +295,39 @@ pub fn load_with(path: &Path, host: &PluginHost, dtype: DtypeChoice, device: Dev
         dtype: target,
         num_parameters,
         cache_layout,
+        vision,
     })
+}
+
+/// The vision add-on for a checkpoint whose config has a `vision_config`: `None` for text-only
+/// configs; an error message (kept for the first image request, so the text model still
+/// serves) when no add-on provides the model type or it cannot be built.
+fn load_vision(
+    path: &Path,
+    host: &PluginHost,
+    config: &Value,
+    weights: Weights,
+    format: WeightsFormat,
+    dtype: DtypeChoice,
+    device: Device,
+) -> Option<std::result::Result<Box<dyn DynVision>, String>> {
+    config.get("vision_config")?;
+    let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or_default();
+    let build = || -> Result<Box<dyn DynVision>> {
+        let resolved = host.resolve_vision(model_type)?;
+        let target = match (dtype, device) {
+            (DtypeChoice::BF16, _) => Dtype::BF16,
+            (DtypeChoice::F16, _) => Dtype::F16,
+            (DtypeChoice::Auto, Device::Gpu) => checkpoint_dtype(&weights),
+            _ => Dtype::F32,
+        };
+        let policy = vec![DtypePolicy::Compute; weights.len()];
+        let weights = cast_weights(weights, target, &policy)?;
+        mlx_engine_plugin_api::eval(&weights.iter().map(|(_, a)| a).collect::<Vec<_>>())
+            .map_err(|e| model_err(path, format!("cannot read the vision weights: {e}")))?;
+        resolved.create_vision(&config.to_string(), weights, format)
+    };
+    Some(build().map_err(|e| format!("{}: vision add-on for model type `{model_type}`: {e}", path.display())))
 }
 
 /// Loads the model folder `dir` in f32 on the current device (the simple path for tools).

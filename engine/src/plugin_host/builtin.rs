@@ -19,7 +19,8 @@ use std::path::PathBuf;
 
 use mlx_engine_plugin_api::host::catch_panics;
 use mlx_engine_plugin_api::{
-    Array, DynModel, DynVision, ForwardContext, Input, LayerCache, ModelFactory, VisionFactory, Weights, WeightsFormat,
+    Array, DynModel, DynVision, ForwardContext, ImagePrompt, Input, LayerCache, ModelFactory, VisionFactory, Weights,
+    WeightsFormat,
 };
 
 use crate::error::{Error, Result};
@@ -131,12 +132,21 @@ struct BuiltinVision {
 }
 
 impl DynVision for BuiltinVision {
+    fn image_prompt(&self, height: i32, width: i32) -> mlx_engine_plugin_api::Result<ImagePrompt> {
+        catch_panics(|| self.inner.image_prompt(height, width))
+    }
+
+    fn encode(&self, pixels: &Array) -> mlx_engine_plugin_api::Result<Array> {
+        catch_panics(|| self.inner.encode(pixels))
+    }
+
     fn merge(
         &self,
         input_ids: &Array,
         text_embeddings: &Array,
-        images: &[Array],
-    ) -> mlx_engine_plugin_api::Result<(Array, Array)> {
-        catch_panics(|| self.inner.merge(input_ids, text_embeddings, images))
+        features: &[Array],
+        embeddings_scale: f32,
+    ) -> mlx_engine_plugin_api::Result<Array> {
+        catch_panics(|| self.inner.merge(input_ids, text_embeddings, features, embeddings_scale))
     }
 }

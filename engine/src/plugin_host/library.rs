@@ -22,7 +22,7 @@ use mlx_engine_plugin_api::abi::{
 use mlx_engine_plugin_api::has_entry;
 use mlx_engine_plugin_api::host::{ForeignModel, ForeignVision};
 use mlx_engine_plugin_api::{
-    Array, DtypePolicy, DynModel, DynVision, ForwardContext, Input, LayerCache, Weights, WeightsFormat,
+    Array, DtypePolicy, DynModel, DynVision, ForwardContext, ImagePrompt, Input, LayerCache, Weights, WeightsFormat,
 };
 
 use crate::error::{Error, Result};
@@ -407,12 +407,21 @@ pub struct PluginVision {
 }
 
 impl DynVision for PluginVision {
+    fn image_prompt(&self, height: i32, width: i32) -> mlx_engine_plugin_api::Result<ImagePrompt> {
+        self.vision.image_prompt(height, width)
+    }
+
+    fn encode(&self, pixels: &Array) -> mlx_engine_plugin_api::Result<Array> {
+        self.vision.encode(pixels)
+    }
+
     fn merge(
         &self,
         input_ids: &Array,
         text_embeddings: &Array,
-        images: &[Array],
-    ) -> mlx_engine_plugin_api::Result<(Array, Array)> {
-        self.vision.merge(input_ids, text_embeddings, images)
+        features: &[Array],
+        embeddings_scale: f32,
+    ) -> mlx_engine_plugin_api::Result<Array> {
+        self.vision.merge(input_ids, text_embeddings, features, embeddings_scale)
     }
 }

@@ -295,6 +295,26 @@ impl RmsNorm {
     }
 }
 
+/// Layer normalisation with a learned scale and shift (vision towers).
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    pub weight: Array,
+    pub bias: Array,
+    pub eps: f32,
+}
+
+impl LayerNorm {
+    /// Loads `{prefix}.weight` and `{prefix}.bias`, both `[dim]`.
+    pub fn load(w: &mut Weights, prefix: &str, dim: i32, eps: f32) -> Result<LayerNorm> {
+        let mut part = |name: &str| -> Result<Array> { w.take_shaped(&format!("{prefix}.{name}"), &[dim]) };
+        Ok(LayerNorm { weight: part("weight")?, bias: part("bias")?, eps })
+    }
+
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        fast::layer_norm(x, Some(&self.weight), Some(&self.bias), self.eps)
+    }
+}
+
 /// `[B, L, H * D]` -> `[B, H, L, D]`.
 pub fn split_heads(x: &Array, heads: i32) -> Result<Array> {
     let s = x.shape();

@@ -15,6 +15,8 @@ use mlx_engine_plugin_api::{
 };
 use serde::Deserialize;
 
+mod vision;
+
 #[derive(Clone, Debug, Deserialize)]
 pub struct Config {
     pub hidden_size: i32,
@@ -354,7 +356,7 @@ export_plugin! {
     name: "gemma3",
     version: env!("CARGO_PKG_VERSION"),
     text: { "gemma3_text" => Gemma3, "gemma3" => Gemma3 },
-    vision: {},
+    vision: { "gemma3" => vision::Gemma3Vision },
 }
 
 #[cfg(test)]
