@@ -46,6 +46,12 @@ pub enum Error {
     #[error("chat template {}: {reason}", path.display())]
     ChatTemplate { path: PathBuf, reason: String },
 
+    /// An image could not be read, decoded or prepared; names the image (its file path, or
+    /// `data URL` / `image bytes`) and what was expected. (Not `source`: thiserror would take a
+    /// field of that name for the error's cause.)
+    #[error("image {image}: {reason}")]
+    Image { image: String, reason: String },
+
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
 }

@@ -5,8 +5,9 @@
 //! `cache` (the engine-owned KV cache behind the forward context) -> `sample` (processors,
 //! sampler) -> `stop` (stop strings) -> `generate` (the decode loop and its streamed results).
 //! `model_kit` runs a loaded model on its own worker thread for hosts; `cli` is a thin layer
-//! over it. The MLX backend (`mlx`) is a C++ shim whose functions fill the ops table that the
-//! engine and every plugin call through.
+//! over it. `vision` turns images into pixel values for a vision tower. The MLX backend
+//! (`mlx`) is a C++ shim whose functions fill the ops table that the engine and every plugin
+//! call through.
 
 pub mod cache;
 pub mod cli;
@@ -19,6 +20,7 @@ pub mod plugin_host;
 pub mod sample;
 pub mod stop;
 pub mod tokenizer;
+pub mod vision;
 
 pub use error::{Error, Result};
 pub use mlx_engine_plugin_api as api;
