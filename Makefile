@@ -5,7 +5,7 @@ MODELS := $(or $(MLX_ENGINE_MODELS),models)
 ENGINE := target/release/mlx-engine
 DEFAULT_MODEL := $(MODELS)/smollm2-135m-instruct/f32
 
-.PHONY: setup models goldens build build-debug demo test bench clean
+.PHONY: setup models goldens goldens-vlm build build-debug demo test bench clean
 
 setup:
 	@scripts/setup.sh
@@ -18,6 +18,13 @@ models: setup
 # Re-record the mlx-lm reference outputs the parity tests compare against.
 goldens: models
 	.venv/bin/python scripts/goldens/record.py --models-dir $(MODELS) --out tests/goldens
+
+# Re-record the mlx-vlm reference outputs of the tiny Gemma 3 VLM, in a venv of its own
+# (mlx-vlm's dependencies are heavy and nothing else needs them).
+goldens-vlm: setup
+	test -x .venv-vlm/bin/python || python3 -m venv .venv-vlm
+	.venv-vlm/bin/pip install -q --disable-pip-version-check -r scripts/goldens/vlm-constraints.txt
+	.venv-vlm/bin/python scripts/goldens/record_vlm.py --out tests/goldens
 
 # Release build of the engine, the CLI and every workspace plugin (target/release/lib<arch>.so,
 # where the engine finds them).

@@ -158,10 +158,79 @@ def gemma3_weights(c: dict) -> dict[str, np.ndarray]:
     return w
 
 
+# Gemma 3 with a SigLIP tower: 32x32 images in 8x8 patches (a 4x4 grid), pooled to 2x2 = 4
+# image tokens. Written in the pre-4.52 VLM layout (`language_model.model.*`), with the keys
+# mlx-vlm reads from text_config (mm_tokens_per_image, sliding_window_pattern,
+# rope_global_base_freq) and a top-level hidden_size (mlx-vlm divides image features by its
+# square root and defaults it to 2048). Token ids: 300 image soft token, 301 <start_of_image>,
+# 302 <end_of_image>.
+TINY_GEMMA3_VLM = {
+    "architectures": ["Gemma3ForConditionalGeneration"],
+    "model_type": "gemma3",
+    "hidden_size": 64,
+    "image_token_index": 300,
+    "boi_token_index": 301,
+    "eoi_token_index": 302,
+    "mm_tokens_per_image": 4,
+    "pad_token_id": 0,
+    "bos_token_id": 2,
+    "eos_token_id": 1,
+    "text_config": {
+        **{k: v for k, v in TINY_GEMMA3.items() if k not in ("architectures", "layer_types")},
+        "rope_global_base_freq": 1000000.0,
+        "mm_tokens_per_image": 4,
+    },
+    "vision_config": {
+        "model_type": "siglip_vision_model",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "patch_size": 8,
+        "image_size": 32,
+        "num_channels": 3,
+        "layer_norm_eps": 1e-6,
+    },
+    "torch_dtype": "float32",
+}
+
+
+def gemma3_vlm_weights(c: dict) -> dict[str, np.ndarray]:
+    w = {"language_model." + k: v for k, v in gemma3_weights(c["text_config"]).items()}
+    v = c["vision_config"]
+    d, f, p, ch = v["hidden_size"], v["intermediate_size"], v["patch_size"], v["num_channels"]
+    n = (v["image_size"] // p) ** 2
+    t = "vision_tower.vision_model."
+    # Torch layout [D, C, P, P]; both readers transpose it.
+    w[t + "embeddings.patch_embedding.weight"] = normal("v.patch", (d, ch, p, p), 0.05)
+    w[t + "embeddings.patch_embedding.bias"] = normal("v.patch_b", (d,), 0.1)
+    w[t + "embeddings.position_embedding.weight"] = normal("v.pos", (n, d), 0.3)
+    for l in range(v["num_hidden_layers"]):
+        q = f"{t}encoder.layers.{l}."
+        for nm in ("layer_norm1", "layer_norm2"):
+            w[q + nm + ".weight"] = normal("v." + q + nm, (d,), 0.1, 1.0)
+            w[q + nm + ".bias"] = normal("v." + q + nm + "b", (d,), 0.1)
+        for nm in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            w[q + "self_attn." + nm + ".weight"] = normal("v." + q + nm, (d, d), 0.2)
+            w[q + "self_attn." + nm + ".bias"] = normal("v." + q + nm + "b", (d,), 0.05)
+        w[q + "mlp.fc1.weight"] = normal("v." + q + "fc1", (f, d), 0.2)
+        w[q + "mlp.fc1.bias"] = normal("v." + q + "fc1b", (f,), 0.05)
+        w[q + "mlp.fc2.weight"] = normal("v." + q + "fc2", (d, f), 0.2)
+        w[q + "mlp.fc2.bias"] = normal("v." + q + "fc2b", (d,), 0.05)
+    w[t + "post_layernorm.weight"] = normal("v.post", (d,), 0.1, 1.0)
+    w[t + "post_layernorm.bias"] = normal("v.postb", (d,), 0.1)
+    w["multi_modal_projector.mm_soft_emb_norm.weight"] = normal("v.soft", (d,), 0.1)
+    # Features land in the text model's input space, where token embeddings have std ~0.8
+    # after Gemma's sqrt(64) scale.
+    w["multi_modal_projector.mm_input_projection_weight"] = normal("v.proj", (d, c["hidden_size"]), 0.2)
+    return w
+
+
 MODELS = {
     "tiny-llama": (TINY_LLAMA, llama_weights),
     "tiny-llama-rope-llama3": (TINY_LLAMA_ROPE_LLAMA3, llama_weights),
     "tiny-gemma3": (TINY_GEMMA3, gemma3_weights),
+    "tiny-gemma3-vlm": (TINY_GEMMA3_VLM, gemma3_vlm_weights),
 }
 
 
@@ -174,11 +243,30 @@ def write_model(out: Path, config: dict, weights: dict[str, np.ndarray]) -> None
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
 
 
+# What Gemma 3's image processor reads (its real checkpoints' values, at the tiny image size).
+TINY_GEMMA3_VLM_PREPROCESSOR = {
+    "image_processor_type": "Gemma3ImageProcessor",
+    "processor_class": "Gemma3Processor",
+    "do_resize": True,
+    "size": {"height": 32, "width": 32},
+    "resample": 2,
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "do_convert_rgb": None,
+    "do_pan_and_scan": None,
+}
+
+
 def write_all(out_dir: Path) -> dict[str, Path]:
     paths = {}
     for name, (config, make) in MODELS.items():
         write_model(out_dir / name, config, make(config))
         paths[name] = out_dir / name
+    (out_dir / "tiny-gemma3-vlm" / "preprocessor_config.json").write_text(
+        json.dumps(TINY_GEMMA3_VLM_PREPROCESSOR, indent=2) + "\n")
     return paths
 
 

@@ -107,7 +107,8 @@ impl EncoderLayer {
             (heads(self.q_proj.forward(&h)?)?, heads(self.k_proj.forward(&h)?)?, heads(self.v_proj.forward(&h)?)?);
         let attn = scaled_dot_product_attention(&q, &k, &v, self.scale, AttnMask::None)?;
         let h = x.add(&self.out_proj.forward(&mlx_engine_plugin_api::nn::merge_heads(&attn)?)?)?;
-        let r = self.fc2.forward(&self.fc1.forward(&self.layer_norm2.forward(&h)?)?.gelu()?)?;
+        // mlx-vlm's `GELU(approx="precise")` is the tanh approximation.
+        let r = self.fc2.forward(&self.fc1.forward(&self.layer_norm2.forward(&h)?)?.gelu_approx()?)?;
         h.add(&r)
     }
 }
