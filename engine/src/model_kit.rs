@@ -25,6 +25,8 @@ use crate::generate::{
 use crate::model::{self, DtypeChoice};
 use crate::plugin_host::{HostOptions, PluginHost};
 use crate::tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
+use crate::vision::prompt;
+use crate::vision::{FeatureMemo, ImageInput, ImageLimits, FEATURE_MEMO_CAPACITY};
 
 /// How to load a model.
 #[derive(Clone, Debug)]
@@ -78,6 +80,14 @@ enum Job {
     },
     CacheInfo(mpsc::Sender<PromptCacheInfo>),
     ClearCache(mpsc::Sender<()>),
+    /// Expands the image placeholders of `text` (rendered or raw) and tokenizes it.
+    Tokenize {
+        text: String,
+        add_special_tokens: bool,
+        images: Vec<ImageInput>,
+        max_image_size: Option<u32>,
+        tx: mpsc::Sender<Result<Vec<u32>>>,
+    },
 }
 
 enum Event {
@@ -162,6 +172,7 @@ struct Worker {
     tokenizer: Arc<Tokenizer>,
     cache: PromptCache,
     attention_heads: Option<usize>,
+    memo: FeatureMemo,
 }
 
 impl Worker {
@@ -174,14 +185,20 @@ impl Worker {
                         tokenizer: &self.tokenizer,
                         generation_config: &self.loaded.generation_config,
                         context_length: self.loaded.context_length,
+                        vision: self.loaded.vision.as_ref(),
                     };
                     let mut emit = |r: GenerationResult| tx.send(Event::Result(r)).is_ok();
                     let cache = &mut self.cache;
                     let heads = self.attention_heads;
+                    let memo = &mut self.memo;
                     // A panic in a built-in architecture fails this request, not the worker.
                     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        let session =
-                            Session { cache: &mut *cache, progress: progress.as_mut(), attention_heads: heads };
+                        let session = Session {
+                            cache: &mut *cache,
+                            progress: progress.as_mut(),
+                            attention_heads: heads,
+                            memo: Some(&mut *memo),
+                        };
                         generate::generate_in(&ctx, session, &req, &cancel, &mut emit)
                     }))
                     .unwrap_or_else(|p| {
@@ -196,6 +213,9 @@ impl Worker {
                 Job::CacheInfo(tx) => {
                     let _ = tx.send(self.cache.info());
                 }
+                Job::Tokenize { text, add_special_tokens, images, max_image_size, tx } => {
+                    let _ = tx.send(self.tokenize(&text, add_special_tokens, &images, max_image_size));
+                }
                 Job::ClearCache(tx) => {
                     self.cache.clear();
                     mlx_engine_plugin_api::runtime::clear_cache();
@@ -203,6 +223,38 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+impl Worker {
+    fn tokenize(
+        &self,
+        text: &str,
+        special: bool,
+        images: &[ImageInput],
+        max_image_size: Option<u32>,
+    ) -> Result<Vec<u32>> {
+        if images.is_empty() {
+            return self.tokenizer.encode(text, special);
+        }
+        let vision = match &self.loaded.vision {
+            Some(Ok(v)) => v,
+            Some(Err(why)) => {
+                return Err(Error::Param {
+                    name: "images".into(),
+                    reason: format!("this model cannot take images: {why}"),
+                })
+            }
+            None => {
+                return Err(Error::Param {
+                    name: "images".into(),
+                    reason: "this is a text-only model (its config.json has no vision_config)".into(),
+                })
+            }
+        };
+        let limits = ImageLimits { max_image_size, ..Default::default() };
+        let prepared = prompt::prepare_images(vision, images, &limits)?;
+        self.tokenizer.encode(&prompt::expand_placeholders(text, &prepared)?, special)
     }
 }
 
@@ -252,7 +304,8 @@ impl ModelKit {
                         head_dim,
                         cache_config: options.cache.clone(),
                     };
-                    Ok((Worker { loaded, tokenizer, cache, attention_heads }, info))
+                    let memo = FeatureMemo::new(FEATURE_MEMO_CAPACITY);
+                    Ok((Worker { loaded, tokenizer, cache, attention_heads, memo }, info))
                 };
                 match setup() {
                     Ok((worker, info)) => {
@@ -295,6 +348,51 @@ impl ModelKit {
     ) -> Result<Vec<u32>> {
         let text = self.tokenizer.apply_chat_template(messages, true, args, template)?;
         self.tokenizer.encode(&text, false)
+    }
+
+    /// [`ModelKit::tokenize_chat`] for messages with images (`ChatMessage::images`): the
+    /// template's image placeholders become each image's token span (the model's vision add-on
+    /// says how, from the image's preprocessed size). Pass the same `images` in the request.
+    pub fn tokenize_chat_with_images(
+        &self,
+        messages: &[ChatMessage],
+        template: Option<&ChatTemplate>,
+        args: &serde_json::Map<String, Value>,
+        images: &[ImageInput],
+        max_image_size: Option<u32>,
+    ) -> Result<Vec<u32>> {
+        let declared: usize = messages.iter().map(|m| m.images).sum();
+        if declared != images.len() {
+            return Err(Error::Param {
+                name: "images".into(),
+                reason: format!("the messages hold {declared} image(s) but {} were given", images.len()),
+            });
+        }
+        let text = self.tokenizer.apply_chat_template(messages, true, args, template)?;
+        self.tokenize_job(text, false, images, max_image_size)
+    }
+
+    /// [`ModelKit::tokenize`] of a raw prompt with images: each image placeholder of `text`
+    /// becomes that image's token span; a prompt without placeholders gets the images first.
+    pub fn tokenize_with_images(
+        &self,
+        text: &str,
+        images: &[ImageInput],
+        max_image_size: Option<u32>,
+    ) -> Result<Vec<u32>> {
+        self.tokenize_job(text.to_string(), true, images, max_image_size)
+    }
+
+    fn tokenize_job(
+        &self,
+        text: String,
+        special: bool,
+        images: &[ImageInput],
+        max_image_size: Option<u32>,
+    ) -> Result<Vec<u32>> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Job::Tokenize { text, add_special_tokens: special, images: images.to_vec(), max_image_size, tx })?;
+        rx.recv().map_err(|_| stopped())?
     }
 
     /// Starts a generation; results stream through the returned iterator. The prompt reuses

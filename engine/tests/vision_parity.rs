@@ -6,16 +6,16 @@
 //! near-tie; logprobs within the f32 bound).
 
 mod measured;
+mod tiny_vlm;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use mlx_engine::api::{Array, DynModel, DynVision, Input};
 use mlx_engine::cache::{CacheConfig, KvCache};
-use mlx_engine::model::{load_with, DtypeChoice, LoadedModel};
-use mlx_engine::plugin_host::{HostOptions, PluginHost};
+use mlx_engine::model::LoadedModel;
 use mlx_engine::vision::PreprocessorConfig;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
+use tiny_vlm::{floats, golden, image_of, load, tiny_vlm, u32s};
 
 /// Text parity's f32 bounds (engine/tests/parity.rs): logprob, near-tie margin.
 const LOGPROB: f32 = 1.5e-4;
@@ -25,64 +25,6 @@ const FEATURES: f32 = 1e-4;
 /// At least this many agreed greedy steps per prompt.
 const MIN_STEPS: usize = 16;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-fn golden() -> Value {
-    let path = root().join("tests/goldens/tiny-gemma3-vlm.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|x| x.as_array().cloned().unwrap_or_else(|| vec![x.clone()]))
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn u32s(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
-
-/// The tiny VLM, written by the project script into a folder of its own, checked to be the
-/// checkpoint the goldens were recorded on, with a word-level tokenizer (`<i>` is token `i`).
-fn tiny_vlm(g: &Value) -> tempfile::TempDir {
-    let tmp = tempfile::TempDir::new().unwrap();
-    let status = std::process::Command::new(root().join(".venv/bin/python"))
-        .arg(root().join("scripts/goldens/tiny_models.py"))
-        .arg(tmp.path())
-        .stdout(std::process::Stdio::null())
-        .status();
-    assert!(status.is_ok_and(|s| s.success()), "could not run scripts/goldens/tiny_models.py (run `make setup`)");
-    let dir = tmp.path().join("tiny-gemma3-vlm");
-    let sha = hex(&Sha256::digest(std::fs::read(dir.join("model.safetensors")).unwrap()));
-    assert_eq!(
-        sha,
-        g["safetensors_sha256"].as_str().unwrap(),
-        "the tiny VLM is not the one the goldens were recorded on"
-    );
-    let map: serde_json::Map<String, Value> = (0..512).map(|i| (format!("<{i}>"), Value::from(i))).collect();
-    let tok = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null,
-        "decoder": null, "model": {"type": "WordLevel", "vocab": map, "unk_token": "<0>"}
-    });
-    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
-    tmp
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn load(dir: &Path) -> LoadedModel {
-    let host = PluginHost::new(&HostOptions::standard(vec![], None)).unwrap();
-    load_with(dir, &host, DtypeChoice::F32, mlx_engine::api::runtime::Device::Cpu).unwrap()
-}
-
 /// Each golden image through the checkpoint's preprocessing and the add-on's `encode`.
 fn features(dir: &Path, vision: &dyn DynVision, g: &Value) -> Vec<Array> {
     let pre = PreprocessorConfig::load(dir).unwrap().expect("preprocessor_config.json");
@@ -91,13 +33,7 @@ fn features(dir: &Path, vision: &dyn DynVision, g: &Value) -> Vec<Array> {
         .unwrap()
         .iter()
         .map(|rows| {
-            let bytes: Vec<u8> = rows
-                .as_array()
-                .unwrap()
-                .iter()
-                .flat_map(|r| r.as_array().unwrap().iter().flat_map(|px| u32s(px).into_iter().map(|c| c as u8)))
-                .collect();
-            let img = image::RgbImage::from_raw(32, 32, bytes).unwrap();
+            let img = image_of(rows);
             vision.encode(&pre.preprocess(&img).unwrap().to_array().unwrap()).unwrap()
         })
         .collect()
@@ -150,7 +86,7 @@ fn tiny_gemma3_vlm_matches_mlx_vlm_features_and_greedy_tokens() {
     let dir = tmp.path().join("tiny-gemma3-vlm");
     let m = load(&dir);
     let vision = m.vision.as_ref().expect("a vision add-on").as_ref().unwrap();
-    let feats = features(&dir, vision.as_ref(), &g);
+    let feats = features(&dir, vision.addon.as_ref(), &g);
     for (i, (f, want)) in feats.iter().zip(g["features"].as_array().unwrap()).enumerate() {
         let want = floats(want);
         let got = f.to_vec_f32().unwrap();
@@ -159,7 +95,7 @@ fn tiny_gemma3_vlm_matches_mlx_vlm_features_and_greedy_tokens() {
         measured::check("tiny-gemma3-vlm/features", d, FEATURES, format!("image {i}"));
     }
     for (k, p) in g["prompts"].as_array().unwrap().iter().enumerate() {
-        let emb = merged(&m, vision.as_ref(), &feats, p);
+        let emb = merged(&m, vision.addon.as_ref(), &feats, p);
         let mut cache = KvCache::new(m.model.cache_layout());
         let got = decode(m.model.as_ref(), &mut cache, &emb, u32s(&p["tokens"]).len());
         let n = agree(&format!("prompt {k}"), &got, p);
@@ -176,9 +112,9 @@ fn a_vision_prompt_runs_with_a_quantized_or_rotating_kv_cache() {
     let dir = tmp.path().join("tiny-gemma3-vlm");
     let m = load(&dir);
     let vision = m.vision.as_ref().unwrap().as_ref().unwrap();
-    let feats = features(&dir, vision.as_ref(), &g);
+    let feats = features(&dir, vision.addon.as_ref(), &g);
     let p = &g["prompts"][1];
-    let emb = merged(&m, vision.as_ref(), &feats, p);
+    let emb = merged(&m, vision.addon.as_ref(), &feats, p);
     let dense = decode(m.model.as_ref(), &mut KvCache::new(m.model.cache_layout()), &emb, 8);
     for (what, config) in [
         ("kv8", CacheConfig { kv_bits: Some(8), kv_group_size: 32, ..Default::default() }),

@@ -257,6 +257,23 @@ impl PromptCache {
         }
     }
 
+    /// Cuts the live cache back to its first `n` tokens (a reuse that would end inside an image
+    /// span restarts at the span); when its layers cannot be trimmed it starts empty instead.
+    /// Returns what it holds afterwards.
+    pub fn limit_live(&mut self, n: usize) -> Result<usize> {
+        let held = self.live.len();
+        if n >= held {
+            return Ok(held);
+        }
+        if self.live.trim(held - n) == held - n {
+            self.events.cached_tokens -= held - n;
+            return Ok(n);
+        }
+        self.events.cached_tokens -= held;
+        self.live = self.fresh()?;
+        Ok(0)
+    }
+
     /// The live cache, as prepared for the current request.
     pub fn live_mut(&mut self) -> &mut KvCache {
         &mut self.live

@@ -1,5 +1,6 @@
 //! `mlx-engine chat`: an interactive conversation on stdin/stdout. Ctrl-C stops the current
-//! reply (not the program); `/reset` starts a new conversation; `/exit` or end of input quits.
+//! reply (not the program); `/reset` starts a new conversation; `/image PATH` adds an image to
+//! the next message (vision models); `/exit` or end of input quits.
 
 use std::io::{BufRead, Write};
 use std::sync::{Arc, Mutex};
@@ -9,6 +10,7 @@ use crate::error::Result;
 use crate::generate::GenerateRequest;
 use crate::model_kit::CancelHandle;
 use crate::tokenizer::ChatMessage;
+use crate::vision::ImageInput;
 
 #[derive(clap::Args)]
 pub struct ChatArgs {
@@ -21,6 +23,9 @@ pub struct ChatArgs {
     pub sampling: SamplingArgs,
     #[command(flatten)]
     pub cache: CacheArgs,
+    /// Scale images whose long side exceeds this many pixels down to it (see `/image`).
+    #[arg(long, value_name = "PIXELS")]
+    pub max_image_size: Option<u32>,
 }
 
 pub fn run(args: &ChatArgs) -> Result<()> {
@@ -40,7 +45,10 @@ pub fn run(args: &ChatArgs) -> Result<()> {
     });
     let fresh = || -> Vec<ChatMessage> { args.system.iter().map(|s| ChatMessage::new("system", s.clone())).collect() };
     let mut messages = fresh();
-    eprintln!("chat: type a message; /reset starts over, /exit quits, Ctrl-C stops a reply");
+    // Every image of the conversation, in order: each turn's prompt holds them all.
+    let mut images: Vec<ImageInput> = Vec::new();
+    let mut queued: Vec<ImageInput> = Vec::new();
+    eprintln!("chat: type a message; /image PATH adds an image, /reset starts over, /exit quits, Ctrl-C stops a reply");
     let stdin = std::io::stdin();
     loop {
         eprint!("> ");
@@ -54,20 +62,36 @@ pub fn run(args: &ChatArgs) -> Result<()> {
             "/exit" | "/quit" => break,
             "/reset" => {
                 messages = fresh();
+                images.clear();
+                queued.clear();
                 eprintln!("(conversation reset)");
+                continue;
+            }
+            l if l.starts_with("/image") => {
+                let path = l["/image".len()..].trim();
+                if path.is_empty() {
+                    eprintln!("usage: /image PATH (the image goes with your next message)");
+                } else {
+                    queued.push(ImageInput::from_arg(path));
+                    eprintln!("(image {} queued for the next message)", images.len() + queued.len());
+                }
                 continue;
             }
             _ => {}
         }
-        messages.push(ChatMessage::new("user", line.to_string()));
-        let prompt_tokens = match kit.tokenize_chat(&messages, template.as_ref(), &template_args) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("error: {e}");
-                messages.pop();
-                continue;
-            }
-        };
+        messages.push(ChatMessage::with_images("user", line.to_string(), queued.len()));
+        let all: Vec<ImageInput> = images.iter().chain(&queued).cloned().collect();
+        let max_size = args.max_image_size;
+        let prompt_tokens =
+            match kit.tokenize_chat_with_images(&messages, template.as_ref(), &template_args, &all, max_size) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    messages.pop();
+                    queued.clear();
+                    continue;
+                }
+            };
         let req = GenerateRequest {
             prompt_tokens,
             sampling: args.sampling.overrides(),
@@ -76,6 +100,8 @@ pub fn run(args: &ChatArgs) -> Result<()> {
             ignore_eos: args.sampling.ignore_eos,
             prefill_step_size: step,
             ignore_prompt_cache: false,
+            images: all,
+            max_image_size: max_size,
         };
         let mut generation = match kit.generate_with_progress(req, Box::new(PrefillBar::new(step))) {
             Ok(g) => g,
@@ -109,8 +135,10 @@ pub fn run(args: &ChatArgs) -> Result<()> {
         }
         if failed {
             messages.pop();
+            queued.clear();
             continue;
         }
+        images.append(&mut queued);
         if let Some(stats) = generation.stats() {
             print_stats(stats);
         }

@@ -285,3 +285,22 @@ impl Drop for PrefillBar {
         self.bar.finish_and_clear();
     }
 }
+
+/// Images for a prompt (vision-language models).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ImageArgs {
+    /// An image for the prompt: a PNG, JPEG or WebP file, or a `data:image/...;base64,` URL.
+    /// Repeatable; images go in order to the prompt's image placeholders (a raw --prompt
+    /// without placeholders gets them at its start; --chat puts them before the message).
+    #[arg(long = "image", value_name = "FILE")]
+    pub images: Vec<String>,
+    /// Scale images whose long side exceeds this many pixels down to it before preprocessing.
+    #[arg(long, value_name = "PIXELS")]
+    pub max_image_size: Option<u32>,
+}
+
+impl ImageArgs {
+    pub fn inputs(&self) -> Vec<crate::vision::ImageInput> {
+        self.images.iter().map(|s| crate::vision::ImageInput::from_arg(s)).collect()
+    }
+}

@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 
-use super::common::{load, param, print_stats, CacheArgs, ModelArgs, PrefillBar, SamplingArgs};
+use super::common::{load, param, print_stats, CacheArgs, ImageArgs, ModelArgs, PrefillBar, SamplingArgs};
 use crate::error::{Error, Result};
 use crate::generate::GenerateRequest;
 use crate::tokenizer::ChatMessage;
@@ -20,6 +20,8 @@ pub struct GenerateArgs {
     /// A system message for --chat.
     #[arg(long, requires = "chat")]
     pub system: Option<String>,
+    #[command(flatten)]
+    pub images: ImageArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
     #[command(flatten)]
@@ -45,15 +47,17 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     crate::stop::StopStrings::new(args.sampling.stop.clone())?;
     let step = args.cache.prefill_step_size()?;
     let kit = load(&args.model, &args.cache)?;
+    let images = args.images.inputs();
+    let max_size = args.images.max_image_size;
     let prompt_tokens = match (&args.prompt, &args.chat) {
-        (Some(p), _) => kit.tokenize(&read_arg(p)?)?,
+        (Some(p), _) => kit.tokenize_with_images(&read_arg(p)?, &images, max_size)?,
         (None, Some(c)) => {
             let mut messages = Vec::new();
             if let Some(s) = &args.system {
                 messages.push(ChatMessage::new("system", s.clone()));
             }
-            messages.push(ChatMessage::new("user", read_arg(c)?));
-            kit.tokenize_chat(&messages, template.as_ref(), &template_args)?
+            messages.push(ChatMessage::with_images("user", read_arg(c)?, images.len()));
+            kit.tokenize_chat_with_images(&messages, template.as_ref(), &template_args, &images, max_size)?
         }
         (None, None) => return Err(param("prompt", "pass --prompt TEXT or --chat TEXT")),
     };
@@ -65,6 +69,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         ignore_eos: args.sampling.ignore_eos,
         prefill_step_size: step,
         ignore_prompt_cache: false,
+        images,
+        max_image_size: max_size,
     };
     let mut generation = kit.generate_with_progress(req, Box::new(PrefillBar::new(step)))?;
     let cancel = generation.cancel_handle();

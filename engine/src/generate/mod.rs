@@ -24,6 +24,7 @@ use crate::sample::{
 };
 use crate::stop::StopStrings;
 use crate::tokenizer::{StreamingDetokenizer, Tokenizer};
+use crate::vision::{self, FeatureMemo, ImageInput, ImageLimits, VisionModel};
 use prefill::{last_logits, token_ids, Plan};
 
 /// One generation request over already tokenized prompt tokens.
@@ -44,6 +45,11 @@ pub struct GenerateRequest {
     /// Prefill the whole prompt even if a prefix is cached (for cold timings; the result is
     /// still cached for later requests).
     pub ignore_prompt_cache: bool,
+    /// Images, in the order of their spans in `prompt_tokens` (expanded as
+    /// `ModelKit::tokenize_chat` or `ModelKit::tokenize_with_images` do).
+    pub images: Vec<ImageInput>,
+    /// Images whose long side exceeds this are scaled down to it first (`--max-image-size`).
+    pub max_image_size: Option<u32>,
 }
 
 /// What a generation needs from the loaded model.
@@ -53,6 +59,9 @@ pub struct GenContext<'a> {
     pub generation_config: &'a Value,
     /// `max_position_embeddings`, when the config gives one.
     pub context_length: Option<usize>,
+    /// The vision add-on of a vision-language model (or why it could not be built); `None` for
+    /// a text-only model.
+    pub vision: Option<&'a std::result::Result<VisionModel, String>>,
 }
 
 /// Summary of a finished generation, for hosts that print statistics.
@@ -75,6 +84,8 @@ pub struct Session<'a> {
     pub progress: &'a mut dyn PromptProgress,
     /// The model's query heads, for [`prefill::chunk_size`]; `None` = chunks of the step size.
     pub attention_heads: Option<usize>,
+    /// Image features seen before (vision models; `None` encodes every image).
+    pub memo: Option<&'a mut FeatureMemo>,
 }
 
 fn param(name: &str, reason: impl Into<String>) -> Error {
@@ -149,7 +160,7 @@ pub fn generate(
     emit: &mut dyn FnMut(GenerationResult) -> bool,
 ) -> Result<GenerationStats> {
     let mut cache = PromptCache::new(ctx.model.cache_layout(), CacheConfig::default(), 0)?;
-    let session = Session { cache: &mut cache, progress: &mut NoProgress, attention_heads: None };
+    let session = Session { cache: &mut cache, progress: &mut NoProgress, attention_heads: None, memo: None };
     generate_in(ctx, session, req, cancel, emit)
 }
 
@@ -172,14 +183,58 @@ pub fn generate_in(
     let mut sampler = Sampler::new(&params)?;
     let mut detok = StreamingDetokenizer::new(ctx.tokenizer.clone(), false);
     let mut stats = GenerationStats { prompt_tokens: prompt.len(), seed: sampler.seed(), ..Default::default() };
-    let Session { cache, progress, attention_heads } = session;
+    let Session { cache, progress, attention_heads, memo } = session;
+    let mut own_memo = FeatureMemo::new(0);
+    let memo = memo.unwrap_or(&mut own_memo);
+    let images = match (req.images.is_empty(), ctx.vision) {
+        (true, _) => None,
+        (false, Some(Ok(v))) => {
+            let limits = ImageLimits { max_image_size: req.max_image_size, ..Default::default() };
+            let prepared = vision::prompt::prepare_images(v, &req.images, &limits)?;
+            let spans = vision::prompt::find_spans(&prompt, &prepared, ctx.tokenizer)?;
+            Some((v, prepared, spans))
+        }
+        (false, Some(Err(why))) => return Err(param("images", format!("this model cannot take images: {why}"))),
+        (false, None) => {
+            return Err(param("images", "this is a text-only model (its config.json has no vision_config)"))
+        }
+    };
+    // The prompt cache sees image tokens as ids derived from each image's content.
+    let key = match &images {
+        Some((_, prepared, spans)) => vision::prompt::cache_key(&prompt, spans, prepared),
+        None => prompt.clone(),
+    };
+    let spans: &[std::ops::Range<usize>] = images.as_ref().map_or(&[], |(_, _, s)| s);
 
     let mut work = || -> Result<()> {
         let t0 = std::time::Instant::now();
-        let cached = cache.prepare(&prompt, !req.ignore_prompt_cache)?;
+        let mut cached = cache.prepare(&key, !req.ignore_prompt_cache)?;
+        let outside = vision::prompt::outside_spans(cached, spans);
+        if outside != cached {
+            cached = cache.limit_live(outside)?;
+        }
         stats.cached_tokens = cached;
-        let plan = Plan { step, attention_heads, checkpoint: cache.checkpoint_at(prompt.len(), cached) };
-        let done = prefill::prefill(ctx.model, cache.live_mut(), &prompt, cached, &plan, progress, cancel)?;
+        let checkpoint = cache
+            .checkpoint_at(prompt.len(), cached)
+            .map(|at| vision::prompt::outside_spans(at, spans))
+            .filter(|&at| at > cached);
+        let plan = Plan { step, attention_heads, checkpoint };
+        let embeddings = match &images {
+            Some((v, prepared, spans)) => {
+                Some(vision::prompt::embeddings(ctx.model, v, memo, &prompt, cached, spans, prepared)?)
+            }
+            None => None,
+        };
+        let done = prefill::prefill_from(
+            ctx.model,
+            cache.live_mut(),
+            &prompt,
+            embeddings.as_ref(),
+            cached,
+            &plan,
+            progress,
+            cancel,
+        )?;
         if let (Some(at), Some(snapshot)) = (plan.checkpoint, done.checkpoint) {
             cache.store_checkpoint(at, snapshot);
         }

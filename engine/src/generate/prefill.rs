@@ -123,11 +123,7 @@ pub(crate) fn token_ids(tokens: &[u32]) -> Result<Array> {
     Ok(Array::from_slice(&ids, &[1, ids.len() as i32])?)
 }
 
-/// Feeds `prompt[cached..len - 1]` through `model` into `cache` (which must hold
-/// `prompt[..cached]`) in chunks, then the last token, and returns its logits. Between chunks
-/// only the cache is evaluated (the logits of prompt positions are never needed, and for
-/// large vocabularies they are much of the work), temporaries are released, and the reporter
-/// and `cancel` are consulted. An empty `prompt` is the caller's error to prevent.
+/// [`prefill_from`] over token ids.
 pub fn prefill(
     model: &dyn DynModel,
     cache: &mut KvCache,
@@ -137,6 +133,36 @@ pub fn prefill(
     progress: &mut dyn PromptProgress,
     cancel: &AtomicBool,
 ) -> Result<Prefilled> {
+    prefill_from(model, cache, prompt, None, cached, plan, progress, cancel)
+}
+
+/// Feeds `prompt[cached..len - 1]` through `model` into `cache` (which must hold
+/// `prompt[..cached]`) in chunks, then the last token, and returns its logits. With
+/// `embeddings` (`[1, len - cached, D]`, a vision prompt's merged input embeddings of the
+/// uncached part) the model gets those instead of the ids. Between chunks
+/// only the cache is evaluated (the logits of prompt positions are never needed, and for
+/// large vocabularies they are much of the work), temporaries are released, and the reporter
+/// and `cancel` are consulted. An empty `prompt` is the caller's error to prevent.
+#[allow(clippy::too_many_arguments)]
+pub fn prefill_from(
+    model: &dyn DynModel,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    embeddings: Option<&Array>,
+    cached: usize,
+    plan: &Plan,
+    progress: &mut dyn PromptProgress,
+    cancel: &AtomicBool,
+) -> Result<Prefilled> {
+    let feed = |cache: &mut KvCache, range: std::ops::Range<usize>| -> Result<Array> {
+        match embeddings {
+            Some(e) => {
+                let (a, b) = ((range.start - cached) as i32, (range.end - cached) as i32);
+                Ok(model.forward(Input::Embeddings(&e.slice_axis(1, a, b)?), cache)?)
+            }
+            None => Ok(model.forward(Input::Tokens(&token_ids(&prompt[range])?), cache)?),
+        }
+    };
     let mut out = Prefilled { logits: None, checkpoint: None, processed: 0 };
     let end = prompt.len().saturating_sub(1);
     if prompt.is_empty() || cached > end {
@@ -158,7 +184,7 @@ pub fn prefill(
         if let Some(at) = plan.checkpoint.filter(|&at| pos < at && at < pos + n) {
             n = at - pos;
         }
-        let _unused_logits = model.forward(Input::Tokens(&token_ids(&prompt[pos..pos + n])?), cache)?;
+        let _unused_logits = feed(cache, pos..pos + n)?;
         mlx_engine_plugin_api::eval(&cache.state())?;
         drop(_unused_logits);
         runtime::clear_cache();
@@ -174,7 +200,7 @@ pub fn prefill(
     if cancel.load(Ordering::Relaxed) || !progress.finish() {
         return Ok(out);
     }
-    let logits = last_logits(&model.forward(Input::Tokens(&token_ids(&prompt[end..])?), cache)?)?;
+    let logits = last_logits(&feed(cache, end..prompt.len())?)?;
     logits.eval()?;
     out.logits = Some(logits);
     Ok(out)

@@ -8,12 +8,13 @@ pub mod partition;
 
 use mlx_engine_plugin_api::io::{load_safetensors, MetaValue};
 use mlx_engine_plugin_api::runtime::Device;
-use mlx_engine_plugin_api::{Dtype, DtypePolicy, DynModel, DynVision, LayerCache, Weights, WeightsFormat};
+use mlx_engine_plugin_api::{Dtype, DtypePolicy, DynModel, LayerCache, Weights, WeightsFormat};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::plugin_host::PluginHost;
 use crate::tokenizer::Tokenizer;
+use crate::vision::{PreprocessorConfig, VisionModel};
 
 /// Which dtype the model computes in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -68,7 +69,7 @@ pub struct LoadedModel {
     pub cache_layout: Vec<LayerCache>,
     /// The vision add-on of a vision-language checkpoint, or why there is none (`None` for a
     /// text-only model).
-    pub vision: Option<std::result::Result<Box<dyn DynVision>, String>>,
+    pub vision: Option<std::result::Result<VisionModel, String>>,
 }
 
 fn model_err(path: &Path, reason: impl Into<String>) -> Error {
@@ -310,11 +311,13 @@ fn load_vision(
     format: WeightsFormat,
     dtype: DtypeChoice,
     device: Device,
-) -> Option<std::result::Result<Box<dyn DynVision>, String>> {
+) -> Option<std::result::Result<VisionModel, String>> {
     config.get("vision_config")?;
     let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or_default();
-    let build = || -> Result<Box<dyn DynVision>> {
+    let build = || -> Result<VisionModel> {
         let resolved = host.resolve_vision(model_type)?;
+        let preprocessor = PreprocessorConfig::load(path)?
+            .ok_or_else(|| model_err(path, "no preprocessor_config.json (the image processor settings)"))?;
         let target = match (dtype, device) {
             (DtypeChoice::BF16, _) => Dtype::BF16,
             (DtypeChoice::F16, _) => Dtype::F16,
@@ -325,7 +328,8 @@ fn load_vision(
         let weights = cast_weights(weights, target, &policy)?;
         mlx_engine_plugin_api::eval(&weights.iter().map(|(_, a)| a).collect::<Vec<_>>())
             .map_err(|e| model_err(path, format!("cannot read the vision weights: {e}")))?;
-        resolved.create_vision(&config.to_string(), weights, format)
+        let addon = resolved.create_vision(&config.to_string(), weights, format)?;
+        Ok(VisionModel { addon, preprocessor })
     };
     Some(build().map_err(|e| format!("{}: vision add-on for model type `{model_type}`: {e}", path.display())))
 }

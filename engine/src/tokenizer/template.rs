@@ -14,16 +14,43 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// One chat turn.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One chat turn: its text, and how many images come with it (before the text, in the order
+/// the request lists them).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    #[serde(default)]
+    pub images: usize,
 }
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> ChatMessage {
-        ChatMessage { role: role.into(), content: content.into() }
+        ChatMessage { role: role.into(), content: content.into(), images: 0 }
+    }
+
+    /// A turn with `images` images before its text.
+    pub fn with_images(role: impl Into<String>, content: impl Into<String>, images: usize) -> ChatMessage {
+        ChatMessage { role: role.into(), content: content.into(), images }
+    }
+}
+
+/// What templates see: `content` is the text, or, with images, the parts list of the Hugging
+/// Face convention (`[{"type": "image"}, ..., {"type": "text", "text": ...}]`), which
+/// vision templates (gemma3, pixtral, ...) turn into their image placeholders.
+impl Serialize for ChatMessage {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = serializer.serialize_map(Some(2))?;
+        m.serialize_entry("role", &self.role)?;
+        if self.images == 0 {
+            m.serialize_entry("content", &self.content)?;
+        } else {
+            let mut parts = vec![serde_json::json!({"type": "image"}); self.images];
+            parts.push(serde_json::json!({"type": "text", "text": self.content}));
+            m.serialize_entry("content", &parts)?;
+        }
+        m.end()
     }
 }
 

@@ -8,8 +8,10 @@
 
 pub mod image;
 pub mod preprocess;
+pub mod prompt;
 pub mod resample;
 
 pub use self::image::{decode, DecodedImage, ImageInput, ImageLimits};
 pub use self::preprocess::{ImageSize, PixelValues, PreprocessorConfig};
+pub use self::prompt::{FeatureMemo, PreparedImage, VisionModel, FEATURE_MEMO_CAPACITY};
 pub use self::resample::{resize, Filter};

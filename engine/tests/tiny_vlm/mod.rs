@@ -1,0 +1,99 @@
+//! The tiny Gemma 3 VLM of `scripts/goldens/tiny_models.py` and its mlx-vlm golden, for the
+//! vision suites: the folder (checked against the golden's sha256) with a word-level tokenizer
+//! (`<i>` is token `i`; the image tokens under their Gemma 3 names) and a small chat template.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use mlx_engine::model::{load_with, DtypeChoice, LoadedModel};
+use mlx_engine::plugin_host::{HostOptions, PluginHost};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+pub fn golden() -> Value {
+    let path = root().join("tests/goldens/tiny-gemma3-vlm.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+pub fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|x| x.as_array().cloned().unwrap_or_else(|| vec![x.clone()]))
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+pub fn u32s(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+/// The tiny VLM, written by the project script into a folder of its own, checked to be the
+/// checkpoint the goldens were recorded on, with a word-level tokenizer (`<i>` is token `i`).
+pub fn tiny_vlm(g: &Value) -> tempfile::TempDir {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let status = std::process::Command::new(root().join(".venv/bin/python"))
+        .arg(root().join("scripts/goldens/tiny_models.py"))
+        .arg(tmp.path())
+        .stdout(std::process::Stdio::null())
+        .status();
+    assert!(status.is_ok_and(|s| s.success()), "could not run scripts/goldens/tiny_models.py (run `make setup`)");
+    let dir = tmp.path().join("tiny-gemma3-vlm");
+    let sha = hex(&Sha256::digest(std::fs::read(dir.join("model.safetensors")).unwrap()));
+    assert_eq!(
+        sha,
+        g["safetensors_sha256"].as_str().unwrap(),
+        "the tiny VLM is not the one the goldens were recorded on"
+    );
+    // Ids 300-302 are spelled as Gemma 3 spells its image tokens, as added special tokens so
+    // that they are recognised inside text; the turn markers are `<3>`/`<4>`.
+    let named = [(300, "<image_soft_token>"), (301, "<start_of_image>"), (302, "<end_of_image>")];
+    let spell = |i: u32| named.iter().find(|(n, _)| *n == i).map_or(format!("<{i}>"), |(_, s)| s.to_string());
+    let map: serde_json::Map<String, Value> = (0..512u32).map(|i| (spell(i), Value::from(i))).collect();
+    let added: Vec<Value> = named
+        .iter()
+        .map(|(id, s)| {
+            serde_json::json!({"id": id, "content": s, "single_word": false, "lstrip": false, "rstrip": false,
+                               "normalized": false, "special": true})
+        })
+        .collect();
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null,
+        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": false},
+        "model": {"type": "WordLevel", "vocab": map, "unk_token": "<0>"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
+    let template = "{{ bos_token }}{% for m in messages %}<3> {{ m.role }} {% if m.content is string %}{{ m.content }}\
+                    {% else %}{% for p in m.content %}{% if p.type == 'image' %}<start_of_image>{% else %}{{ p.text }}\
+                    {% endif %}{% endfor %}{% endif %} <4> {% endfor %}{% if add_generation_prompt %}<3> model {% endif %}";
+    let config = serde_json::json!({"bos_token": "<2>", "eos_token": "<1>", "chat_template": template,
+                                    "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                                    "image_token": "<image_soft_token>"});
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+    tmp
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn load(dir: &Path) -> LoadedModel {
+    let host = PluginHost::new(&HostOptions::standard(vec![], None)).unwrap();
+    load_with(dir, &host, DtypeChoice::F32, mlx_engine::api::runtime::Device::Cpu).unwrap()
+}
+
+/// A golden image (rows of `[r, g, b]`).
+pub fn image_of(rows: &Value) -> image::RgbImage {
+    let bytes: Vec<u8> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().flat_map(|px| u32s(px).into_iter().map(|c| c as u8)))
+        .collect();
+    image::RgbImage::from_raw(32, 32, bytes).unwrap()
+}

@@ -1,0 +1,184 @@
+//! Images through the whole pipeline on the tiny Gemma 3 VLM: chat messages with images are
+//! expanded and tokenized, the request's images are decoded, preprocessed, encoded (or found in
+//! the feature memo) and merged, the prompt is prefilled over embeddings in chunks, and the
+//! prompt cache reuses image prefixes only for the same image. Bad inputs fail the request with
+//! a message naming the image or parameter, and the model keeps serving.
+
+mod measured;
+mod tiny_vlm;
+
+use std::path::Path;
+
+use mlx_engine::api::runtime::Device;
+use mlx_engine::generate::{GenerateRequest, GenerationStats};
+use mlx_engine::model::DtypeChoice;
+use mlx_engine::plugin_host::HostOptions;
+use mlx_engine::sample::SamplingOverrides;
+use mlx_engine::tokenizer::ChatMessage;
+use mlx_engine::vision::ImageInput;
+use mlx_engine::{LoadOptions, ModelKit};
+use tiny_vlm::{golden, image_of, tiny_vlm, u32s};
+
+fn kit(dir: &Path) -> ModelKit {
+    let options = LoadOptions {
+        dtype: DtypeChoice::F32,
+        device: Device::Cpu,
+        plugins: HostOptions::standard(vec![], None),
+        ..Default::default()
+    };
+    ModelKit::load(dir, options).unwrap()
+}
+
+/// The two golden images as PNG files in `dir`.
+fn write_images(dir: &Path) -> Vec<ImageInput> {
+    let g = golden();
+    g["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, rows)| {
+            let path = dir.join(format!("image{i}.png"));
+            image_of(rows).save(&path).unwrap();
+            ImageInput::Path(path)
+        })
+        .collect()
+}
+
+fn greedy(prompt_tokens: Vec<u32>, images: Vec<ImageInput>, steps: usize) -> GenerateRequest {
+    GenerateRequest {
+        prompt_tokens,
+        images,
+        sampling: SamplingOverrides { temp: Some(0.0), ..Default::default() },
+        max_tokens: Some(steps),
+        ignore_eos: true,
+        prefill_step_size: Some(5),
+        ..Default::default()
+    }
+}
+
+fn run(kit: &ModelKit, req: GenerateRequest) -> mlx_engine::Result<(Vec<u32>, GenerationStats)> {
+    let mut generation = kit.generate(req)?;
+    let mut tokens = Vec::new();
+    for r in generation.by_ref() {
+        tokens.extend(r?.tokens.iter().map(|t| t.id));
+    }
+    Ok((tokens, generation.stats().unwrap().clone()))
+}
+
+fn chat(kit: &ModelKit, messages: &[ChatMessage], images: &[ImageInput]) -> mlx_engine::Result<Vec<u32>> {
+    kit.tokenize_chat_with_images(messages, None, &Default::default(), images, None)
+}
+
+#[test]
+fn the_pipeline_gives_mlx_vlms_tokens_for_a_raw_prompt_with_two_images() {
+    // Golden prompt 1 is `<2> <20> <21> [image 1] <22> <23> [image 0] <24> <25>`; written as
+    // text with two placeholders, the pipeline expands, tokenizes, encodes and merges it.
+    let g = golden();
+    let tmp = tiny_vlm(&g);
+    let dir = tmp.path().join("tiny-gemma3-vlm");
+    let images = write_images(tmp.path());
+    let kit = kit(&dir);
+    let p = &g["prompts"][1];
+    let text = "<2> <20> <21> <start_of_image> <22> <23> <start_of_image> <24> <25>";
+    let order = vec![images[1].clone(), images[0].clone()];
+    let tokens = kit.tokenize_with_images(text, &order, None).unwrap();
+    assert_eq!(tokens, u32s(&p["ids"]));
+    let want = u32s(&p["tokens"]);
+    let (got, stats) = run(&kit, greedy(tokens, order, want.len())).unwrap();
+    assert_eq!(got, want, "greedy tokens through the pipeline (chunks of 5 over embeddings)");
+    assert_eq!(stats.cached_tokens, 0);
+}
+
+#[test]
+fn a_text_only_follow_up_reuses_the_image_prefix_and_a_changed_image_does_not() {
+    let g = golden();
+    let tmp = tiny_vlm(&g);
+    let dir = tmp.path().join("tiny-gemma3-vlm");
+    let images = write_images(tmp.path());
+    let kit = kit(&dir);
+    // Long enough that the tiny model's sliding layers (window 8) rotate: the cache cannot be
+    // trimmed, so reuse must come from an exact stored prefix.
+    let first = [ChatMessage::with_images("user", "<40> <41> <42> <43> <44> <45> <46> <47> <48> <49> <50>", 1)];
+    let tokens = chat(&kit, &first, &images[..1]).unwrap();
+    let span = tokens.iter().position(|&t| t == 301).unwrap();
+    assert_eq!(&tokens[span..span + 6], &[301, 300, 300, 300, 300, 302]);
+    let (reply, _) = run(&kit, greedy(tokens.clone(), images[..1].to_vec(), 6)).unwrap();
+
+    // The next turn carries the same image (the conversation's history) and new text: the
+    // whole first prompt comes from the cache, images included.
+    let text: String = reply.iter().map(|t| format!("<{t}> ")).collect();
+    let follow =
+        [first[0].clone(), ChatMessage::new("assistant", text.trim().to_string()), ChatMessage::new("user", "<60>")];
+    let tokens2 = chat(&kit, &follow, &images[..1]).unwrap();
+    assert!(tokens2.starts_with(&tokens[..tokens.len() - 3]), "the follow-up extends the first turn");
+    let (cont, stats) = run(&kit, greedy(tokens2.clone(), images[..1].to_vec(), 6)).unwrap();
+    // The role names are unknown words (`<0>`) in this tokenizer, so the stored first turn
+    // (prompt and reply, all but the last sampled token) is a prefix of the follow-up.
+    assert_eq!(stats.cached_tokens, tokens.len() + reply.len() - 1, "the whole first turn, image included");
+
+    // The same follow-up with the other image: nothing from the image span on is reused, and
+    // the result is what a fresh model computes.
+    let (changed, stats) = run(&kit, greedy(tokens2.clone(), images[1..].to_vec(), 6)).unwrap();
+    assert!(stats.cached_tokens <= span, "cached {} tokens past the image span at {span}", stats.cached_tokens);
+    let fresh = self::kit(&dir);
+    let (want, _) = run(&fresh, greedy(tokens2.clone(), images[1..].to_vec(), 6)).unwrap();
+    assert_eq!(changed, want);
+    let (want, _) = run(&fresh, greedy(tokens2, images[..1].to_vec(), 6)).unwrap();
+    assert_eq!(cont, want, "the cached follow-up computes what a fresh prefill does");
+}
+
+#[test]
+fn bad_image_requests_fail_naming_the_problem_and_the_model_keeps_serving() {
+    let g = golden();
+    let tmp = tiny_vlm(&g);
+    let dir = tmp.path().join("tiny-gemma3-vlm");
+    let images = write_images(tmp.path());
+    let kit = kit(&dir);
+    let err = |r: mlx_engine::Result<Vec<u32>>| r.unwrap_err().to_string();
+
+    // More images than placeholders, and the reverse.
+    let e = err(kit.tokenize_with_images("<start_of_image> <7>", &images, None));
+    assert!(e.contains("1 image placeholder(s) `<start_of_image>` but 2 image(s)"), "{e}");
+    let e = err(chat(&kit, &[ChatMessage::with_images("user", "<7>", 2)], &images[..1]));
+    assert!(e.contains("the messages hold 2 image(s) but 1 were given"), "{e}");
+    // A request whose tokens hold fewer image spans than images.
+    let plain = kit.tokenize("<7> <8>").unwrap();
+    let e = run(&kit, greedy(plain.clone(), images.clone(), 2)).unwrap_err().to_string();
+    assert!(e.contains("2 image(s) were given but the prompt holds the image tokens of only 0"), "{e}");
+
+    // Missing, non-image and truncated files name the file.
+    let missing = tmp.path().join("nope.png");
+    let e = err(kit.tokenize_with_images("<7>", &[ImageInput::Path(missing.clone())], None));
+    assert!(e.contains(&missing.display().to_string()), "{e}");
+    let text_file = tmp.path().join("notes.png");
+    std::fs::write(&text_file, "not an image").unwrap();
+    let e = err(kit.tokenize_with_images("<7>", &[ImageInput::Path(text_file.clone())], None));
+    assert!(e.contains(&text_file.display().to_string()) && e.contains("not a PNG, JPEG or WebP"), "{e}");
+    let truncated = tmp.path().join("cut.png");
+    let bytes = std::fs::read(tmp.path().join("image0.png")).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let e = err(kit.tokenize_with_images("<7>", &[ImageInput::Path(truncated.clone())], None));
+    assert!(e.contains(&truncated.display().to_string()), "{e}");
+
+    // The model still serves, with and without images.
+    let ok = kit.tokenize_with_images("<7>", &images[..1], None).unwrap();
+    assert_eq!(run(&kit, greedy(ok, images[..1].to_vec(), 3)).unwrap().0.len(), 3);
+    assert_eq!(run(&kit, greedy(plain, Vec::new(), 3)).unwrap().0.len(), 3);
+}
+
+#[test]
+fn images_for_a_text_only_model_are_refused() {
+    let g = golden();
+    let tmp = tiny_vlm(&g);
+    let images = write_images(tmp.path());
+    // tiny-gemma3 is the text-only sibling written next to the VLM.
+    let dir = tmp.path().join("tiny-gemma3");
+    std::fs::copy(tmp.path().join("tiny-gemma3-vlm/tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    std::fs::copy(tmp.path().join("tiny-gemma3-vlm/tokenizer_config.json"), dir.join("tokenizer_config.json")).unwrap();
+    let kit = kit(&dir);
+    let e = kit.tokenize_with_images("<7>", &images[..1], None).unwrap_err().to_string();
+    assert!(e.contains("text-only model") && e.contains("vision_config"), "{e}");
+    let e = run(&kit, greedy(vec![2, 7], images[..1].to_vec(), 2)).unwrap_err().to_string();
+    assert!(e.contains("text-only model"), "{e}");
+}
