@@ -182,3 +182,35 @@ fn images_for_a_text_only_model_are_refused() {
     let e = run(&kit, greedy(vec![2, 7], images[..1].to_vec(), 2)).unwrap_err().to_string();
     assert!(e.contains("text-only model"), "{e}");
 }
+
+/// The end-to-end check: `mlx-engine generate --model <tiny gemma3 VLM> --image a.png
+/// --chat "Describe the image." --temp 0` gives mlx-vlm's tokens (its own prompt formatting,
+/// processor and generate, recorded by `scripts/goldens/record_vlm.py`).
+#[test]
+fn the_cli_with_an_image_and_a_chat_message_matches_mlx_vlm() {
+    let g = golden();
+    let tmp = tiny_vlm(&g);
+    let dir = tmp.path().join("tiny-gemma3-vlm");
+    let images = write_images(tmp.path());
+    let ImageInput::Path(image) = &images[g["chat"]["image"].as_u64().unwrap() as usize] else { unreachable!() };
+    let want = u32s(&g["chat"]["tokens"]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mlx-engine"))
+        .args(["generate", "--model"])
+        .arg(&dir)
+        .arg("--image")
+        .arg(image)
+        .args(["--chat", g["chat"]["message"].as_str().unwrap(), "--temp", "0", "--output", "jsonl"])
+        .args(["--max-tokens", &want.len().to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: Vec<u32> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .flat_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["tokens"].as_array().unwrap().iter().map(|t| t["id"].as_u64().unwrap() as u32).collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(got, want);
+}

@@ -32,6 +32,7 @@ import tiny_models  # noqa: E402
 IMAGE, BOI, EOI = 300, 301, 302
 SPAN = [BOI] + [IMAGE] * 4 + [EOI]
 STEPS = 24
+CHAT = "Describe the image."
 
 
 def pattern(seed: int) -> np.ndarray:
@@ -93,6 +94,23 @@ def main() -> None:
         runs.append({**p, "tokens": tokens, "logprobs": logprobs, "top2_gaps": gaps})
         print(f"prompt of {len(p['ids'])}: {tokens}\n  min gap {min(gaps):.4f}")
 
+    # The end-to-end check: `generate --image a.png --chat "Describe the image."
+    # --temp 0`, through mlx-vlm's own prompt formatting, processor and generate.
+    from mlx_vlm import generate as vlm_generate
+    from mlx_vlm.prompt_utils import apply_chat_template
+    from mlx_vlm.utils import load as vlm_load
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = tiny_models.write_all(Path(tmp))["tiny-gemma3-vlm"]
+        image_file = Path(tmp) / "a.png"
+        Image.fromarray(images[0]).save(image_file)
+        vlm_model, vlm_processor = vlm_load(str(path))
+        chat_prompt = apply_chat_template(vlm_processor, vlm_model.config, CHAT, num_images=1)
+        result = vlm_generate(vlm_model, vlm_processor, chat_prompt, image=[str(image_file)],
+                              max_tokens=STEPS, temperature=0.0, verbose=False)
+        chat_ids = vlm_processor.tokenizer.encode(result.text, add_special_tokens=False)
+        print(f"chat: {chat_prompt!r} -> {chat_ids}")
+
     golden = {
         "model": "tiny-gemma3-vlm",
         "safetensors_sha256": sha,
@@ -101,6 +119,7 @@ def main() -> None:
         "images": [im.tolist() for im in images],
         "features": [np.array(f).tolist() for f in features],
         "prompts": runs,
+        "chat": {"message": CHAT, "image": 0, "rendered": chat_prompt, "tokens": chat_ids},
     }
     out = Path(args.out) / "tiny-gemma3-vlm.json"
     out.write_text(json.dumps(golden) + "\n")

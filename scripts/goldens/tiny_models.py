@@ -260,11 +260,43 @@ TINY_GEMMA3_VLM_PREPROCESSOR = {
 }
 
 
+# A word-level tokenizer for the tiny VLM: token i is the word `<i>`, except 300-302, spelled as
+# Gemma 3 spells its image tokens; those, EOS/BOS and the turn markers are added special tokens
+# (found inside text, as real checkpoints' control tokens are). The
+# chat template writes `<3> role text <4>` per turn and `<start_of_image>` per image part, as
+# Gemma 3's does with its own markers. Unknown words (role names, plain text) are `<0>`.
+TINY_VLM_SPECIAL = {1: "<1>", 2: "<2>", 3: "<3>", 4: "<4>",
+                    300: "<image_soft_token>", 301: "<start_of_image>", 302: "<end_of_image>"}
+TINY_VLM_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<3> {{ m.role }} {% if m.content is string %}{{ m.content }}"
+    "{% else %}{% for p in m.content %}{% if p.type == 'image' %}<start_of_image>{% else %}{{ p.text }}"
+    "{% endif %}{% endfor %}{% endif %} <4> {% endfor %}{% if add_generation_prompt %}<3> model {% endif %}"
+)
+
+
+def write_vlm_tokenizer(out: Path, vocab: int) -> None:
+    words = {TINY_VLM_SPECIAL.get(i, f"<{i}>"): i for i in range(vocab)}
+    added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": True} for i, t in TINY_VLM_SPECIAL.items()]
+    tok = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+           "normalizer": None, "pre_tokenizer": {"type": "WhitespaceSplit"},
+           "post_processor": None, "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": False},
+           "model": {"type": "WordLevel", "vocab": words, "unk_token": "<0>"}}
+    (out / "tokenizer.json").write_text(json.dumps(tok) + "\n")
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<2>", "eos_token": "<1>",
+              "pad_token": "<0>", "chat_template": TINY_VLM_TEMPLATE, "boi_token": "<start_of_image>",
+              "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
 def write_all(out_dir: Path) -> dict[str, Path]:
     paths = {}
     for name, (config, make) in MODELS.items():
         write_model(out_dir / name, config, make(config))
         paths[name] = out_dir / name
+    write_vlm_tokenizer(out_dir / "tiny-gemma3-vlm", TINY_GEMMA3["vocab_size"])
+    (out_dir / "tiny-gemma3-vlm" / "processor_config.json").write_text(
+        json.dumps({"processor_class": "Gemma3Processor", "image_seq_length": 4}, indent=2) + "\n")
     (out_dir / "tiny-gemma3-vlm" / "preprocessor_config.json").write_text(
         json.dumps(TINY_GEMMA3_VLM_PREPROCESSOR, indent=2) + "\n")
     return paths

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// One chat turn: its text, and how many images come with it (before the text, in the order
+/// One chat turn: its text, and how many images come with it (after the text, in the order
 /// the request lists them).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct ChatMessage {
@@ -29,15 +29,16 @@ impl ChatMessage {
         ChatMessage { role: role.into(), content: content.into(), images: 0 }
     }
 
-    /// A turn with `images` images before its text.
+    /// A turn with `images` images after its text.
     pub fn with_images(role: impl Into<String>, content: impl Into<String>, images: usize) -> ChatMessage {
         ChatMessage { role: role.into(), content: content.into(), images }
     }
 }
 
 /// What templates see: `content` is the text, or, with images, the parts list of the Hugging
-/// Face convention (`[{"type": "image"}, ..., {"type": "text", "text": ...}]`), which
-/// vision templates (gemma3, pixtral, ...) turn into their image placeholders.
+/// Face convention (`[{"type": "text", "text": ...}, {"type": "image"}, ...]`), which vision
+/// templates (gemma3, pixtral, ...) turn into their image placeholders. Text first, images
+/// after, is the order mlx-vlm writes Gemma 3 prompts in (`"text<start_of_image>"`).
 impl Serialize for ChatMessage {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
@@ -46,8 +47,8 @@ impl Serialize for ChatMessage {
         if self.images == 0 {
             m.serialize_entry("content", &self.content)?;
         } else {
-            let mut parts = vec![serde_json::json!({"type": "image"}); self.images];
-            parts.push(serde_json::json!({"type": "text", "text": self.content}));
+            let mut parts = vec![serde_json::json!({"type": "text", "text": self.content})];
+            parts.extend(std::iter::repeat_n(serde_json::json!({"type": "image"}), self.images));
             m.serialize_entry("content", &parts)?;
         }
         m.end()
