@@ -87,7 +87,12 @@ fn the_pipeline_gives_mlx_vlms_tokens_for_a_raw_prompt_with_two_images() {
     let want = u32s(&p["tokens"]);
     let (got, stats) = run(&kit, greedy(tokens, order, want.len())).unwrap();
     assert_eq!(got, want, "greedy tokens through the pipeline (chunks of 5 over embeddings)");
-    assert_eq!(stats.cached_tokens, 0);
+    assert_eq!((stats.cached_tokens, stats.images_encoded, stats.images_from_memo), (0, 2, 0));
+
+    // The same images in another prompt come from the feature memo.
+    let tokens = kit.tokenize_with_images("<2> <start_of_image> <9> <start_of_image> <10>", &images, None).unwrap();
+    let (_, stats) = run(&kit, greedy(tokens, images.clone(), 2)).unwrap();
+    assert_eq!((stats.cached_tokens, stats.images_encoded, stats.images_from_memo), (1, 0, 2));
 }
 
 #[test]
@@ -116,6 +121,7 @@ fn a_text_only_follow_up_reuses_the_image_prefix_and_a_changed_image_does_not() 
     // The role names are unknown words (`<0>`) in this tokenizer, so the stored first turn
     // (prompt and reply, all but the last sampled token) is a prefix of the follow-up.
     assert_eq!(stats.cached_tokens, tokens.len() + reply.len() - 1, "the whole first turn, image included");
+    assert_eq!((stats.images_encoded, stats.images_from_memo), (0, 0), "a cached image needs no features");
 
     // The same follow-up with the other image: nothing from the image span on is reused, and
     // the result is what a fresh model computes.
@@ -213,4 +219,21 @@ fn the_cli_with_an_image_and_a_chat_message_matches_mlx_vlm() {
         })
         .collect();
     assert_eq!(got, want);
+}
+
+#[test]
+fn a_vision_model_type_no_add_on_supports_serves_text_and_refuses_images_listing_what_exists() {
+    let g = golden();
+    let tmp = tiny_vlm(&g);
+    let dir = tmp.path().join("tiny-gemma3-vlm");
+    let images = write_images(tmp.path());
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["model_type"] = "mystery_vlm".into();
+    std::fs::write(&path, config.to_string()).unwrap();
+    let kit = kit(&dir);
+    let e = kit.tokenize_with_images("<7>", &images[..1], None).unwrap_err().to_string();
+    assert!(e.contains("cannot take images") && e.contains("mystery_vlm") && e.contains("gemma3"), "{e}");
+    let plain = kit.tokenize("<2> <7> <8>").unwrap();
+    assert_eq!(run(&kit, greedy(plain, Vec::new(), 3)).unwrap().0.len(), 3);
 }

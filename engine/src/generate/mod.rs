@@ -75,6 +75,10 @@ pub struct GenerationStats {
     pub cached_tokens: usize,
     /// The seed used (the request's, or the one drawn for it).
     pub seed: u64,
+    /// Images of the prompt's uncached part whose features were computed, and those found in
+    /// the feature memo (images in the cached part need neither).
+    pub images_encoded: usize,
+    pub images_from_memo: usize,
 }
 
 /// What a generation borrows from the model's worker besides the model: the cache it reuses
@@ -221,7 +225,11 @@ pub fn generate_in(
         let plan = Plan { step, attention_heads, checkpoint };
         let embeddings = match &images {
             Some((v, prepared, spans)) => {
-                Some(vision::prompt::embeddings(ctx.model, v, memo, &prompt, cached, spans, prepared)?)
+                let (hits, encodes) = (memo.hits, memo.encodes);
+                let e = vision::prompt::embeddings(ctx.model, v, memo, &prompt, cached, spans, prepared)?;
+                stats.images_from_memo = memo.hits - hits;
+                stats.images_encoded = memo.encodes - encodes;
+                Some(e)
             }
             None => None,
         };
