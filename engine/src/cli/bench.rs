@@ -17,6 +17,7 @@ use crate::error::Result;
 use crate::generate::{GenerateRequest, GenerationStats};
 use crate::model_kit::ModelKit;
 use crate::sample::SamplingOverrides;
+use crate::vision::ImageInput;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -35,6 +36,10 @@ pub struct BenchArgs {
     /// Bits of the quantized column of the memory table (the --kv-bits value when given).
     #[arg(long, default_value_t = 4)]
     pub memory_kv_bits: i64,
+    /// Also time an image prompt (vision models): cold, with the image's features in the memo,
+    /// and a text-only follow-up turn that finds the image prefix in the prompt cache.
+    #[arg(long, value_name = "FILE")]
+    pub image: Option<std::path::PathBuf>,
 }
 
 const PASSAGE: &str = "The river rises in the hills above the old mill town, where the first \
@@ -69,8 +74,20 @@ fn run(
     fresh: bool,
     step: Option<usize>,
 ) -> Result<(Vec<u32>, GenerationStats)> {
+    run_with(kit, prompt, Vec::new(), max_tokens, fresh, step)
+}
+
+fn run_with(
+    kit: &ModelKit,
+    prompt: Vec<u32>,
+    images: Vec<ImageInput>,
+    max_tokens: usize,
+    fresh: bool,
+    step: Option<usize>,
+) -> Result<(Vec<u32>, GenerationStats)> {
     let req = GenerateRequest {
         prompt_tokens: prompt,
+        images,
         sampling: SamplingOverrides { temp: Some(0.0), ..Default::default() },
         max_tokens: Some(max_tokens),
         ignore_eos: true,
@@ -96,6 +113,40 @@ fn check_fits(kit: &ModelKit, n: usize) -> Result<()> {
         _ => Ok(()),
     }
 }
+
+/// TTFT of `IMAGE_PROMPT` with `image`: cold (features computed), with the features in the memo
+/// (prompt cache cleared), and a text-only follow-up turn on the cached image prefix. A mirrored
+/// copy of the image warms up the vision tower first, so the cold run encodes.
+fn image_ttft(kit: &ModelKit, image: &std::path::Path, step: Option<usize>) -> Result<()> {
+    let img = ImageInput::Path(image.to_path_buf());
+    let decoded = crate::vision::decode(&img, &Default::default())?;
+    let mut png = Vec::new();
+    ::image::DynamicImage::ImageRgb8(::image::imageops::flip_horizontal(&decoded.rgb))
+        .write_to(&mut std::io::Cursor::new(&mut png), ::image::ImageFormat::Png)
+        .map_err(|e| param("image", e.to_string()))?;
+    let warm = ImageInput::Bytes(png);
+    let prompt = kit.tokenize_with_images(IMAGE_PROMPT, std::slice::from_ref(&img), None)?;
+    run_with(kit, prompt.clone(), vec![warm], 2, true, step)?;
+    kit.clear_prompt_cache()?;
+    let (reply, cold) = run_with(kit, prompt.clone(), vec![img.clone()], REPLY_TOKENS, true, step)?;
+    kit.clear_prompt_cache()?;
+    let (_, memo) = run_with(kit, prompt.clone(), vec![img.clone()], REPLY_TOKENS, true, step)?;
+    let mut turn = prompt;
+    turn.extend(&reply);
+    turn.extend(kit.tokenizer().encode(FOLLOW_UP, false)?);
+    let (_, follow) = run_with(kit, turn, vec![img], REPLY_TOKENS, false, step)?;
+    println!("time to first token with an image ({})", image.display());
+    for (what, s) in [("cold", &cold), ("memo hit", &memo), ("follow-up", &follow)] {
+        println!(
+            "  {what:<10}: {:>5} prompt tokens, {:>5} from cache, {} encoded / {} from memo, TTFT {:>8.3}s",
+            s.prompt_tokens, s.cached_tokens, s.images_encoded, s.images_from_memo, s.prompt_seconds
+        );
+    }
+    Ok(())
+}
+
+/// The image benchmark's prompt (raw text; the image placeholder goes first).
+const IMAGE_PROMPT: &str = "Describe the image in detail.";
 
 fn mb(bytes: usize) -> f64 {
     bytes as f64 / 1e6
@@ -140,6 +191,9 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
         warm.prompt_tokens, warm.cached_tokens, warm.prompt_seconds, warm_wall
     );
     println!("  speed-up  : {ratio:.1}x");
+    if let Some(image) = &args.image {
+        image_ttft(&kit, image, step)?;
+    }
     drop(kit);
 
     if args.memory_lengths.is_empty() {

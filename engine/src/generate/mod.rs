@@ -188,6 +188,8 @@ pub fn generate_in(
     let mut detok = StreamingDetokenizer::new(ctx.tokenizer.clone(), false);
     let mut stats = GenerationStats { prompt_tokens: prompt.len(), seed: sampler.seed(), ..Default::default() };
     let Session { cache, progress, attention_heads, memo } = session;
+    // Time to first token includes decoding and preprocessing the images.
+    let t0 = std::time::Instant::now();
     let mut own_memo = FeatureMemo::new(0);
     let memo = memo.unwrap_or(&mut own_memo);
     let images = match (req.images.is_empty(), ctx.vision) {
@@ -211,7 +213,6 @@ pub fn generate_in(
     let spans: &[std::ops::Range<usize>] = images.as_ref().map_or(&[], |(_, _, s)| s);
 
     let mut work = || -> Result<()> {
-        let t0 = std::time::Instant::now();
         let mut cached = cache.prepare(&key, !req.ignore_prompt_cache)?;
         let outside = vision::prompt::outside_spans(cached, spans);
         if outside != cached {
