@@ -237,3 +237,60 @@ fn a_vision_model_type_no_add_on_supports_serves_text_and_refuses_images_listing
     let plain = kit.tokenize("<2> <7> <8>").unwrap();
     assert_eq!(run(&kit, greedy(plain, Vec::new(), 3)).unwrap().0.len(), 3);
 }
+
+/// The prefill checkpoint (11 tokens before the end) never lands inside an image span: here it
+/// would, so it moves to the span's start, and the next turn with that image resumes there.
+#[test]
+fn the_prefill_checkpoint_moves_out_of_an_image_span() {
+    let g = golden();
+    let tmp = tiny_vlm(&g);
+    let dir = tmp.path().join("tiny-gemma3-vlm");
+    let images = write_images(tmp.path());
+    let kit = kit(&dir);
+    // `<2> <7> <8> <9>` + span (6) + `<10> <11> <12> <13> <14> <15> <16>`: 17 tokens, so the
+    // checkpoint at 17 - 11 = 6 falls inside the span at 4..10.
+    let tokens = kit
+        .tokenize_with_images("<2> <7> <8> <9> <start_of_image> <10> <11> <12> <13> <14> <15> <16>", &images[..1], None)
+        .unwrap();
+    assert_eq!((tokens.len(), tokens[4]), (17, 301));
+    run(&kit, greedy(tokens.clone(), images[..1].to_vec(), 2)).unwrap();
+    let info = kit.prompt_cache_info().unwrap();
+    assert_eq!(info.events.checkpoints, 1);
+    assert!(info.entries.iter().any(|e| e.tokens == 4), "{:?}", info.entries);
+    assert!(!info.entries.iter().any(|e| e.tokens > 4 && e.tokens < 10), "{:?}", info.entries);
+}
+
+/// `mlx-engine chat`: `/image PATH` queues an image for the next message; the reply streams and
+/// the next turn (text only) keeps the conversation's image.
+#[test]
+fn chat_takes_an_image_command_before_a_message() {
+    use std::io::Write;
+    let g = golden();
+    let tmp = tiny_vlm(&g);
+    let dir = tmp.path().join("tiny-gemma3-vlm");
+    let images = write_images(tmp.path());
+    let ImageInput::Path(image) = &images[0] else { unreachable!() };
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mlx-engine"))
+        .args(["chat", "--model"])
+        .arg(&dir)
+        .args(["--temp", "0", "--max-tokens", "4"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let script = format!(
+        "/image {}\nDescribe the image.\nAnd now?\n/image {}\n",
+        image.display(),
+        tmp.path().join("missing.png").display()
+    );
+    child.stdin.take().unwrap().write_all(format!("{script}Again.\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("(image 1 queued for the next message)"), "{stderr}");
+    // Two replies, then the turn with a missing image fails naming it and the chat goes on.
+    assert_eq!(stdout.lines().filter(|l| !l.trim().is_empty()).count(), 2, "{stdout}");
+    assert!(stderr.contains("missing.png"), "{stderr}");
+    assert!(stderr.matches("prompt tokens from cache").count() >= 2, "{stderr}");
+}

@@ -108,6 +108,7 @@ pub fn run(args: &ChatArgs) -> Result<()> {
             Err(e) => {
                 eprintln!("error: {e}");
                 messages.pop();
+                queued.clear();
                 continue;
             }
         };
