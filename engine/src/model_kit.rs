@@ -185,6 +185,7 @@ impl Worker {
                         tokenizer: &self.tokenizer,
                         generation_config: &self.loaded.generation_config,
                         context_length: self.loaded.context_length,
+                        vocab_size: self.loaded.vocab_size,
                         vision: self.loaded.vision.as_ref(),
                     };
                     let mut emit = |r: GenerationResult| tx.send(Event::Result(r)).is_ok();

@@ -200,6 +200,7 @@ fn prepare_checks_the_request_before_any_model_work() {
         tokenizer: &tokenizer,
         generation_config: &m.generation_config,
         context_length: m.context_length,
+        vocab_size: m.vocab_size,
         vision: None,
     };
     let p = prompt(60, Tok::ByteLevel, 3);

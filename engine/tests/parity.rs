@@ -311,6 +311,7 @@ fn compare(run: Run, dir: &Path, dtype: DtypeChoice, steps: usize, bounds: Bound
         tokenizer: &tokenizer,
         generation_config: &gen_config,
         context_length: loaded.context_length,
+        vocab_size: loaded.vocab_size,
         vision: None,
     };
     let fixed = ids(&g["header"]["fixed_vocab_ids"]);

@@ -51,6 +51,7 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
         return Err(param("top", "must be at least 1"));
     }
     let mut cache = KvCache::new(loaded.cache_layout.clone());
+    crate::model::check_token_ids("tokens", &args.tokens, loaded.vocab_size)?;
     let ids = Array::from_slice(&args.tokens, &[1, args.tokens.len() as i32])?;
     let t1 = Instant::now();
     let logits = loaded.model.forward(Input::Tokens(&ids), &mut cache)?;

@@ -59,6 +59,8 @@ pub struct GenContext<'a> {
     pub generation_config: &'a Value,
     /// `max_position_embeddings`, when the config gives one.
     pub context_length: Option<usize>,
+    /// The model's embedding rows (`vocab_size`), when known: prompt ids are checked against it.
+    pub vocab_size: Option<usize>,
     /// The vision add-on of a vision-language model (or why it could not be built); `None` for
     /// a text-only model.
     pub vision: Option<&'a std::result::Result<VisionModel, String>>,
@@ -110,6 +112,7 @@ pub fn prepare(ctx: &GenContext<'_>, req: &GenerateRequest) -> Result<(Vec<u32>,
     } else {
         req.prompt_tokens.clone()
     };
+    crate::model::check_token_ids("prompt", &prompt, ctx.vocab_size)?;
     if req.max_tokens == Some(0) {
         return Err(param("max_tokens", "must be at least 1"));
     }

@@ -64,6 +64,8 @@ pub struct LoadedModel {
     /// `generation_config.json` (an empty object when absent).
     pub generation_config: Value,
     pub context_length: Option<usize>,
+    /// Rows of the token embedding (`vocab_size` of the text config): prompt ids must be below.
+    pub vocab_size: Option<usize>,
     pub dtype: Dtype,
     pub num_parameters: usize,
     pub cache_layout: Vec<LayerCache>,
@@ -283,6 +285,7 @@ pub fn load_with(path: &Path, host: &PluginHost, dtype: DtypeChoice, device: Dev
     let num_parameters = weights.iter().map(|(_, a)| a.size()).sum();
     let model = resolved.create_model(&text_config.to_string(), weights, format)?;
     let context_length = text_config.get("max_position_embeddings").and_then(Value::as_u64).map(|n| n as usize);
+    let vocab_size = text_config.get("vocab_size").and_then(Value::as_u64).map(|n| n as usize);
     let cache_layout = model.cache_layout();
     Ok(LoadedModel {
         model,
@@ -293,6 +296,7 @@ pub fn load_with(path: &Path, host: &PluginHost, dtype: DtypeChoice, device: Dev
         text_config,
         generation_config,
         context_length,
+        vocab_size,
         dtype: target,
         num_parameters,
         cache_layout,
@@ -334,6 +338,22 @@ fn load_vision(
     Some(build().map_err(|e| format!("{}: vision add-on for model type `{model_type}`: {e}", path.display())))
 }
 
+/// Refuses token ids outside the model's embedding (`vocab_size` rows): MLX's gather would read
+/// past the table (or crash) instead of failing.
+pub fn check_token_ids<T: Copy + Into<i64>>(what: &str, ids: &[T], vocab_size: Option<usize>) -> Result<()> {
+    let Some(vocab) = vocab_size else { return Ok(()) };
+    match ids.iter().map(|&t| t.into()).enumerate().find(|&(_, t)| t < 0 || t >= vocab as i64) {
+        Some((i, t)) => Err(Error::Param {
+            name: what.into(),
+            reason: format!(
+                "token id {t} at position {i} is outside the model's vocabulary of {vocab} (ids 0 to {})",
+                vocab - 1
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Loads the model folder `dir` in f32 on the current device (the simple path for tools).
 pub fn load(dir: &Path, host: &PluginHost) -> Result<LoadedModel> {
     load_with(dir, host, DtypeChoice::Auto, Device::Cpu)
@@ -341,8 +361,25 @@ pub fn load(dir: &Path, host: &PluginHost) -> Result<LoadedModel> {
 
 /// The tokenizer of a loaded model: its folder's tokenizer files, or the GGUF metadata.
 pub fn load_tokenizer(m: &LoadedModel) -> Result<Tokenizer> {
-    match &m.source {
-        Source::Folder => Tokenizer::from_dir(&m.path),
-        Source::Gguf { file, metadata } => Tokenizer::from_gguf(file, metadata),
+    let tok = match &m.source {
+        Source::Folder => Tokenizer::from_dir(&m.path)?,
+        Source::Gguf { file, metadata } => Tokenizer::from_gguf(file, metadata)?,
+    };
+    // A tokenizer with ids past the embedding would hand the model rows that do not exist.
+    if let Some(vocab) = m.vocab_size {
+        if tok.vocab_size() > vocab {
+            let (what, field) = match &m.source {
+                Source::Folder => ("tokenizer.json", "config.json's `vocab_size`"),
+                Source::Gguf { .. } => ("the GGUF tokenizer", "the GGUF's vocabulary size"),
+            };
+            return Err(model_err(
+                &m.path,
+                format!(
+                    "{what} has {} tokens, more than the {vocab} rows of the model's embedding ({field})",
+                    tok.vocab_size()
+                ),
+            ));
+        }
     }
+    Ok(tok)
 }

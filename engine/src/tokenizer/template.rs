@@ -55,6 +55,11 @@ impl Serialize for ChatMessage {
     }
 }
 
+/// Instructions a chat template may run per render: real templates need a few hundred per
+/// message, so this allows conversations of thousands of turns, and stops a runaway template
+/// (one shipped in a model's tokenizer_config.json runs on every chat request) in about a second.
+pub const TEMPLATE_FUEL: u64 = 20_000_000;
+
 /// Marks errors raised by the template itself, so they are reported as such.
 const RAISED: &str = "raise_exception: ";
 
@@ -74,6 +79,7 @@ pub(super) fn render(source: &Path, template: &str, input: &RenderInput<'_>) -> 
     let syntax =
         SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build().map_err(|e| err(e.to_string()))?;
     env.set_syntax(syntax);
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function("raise_exception", |msg: String| -> Result<Value, minijinja::Error> {
         Err(minijinja::Error::new(ErrorKind::InvalidOperation, format!("{RAISED}{msg}")))
@@ -97,6 +103,9 @@ pub(super) fn render(source: &Path, template: &str, input: &RenderInput<'_>) -> 
 
     tmpl.render(ctx).map_err(|e| match e.detail() {
         Some(d) if d.starts_with(RAISED) => err(format!("raised an exception: {}", &d[RAISED.len()..])),
+        _ if e.kind() == ErrorKind::OutOfFuel => {
+            err(format!("ran more than {TEMPLATE_FUEL} steps and was stopped (a runaway loop?)"))
+        }
         _ => err(format!("cannot render: {e}")),
     })
 }
