@@ -255,7 +255,9 @@ impl Worker {
         };
         let limits = ImageLimits { max_image_size, ..Default::default() };
         let prepared = prompt::prepare_images(vision, images, &limits)?;
-        self.tokenizer.encode(&prompt::expand_placeholders(text, &prepared)?, special)
+        // A raw prompt (encoded with special tokens) may leave the placeholders to us; a
+        // rendered chat must have them from its template.
+        self.tokenizer.encode(&prompt::expand_placeholders(text, &prepared, special)?, special)
     }
 }
 

@@ -148,6 +148,21 @@ fn bad_image_requests_fail_naming_the_problem_and_the_model_keeps_serving() {
     assert!(e.contains("1 image placeholder(s) `<start_of_image>` but 2 image(s)"), "{e}");
     let e = err(chat(&kit, &[ChatMessage::with_images("user", "<7>", 2)], &images[..1]));
     assert!(e.contains("the messages hold 2 image(s) but 1 were given"), "{e}");
+    // A chat template that writes no image placeholder.
+    let file = tmp.path().join("plain.jinja");
+    std::fs::write(&file, "{% for m in messages %}{{ m.content if m.content is string else '' }}{% endfor %}").unwrap();
+    let plain_template = mlx_engine::tokenizer::ChatTemplate::from_file(&file).unwrap();
+    let e = kit
+        .tokenize_chat_with_images(
+            &[ChatMessage::with_images("user", "<7>", 1)],
+            Some(&plain_template),
+            &Default::default(),
+            &images[..1],
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("0 image placeholder(s) `<start_of_image>` but 1 image(s)"), "{e}");
     // A request whose tokens hold fewer image spans than images.
     let plain = kit.tokenize("<7> <8>").unwrap();
     let e = run(&kit, greedy(plain.clone(), images.clone(), 2)).unwrap_err().to_string();

@@ -55,14 +55,15 @@ pub fn prepare_images(vision: &VisionModel, inputs: &[ImageInput], limits: &Imag
         .collect()
 }
 
-/// Replaces the `i`-th image placeholder of `text` by image `i`'s expansion. A raw prompt
-/// without any placeholder gets one per image at its start (as `generate --image` expects); a
-/// count that differs otherwise is an error.
-pub fn expand_placeholders(text: &str, images: &[PreparedImage]) -> Result<String> {
+/// Replaces the `i`-th image placeholder of `text` by image `i`'s expansion. With `prepend`
+/// (a raw prompt), a text without any placeholder gets one per image at its start (as
+/// `generate --image` expects); a count that differs otherwise is an error, also when a chat
+/// template wrote none (it does not know images).
+pub fn expand_placeholders(text: &str, images: &[PreparedImage], prepend: bool) -> Result<String> {
     let Some(first) = images.first() else { return Ok(text.to_string()) };
     let placeholder = first.prompt.placeholder.as_str();
     let found = text.matches(placeholder).count();
-    let text = if found == 0 {
+    let text = if found == 0 && prepend {
         format!("{}{text}", placeholder.repeat(images.len()))
     } else if found != images.len() {
         return Err(param(
