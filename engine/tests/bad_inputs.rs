@@ -112,3 +112,16 @@ fn a_runaway_chat_template_is_stopped_with_a_message() {
     let template = ChatTemplate::from_file(&file).unwrap();
     assert!(kit.tokenize_chat(&[ChatMessage::new("user", "hi")], Some(&template), &Default::default()).is_ok());
 }
+
+#[test]
+fn nan_logits_fail_the_request_instead_of_reading_as_a_stop() {
+    let mut tiny = TinyModel::new(Arch::Llama, 5);
+    let norm = tiny.get("model.norm.weight").clone();
+    let nan = norm.multiply(&mlx_engine::api::Array::scalar(f64::NAN, mlx_engine::api::Dtype::F32).unwrap()).unwrap();
+    tiny.set("model.norm.weight", nan);
+    let dir = tiny.write_temp();
+    let kit = load_kit(dir.path());
+    let req = GenerateRequest { prompt_tokens: prompt(5, tiny.tok, 1), max_tokens: Some(4), ..Default::default() };
+    let err = kit.generate(req).and_then(|g| g.collect::<mlx_engine::Result<Vec<_>>>()).unwrap_err().to_string();
+    assert!(err.contains("logits are not finite") && err.contains("generated token 1"), "{err}");
+}

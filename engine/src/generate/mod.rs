@@ -295,6 +295,17 @@ pub fn generate_in(
             let out = SampleOutput { token: current.token.item::<u32>()?, logprobs: current.logprobs.clone() };
             let id = out.token;
             let logprob = out.logprobs.take(&Array::from_slice(&[id as i32], &[1])?, 0)?.item::<f32>()?;
+            if logprob.is_nan() || logprob == f32::INFINITY {
+                // NaN logits sample as token 0 or EOS; saying so beats returning garbage.
+                return Err(param(
+                    "model",
+                    format!(
+                        "the model's logits are not finite (NaN or inf) at generated token {}: its weights or \
+                         config (e.g. a norm eps, rope_theta or softcap of 0) give no usable output",
+                        stats.generated_tokens + 1
+                    ),
+                ));
+            }
             let token = Token { id, text: ctx.tokenizer.decode(&[id], false)?, logprob, from_draft: None };
             if params.top_logprobs > 0 {
                 let alts = top_logprobs(&out.logprobs, params.top_logprobs)?
