@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 pub mod gguf;
+pub mod gguf_header;
 pub mod partition;
+pub mod safetensors_header;
 
 use mlx_engine_plugin_api::io::{load_safetensors, MetaValue};
 use mlx_engine_plugin_api::runtime::Device;
@@ -124,14 +126,8 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
         let text = std::fs::read_to_string(&index).map_err(|e| Error::Io { path: index.clone(), source: e })?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| model_err(&index, format!("invalid JSON: {e}")))?;
-        let map = v
-            .get("weight_map")
-            .and_then(Value::as_object)
-            .ok_or_else(|| model_err(&index, "field `weight_map` (an object) is missing"))?;
-        let mut files: Vec<PathBuf> = map.values().filter_map(Value::as_str).map(|f| dir.join(f)).collect();
-        files.sort();
-        files.dedup();
+        let files = parse_index(&text).map_err(|reason| model_err(&index, reason))?;
+        let files: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
         if let Some(missing) = files.iter().find(|f| !f.exists()) {
             return Err(model_err(missing, "listed in model.safetensors.index.json but missing"));
         }
@@ -149,11 +145,38 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The weight files a `model.safetensors.index.json` names (sorted, each once). Every name must
+/// be a plain file name inside the model folder: a `weight_map` pointing elsewhere (`../`, an
+/// absolute path, a subfolder) would make loading a model read files it does not own.
+pub fn parse_index(text: &str) -> std::result::Result<Vec<String>, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let map = v.get("weight_map").and_then(Value::as_object).ok_or("field `weight_map` (an object) is missing")?;
+    let mut files = Vec::new();
+    for (tensor, file) in map {
+        let file = file.as_str().ok_or_else(|| format!("`weight_map.{tensor}` must be a file name (a string)"))?;
+        let plain = Path::new(file).components().collect::<Vec<_>>();
+        if !matches!(plain[..], [std::path::Component::Normal(_)]) || !file.ends_with(".safetensors") {
+            return Err(format!(
+                "`weight_map.{tensor}` is `{file}`; expected a `.safetensors` file name in the model folder (no folders, \
+                 `..` or absolute paths)"
+            ));
+        }
+        files.push(file.to_string());
+    }
+    if files.is_empty() {
+        return Err("`weight_map` is empty".into());
+    }
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
 /// Loads every tensor of the files; MLX-converted checkpoints carry `format = mlx` metadata.
 pub fn load_weights(files: &[PathBuf]) -> Result<(Weights, WeightsFormat)> {
     let mut weights = Weights::new();
     let mut format = WeightsFormat::HuggingFace;
     for f in files {
+        safetensors_header::check_file(f)?;
         let loaded = load_safetensors(f).map_err(|e| model_err(f, format!("cannot load safetensors: {e}")))?;
         for (k, v) in &loaded.metadata {
             if k == "format" && matches!(v, MetaValue::String(s) if s == "mlx") {
