@@ -281,3 +281,19 @@ fn smollm2_q4_1_gguf_with_mixed_widths_answers() {
     let text: String = kit.generate(req).unwrap().map(|r| r.unwrap().text).collect();
     assert!(text.contains("Paris"), "{text}");
 }
+
+/// A head count of 0 used to divide by zero when un-permuting Q/K rows.
+#[test]
+fn a_gguf_head_count_of_zero_names_the_key() {
+    let tiny = TinyModel::new(Arch::Llama, 9);
+    let dir = tempfile::tempdir().unwrap();
+    for key in ["llama.attention.head_count", "llama.attention.head_count_kv"] {
+        let meta: Vec<(String, MetaValue)> =
+            metadata().into_iter().map(|(k, v)| if k == key { (k, scalar_u32(0)) } else { (k, v) }).collect();
+        let path = dir.path().join("zero.gguf");
+        write_gguf_with(&tiny, &path, true, &meta, Vec::new());
+        let err = try_load(&path, DtypeChoice::F32).err().expect("refused").to_string();
+        assert!(err.contains(&format!("GGUF key `{key}` must be at least 1, got 0")), "{err}");
+        assert!(err.contains("zero.gguf"), "names the file: {err}");
+    }
+}

@@ -105,23 +105,23 @@ impl CacheArgs {
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct SamplingArgs {
     /// Temperature; 0 = greedy.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub temp: Option<f32>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub top_p: Option<f32>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub top_k: Option<i32>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub min_p: Option<f32>,
     #[arg(long)]
     pub seed: Option<u64>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub repetition_penalty: Option<f32>,
     #[arg(long)]
     pub repetition_context_size: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub presence_penalty: Option<f32>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub frequency_penalty: Option<f32>,
     /// Alternatives to report per token (jsonl output), at most 20.
     #[arg(long)]
@@ -144,6 +144,14 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
+    /// The range checks that need no model, so a bad flag fails before a long load.
+    pub fn check(&self) -> Result<()> {
+        crate::sample::SamplingParams::with_generation_config(&serde_json::Value::Null, &self.overrides())
+            .validate_ranges()?;
+        crate::stop::StopStrings::new(self.stop.clone())?;
+        Ok(())
+    }
+
     pub fn overrides(&self) -> SamplingOverrides {
         SamplingOverrides {
             temp: self.temp,
@@ -215,10 +223,15 @@ pub fn load(args: &ModelArgs, cache: &CacheArgs) -> Result<ModelKit> {
 pub fn print_stats(stats: &GenerationStats) {
     let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
     eprintln!("{} of {} prompt tokens from cache", stats.cached_tokens, stats.prompt_tokens);
+    let uncached = stats.prompt_tokens - stats.cached_tokens;
+    let prompt = if stats.prefilled_tokens < uncached {
+        format!("{} of {uncached} tokens prefilled before the cancel", stats.prefilled_tokens)
+    } else {
+        format!("{} tokens", stats.prompt_tokens)
+    };
     eprintln!(
-        "prompt: {} tokens, {:.1} tok/s | generation: {} tokens, {:.1} tok/s | time to first token {:.3}s | peak memory {:.1} MB | seed {}",
-        stats.prompt_tokens,
-        rate(stats.prompt_tokens - stats.cached_tokens, stats.prompt_seconds),
+        "prompt: {prompt}, {:.1} tok/s | generation: {} tokens, {:.1} tok/s | time to first token {:.3}s | peak memory {:.1} MB | seed {}",
+        rate(stats.prefilled_tokens, stats.prompt_seconds),
         stats.generated_tokens,
         rate(stats.generated_tokens.saturating_sub(1), stats.decode_seconds),
         stats.prompt_seconds,

@@ -3,8 +3,9 @@
 use std::io::{Read, Write};
 
 use super::common::{load, param, print_stats, CacheArgs, ImageArgs, ModelArgs, PrefillBar, SamplingArgs};
+use super::interrupt;
 use crate::error::{Error, Result};
-use crate::generate::GenerateRequest;
+use crate::generate::{GenerateRequest, StopReason};
 use crate::tokenizer::ChatMessage;
 
 #[derive(clap::Args)]
@@ -18,7 +19,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub chat: Option<String>,
     /// A system message for --chat.
-    #[arg(long, requires = "chat")]
+    #[arg(long)]
     pub system: Option<String>,
     #[command(flatten)]
     pub images: ImageArgs,
@@ -42,9 +43,21 @@ fn read_arg(s: &str) -> Result<String> {
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
     // Validate what can be checked without the model first.
+    if args.prompt.is_some() {
+        // A raw prompt is encoded as it is; these would be silently ignored.
+        for (flag, set) in [
+            ("--system", args.system.is_some()),
+            ("--chat-template", args.sampling.chat_template.is_some()),
+            ("--chat-template-args", args.sampling.chat_template_args.is_some()),
+        ] {
+            if set {
+                return Err(param(flag, "applies to --chat messages, not to a raw --prompt"));
+            }
+        }
+    }
+    args.sampling.check()?;
     let template = args.sampling.template()?;
     let template_args = args.sampling.template_args()?;
-    crate::stop::StopStrings::new(args.sampling.stop.clone())?;
     let step = args.cache.prefill_step_size()?;
     let kit = load(&args.model, &args.cache)?;
     let images = args.images.inputs();
@@ -73,25 +86,42 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         max_image_size: max_size,
     };
     let mut generation = kit.generate_with_progress(req, Box::new(PrefillBar::new(step)))?;
-    let cancel = generation.cancel_handle();
-    let _ = ctrlc::set_handler(move || cancel.cancel());
+    let _watch = interrupt::watch(generation.cancel_handle());
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    let mut reason = None;
     for result in generation.by_ref() {
         let result = result?;
-        if args.output == "jsonl" {
+        reason = result.stop_condition.as_ref().map(|c| c.reason);
+        let written = if args.output == "jsonl" {
             let line = serde_json::to_string(&result).map_err(|e| param("output", e.to_string()))?;
-            let _ = writeln!(out, "{line}");
+            writeln!(out, "{line}")
         } else {
-            let _ = write!(out, "{}", result.text);
-        }
-        let _ = out.flush();
+            write!(out, "{}", result.text)
+        };
+        // A reader that went away (`| head`) or a full disk ends the work now, not at the end.
+        written.and_then(|()| out.flush()).map_err(stdout_error)?;
     }
     if args.output == "text" {
-        let _ = writeln!(out);
+        writeln!(out).and_then(|()| out.flush()).map_err(stdout_error)?;
+    }
+    let cut = match reason {
+        Some(StopReason::UserCancelled) => Some("cancelled"),
+        Some(StopReason::TokenLimit) if args.output == "text" => Some("stopped at --max-tokens"),
+        _ => None,
+    };
+    if let Some(why) = cut {
+        eprintln!("({why})");
     }
     if let Some(stats) = generation.stats() {
         print_stats(stats);
     }
+    if reason == Some(StopReason::UserCancelled) {
+        return Err(Error::Interrupted);
+    }
     Ok(())
+}
+
+pub(super) fn stdout_error(e: std::io::Error) -> Error {
+    Error::Io { path: "stdout".into(), source: e }
 }

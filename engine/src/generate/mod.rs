@@ -75,6 +75,9 @@ pub struct GenerationStats {
     pub decode_seconds: f64,
     /// Prompt tokens that came from the prompt cache (not prefilled).
     pub cached_tokens: usize,
+    /// Prompt tokens this request ran through the model: all uncached ones, or fewer when the
+    /// prefill was cancelled.
+    pub prefilled_tokens: usize,
     /// The seed used (the request's, or the one drawn for it).
     pub seed: u64,
     /// Images of the prompt's uncached part whose features were computed, and those found in
@@ -122,8 +125,9 @@ pub fn prepare(ctx: &GenContext<'_>, req: &GenerateRequest) -> Result<(Vec<u32>,
             if prompt.len() >= ctx_len || want > ctx_len {
                 // A prompt of exactly the context length is not "more than" it; it leaves no room.
                 let relation = if want > ctx_len { "more than" } else { "which leaves no room for new tokens in" };
+                // Without max_tokens the prompt alone is too long: blame it, not a limit never set.
                 return Err(param(
-                    "max_tokens",
+                    if max.is_some() { "max_tokens" } else { "prompt" },
                     format!(
                         "the prompt has {} tokens{}, {relation} the model's context length of {ctx_len}",
                         prompt.len(),
@@ -251,6 +255,7 @@ pub fn generate_in(
             cache.store_checkpoint(at, snapshot);
         }
         stats.prompt_seconds = t0.elapsed().as_secs_f64();
+        stats.prefilled_tokens = done.processed + usize::from(done.logits.is_some());
         let t1 = std::time::Instant::now();
         let Some(logits) = done.logits else {
             emit(GenerationResult {

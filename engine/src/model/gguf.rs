@@ -153,7 +153,11 @@ pub fn load(path: &Path, host: &PluginHost) -> Result<GgufModel> {
         .to_string();
     let weights: Weights = arrays.into_iter().map(|(name, a)| (structural_name(&name), a)).collect();
     let resolved = host.resolve_text(&arch)?;
-    let config_text = resolved.gguf_config(&describe(&metadata, &weights)?)?.ok_or_else(|| {
+    let mapped = resolved.gguf_config(&describe(&metadata, &weights)?).map_err(|e| match e {
+        Error::Plugin { path: plugin, reason } => err(path, format!("{reason} (plugin {})", plugin.display())),
+        e => e,
+    })?;
+    let config_text = mapped.ok_or_else(|| {
         err(
             path,
             format!("{} does not map GGUF files of architecture `{arch}` (it has no GGUF hook)", resolved.provider),

@@ -18,6 +18,9 @@ use crate::plugin_host::PluginHost;
 use crate::tokenizer::Tokenizer;
 use crate::vision::{PreprocessorConfig, VisionModel};
 
+/// `torch_dtype` values of Hugging Face configs (the dtype the checkpoint was saved in).
+const KNOWN_DTYPES: [&str; 5] = ["float32", "float16", "bfloat16", "float", "half"];
+
 /// Which dtype the model computes in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DtypeChoice {
@@ -112,11 +115,20 @@ pub fn read_config(dir: &Path) -> Result<(String, Value, Value)> {
         }
         _ => config.clone(),
     };
-    let model_type = text_config
-        .get("model_type")
-        .and_then(Value::as_str)
-        .ok_or_else(|| model_err(&path, "field `model_type` (a string) is missing"))?
-        .to_string();
+    let model_type = match text_config.get("model_type") {
+        Some(Value::String(t)) => t.clone(),
+        None | Some(Value::Null) => return Err(model_err(&path, "field `model_type` (a string) is missing")),
+        Some(other) => return Err(model_err(&path, format!("field `model_type` must be a string, got {other}"))),
+    };
+    match text_config.get("torch_dtype").or_else(|| config.get("torch_dtype")) {
+        None | Some(Value::Null) => {}
+        Some(Value::String(d)) if KNOWN_DTYPES.contains(&d.as_str()) => {}
+        Some(other) => crate::diagnostics::warn_once(format!(
+            "{}: field `torch_dtype` is {other}, not a dtype the engine knows ({}); ignored",
+            path.display(),
+            KNOWN_DTYPES.join(", ")
+        )),
+    }
     Ok((model_type, config, text_config))
 }
 
@@ -263,6 +275,24 @@ fn gguf_file(path: &Path) -> Result<Option<PathBuf>> {
     }
 }
 
+/// A plugin's complaint about the config, attributed to the file it came from (config.json, or
+/// the GGUF file whose metadata the config was mapped from), naming the plugin.
+fn config_error(e: Error, source: &Source, path: &Path) -> Error {
+    match e {
+        Error::Plugin { path: plugin, reason } => match reason.split_once("failed: config: ") {
+            Some((_, problem)) => {
+                let file = match source {
+                    Source::Folder => path.join("config.json"),
+                    Source::Gguf { file, .. } => file.clone(),
+                };
+                model_err(&file, format!("{problem} (checked by plugin {})", plugin.display()))
+            }
+            None => Error::Plugin { path: plugin, reason },
+        },
+        e => e,
+    }
+}
+
 /// Loads the model at `path` (a model folder, or a `.gguf` file) with the architecture the
 /// host resolves for its model type. Everything cheap (config, tokenizer files, model type) is
 /// checked before any weight is read.
@@ -301,12 +331,16 @@ pub fn load_with(path: &Path, host: &PluginHost, dtype: DtypeChoice, device: Dev
     };
     let policy = resolved.dtype_policy(&weights.names().collect::<Vec<_>>())?;
     let weights = cast_weights(weights, target, &policy)?;
-    // MLX loads lazily; reading and casting everything now keeps that cost out of the first
-    // request (and surfaces a truncated file here rather than mid-generation).
-    mlx_engine_plugin_api::eval(&weights.iter().map(|(_, a)| a).collect::<Vec<_>>())
-        .map_err(|e| model_err(path, format!("cannot read the weights: {e}")))?;
     let num_parameters = weights.iter().map(|(_, a)| a.size()).sum();
-    let model = resolved.create_model(&text_config.to_string(), weights, format)?;
+    // MLX reads lazily: the plugin checks the config and builds the model before any weight
+    // is read, so a bad value fails fast; reading everything right after keeps that cost out
+    // of the first request (and surfaces unreadable data at load).
+    let handles: Vec<mlx_engine_plugin_api::Array> = weights.iter().map(|(_, a)| a.clone()).collect();
+    let model =
+        resolved.create_model(&text_config.to_string(), weights, format).map_err(|e| config_error(e, &source, path))?;
+    mlx_engine_plugin_api::eval(&handles.iter().collect::<Vec<_>>())
+        .map_err(|e| model_err(path, format!("cannot read the weights: {e}")))?;
+    drop(handles);
     let context_length = text_config.get("max_position_embeddings").and_then(Value::as_u64).map(|n| n as usize);
     let vocab_size = text_config.get("vocab_size").and_then(Value::as_u64).map(|n| n as usize);
     let cache_layout = model.cache_layout();

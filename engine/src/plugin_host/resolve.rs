@@ -181,13 +181,13 @@ impl PluginHost {
             Outcome::Found(r) => {
                 let by_registry = matches!(r.via, Via::Registry { .. });
                 if let Some(entry) = self.registry().get(kind, model_type).filter(|_| !by_registry) {
-                    tracing::warn!(
+                    crate::diagnostics::warn_once(format!(
                         "{}: plugin `{}` for {} model type `{model_type}` is not installed; using {}",
                         self.registry().locate(entry),
                         entry.plugin,
                         kind.table(),
                         r.provider
-                    );
+                    ));
                 }
                 Ok(r)
             }
