@@ -96,7 +96,8 @@ fn run_with(
         ignore_prompt_cache: fresh,
         ..Default::default()
     };
-    let mut generation = kit.generate(req)?;
+    // The cold prefill of a long prompt takes minutes on a CPU: show it.
+    let mut generation = kit.generate_with_progress(req, Box::new(super::common::PrefillBar::new(step)))?;
     let mut tokens = Vec::new();
     for r in generation.by_ref() {
         tokens.extend(r?.tokens.iter().map(|t| t.id));
@@ -224,7 +225,8 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
     let dense_args = CacheArgs { kv_bits: None, kv_group_size: None, quantized_kv_start: None, ..args.cache.clone() };
     let mut rows: Vec<Vec<(usize, usize, usize)>> = Vec::new();
     for cache_args in [&dense_args, &quant_args] {
-        let kit = load(&args.model, cache_args)?;
+        // The same model again with another cache configuration; its load line was printed.
+        let kit = super::common::load_quietly(&args.model, cache_args)?;
         let mut row = Vec::new();
         for &n in &args.memory_lengths {
             kit.clear_prompt_cache()?;

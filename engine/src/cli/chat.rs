@@ -31,6 +31,12 @@ pub struct ChatArgs {
 pub fn run(args: &ChatArgs) -> Result<()> {
     // Checked once here, not on every turn (each would fail the same way).
     args.sampling.check()?;
+    if args.sampling.top_logprobs.is_some() {
+        return Err(super::common::param(
+            "--top-logprobs",
+            "chat prints text only; use `generate --output jsonl` to see logprobs",
+        ));
+    }
     let template = args.sampling.template()?;
     let template_args = args.sampling.template_args()?;
     let step = args.cache.prefill_step_size()?;

@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 
-use super::common::{load, param, print_stats, CacheArgs, ImageArgs, ModelArgs, PrefillBar, SamplingArgs};
+use super::common::{load, param, print_stats, CacheArgs, ImageArgs, ModelArgs, PrefillBar, SamplingArgs, Summary};
 use super::interrupt;
 use crate::error::{Error, Result};
 use crate::generate::{GenerateRequest, StopReason};
@@ -13,10 +13,11 @@ pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Raw prompt text, encoded as the tokenizer's `encode(text)` does; `-` reads stdin.
-    #[arg(long, conflicts_with = "chat", required_unless_present = "chat")]
+    /// One of --prompt and --chat is required.
+    #[arg(short, long, conflicts_with = "chat")]
     pub prompt: Option<String>,
     /// A user message, rendered with the chat template; `-` reads stdin.
-    #[arg(long)]
+    #[arg(short, long)]
     pub chat: Option<String>,
     /// A system message for --chat.
     #[arg(long)]
@@ -43,6 +44,9 @@ fn read_arg(s: &str) -> Result<String> {
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
     // Validate what can be checked without the model first.
+    if args.prompt.is_none() && args.chat.is_none() {
+        return Err(param("prompt", "pass --prompt TEXT (raw text) or --chat TEXT (a message for the chat template)"));
+    }
     if args.prompt.is_some() {
         // A raw prompt is encoded as it is; these would be silently ignored.
         for (flag, set) in [
@@ -115,6 +119,10 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     }
     if let Some(stats) = generation.stats() {
         print_stats(stats);
+        if args.output == "jsonl" {
+            let line = serde_json::json!({ "stats": Summary::of(stats) });
+            writeln!(out, "{line}").and_then(|()| out.flush()).map_err(stdout_error)?;
+        }
     }
     if reason == Some(StopReason::UserCancelled) {
         return Err(Error::Interrupted);

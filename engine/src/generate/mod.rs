@@ -67,7 +67,7 @@ pub struct GenContext<'a> {
 }
 
 /// Summary of a finished generation, for hosts that print statistics.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct GenerationStats {
     pub prompt_tokens: usize,
     pub generated_tokens: usize,
@@ -80,6 +80,8 @@ pub struct GenerationStats {
     pub prefilled_tokens: usize,
     /// The seed used (the request's, or the one drawn for it).
     pub seed: u64,
+    /// Whether decoding was greedy (the seed then played no part).
+    pub greedy: bool,
     /// Images of the prompt's uncached part whose features were computed, and those found in
     /// the feature memo (images in the cached part need neither).
     pub images_encoded: usize,
@@ -193,7 +195,12 @@ pub fn generate_in(
     let mut processors = processors_for(&params)?;
     let mut sampler = Sampler::new(&params)?;
     let mut detok = StreamingDetokenizer::new(ctx.tokenizer.clone(), false);
-    let mut stats = GenerationStats { prompt_tokens: prompt.len(), seed: sampler.seed(), ..Default::default() };
+    let mut stats = GenerationStats {
+        prompt_tokens: prompt.len(),
+        seed: sampler.seed(),
+        greedy: params.is_greedy(),
+        ..Default::default()
+    };
     let Session { cache, progress, attention_heads, memo } = session;
     // Time to first token includes decoding and preprocessing the images.
     let t0 = std::time::Instant::now();

@@ -27,6 +27,8 @@ pub struct GgufModel {
     pub weights: Weights,
     /// All metadata, for the tokenizer and chat template.
     pub metadata: Vec<(String, MetaValue)>,
+    /// How the file stores its tensors (see [`super::gguf_header::GgufHeader::storage`]).
+    pub storage: String,
 }
 
 fn err(path: &Path, reason: impl Into<String>) -> Error {
@@ -146,7 +148,7 @@ fn add_generic_fields(config: &mut Map<String, Value>, meta: &[(String, MetaValu
 /// resolves for the file's `general.architecture`.
 pub fn load(path: &Path, host: &PluginHost) -> Result<GgufModel> {
     // MLX's reader follows the file's lengths and offsets blindly; check them first.
-    super::gguf_header::check_file(path)?;
+    let header = super::gguf_header::check_file(path)?;
     let Loaded { arrays, metadata } = load_gguf(path).map_err(|e| err(path, e.to_string()))?;
     let arch = meta_string(&metadata, "general.architecture")
         .ok_or_else(|| err(path, "GGUF metadata `general.architecture` is missing"))?
@@ -180,5 +182,5 @@ pub fn load(path: &Path, host: &PluginHost) -> Result<GgufModel> {
             arch
         }
     };
-    Ok(GgufModel { model_type, config: Value::Object(config), weights, metadata })
+    Ok(GgufModel { model_type, config: Value::Object(config), weights, metadata, storage: header.storage() })
 }

@@ -238,6 +238,30 @@ pub fn parse(bytes: &[u8]) -> Result<GgufHeader, String> {
     Ok(GgufHeader { version, alignment, data_start, metadata_keys, tensors })
 }
 
+impl GgufHeader {
+    /// The tensor types by how many elements each stores, most first: `Q4_1 (also Q8_0, F32)`.
+    pub fn storage(&self) -> String {
+        let mut by_type: Vec<(u64, &str)> = Vec::new();
+        for t in &self.tensors {
+            let n: u64 = t.dims.iter().product();
+            let name = type_name(t.type_id).unwrap_or("?");
+            match by_type.iter_mut().find(|(_, k)| *k == name) {
+                Some((total, _)) => *total += n,
+                None => by_type.push((n, name)),
+            }
+        }
+        by_type.sort_by(|a, b| b.cmp(a));
+        let mut names = by_type.iter().map(|(_, k)| *k);
+        let first = names.next().unwrap_or("no tensors").to_string();
+        let rest: Vec<&str> = names.collect();
+        if rest.is_empty() {
+            first
+        } else {
+            format!("{first} (also {})", rest.join(", "))
+        }
+    }
+}
+
 /// Maps `path` and checks it with [`parse`].
 pub fn check_file(path: &std::path::Path) -> crate::Result<GgufHeader> {
     let err = |reason: String| crate::Error::Model { path: path.to_path_buf(), reason };

@@ -7,6 +7,7 @@ pub mod gguf;
 pub mod gguf_header;
 pub mod partition;
 pub mod safetensors_header;
+pub mod summary;
 
 use mlx_engine_plugin_api::io::{load_safetensors, MetaValue};
 use mlx_engine_plugin_api::runtime::Device;
@@ -72,7 +73,10 @@ pub struct LoadedModel {
     /// Rows of the token embedding (`vocab_size` of the text config): prompt ids must be below.
     pub vocab_size: Option<usize>,
     pub dtype: Dtype,
+    /// Logical parameters (a quantized matrix counts its elements, not its packed words).
     pub num_parameters: usize,
+    /// How the checkpoint stores its weights (`bfloat16`, `4-bit affine, group 64`, `Q4_1`).
+    pub storage: String,
     pub cache_layout: Vec<LayerCache>,
     /// The vision add-on of a vision-language checkpoint, or why there is none (`None` for a
     /// text-only model).
@@ -301,9 +305,11 @@ pub fn load_with(path: &Path, host: &PluginHost, dtype: DtypeChoice, device: Dev
         return Err(model_err(path, "no such file or folder"));
     }
     let mut vision = None;
+    let mut gguf_storage = None;
     let (model_type, text_config, generation_config, weights, format, source) = match gguf_file(path)? {
         Some(file) => {
             let g = gguf::load(&file, host)?;
+            gguf_storage = Some(g.storage);
             let source = Source::Gguf { file, metadata: g.metadata };
             (g.model_type, g.config, Value::Object(Default::default()), g.weights, WeightsFormat::Gguf, source)
         }
@@ -329,9 +335,11 @@ pub fn load_with(path: &Path, host: &PluginHost, dtype: DtypeChoice, device: Dev
         (DtypeChoice::F16, _) => Dtype::F16,
         (DtypeChoice::Auto, Device::Gpu) => checkpoint_dtype(&weights),
     };
+    let quantization = text_config.get("quantization").or_else(|| text_config.get("quantization_config"));
+    let num_parameters = summary::parameter_count(&weights, quantization);
+    let storage = gguf_storage.unwrap_or_else(|| summary::storage(&weights, quantization, checkpoint_dtype(&weights)));
     let policy = resolved.dtype_policy(&weights.names().collect::<Vec<_>>())?;
     let weights = cast_weights(weights, target, &policy)?;
-    let num_parameters = weights.iter().map(|(_, a)| a.size()).sum();
     // MLX reads lazily: the plugin checks the config and builds the model before any weight
     // is read, so a bad value fails fast; reading everything right after keeps that cost out
     // of the first request (and surfaces unreadable data at load).
@@ -341,6 +349,7 @@ pub fn load_with(path: &Path, host: &PluginHost, dtype: DtypeChoice, device: Dev
     mlx_engine_plugin_api::eval(&handles.iter().collect::<Vec<_>>())
         .map_err(|e| model_err(path, format!("cannot read the weights: {e}")))?;
     drop(handles);
+    tracing::debug!("{}: {num_parameters} parameters ({storage}) read, computing in {}", path.display(), target.name());
     let context_length = text_config.get("max_position_embeddings").and_then(Value::as_u64).map(|n| n as usize);
     let vocab_size = text_config.get("vocab_size").and_then(Value::as_u64).map(|n| n as usize);
     let cache_layout = model.cache_layout();
@@ -356,6 +365,7 @@ pub fn load_with(path: &Path, host: &PluginHost, dtype: DtypeChoice, device: Dev
         vocab_size,
         dtype: target,
         num_parameters,
+        storage,
         cache_layout,
         vision,
     })

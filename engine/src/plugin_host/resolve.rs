@@ -179,6 +179,7 @@ impl PluginHost {
     pub fn resolve(&self, kind: Kind, model_type: &str) -> Result<Resolved> {
         match self.try_resolve(kind, model_type) {
             Outcome::Found(r) => {
+                tracing::debug!("{} model type `{model_type}` resolved to {}", kind.table(), r.provider);
                 let by_registry = matches!(r.via, Via::Registry { .. });
                 if let Some(entry) = self.registry().get(kind, model_type).filter(|_| !by_registry) {
                     crate::diagnostics::warn_once(format!(
