@@ -18,9 +18,13 @@ use crate::tokenizer::ChatTemplate;
 /// Which model to load and how.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// Model folder (config.json, safetensors, tokenizer files) or a .gguf file.
+    /// Model folder (config.json, safetensors, tokenizer files), a .gguf file, or a Hugging
+    /// Face repository id (`org/name`) found in the local Hugging Face cache.
     #[arg(short, long)]
     pub model: PathBuf,
+    /// The revision of a repository id: a branch, tag or commit in the cache.
+    #[arg(long, default_value = "main")]
+    pub revision: String,
     /// Compute dtype: auto = f32 on cpu, the checkpoint's dtype on gpu.
     #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "bf16", "f16"])]
     pub dtype: String,
@@ -201,7 +205,7 @@ pub fn param(name: &str, reason: impl Into<String>) -> Error {
 
 /// Loads the model without announcing it.
 pub fn load_quietly(args: &ModelArgs, cache: &CacheArgs) -> Result<ModelKit> {
-    ModelKit::load(&args.model, load_options(args, cache)?)
+    ModelKit::load(&crate::model::hub::model_path(&args.model, &args.revision)?, load_options(args, cache)?)
 }
 
 fn load_options(args: &ModelArgs, cache: &CacheArgs) -> Result<LoadOptions> {
@@ -221,7 +225,8 @@ pub fn load(args: &ModelArgs, cache: &CacheArgs) -> Result<ModelKit> {
     let bar = indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", args.model.display()));
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
     let t = Instant::now();
-    let kit = ModelKit::load(&args.model, options);
+    let path = crate::model::hub::model_path(&args.model, &args.revision)?;
+    let kit = ModelKit::load(&path, options);
     bar.finish_and_clear();
     let kit = kit?;
     let info = kit.info();
