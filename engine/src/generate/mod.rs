@@ -1,16 +1,22 @@
-//! The decode loop: prompt tokens -> prompt cache reuse -> chunked prefill -> (processors ->
-//! sampler -> token -> detokenizer -> stop strings / EOS) per step -> streamed
-//! [`GenerationResult`]s.
+//! The decode loop: prompt tokens -> prompt cache reuse -> chunked prefill -> tokens -> text ->
+//! streamed [`GenerationResult`]s.
+//!
+//! Split as mlx-lm splits it: a token stepper (`step`: forward -> processors -> sampler, one
+//! token per pass, or `crate::speculative`'s draft-and-verify rounds) yields committed token
+//! ids with their logprobs, and the text stream above it (`stream`: detokenizer, stop
+//! strings, EOS, token budget) turns them into results. Neither knows how the other works.
 //!
 //! It runs on the model's worker thread (see `model_kit`), which owns the model and its
 //! [`PromptCache`], so consecutive requests reuse what the previous ones computed.
 
 pub mod prefill;
 pub mod result;
+pub mod step;
+pub mod stream;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use mlx_engine_plugin_api::{async_eval, Array, DynModel, Input};
+use mlx_engine_plugin_api::DynModel;
 use serde_json::Value;
 
 pub use prefill::{NoProgress, PromptProgress, DEFAULT_PREFILL_STEP_SIZE};
@@ -19,13 +25,13 @@ pub use result::{GenerationResult, StopCondition, StopReason, Token};
 use crate::cache::prompt_cache::PromptCache;
 use crate::cache::CacheConfig;
 use crate::error::{Error, Result};
-use crate::sample::{
-    apply_processors, processors_for, top_logprobs, SampleOutput, Sampler, SamplingOverrides, SamplingParams,
-};
+use crate::sample::{processors_for, Sampler, SamplingOverrides, SamplingParams};
 use crate::stop::StopStrings;
-use crate::tokenizer::{StreamingDetokenizer, Tokenizer};
+use crate::tokenizer::Tokenizer;
 use crate::vision::{self, FeatureMemo, ImageInput, ImageLimits, VisionModel};
-use prefill::{last_logits, token_ids, Plan};
+use prefill::Plan;
+use step::{Decoder, PlainStepper, TokenStepper};
+use stream::{Pushed, TextStream};
 
 /// One generation request over already tokenized prompt tokens.
 #[derive(Clone, Debug, Default)]
@@ -138,22 +144,30 @@ pub fn prepare(ctx: &GenContext<'_>, req: &GenerateRequest) -> Result<(Vec<u32>,
     Ok((prompt, budget, params))
 }
 
-/// Ends the text of a stream that stops for `reason`: the detokenizer's last bytes go through
-/// the stop strings (they may still complete one, which then becomes the reason), and text held
-/// back for a possible stop string is released rather than lost.
-fn drain(
-    detok: &mut StreamingDetokenizer,
-    stops: &mut StopStrings,
-    pending: &mut GenerationResult,
-    reason: StopReason,
-) -> Result<(StopReason, String)> {
-    let out = stops.push(&detok.finish()?);
-    pending.text.push_str(&out.text);
-    match out.hit {
-        Some(hit) => Ok((StopReason::StopString, hit.stop_string)),
-        None => {
-            pending.text.push_str(&stops.flush());
-            Ok((reason, String::new()))
+/// The decode loop proper: tokens from `stepper` into `stream` until it ends, the request is
+/// cancelled (checked between tokens) or the receiver is gone.
+fn decode(
+    stepper: &mut dyn TokenStepper,
+    stream: &mut TextStream<'_>,
+    cancel: &AtomicBool,
+    emit: &mut dyn FnMut(GenerationResult) -> bool,
+) -> Result<()> {
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            emit(stream.cancel()?);
+            return Ok(());
+        }
+        match stream.push(stepper.next(stream.remaining())?)? {
+            Pushed::Held => {}
+            Pushed::Chunk(r) => {
+                if !emit(r) {
+                    return Ok(());
+                }
+            }
+            Pushed::Done(r) => {
+                emit(r);
+                return Ok(());
+            }
         }
     }
 }
@@ -185,10 +199,9 @@ pub fn generate_in(
 ) -> Result<GenerationStats> {
     let (prompt, budget, params) = prepare(ctx, req)?;
     let step = prefill::step_size(req.prefill_step_size)?;
-    let mut stops = StopStrings::new(req.stop_strings.clone())?;
-    let mut processors = processors_for(&params)?;
-    let mut sampler = Sampler::new(&params)?;
-    let mut detok = StreamingDetokenizer::new(ctx.tokenizer.clone(), false);
+    let stops = StopStrings::new(req.stop_strings.clone())?;
+    let processors = processors_for(&params)?;
+    let sampler = Sampler::new(&params)?;
     let mut stats = GenerationStats { prompt_tokens: prompt.len(), seed: sampler.seed(), ..Default::default() };
     let Session { cache, progress, attention_heads, memo } = session;
     // Time to first token includes decoding and preprocessing the images.
@@ -215,7 +228,7 @@ pub fn generate_in(
     };
     let spans: &[std::ops::Range<usize>] = images.as_ref().map_or(&[], |(_, _, s)| s);
 
-    let mut work = || -> Result<()> {
+    let work = || -> Result<()> {
         let mut cached = cache.prepare(&key, !req.ignore_prompt_cache)?;
         let outside = vision::prompt::outside_spans(cached, spans);
         if outside != cached {
@@ -263,97 +276,11 @@ pub fn generate_in(
             });
             return Ok(());
         };
-
-        // Without processors the next token needs no host-side history, so the loop runs
-        // mlx-lm's pipeline: step n+1's graph is built and queued (async_eval) before step n's
-        // token is read, keeping the device busy while the host handles text. With processors
-        // each step waits for the previous token.
-        let pipelined = processors.is_empty();
-        let mut current = sampler.sample_lazy(&apply_processors(&mut processors, &prompt, &logits)?)?;
-        async_eval(&[&current.token, &current.logprobs])?;
-        let mut history = prompt.clone();
-        let mut pending = GenerationResult::default();
-        let finish =
-            |pending: &mut GenerationResult, reason: StopReason, stop_string: String, stop_tokens: Vec<u32>| {
-                let mut last = std::mem::take(pending);
-                last.stop_condition = Some(StopCondition { reason, stop_string, stop_tokens });
-                last
-            };
-        loop {
-            if cancel.load(Ordering::Relaxed) {
-                let (reason, stop_string) = drain(&mut detok, &mut stops, &mut pending, StopReason::UserCancelled)?;
-                emit(finish(&mut pending, reason, stop_string, Vec::new()));
-                break;
-            }
-            let mut next = None;
-            if pipelined && stats.generated_tokens + 1 < budget {
-                let step = ctx.model.forward(Input::Tokens(&current.token.reshape(&[1, 1])?), cache.live_mut())?;
-                let sample = sampler.sample_lazy(&last_logits(&step)?)?;
-                async_eval(&[&sample.token, &sample.logprobs])?;
-                next = Some(sample);
-            }
-            let out = SampleOutput { token: current.token.item::<u32>()?, logprobs: current.logprobs.clone() };
-            let id = out.token;
-            let logprob = out.logprobs.take(&Array::from_slice(&[id as i32], &[1])?, 0)?.item::<f32>()?;
-            if logprob.is_nan() || logprob == f32::INFINITY {
-                // NaN logits sample as token 0 or EOS; saying so beats returning garbage.
-                return Err(param(
-                    "model",
-                    format!(
-                        "the model's logits are not finite (NaN or inf) at generated token {}: its weights or \
-                         config (e.g. a norm eps, rope_theta or softcap of 0) give no usable output",
-                        stats.generated_tokens + 1
-                    ),
-                ));
-            }
-            let token = Token { id, text: ctx.tokenizer.decode(&[id], false)?, logprob, from_draft: None };
-            if params.top_logprobs > 0 {
-                let alts = top_logprobs(&out.logprobs, params.top_logprobs)?
-                    .into_iter()
-                    .map(|(t, lp)| {
-                        Ok(Token { id: t, text: ctx.tokenizer.decode(&[t], false)?, logprob: lp, from_draft: None })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                pending.top_logprobs.push(alts);
-            }
-            history.push(id);
-            cache.record(id);
-            stats.generated_tokens += 1;
-
-            if !req.ignore_eos && ctx.tokenizer.is_eos(id) {
-                let (reason, stop_string) = drain(&mut detok, &mut stops, &mut pending, StopReason::EosToken)?;
-                let stop_string = if reason == StopReason::EosToken { token.text.clone() } else { stop_string };
-                pending.tokens.push(token);
-                emit(finish(&mut pending, reason, stop_string, vec![id]));
-                break;
-            }
-            pending.tokens.push(token);
-            let out = stops.push(&detok.push(id)?);
-            pending.text.push_str(&out.text);
-            if let Some(hit) = out.hit {
-                let stop_tokens = pending.tokens.iter().map(|t| t.id).collect();
-                emit(finish(&mut pending, StopReason::StopString, hit.stop_string, stop_tokens));
-                break;
-            }
-            if stats.generated_tokens >= budget {
-                let (reason, stop_string) = drain(&mut detok, &mut stops, &mut pending, StopReason::TokenLimit)?;
-                emit(finish(&mut pending, reason, stop_string, Vec::new()));
-                break;
-            }
-            if !pending.text.is_empty() && !emit(std::mem::take(&mut pending)) {
-                break;
-            }
-            current = match next {
-                Some(sample) => sample,
-                None => {
-                    let step = ctx.model.forward(Input::Tokens(&token_ids(&[id])?), cache.live_mut())?;
-                    let processed = apply_processors(&mut processors, &history, &last_logits(&step)?)?;
-                    let sample = sampler.sample_lazy(&processed)?;
-                    async_eval(&[&sample.token, &sample.logprobs])?;
-                    sample
-                }
-            };
-        }
+        let decoder = Decoder::new(ctx.model, &mut *cache, sampler, processors, &prompt);
+        let mut stepper = PlainStepper::new(decoder, &logits)?;
+        let mut stream = TextStream::new(ctx.tokenizer, stops, params.top_logprobs, req.ignore_eos, budget, false);
+        decode(&mut stepper, &mut stream, cancel, emit)?;
+        stats.generated_tokens = stream.generated();
         stats.decode_seconds = t1.elapsed().as_secs_f64();
         Ok(())
     };
