@@ -5,7 +5,7 @@
 use std::io::{BufRead, Write};
 use std::sync::{Arc, Mutex};
 
-use super::common::{load, print_stats, CacheArgs, ModelArgs, PrefillBar, SamplingArgs};
+use super::common::{load, print_stats, CacheArgs, DraftArgs, ModelArgs, PrefillBar, SamplingArgs};
 use crate::error::Result;
 use crate::generate::GenerateRequest;
 use crate::model_kit::CancelHandle;
@@ -23,6 +23,8 @@ pub struct ChatArgs {
     pub sampling: SamplingArgs,
     #[command(flatten)]
     pub cache: CacheArgs,
+    #[command(flatten)]
+    pub draft: DraftArgs,
     /// Scale images whose long side exceeds this many pixels down to it (see `/image`).
     #[arg(long, value_name = "PIXELS")]
     pub max_image_size: Option<u32>,
@@ -33,7 +35,9 @@ pub fn run(args: &ChatArgs) -> Result<()> {
     let template_args = args.sampling.template_args()?;
     crate::stop::StopStrings::new(args.sampling.stop.clone())?;
     let step = args.cache.prefill_step_size()?;
+    let (speculation, num_draft_tokens) = args.draft.speculation()?;
     let kit = load(&args.model, &args.cache)?;
+    args.draft.load_into(&kit)?;
     let current: Arc<Mutex<Option<CancelHandle>>> = Arc::new(Mutex::new(None));
     let handler_slot = current.clone();
     let _ = ctrlc::set_handler(move || {
@@ -102,6 +106,8 @@ pub fn run(args: &ChatArgs) -> Result<()> {
             ignore_prompt_cache: false,
             images: all,
             max_image_size: max_size,
+            speculation: speculation.clone(),
+            num_draft_tokens,
         };
         let mut generation = match kit.generate_with_progress(req, Box::new(PrefillBar::new(step))) {
             Ok(g) => g,

@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 
-use super::common::{load, param, print_stats, CacheArgs, ImageArgs, ModelArgs, PrefillBar, SamplingArgs};
+use super::common::{load, param, print_stats, CacheArgs, DraftArgs, ImageArgs, ModelArgs, PrefillBar, SamplingArgs};
 use crate::error::{Error, Result};
 use crate::generate::GenerateRequest;
 use crate::tokenizer::ChatMessage;
@@ -26,9 +26,16 @@ pub struct GenerateArgs {
     pub sampling: SamplingArgs,
     #[command(flatten)]
     pub cache: CacheArgs,
-    /// `text` streams the text; `jsonl` prints one JSON object per streamed result.
+    #[command(flatten)]
+    pub draft: DraftArgs,
+    /// `text` streams the text; `jsonl` prints one JSON object per streamed result (the last
+    /// one, with the stop condition, also carries the generation's `stats`).
     #[arg(long, default_value = "text", value_parser = ["text", "jsonl"])]
     pub output: String,
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| param("output", e.to_string()))
 }
 
 fn read_arg(s: &str) -> Result<String> {
@@ -46,7 +53,9 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let template_args = args.sampling.template_args()?;
     crate::stop::StopStrings::new(args.sampling.stop.clone())?;
     let step = args.cache.prefill_step_size()?;
+    let (speculation, num_draft_tokens) = args.draft.speculation()?;
     let kit = load(&args.model, &args.cache)?;
+    args.draft.load_into(&kit)?;
     let images = args.images.inputs();
     let max_size = args.images.max_image_size;
     let prompt_tokens = match (&args.prompt, &args.chat) {
@@ -71,21 +80,37 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         ignore_prompt_cache: false,
         images,
         max_image_size: max_size,
+        speculation,
+        num_draft_tokens,
     };
     let mut generation = kit.generate_with_progress(req, Box::new(PrefillBar::new(step)))?;
     let cancel = generation.cancel_handle();
     let _ = ctrlc::set_handler(move || cancel.cancel());
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    // The last result waits for the stats, which arrive once the stream has ended.
+    let mut last = None;
     for result in generation.by_ref() {
         let result = result?;
         if args.output == "jsonl" {
-            let line = serde_json::to_string(&result).map_err(|e| param("output", e.to_string()))?;
-            let _ = writeln!(out, "{line}");
+            if result.stop_condition.is_some() {
+                last = Some(json(&result)?);
+                continue;
+            }
+            let _ = writeln!(out, "{}", json(&result)?);
         } else {
             let _ = write!(out, "{}", result.text);
         }
         let _ = out.flush();
+    }
+    if let Some(last) = last {
+        let stats = generation.stats().map(json).transpose()?;
+        // Appended as the last field, so the result's own fields keep their order.
+        let line = match (stats, last.strip_suffix('}')) {
+            (Some(stats), Some(open)) => format!("{open},\"stats\":{stats}}}"),
+            _ => last,
+        };
+        let _ = writeln!(out, "{line}");
     }
     if args.output == "text" {
         let _ = writeln!(out);

@@ -17,6 +17,7 @@ pub mod stream;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use mlx_engine_plugin_api::DynModel;
+use serde::Serialize;
 use serde_json::Value;
 
 pub use prefill::{NoProgress, PromptProgress, DEFAULT_PREFILL_STEP_SIZE};
@@ -26,6 +27,9 @@ use crate::cache::prompt_cache::PromptCache;
 use crate::cache::CacheConfig;
 use crate::error::{Error, Result};
 use crate::sample::{processors_for, Sampler, SamplingOverrides, SamplingParams};
+use crate::speculative::lookup::PromptLookup;
+use crate::speculative::model::DraftModel;
+use crate::speculative::{Drafter, Speculation, SpeculativeStats, SpeculativeStepper, DEFAULT_NUM_DRAFT_TOKENS};
 use crate::stop::StopStrings;
 use crate::tokenizer::Tokenizer;
 use crate::vision::{self, FeatureMemo, ImageInput, ImageLimits, VisionModel};
@@ -56,6 +60,10 @@ pub struct GenerateRequest {
     pub images: Vec<ImageInput>,
     /// Images whose long side exceeds this are scaled down to it first (`--max-image-size`).
     pub max_image_size: Option<u32>,
+    /// Speculative decoding: by default with the model kit's draft model when one is loaded.
+    pub speculation: Speculation,
+    /// Draft tokens per speculative round; `None` = [`DEFAULT_NUM_DRAFT_TOKENS`].
+    pub num_draft_tokens: Option<usize>,
 }
 
 /// What a generation needs from the loaded model.
@@ -73,7 +81,7 @@ pub struct GenContext<'a> {
 }
 
 /// Summary of a finished generation, for hosts that print statistics.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct GenerationStats {
     pub prompt_tokens: usize,
     pub generated_tokens: usize,
@@ -87,6 +95,13 @@ pub struct GenerationStats {
     /// the feature memo (images in the cached part need neither).
     pub images_encoded: usize,
     pub images_from_memo: usize,
+    /// What speculative decoding did, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speculative: Option<SpeculativeStats>,
+    /// Why a request that would have decoded speculatively decoded plainly (a turn with
+    /// images, which a draft model cannot see).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speculative_fallback: Option<String>,
 }
 
 /// What a generation borrows from the model's worker besides the model: the cache it reuses
@@ -98,6 +113,8 @@ pub struct Session<'a> {
     pub attention_heads: Option<usize>,
     /// Image features seen before (vision models; `None` encodes every image).
     pub memo: Option<&'a mut FeatureMemo>,
+    /// The model kit's draft model, if one is loaded.
+    pub draft: Option<&'a mut DraftModel>,
 }
 
 fn param(name: &str, reason: impl Into<String>) -> Error {
@@ -119,6 +136,7 @@ pub fn prepare(ctx: &GenContext<'_>, req: &GenerateRequest) -> Result<(Vec<u32>,
         req.prompt_tokens.clone()
     };
     crate::model::check_token_ids("prompt", &prompt, ctx.vocab_size)?;
+    req.speculation.validate(req.num_draft_tokens)?;
     if req.max_tokens == Some(0) {
         return Err(param("max_tokens", "must be at least 1"));
     }
@@ -142,6 +160,26 @@ pub fn prepare(ctx: &GenContext<'_>, req: &GenerateRequest) -> Result<(Vec<u32>,
         (None, max) => max.unwrap_or(usize::MAX),
     };
     Ok((prompt, budget, params))
+}
+
+/// Which stepper a generation runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum How {
+    Plain,
+    Model,
+    Lookup(usize, usize),
+}
+
+/// The only result of a generation cancelled before its first token.
+fn cancelled() -> GenerationResult {
+    GenerationResult {
+        stop_condition: Some(StopCondition {
+            reason: StopReason::UserCancelled,
+            stop_string: String::new(),
+            stop_tokens: Vec::new(),
+        }),
+        ..Default::default()
+    }
 }
 
 /// The decode loop proper: tokens from `stepper` into `stream` until it ends, the request is
@@ -181,7 +219,8 @@ pub fn generate(
     emit: &mut dyn FnMut(GenerationResult) -> bool,
 ) -> Result<GenerationStats> {
     let mut cache = PromptCache::new(ctx.model.cache_layout(), CacheConfig::default(), 0)?;
-    let session = Session { cache: &mut cache, progress: &mut NoProgress, attention_heads: None, memo: None };
+    let session =
+        Session { cache: &mut cache, progress: &mut NoProgress, attention_heads: None, memo: None, draft: None };
     generate_in(ctx, session, req, cancel, emit)
 }
 
@@ -203,7 +242,13 @@ pub fn generate_in(
     let processors = processors_for(&params)?;
     let sampler = Sampler::new(&params)?;
     let mut stats = GenerationStats { prompt_tokens: prompt.len(), seed: sampler.seed(), ..Default::default() };
-    let Session { cache, progress, attention_heads, memo } = session;
+    let Session { cache, progress, attention_heads, memo, mut draft } = session;
+    if req.speculation == Speculation::DraftModel && draft.is_none() {
+        return Err(param(
+            "speculation",
+            "the request asks for the draft model, but none is loaded (ModelKit::load_draft_model, --draft-model)",
+        ));
+    }
     // Time to first token includes decoding and preprocessing the images.
     let t0 = std::time::Instant::now();
     let mut own_memo = FeatureMemo::new(0);
@@ -263,23 +308,60 @@ pub fn generate_in(
         if let (Some(at), Some(snapshot)) = (plan.checkpoint, done.checkpoint) {
             cache.store_checkpoint(at, snapshot);
         }
-        stats.prompt_seconds = t0.elapsed().as_secs_f64();
-        let t1 = std::time::Instant::now();
         let Some(logits) = done.logits else {
-            emit(GenerationResult {
-                stop_condition: Some(StopCondition {
-                    reason: StopReason::UserCancelled,
-                    stop_string: String::new(),
-                    stop_tokens: Vec::new(),
-                }),
-                ..Default::default()
-            });
+            emit(cancelled());
             return Ok(());
         };
+
+        // A draft model sees token ids only: images it has not seen in the cached part would
+        // be placeholders to it, so such a turn decodes plainly (ADR 0004).
+        let mut how = match (&req.speculation, draft.is_some()) {
+            // A missing draft model was refused above.
+            (Speculation::Off, _) | (Speculation::Auto | Speculation::DraftModel, false) => How::Plain,
+            (Speculation::Auto | Speculation::DraftModel, true) => How::Model,
+            (Speculation::PromptLookup { min_ngram, max_ngram }, _) => How::Lookup(*min_ngram, *max_ngram),
+        };
+        if how != How::Plain && spans.iter().any(|s| s.end > cached) {
+            stats.speculative_fallback = Some("the turn has images, which a drafter cannot see".into());
+            how = How::Plain;
+        }
+        let mut draft_cached = 0;
+        let mut model_drafter = match (&how, draft.as_deref_mut()) {
+            (How::Model, Some(d)) => {
+                let Some(c) = d.prefill(&prompt, !req.ignore_prompt_cache, step, progress, cancel)? else {
+                    emit(cancelled());
+                    return Ok(());
+                };
+                draft_cached = c;
+                Some(d.drafter(prompt.len()))
+            }
+            _ => None,
+        };
+        stats.prompt_seconds = t0.elapsed().as_secs_f64();
+        let t1 = std::time::Instant::now();
+
         let decoder = Decoder::new(ctx.model, &mut *cache, sampler, processors, &prompt);
-        let mut stepper = PlainStepper::new(decoder, &logits)?;
-        let mut stream = TextStream::new(ctx.tokenizer, stops, params.top_logprobs, req.ignore_eos, budget, false);
-        decode(&mut stepper, &mut stream, cancel, emit)?;
+        let speculative = how != How::Plain;
+        let mut stream =
+            TextStream::new(ctx.tokenizer, stops, params.top_logprobs, req.ignore_eos, budget, speculative);
+        let mut lookup = match how {
+            How::Lookup(min, max) => Some(PromptLookup::new(min, max)),
+            _ => None,
+        };
+        let drafter: Option<&mut dyn Drafter> = match (model_drafter.as_mut(), lookup.as_mut()) {
+            (Some(d), _) => Some(d),
+            (None, Some(l)) => Some(l),
+            (None, None) => None,
+        };
+        match drafter {
+            None => decode(&mut PlainStepper::new(decoder, &logits)?, &mut stream, cancel, emit)?,
+            Some(drafter) => {
+                let k = req.num_draft_tokens.unwrap_or(DEFAULT_NUM_DRAFT_TOKENS);
+                let mut stepper = SpeculativeStepper::new(decoder, &logits, drafter, k, ctx.vocab_size)?;
+                decode(&mut stepper, &mut stream, cancel, emit)?;
+                stats.speculative = Some(SpeculativeStats { draft_cached_tokens: draft_cached, ..stepper.stats() });
+            }
+        }
         stats.generated_tokens = stream.generated();
         stats.decode_seconds = t1.elapsed().as_secs_f64();
         Ok(())
@@ -287,6 +369,9 @@ pub fn generate_in(
     let out = work();
     if out.is_err() {
         cache.discard_live();
+        if let Some(d) = draft {
+            d.cache.discard_live();
+        }
     }
     out.map(|()| stats)
 }
