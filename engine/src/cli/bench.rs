@@ -49,6 +49,9 @@ pub struct BenchArgs {
     /// Tokens per prompt of the speculative decoding comparison.
     #[arg(long, default_value_t = 128)]
     pub speculative_tokens: usize,
+    /// Runs of each kind per prompt in the speculative decoding comparison (the fastest counts).
+    #[arg(long, default_value_t = 2)]
+    pub speculative_repeats: usize,
     /// Run only the speculative decoding comparison.
     #[arg(long)]
     pub speculative_only: bool,
@@ -182,7 +185,8 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
     let kit = load(&args.model, &args.cache)?;
     if speculation != crate::speculative::Speculation::Off {
         args.draft.load_into(&kit)?;
-        super::bench_speculative::compare(&kit, &speculation, k, args.speculative_tokens.max(1))?;
+        let (n, repeats) = (args.speculative_tokens.max(1), args.speculative_repeats);
+        super::bench_speculative::compare(&kit, &speculation, k, n, repeats)?;
         kit.unload_draft_model()?;
         if args.speculative_only {
             return Ok(());
