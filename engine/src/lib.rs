@@ -5,7 +5,8 @@
 //! `cache` (the engine-owned KV cache behind the forward context) -> `sample` (processors,
 //! sampler) -> `stop` (stop strings) -> `generate` (the decode loop and its streamed results).
 //! `model_kit` runs a loaded model on its own worker thread for hosts; `cli` is a thin layer
-//! over it. `vision` turns images into pixel values for a vision tower. The MLX backend
+//! over it. `vision` turns images into pixel values for a vision tower. `speculative` drafts
+//! tokens (a draft model, prompt lookup) for the decode loop to verify. The MLX backend
 //! (`mlx`) is a C++ shim whose functions fill the ops table that the engine and every plugin
 //! call through.
 
@@ -19,6 +20,7 @@ pub mod model;
 pub mod model_kit;
 pub mod plugin_host;
 pub mod sample;
+pub mod speculative;
 pub mod stop;
 pub mod tokenizer;
 pub mod vision;

@@ -24,6 +24,10 @@ use crate::generate::{
 };
 use crate::model::{self, DtypeChoice};
 use crate::plugin_host::{HostOptions, PluginHost};
+use crate::speculative::{
+    self,
+    model::{DraftInfo, DraftLoad, DraftModel},
+};
 use crate::tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 use crate::vision::prompt;
 use crate::vision::{FeatureMemo, ImageInput, ImageLimits, FEATURE_MEMO_CAPACITY};
@@ -83,6 +87,9 @@ enum Job {
     },
     CacheInfo(mpsc::Sender<PromptCacheInfo>),
     ClearCache(mpsc::Sender<()>),
+    LoadDraft(PathBuf, mpsc::Sender<Result<DraftInfo>>),
+    CheckDraft(PathBuf, mpsc::Sender<Result<()>>),
+    UnloadDraft(mpsc::Sender<bool>),
     /// Expands the image placeholders of `text` (rendered or raw) and tokenizes it.
     Tokenize {
         text: String,
@@ -176,6 +183,10 @@ struct Worker {
     cache: PromptCache,
     attention_heads: Option<usize>,
     memo: FeatureMemo,
+    /// The host and options the model was loaded with, for loading a draft model the same way.
+    host: PluginHost,
+    options: LoadOptions,
+    draft: Option<DraftModel>,
 }
 
 impl Worker {
@@ -195,6 +206,7 @@ impl Worker {
                     let cache = &mut self.cache;
                     let heads = self.attention_heads;
                     let memo = &mut self.memo;
+                    let draft = &mut self.draft;
                     // A panic in a built-in architecture fails this request, not the worker.
                     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         let session = Session {
@@ -202,12 +214,16 @@ impl Worker {
                             progress: progress.as_mut(),
                             attention_heads: heads,
                             memo: Some(&mut *memo),
+                            draft: draft.as_mut(),
                         };
                         generate::generate_in(&ctx, session, &req, &cancel, &mut emit)
                     }))
                     .unwrap_or_else(|p| {
-                        // The panic may have left the live cache half-updated.
+                        // The panic may have left the live caches half-updated.
                         cache.discard_live();
+                        if let Some(d) = draft.as_mut() {
+                            d.cache.discard_live();
+                        }
                         Err(Error::Array(mlx_engine_plugin_api::Error::from_panic(p)))
                     });
                     // The reporter (a progress bar) goes before the stream ends.
@@ -222,8 +238,30 @@ impl Worker {
                 }
                 Job::ClearCache(tx) => {
                     self.cache.clear();
+                    if let Some(d) = self.draft.as_mut() {
+                        d.cache.clear();
+                    }
                     mlx_engine_plugin_api::runtime::clear_cache();
                     let _ = tx.send(());
+                }
+                Job::LoadDraft(path, tx) => {
+                    // The old draft goes first: two drafts need not fit in memory at once.
+                    self.draft = None;
+                    let loaded = DraftModel::load(&path, &self.draft_load());
+                    let _ = tx.send(loaded.map(|d| {
+                        let info = d.info.clone();
+                        self.draft = Some(d);
+                        info
+                    }));
+                }
+                Job::CheckDraft(path, tx) => {
+                    let _ = tx.send(self.check_draft(&path));
+                }
+                Job::UnloadDraft(tx) => {
+                    let had = self.draft.take().is_some();
+                    // MLX keeps freed buffers for reuse; without this the draft's memory stays held.
+                    mlx_engine_plugin_api::runtime::clear_cache();
+                    let _ = tx.send(had);
                 }
             }
         }
@@ -231,6 +269,25 @@ impl Worker {
 }
 
 impl Worker {
+    fn draft_load(&self) -> DraftLoad<'_> {
+        DraftLoad {
+            host: &self.host,
+            dtype: self.options.dtype,
+            device: self.options.device,
+            cache: &self.options.cache,
+            prompt_cache_capacity: self.options.prompt_cache_capacity,
+            main: &self.tokenizer,
+        }
+    }
+
+    /// Compares the vocabularies; a GGUF file is loaded for its tokenizer, then dropped.
+    fn check_draft(&self, path: &Path) -> Result<()> {
+        match speculative::model::folder_tokenizer(path)? {
+            Some(tok) => speculative::model::check_tokenizers(path, &self.tokenizer, &tok),
+            None => DraftModel::load(path, &self.draft_load()).map(drop),
+        }
+    }
+
     fn tokenize(
         &self,
         text: &str,
@@ -312,7 +369,8 @@ impl ModelKit {
                         cache_config: options.cache.clone(),
                     };
                     let memo = FeatureMemo::new(FEATURE_MEMO_CAPACITY);
-                    Ok((Worker { loaded, tokenizer, cache, attention_heads, memo }, info))
+                    let worker = Worker { loaded, tokenizer, cache, attention_heads, memo, host, options, draft: None };
+                    Ok((worker, info))
                 };
                 match setup() {
                     Ok((worker, info)) => {
@@ -419,6 +477,33 @@ impl ModelKit {
         let (tx, rx) = mpsc::channel();
         self.send(Job::Generate { req: Box::new(req), progress, cancel: cancel.clone(), tx })?;
         Ok(Generation { rx, cancel: CancelHandle(cancel), stats: None, done: false })
+    }
+
+    /// Loads `path` (a model folder or `.gguf` file) as the draft model for speculative
+    /// decoding, replacing any draft loaded before. Its vocabulary must match the main
+    /// model's (see [`ModelKit::check_draft_model`]); it computes in the main model's dtype on
+    /// its device, with the same KV cache settings, and keeps a prompt cache of its own.
+    /// Requests then decode speculatively unless they say otherwise
+    /// (`GenerateRequest::speculation`).
+    pub fn load_draft_model(&self, path: &Path) -> Result<DraftInfo> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Job::LoadDraft(path.to_path_buf(), tx))?;
+        rx.recv().map_err(|_| stopped())?
+    }
+
+    /// Whether `path` could draft for this model: the same vocabulary size, the same special
+    /// tokens, and the same ids for a sample of the vocabulary. The error says what differs.
+    pub fn check_draft_model(&self, path: &Path) -> Result<()> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Job::CheckDraft(path.to_path_buf(), tx))?;
+        rx.recv().map_err(|_| stopped())?
+    }
+
+    /// Drops the draft model and its prompt cache; returns whether one was loaded.
+    pub fn unload_draft_model(&self) -> Result<bool> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Job::UnloadDraft(tx))?;
+        rx.recv().map_err(|_| stopped())
     }
 
     /// The prompt cache's state and counters (waits for queued generations to finish).

@@ -254,3 +254,17 @@ fn quantized_layer_whose_scales_do_not_match_is_an_error_naming_it() {
         "quantized tensors without config: {msg}"
     );
 }
+
+#[test]
+fn quantization_under_both_of_mlx_lms_names_loads() {
+    // mlx-lm's `convert -q` writes `quantization` and a copy as `quantization_config`.
+    let model = TinyModel::new(Arch::Llama, 33);
+    let (quant, _) = model.quantized(64, 4, &[]);
+    let mut both = quant.clone();
+    both.config["quantization_config"] = both.config["quantization"].clone();
+    let (a, b) = (quant.write_temp(), both.write_temp());
+    let tokens = prompt(5, model.tok, 2);
+    let want = full_forward(&load(a.path(), DtypeChoice::F32), &tokens);
+    let got = full_forward(&load(b.path(), DtypeChoice::F32), &tokens);
+    assert_eq!(max_abs_diff(&got, &want), 0.0);
+}

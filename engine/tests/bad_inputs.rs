@@ -118,10 +118,7 @@ fn a_runaway_chat_template_is_stopped_with_a_message() {
 
 #[test]
 fn nan_logits_fail_the_request_instead_of_reading_as_a_stop() {
-    let mut tiny = TinyModel::new(Arch::Llama, 5);
-    let norm = tiny.get("model.norm.weight").clone();
-    let nan = norm.multiply(&mlx_engine::api::Array::scalar(f64::NAN, mlx_engine::api::Dtype::F32).unwrap()).unwrap();
-    tiny.set("model.norm.weight", nan);
+    let tiny = TinyModel::nan_logits(5);
     let dir = tiny.write_temp();
     let kit = load_kit(dir.path());
     let req = GenerateRequest { prompt_tokens: prompt(5, tiny.tok, 1), max_tokens: Some(4), ..Default::default() };

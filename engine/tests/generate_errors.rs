@@ -387,18 +387,7 @@ fn cancellation_ends_with_user_cancelled() {
     assert_eq!(g.stats().map(|s| s.generated_tokens), Some(0));
 
     // Cancelled mid-stream, after the first chunk.
-    let mut g = kit.generate(long).expect("start");
-    let handle = g.cancel_handle();
-    let mut tokens = 0;
-    let mut reason = None;
-    for r in g.by_ref() {
-        let r = r.expect("result");
-        tokens += r.tokens.len();
-        if tokens > 0 {
-            handle.cancel();
-        }
-        reason = r.stop_condition.map(|s| s.reason).or(reason);
-    }
+    let (tokens, reason) = cancel_after_first_token(&mut kit.generate(long).expect("start"));
     assert_eq!(reason, Some(StopReason::UserCancelled));
     assert!(tokens >= 1 && tokens < MAX_POS - p.len(), "stopped early: {tokens} tokens");
     assert_serves(&kit, &p);

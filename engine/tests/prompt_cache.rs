@@ -16,26 +16,16 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use common_models::*;
-use mlx_engine::api::runtime::Device;
 use mlx_engine::cache::prompt_cache::{EntryKind, PromptCacheInfo};
 use mlx_engine::cache::{CacheConfig, KvCache};
 use mlx_engine::cli::common::CacheArgs;
 use mlx_engine::generate::prefill::{chunk_size, prefill, Plan, ATTENTION_SCORE_BUDGET, MIN_CHUNK};
 use mlx_engine::generate::{GenerateRequest, GenerationStats, NoProgress, PromptProgress, StopReason};
 use mlx_engine::model::DtypeChoice;
-use mlx_engine::plugin_host::HostOptions;
-use mlx_engine::{CancelHandle, LoadOptions, ModelKit};
+use mlx_engine::{CancelHandle, ModelKit};
 
 fn kit_with(dir: &Path, cache: CacheConfig, capacity: usize) -> mlx_engine::Result<ModelKit> {
-    let _ = host();
-    let options = LoadOptions {
-        dtype: DtypeChoice::F32,
-        device: Device::Cpu,
-        plugins: HostOptions::standard(vec![], None),
-        cache,
-        prompt_cache_capacity: capacity,
-    };
-    ModelKit::load(dir, options)
+    load_kit_with(dir, cache, capacity)
 }
 
 fn kit(dir: &Path) -> ModelKit {

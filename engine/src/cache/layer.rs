@@ -100,6 +100,15 @@ impl Layer {
         }
     }
 
+    /// Whether the layer is still trimmable once `more` positions have been added (a ring that
+    /// would evict on the way is not).
+    pub fn is_trimmable_after(&self, more: i32) -> bool {
+        match self.policy {
+            Policy::Full => true,
+            Policy::Ring { size, .. } => self.offset.saturating_add(more) <= size,
+        }
+    }
+
     /// Drops the last `n` positions (clamped to what is held); the buffers keep their capacity
     /// and the dropped entries are overwritten by the next update. Returns how many were
     /// dropped: 0 when the layer is not trimmable.

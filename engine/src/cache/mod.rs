@@ -174,6 +174,13 @@ impl KvCache {
         self.layers.iter().all(Layer::is_trimmable)
     }
 
+    /// Whether [`KvCache::trim`] will still work after `more` positions are added: a
+    /// speculative step that would make a ring evict snapshots the cache first instead.
+    pub fn is_trimmable_after(&self, more: usize) -> bool {
+        let more = i32::try_from(more).unwrap_or(i32::MAX);
+        self.layers.iter().all(|l| l.is_trimmable_after(more))
+    }
+
     /// Drops the last `n` positions (at most [`KvCache::len`]) of every layer, as if they had
     /// never been processed, and returns how many were dropped. Returns 0 and changes nothing
     /// when some layer cannot: a ring (sliding layer, or any layer under `max_kv_size`) that

@@ -279,6 +279,11 @@ impl PromptCache {
     }
 
     /// The live cache, as prepared for the current request.
+    pub fn live(&self) -> &KvCache {
+        &self.live
+    }
+
+    /// The live cache, as prepared for the current request.
     pub fn live_mut(&mut self) -> &mut KvCache {
         &mut self.live
     }

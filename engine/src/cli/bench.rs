@@ -6,6 +6,9 @@
 //! 2. MLX peak memory while prefilling prompts of several lengths, with a dense KV cache and
 //!    with a quantized one.
 //!
+//! 3. With `--draft-model PATH` or `--draft prompt-lookup`: decode speed with and without
+//!    speculative decoding, and the acceptance rate (`bench_speculative`).
+//!
 //! The prompt is a fixed English passage repeated, so runs are comparable across machines.
 
 use super::outln;
@@ -13,7 +16,7 @@ use std::time::Instant;
 
 use mlx_engine_plugin_api::runtime::{active_memory, peak_memory, reset_peak_memory};
 
-use super::common::{load, param, CacheArgs, ModelArgs};
+use super::common::{load, param, CacheArgs, DraftArgs, ModelArgs};
 use crate::error::Result;
 use crate::generate::{GenerateRequest, GenerationStats};
 use crate::model_kit::ModelKit;
@@ -41,6 +44,18 @@ pub struct BenchArgs {
     /// and a text-only follow-up turn that finds the image prefix in the prompt cache.
     #[arg(long, value_name = "FILE")]
     pub image: Option<std::path::PathBuf>,
+    /// Compare decoding with and without this drafter.
+    #[command(flatten)]
+    pub draft: DraftArgs,
+    /// Tokens per prompt of the speculative decoding comparison.
+    #[arg(long, default_value_t = 128)]
+    pub speculative_tokens: usize,
+    /// Runs of each kind per prompt in the speculative decoding comparison (the fastest counts).
+    #[arg(long, default_value_t = 2)]
+    pub speculative_repeats: usize,
+    /// Run only the speculative decoding comparison.
+    #[arg(long)]
+    pub speculative_only: bool,
 }
 
 const PASSAGE: &str = "The river rises in the hills above the old mill town, where the first \
@@ -96,8 +111,14 @@ fn run_with(
         ignore_prompt_cache: fresh,
         ..Default::default()
     };
+    tokens_and_stats(kit, req)
+}
+
+/// Runs `req` to its end: the generated token ids and the stats.
+pub(super) fn tokens_and_stats(kit: &ModelKit, req: GenerateRequest) -> Result<(Vec<u32>, GenerationStats)> {
     // The cold prefill of a long prompt takes minutes on a CPU: show it.
-    let mut generation = kit.generate_with_progress(req, Box::new(super::common::PrefillBar::new(step)))?;
+    let bar = Box::new(super::common::PrefillBar::new(req.prefill_step_size));
+    let mut generation = kit.generate_with_progress(req, bar)?;
     let mut tokens = Vec::new();
     for r in generation.by_ref() {
         tokens.extend(r?.tokens.iter().map(|t| t.id));
@@ -173,7 +194,20 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
             e => e,
         })?;
     }
+    let (speculation, k) = args.draft.speculation()?;
+    if args.speculative_only && speculation == crate::speculative::Speculation::Off {
+        return Err(param("speculative-only", "needs --draft-model PATH or --draft prompt-lookup"));
+    }
     let kit = load(&args.model, &args.cache)?;
+    if speculation != crate::speculative::Speculation::Off {
+        args.draft.load_into(&kit)?;
+        let (n, repeats) = (args.speculative_tokens.max(1), args.speculative_repeats);
+        super::bench_speculative::compare(&kit, &speculation, k, n, repeats)?;
+        kit.unload_draft_model()?;
+        if args.speculative_only {
+            return Ok(());
+        }
+    }
     let suffix = kit.tokenizer().encode(FOLLOW_UP, false)?;
     check_fits(&kit, args.prompt_tokens + 2 * REPLY_TOKENS + suffix.len())?;
     if let Some(&longest) = args.memory_lengths.iter().max() {

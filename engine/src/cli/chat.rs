@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, Write};
 
-use super::common::{load, print_stats, CacheArgs, ModelArgs, PrefillBar, SamplingArgs};
+use super::common::{load, print_stats, CacheArgs, DraftArgs, ModelArgs, PrefillBar, SamplingArgs};
 use super::generate::stdout_error;
 use super::interrupt;
 use crate::error::{Error, Result};
@@ -23,6 +23,8 @@ pub struct ChatArgs {
     pub sampling: SamplingArgs,
     #[command(flatten)]
     pub cache: CacheArgs,
+    #[command(flatten)]
+    pub draft: DraftArgs,
     /// Scale images whose long side exceeds this many pixels down to it (see `/image`).
     #[arg(long, value_name = "PIXELS")]
     pub max_image_size: Option<u32>,
@@ -40,7 +42,9 @@ pub fn run(args: &ChatArgs) -> Result<()> {
     let template = args.sampling.template()?;
     let template_args = args.sampling.template_args()?;
     let step = args.cache.prefill_step_size()?;
+    let (speculation, num_draft_tokens) = args.draft.speculation()?;
     let kit = load(&args.model, &args.cache)?;
+    args.draft.load_into(&kit)?;
     let fresh = || -> Vec<ChatMessage> { args.system.iter().map(|s| ChatMessage::new("system", s.clone())).collect() };
     // A model without a usable chat template would fail every turn: find out now.
     let mut probe = fresh();
@@ -120,6 +124,8 @@ pub fn run(args: &ChatArgs) -> Result<()> {
             ignore_prompt_cache: false,
             images: all,
             max_image_size: max_size,
+            speculation: speculation.clone(),
+            num_draft_tokens,
         };
         let mut generation = match kit.generate_with_progress(req, Box::new(PrefillBar::new(step))) {
             Ok(g) => g,

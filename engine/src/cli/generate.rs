@@ -2,7 +2,9 @@
 
 use std::io::{Read, Write};
 
-use super::common::{load, param, print_stats, CacheArgs, ImageArgs, ModelArgs, PrefillBar, SamplingArgs, Summary};
+use super::common::{
+    load, param, print_stats, CacheArgs, DraftArgs, ImageArgs, ModelArgs, PrefillBar, SamplingArgs, Summary,
+};
 use super::interrupt;
 use crate::error::{Error, Result};
 use crate::generate::{GenerateRequest, StopReason};
@@ -28,9 +30,16 @@ pub struct GenerateArgs {
     pub sampling: SamplingArgs,
     #[command(flatten)]
     pub cache: CacheArgs,
-    /// `text` streams the text; `jsonl` prints one JSON object per streamed result.
+    #[command(flatten)]
+    pub draft: DraftArgs,
+    /// `text` streams the text; `jsonl` prints one JSON object per streamed result (the last
+    /// one, with the stop condition, also carries the generation's `stats`).
     #[arg(long, default_value = "text", value_parser = ["text", "jsonl"])]
     pub output: String,
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| param("output", e.to_string()))
 }
 
 fn read_arg(s: &str) -> Result<String> {
@@ -63,7 +72,9 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let template = args.sampling.template()?;
     let template_args = args.sampling.template_args()?;
     let step = args.cache.prefill_step_size()?;
+    let (speculation, num_draft_tokens) = args.draft.speculation()?;
     let kit = load(&args.model, &args.cache)?;
+    args.draft.load_into(&kit)?;
     let images = args.images.inputs();
     let max_size = args.images.max_image_size;
     let prompt_tokens = match (&args.prompt, &args.chat) {
@@ -88,23 +99,39 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         ignore_prompt_cache: false,
         images,
         max_image_size: max_size,
+        speculation,
+        num_draft_tokens,
     };
     let mut generation = kit.generate_with_progress(req, Box::new(PrefillBar::new(step)))?;
     let _watch = interrupt::watch(generation.cancel_handle());
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut reason = None;
+    // In jsonl the last result waits for the stats, which arrive once the stream has ended.
+    let mut last = None;
     for result in generation.by_ref() {
         let result = result?;
         reason = result.stop_condition.as_ref().map(|c| c.reason);
         let written = if args.output == "jsonl" {
-            let line = serde_json::to_string(&result).map_err(|e| param("output", e.to_string()))?;
-            writeln!(out, "{line}")
+            if result.stop_condition.is_some() {
+                last = Some(json(&result)?);
+                continue;
+            }
+            writeln!(out, "{}", json(&result)?)
         } else {
             write!(out, "{}", result.text)
         };
         // A reader that went away (`| head`) or a full disk ends the work now, not at the end.
         written.and_then(|()| out.flush()).map_err(stdout_error)?;
+    }
+    if let Some(last) = last {
+        let stats = generation.stats().map(|s| json(&Summary::of(s))).transpose()?;
+        // Appended as the last field, so the result's own fields keep their order.
+        let line = match (stats, last.strip_suffix('}')) {
+            (Some(stats), Some(open)) => format!("{open},\"stats\":{stats}}}"),
+            _ => last,
+        };
+        writeln!(out, "{line}").and_then(|()| out.flush()).map_err(stdout_error)?;
     }
     if args.output == "text" {
         writeln!(out).and_then(|()| out.flush()).map_err(stdout_error)?;
@@ -119,10 +146,6 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     }
     if let Some(stats) = generation.stats() {
         print_stats(stats);
-        if args.output == "jsonl" {
-            let line = serde_json::json!({ "stats": Summary::of(stats) });
-            writeln!(out, "{line}").and_then(|()| out.flush()).map_err(stdout_error)?;
-        }
     }
     if reason == Some(StopReason::UserCancelled) {
         return Err(Error::Interrupted);

@@ -1,6 +1,7 @@
 //! The `mlx-engine` command line: thin layers over the library API.
 
 pub mod bench;
+pub mod bench_speculative;
 pub mod chat;
 pub mod common;
 pub mod forward;
@@ -65,8 +66,8 @@ pub enum Command {
     Plugins(plugins::PluginsArgs),
     /// Run one forward pass over token ids and print the most likely next tokens.
     Forward(forward::ForwardArgs),
-    /// Measure time to first token with and without the prompt cache, and peak memory vs
-    /// prompt length with and without KV quantization.
+    /// Measure time to first token with and without the prompt cache, peak memory vs prompt
+    /// length with and without KV quantization, and decoding with and without speculation.
     Bench(bench::BenchArgs),
 }
 

@@ -1,16 +1,23 @@
-//! The decode loop: prompt tokens -> prompt cache reuse -> chunked prefill -> (processors ->
-//! sampler -> token -> detokenizer -> stop strings / EOS) per step -> streamed
-//! [`GenerationResult`]s.
+//! The decode loop: prompt tokens -> prompt cache reuse -> chunked prefill -> tokens -> text ->
+//! streamed [`GenerationResult`]s.
+//!
+//! Split as mlx-lm splits it: a token stepper (`step`: forward -> processors -> sampler, one
+//! token per pass, or `crate::speculative`'s draft-and-verify rounds) yields committed token
+//! ids with their logprobs, and the text stream above it (`stream`: detokenizer, stop
+//! strings, EOS, token budget) turns them into results. Neither knows how the other works.
 //!
 //! It runs on the model's worker thread (see `model_kit`), which owns the model and its
 //! [`PromptCache`], so consecutive requests reuse what the previous ones computed.
 
 pub mod prefill;
 pub mod result;
+pub mod step;
+pub mod stream;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use mlx_engine_plugin_api::{async_eval, Array, DynModel, Input};
+use mlx_engine_plugin_api::DynModel;
+use serde::Serialize;
 use serde_json::Value;
 
 pub use prefill::{NoProgress, PromptProgress, DEFAULT_PREFILL_STEP_SIZE};
@@ -19,13 +26,16 @@ pub use result::{GenerationResult, StopCondition, StopReason, Token};
 use crate::cache::prompt_cache::PromptCache;
 use crate::cache::CacheConfig;
 use crate::error::{Error, Result};
-use crate::sample::{
-    apply_processors, processors_for, top_logprobs, SampleOutput, Sampler, SamplingOverrides, SamplingParams,
-};
+use crate::sample::{processors_for, Sampler, SamplingOverrides, SamplingParams};
+use crate::speculative::lookup::PromptLookup;
+use crate::speculative::model::DraftModel;
+use crate::speculative::{Drafter, Speculation, SpeculativeStats, SpeculativeStepper, DEFAULT_NUM_DRAFT_TOKENS};
 use crate::stop::StopStrings;
-use crate::tokenizer::{StreamingDetokenizer, Tokenizer};
+use crate::tokenizer::Tokenizer;
 use crate::vision::{self, FeatureMemo, ImageInput, ImageLimits, VisionModel};
-use prefill::{last_logits, token_ids, Plan};
+use prefill::Plan;
+use step::{Decoder, PlainStepper, TokenStepper};
+use stream::{Pushed, TextStream};
 
 /// One generation request over already tokenized prompt tokens.
 #[derive(Clone, Debug, Default)]
@@ -50,6 +60,10 @@ pub struct GenerateRequest {
     pub images: Vec<ImageInput>,
     /// Images whose long side exceeds this are scaled down to it first (`--max-image-size`).
     pub max_image_size: Option<u32>,
+    /// Speculative decoding: by default with the model kit's draft model when one is loaded.
+    pub speculation: Speculation,
+    /// Draft tokens per speculative round; `None` = [`DEFAULT_NUM_DRAFT_TOKENS`].
+    pub num_draft_tokens: Option<usize>,
 }
 
 /// What a generation needs from the loaded model.
@@ -67,7 +81,7 @@ pub struct GenContext<'a> {
 }
 
 /// Summary of a finished generation, for hosts that print statistics.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct GenerationStats {
     pub prompt_tokens: usize,
     pub generated_tokens: usize,
@@ -86,6 +100,13 @@ pub struct GenerationStats {
     /// the feature memo (images in the cached part need neither).
     pub images_encoded: usize,
     pub images_from_memo: usize,
+    /// What speculative decoding did, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speculative: Option<SpeculativeStats>,
+    /// Why a request that would have decoded speculatively decoded plainly (a turn with
+    /// images, which a draft model cannot see).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speculative_fallback: Option<String>,
 }
 
 /// What a generation borrows from the model's worker besides the model: the cache it reuses
@@ -97,6 +118,8 @@ pub struct Session<'a> {
     pub attention_heads: Option<usize>,
     /// Image features seen before (vision models; `None` encodes every image).
     pub memo: Option<&'a mut FeatureMemo>,
+    /// The model kit's draft model, if one is loaded.
+    pub draft: Option<&'a mut DraftModel>,
 }
 
 fn param(name: &str, reason: impl Into<String>) -> Error {
@@ -118,6 +141,7 @@ pub fn prepare(ctx: &GenContext<'_>, req: &GenerateRequest) -> Result<(Vec<u32>,
         req.prompt_tokens.clone()
     };
     crate::model::check_token_ids("prompt", &prompt, ctx.vocab_size)?;
+    req.speculation.validate(req.num_draft_tokens)?;
     if req.max_tokens == Some(0) {
         return Err(param("max_tokens", "must be at least 1"));
     }
@@ -144,22 +168,50 @@ pub fn prepare(ctx: &GenContext<'_>, req: &GenerateRequest) -> Result<(Vec<u32>,
     Ok((prompt, budget, params))
 }
 
-/// Ends the text of a stream that stops for `reason`: the detokenizer's last bytes go through
-/// the stop strings (they may still complete one, which then becomes the reason), and text held
-/// back for a possible stop string is released rather than lost.
-fn drain(
-    detok: &mut StreamingDetokenizer,
-    stops: &mut StopStrings,
-    pending: &mut GenerationResult,
-    reason: StopReason,
-) -> Result<(StopReason, String)> {
-    let out = stops.push(&detok.finish()?);
-    pending.text.push_str(&out.text);
-    match out.hit {
-        Some(hit) => Ok((StopReason::StopString, hit.stop_string)),
-        None => {
-            pending.text.push_str(&stops.flush());
-            Ok((reason, String::new()))
+/// Which stepper a generation runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum How {
+    Plain,
+    Model,
+    Lookup(usize, usize),
+}
+
+/// The only result of a generation cancelled before its first token.
+fn cancelled() -> GenerationResult {
+    GenerationResult {
+        stop_condition: Some(StopCondition {
+            reason: StopReason::UserCancelled,
+            stop_string: String::new(),
+            stop_tokens: Vec::new(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The decode loop proper: tokens from `stepper` into `stream` until it ends, the request is
+/// cancelled (checked between tokens) or the receiver is gone.
+fn decode(
+    stepper: &mut dyn TokenStepper,
+    stream: &mut TextStream<'_>,
+    cancel: &AtomicBool,
+    emit: &mut dyn FnMut(GenerationResult) -> bool,
+) -> Result<()> {
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            emit(stream.cancel()?);
+            return Ok(());
+        }
+        match stream.push(stepper.next(stream.remaining())?)? {
+            Pushed::Held => {}
+            Pushed::Chunk(r) => {
+                if !emit(r) {
+                    return Ok(());
+                }
+            }
+            Pushed::Done(r) => {
+                emit(r);
+                return Ok(());
+            }
         }
     }
 }
@@ -173,7 +225,8 @@ pub fn generate(
     emit: &mut dyn FnMut(GenerationResult) -> bool,
 ) -> Result<GenerationStats> {
     let mut cache = PromptCache::new(ctx.model.cache_layout(), CacheConfig::default(), 0)?;
-    let session = Session { cache: &mut cache, progress: &mut NoProgress, attention_heads: None, memo: None };
+    let session =
+        Session { cache: &mut cache, progress: &mut NoProgress, attention_heads: None, memo: None, draft: None };
     generate_in(ctx, session, req, cancel, emit)
 }
 
@@ -191,17 +244,22 @@ pub fn generate_in(
 ) -> Result<GenerationStats> {
     let (prompt, budget, params) = prepare(ctx, req)?;
     let step = prefill::step_size(req.prefill_step_size)?;
-    let mut stops = StopStrings::new(req.stop_strings.clone())?;
-    let mut processors = processors_for(&params)?;
-    let mut sampler = Sampler::new(&params)?;
-    let mut detok = StreamingDetokenizer::new(ctx.tokenizer.clone(), false);
+    let stops = StopStrings::new(req.stop_strings.clone())?;
+    let processors = processors_for(&params)?;
+    let sampler = Sampler::new(&params)?;
     let mut stats = GenerationStats {
         prompt_tokens: prompt.len(),
         seed: sampler.seed(),
         greedy: params.is_greedy(),
         ..Default::default()
     };
-    let Session { cache, progress, attention_heads, memo } = session;
+    let Session { cache, progress, attention_heads, memo, mut draft } = session;
+    if req.speculation == Speculation::DraftModel && draft.is_none() {
+        return Err(param(
+            "speculation",
+            "the request asks for the draft model, but none is loaded (ModelKit::load_draft_model, --draft-model)",
+        ));
+    }
     // Time to first token includes decoding and preprocessing the images.
     let t0 = std::time::Instant::now();
     let mut own_memo = FeatureMemo::new(0);
@@ -226,7 +284,7 @@ pub fn generate_in(
     };
     let spans: &[std::ops::Range<usize>] = images.as_ref().map_or(&[], |(_, _, s)| s);
 
-    let mut work = || -> Result<()> {
+    let work = || -> Result<()> {
         let mut cached = cache.prepare(&key, !req.ignore_prompt_cache)?;
         let outside = vision::prompt::outside_spans(cached, spans);
         if outside != cached {
@@ -263,115 +321,70 @@ pub fn generate_in(
         }
         stats.prompt_seconds = t0.elapsed().as_secs_f64();
         stats.prefilled_tokens = done.processed + usize::from(done.logits.is_some());
-        let t1 = std::time::Instant::now();
         let Some(logits) = done.logits else {
-            emit(GenerationResult {
-                stop_condition: Some(StopCondition {
-                    reason: StopReason::UserCancelled,
-                    stop_string: String::new(),
-                    stop_tokens: Vec::new(),
-                }),
-                ..Default::default()
-            });
+            emit(cancelled());
             return Ok(());
         };
 
-        // Without processors the next token needs no host-side history, so the loop runs
-        // mlx-lm's pipeline: step n+1's graph is built and queued (async_eval) before step n's
-        // token is read, keeping the device busy while the host handles text. With processors
-        // each step waits for the previous token.
-        let pipelined = processors.is_empty();
-        let mut current = sampler.sample_lazy(&apply_processors(&mut processors, &prompt, &logits)?)?;
-        async_eval(&[&current.token, &current.logprobs])?;
-        let mut history = prompt.clone();
-        let mut pending = GenerationResult::default();
-        let finish =
-            |pending: &mut GenerationResult, reason: StopReason, stop_string: String, stop_tokens: Vec<u32>| {
-                let mut last = std::mem::take(pending);
-                last.stop_condition = Some(StopCondition { reason, stop_string, stop_tokens });
-                last
-            };
-        loop {
-            if cancel.load(Ordering::Relaxed) {
-                let (reason, stop_string) = drain(&mut detok, &mut stops, &mut pending, StopReason::UserCancelled)?;
-                emit(finish(&mut pending, reason, stop_string, Vec::new()));
-                break;
-            }
-            let mut next = None;
-            if pipelined && stats.generated_tokens + 1 < budget {
-                let step = ctx.model.forward(Input::Tokens(&current.token.reshape(&[1, 1])?), cache.live_mut())?;
-                let sample = sampler.sample_lazy(&last_logits(&step)?)?;
-                async_eval(&[&sample.token, &sample.logprobs])?;
-                next = Some(sample);
-            }
-            let out = SampleOutput { token: current.token.item::<u32>()?, logprobs: current.logprobs.clone() };
-            let id = out.token;
-            let logprob = out.logprobs.take(&Array::from_slice(&[id as i32], &[1])?, 0)?.item::<f32>()?;
-            if logprob.is_nan() || logprob == f32::INFINITY {
-                // NaN logits sample as token 0 or EOS; saying so beats returning garbage.
-                return Err(param(
-                    "model",
-                    format!(
-                        "the model's logits are not finite (NaN or inf) at generated token {}: its weights or \
-                         config (e.g. a norm eps, rope_theta or softcap of 0) give no usable output",
-                        stats.generated_tokens + 1
-                    ),
-                ));
-            }
-            let token = Token { id, text: ctx.tokenizer.decode(&[id], false)?, logprob, from_draft: None };
-            if params.top_logprobs > 0 {
-                let alts = top_logprobs(&out.logprobs, params.top_logprobs)?
-                    .into_iter()
-                    .map(|(t, lp)| {
-                        Ok(Token { id: t, text: ctx.tokenizer.decode(&[t], false)?, logprob: lp, from_draft: None })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                pending.top_logprobs.push(alts);
-            }
-            history.push(id);
-            cache.record(id);
-            stats.generated_tokens += 1;
-
-            if !req.ignore_eos && ctx.tokenizer.is_eos(id) {
-                let (reason, stop_string) = drain(&mut detok, &mut stops, &mut pending, StopReason::EosToken)?;
-                let stop_string = if reason == StopReason::EosToken { token.text.clone() } else { stop_string };
-                pending.tokens.push(token);
-                emit(finish(&mut pending, reason, stop_string, vec![id]));
-                break;
-            }
-            pending.tokens.push(token);
-            let out = stops.push(&detok.push(id)?);
-            pending.text.push_str(&out.text);
-            if let Some(hit) = out.hit {
-                let stop_tokens = pending.tokens.iter().map(|t| t.id).collect();
-                emit(finish(&mut pending, StopReason::StopString, hit.stop_string, stop_tokens));
-                break;
-            }
-            if stats.generated_tokens >= budget {
-                let (reason, stop_string) = drain(&mut detok, &mut stops, &mut pending, StopReason::TokenLimit)?;
-                emit(finish(&mut pending, reason, stop_string, Vec::new()));
-                break;
-            }
-            if !pending.text.is_empty() && !emit(std::mem::take(&mut pending)) {
-                break;
-            }
-            current = match next {
-                Some(sample) => sample,
-                None => {
-                    let step = ctx.model.forward(Input::Tokens(&token_ids(&[id])?), cache.live_mut())?;
-                    let processed = apply_processors(&mut processors, &history, &last_logits(&step)?)?;
-                    let sample = sampler.sample_lazy(&processed)?;
-                    async_eval(&[&sample.token, &sample.logprobs])?;
-                    sample
-                }
-            };
+        // A draft model sees token ids only: images it has not seen in the cached part would
+        // be placeholders to it, so such a turn decodes plainly (ADR 0004).
+        let mut how = match (&req.speculation, draft.is_some()) {
+            // A missing draft model was refused above.
+            (Speculation::Off, _) | (Speculation::Auto | Speculation::DraftModel, false) => How::Plain,
+            (Speculation::Auto | Speculation::DraftModel, true) => How::Model,
+            (Speculation::PromptLookup { min_ngram, max_ngram }, _) => How::Lookup(*min_ngram, *max_ngram),
+        };
+        if how != How::Plain && spans.iter().any(|s| s.end > cached) {
+            stats.speculative_fallback = Some("the turn has images, which a drafter cannot see".into());
+            how = How::Plain;
         }
+        let mut draft_cached = 0;
+        let mut model_drafter = match (&how, draft.as_deref_mut()) {
+            (How::Model, Some(d)) => {
+                let Some(c) = d.prefill(&prompt, !req.ignore_prompt_cache, step, progress, cancel)? else {
+                    emit(cancelled());
+                    return Ok(());
+                };
+                draft_cached = c;
+                Some(d.drafter(prompt.len()))
+            }
+            _ => None,
+        };
+        stats.prompt_seconds = t0.elapsed().as_secs_f64();
+        let t1 = std::time::Instant::now();
+
+        let decoder = Decoder::new(ctx.model, &mut *cache, sampler, processors, &prompt);
+        let speculative = how != How::Plain;
+        let mut stream =
+            TextStream::new(ctx.tokenizer, stops, params.top_logprobs, req.ignore_eos, budget, speculative);
+        let mut lookup = match how {
+            How::Lookup(min, max) => Some(PromptLookup::new(min, max)),
+            _ => None,
+        };
+        let drafter: Option<&mut dyn Drafter> = match (model_drafter.as_mut(), lookup.as_mut()) {
+            (Some(d), _) => Some(d),
+            (None, Some(l)) => Some(l),
+            (None, None) => None,
+        };
+        match drafter {
+            None => decode(&mut PlainStepper::new(decoder, &logits)?, &mut stream, cancel, emit)?,
+            Some(drafter) => {
+                let k = req.num_draft_tokens.unwrap_or(DEFAULT_NUM_DRAFT_TOKENS);
+                let mut stepper = SpeculativeStepper::new(decoder, &logits, drafter, k, ctx.vocab_size)?;
+                decode(&mut stepper, &mut stream, cancel, emit)?;
+                stats.speculative = Some(SpeculativeStats { draft_cached_tokens: draft_cached, ..stepper.stats() });
+            }
+        }
+        stats.generated_tokens = stream.generated();
         stats.decode_seconds = t1.elapsed().as_secs_f64();
         Ok(())
     };
     let out = work();
     if out.is_err() {
         cache.discard_live();
+        if let Some(d) = draft {
+            d.cache.discard_live();
+        }
     }
     out.map(|()| stats)
 }

@@ -53,6 +53,21 @@ pub trait PromptProgress: Send {
     fn finish(&mut self) -> bool {
         true
     }
+
+    /// The draft model's prefill (speculative decoding), after the main model's: the same
+    /// three reports, about the draft's own cache. By default they report nothing and never
+    /// cancel.
+    fn draft_begin(&mut self, _cached: usize, _total: usize) -> bool {
+        true
+    }
+
+    fn draft_update(&mut self, _processed: usize) -> bool {
+        true
+    }
+
+    fn draft_finish(&mut self) -> bool {
+        true
+    }
 }
 
 /// A reporter that reports nothing and never cancels.

@@ -10,7 +10,8 @@ pub struct Token {
     pub text: String,
     /// Log-probability after the logits processors, before temperature and filters.
     pub logprob: f32,
-    /// Whether a draft model proposed it (speculative decoding); `None` without a draft model.
+    /// Whether a drafter proposed it and the main model agreed (speculative decoding); `None`
+    /// when the generation did not decode speculatively.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from_draft: Option<bool>,
 }

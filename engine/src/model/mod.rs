@@ -120,6 +120,14 @@ pub fn read_config(dir: &Path) -> Result<(String, Value, Value)> {
         }
         _ => config.clone(),
     };
+    // mlx-lm's `convert -q` writes its quantization under both names (the second for
+    // transformers); architectures read either, and two would be a duplicate field to them.
+    let mut text_config = text_config;
+    if let Value::Object(tc) = &mut text_config {
+        if tc.contains_key("quantization") {
+            tc.remove("quantization_config");
+        }
+    }
     let model_type = match text_config.get("model_type") {
         Some(Value::String(t)) => t.clone(),
         None | Some(Value::Null) => return Err(model_err(&path, "field `model_type` (a string) is missing")),

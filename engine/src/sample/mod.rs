@@ -18,4 +18,4 @@ pub use params::{SamplingOverrides, SamplingParams, DEFAULT_REPETITION_CONTEXT_S
 pub use processors::{
     apply_processors, processors_for, LogitBias, LogitsProcessor, PresenceFrequencyPenalty, RepetitionPenalty,
 };
-pub use sampler::{apply_min_p, apply_top_k, apply_top_p, top_logprobs, LazySample, SampleOutput, Sampler};
+pub use sampler::{apply_min_p, apply_top_k, apply_top_p, top_logprobs, KeyPlan, LazySample, SampleOutput, Sampler};

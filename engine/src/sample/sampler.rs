@@ -170,22 +170,68 @@ impl Sampler {
     /// are graph nodes, so a generator can `async_eval` them and build the next step's graph
     /// before reading the token, as mlx-lm's decode loop does.
     pub fn sample_lazy(&mut self, logits: &Array) -> Result<LazySample> {
+        let plan = self.plan_keys(1)?;
+        let sample = self.draw(logits, plan.key(0))?;
+        self.advance(&plan, 1);
+        Ok(sample)
+    }
+
+    /// The keys of the next `n` draws, worked out without using them up. A speculative round
+    /// draws each position (the draft's guess and the main model's verification alike) with
+    /// the key that plain decoding would use there, so a seed gives the same tokens with or
+    /// without a drafter, and a drafter close to the main model guesses the same token more
+    /// often (both sample with the same noise). Empty for greedy decoding.
+    pub fn plan_keys(&self, n: usize) -> Result<KeyPlan> {
+        let mut plan = KeyPlan { steps: Vec::new(), chain: Vec::new() };
+        let Some(mut key) = self.key.clone() else { return Ok(plan) };
+        for _ in 0..n {
+            // Row 0 carries the chain on, row 1 draws this step's token. Evaluating the
+            // token evaluates the split, so the next key is always one node from data.
+            let keys = crate::api::random::split(&key, 2)?;
+            key = keys.slice_axis(0, 0, 1)?.reshape(&[2])?;
+            plan.steps.push(keys.slice_axis(0, 1, 2)?.reshape(&[2])?);
+            plan.chain.push(key.clone());
+        }
+        Ok(plan)
+    }
+
+    /// One draw from the logits of one position with `key` (`None`: greedy), changing nothing.
+    pub fn draw(&self, logits: &Array, key: Option<&Array>) -> Result<LazySample> {
         let x = flat_f32(logits)?;
         let logprobs = x.subtract(&x.logsumexp(&[-1], true)?)?;
-        let token = match &self.key {
-            None => logprobs.argmax(-1, false)?,
-            Some(key) => {
-                // Row 0 carries the chain on, row 1 draws this step's token. Evaluating the
-                // token evaluates the split, so the next key is always one node from data.
-                let keys = crate::api::random::split(key, 2)?;
-                let next = keys.slice_axis(0, 0, 1)?.reshape(&[2])?;
-                let step = keys.slice_axis(0, 1, 2)?.reshape(&[2])?;
-                let token = crate::api::random::categorical(&self.sampling_logits(&logprobs)?, -1, Some(&step))?;
-                self.key = Some(next);
-                token
-            }
+        let token = if self.is_greedy() {
+            logprobs.argmax(-1, false)?
+        } else {
+            let key = key.ok_or_else(|| {
+                Error::Array(crate::api::Error::Array(
+                    "a sampled draw needs a key from `plan_keys` (engine bug)".into(),
+                ))
+            })?;
+            crate::api::random::categorical(&self.sampling_logits(&logprobs)?, -1, Some(key))?
         };
         Ok(LazySample { token, logprobs })
+    }
+
+    /// Uses up the first `n` keys of `plan` (the draws whose tokens were kept).
+    pub fn advance(&mut self, plan: &KeyPlan, n: usize) {
+        if let Some(key) = n.checked_sub(1).and_then(|i| plan.chain.get(i)) {
+            self.key = Some(key.clone());
+        }
+    }
+}
+
+/// Keys for the draws ahead (see [`Sampler::plan_keys`]).
+pub struct KeyPlan {
+    /// The key each draw uses.
+    steps: Vec<Array>,
+    /// The sampler's key after each draw.
+    chain: Vec<Array>,
+}
+
+impl KeyPlan {
+    /// The key of draw `i`; `None` for greedy decoding (or past the plan).
+    pub fn key(&self, i: usize) -> Option<&Array> {
+        self.steps.get(i)
     }
 }
 

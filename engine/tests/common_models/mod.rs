@@ -15,10 +15,12 @@ use std::sync::OnceLock;
 use mlx_engine::api::io::save_safetensors;
 use mlx_engine::api::runtime::Device;
 use mlx_engine::api::{dequantize, quantize, random, Array, Dtype, Input};
-use mlx_engine::cache::KvCache;
+use mlx_engine::cache::prompt_cache::DEFAULT_CAPACITY;
+use mlx_engine::cache::{CacheConfig, KvCache};
+use mlx_engine::generate::StopReason;
 use mlx_engine::model::{load_with, DtypeChoice, LoadedModel};
 use mlx_engine::plugin_host::{HostOptions, PluginHost};
-use mlx_engine::{LoadOptions, ModelKit};
+use mlx_engine::{Generation, LoadOptions, ModelKit};
 use serde_json::{json, Map, Value};
 
 use crate::tokenizer_fixtures::{bl_tokenizer_json, bl_tokens, sp_tokenizer_json, sp_tokens, write_json};
@@ -271,6 +273,14 @@ impl TinyModel {
         m
     }
 
+    /// A llama whose final norm is NaN, so every logit is.
+    pub fn nan_logits(seed: u64) -> TinyModel {
+        let mut m = TinyModel::new(Arch::Llama, seed);
+        let norm = m.get("model.norm.weight").clone();
+        m.set("model.norm.weight", norm.multiply(&norm.scalar_like(f64::NAN).unwrap()).unwrap());
+        m
+    }
+
     /// Replaces (or adds) one tensor.
     pub fn set(&mut self, name: &str, a: Array) {
         self.weights.retain(|(n, _)| n != name);
@@ -380,13 +390,37 @@ pub fn load_kit(path: &Path) -> ModelKit {
 }
 
 pub fn try_load_kit(path: &Path) -> mlx_engine::Result<ModelKit> {
+    load_kit_with(path, CacheConfig::default(), DEFAULT_CAPACITY)
+}
+
+/// [`try_load_kit`] with KV cache settings and a prompt-cache capacity.
+pub fn load_kit_with(path: &Path, cache: CacheConfig, capacity: usize) -> mlx_engine::Result<ModelKit> {
+    let _ = host();
     let options = LoadOptions {
         dtype: DtypeChoice::F32,
         device: Device::Cpu,
         plugins: HostOptions::standard(vec![], None),
-        ..Default::default()
+        cache,
+        prompt_cache_capacity: capacity,
     };
     ModelKit::load(path, options)
+}
+
+/// Reads a generation to its end, cancelling it once the first token has arrived: the tokens
+/// received and the stop reason.
+pub fn cancel_after_first_token(g: &mut Generation) -> (usize, Option<StopReason>) {
+    let handle = g.cancel_handle();
+    let mut tokens = 0;
+    let mut reason = None;
+    for r in g.by_ref() {
+        let r = r.expect("result");
+        tokens += r.tokens.len();
+        if tokens > 0 {
+            handle.cancel();
+        }
+        reason = r.stop_condition.map(|s| s.reason).or(reason);
+    }
+    (tokens, reason)
 }
 
 /// `n` ordinary token ids (no special tokens), deterministic in `seed`.

@@ -1,0 +1,146 @@
+//! Token steppers: the layer of the decode loop that turns model passes into token ids and
+//! logprobs, below the text stream (detokenizer, stop strings, EOS; see `stream`).
+//!
+//! A stepper owns everything that decides *which* token comes next: the model and its live
+//! cache, the logits processors with the token history they see, and the sampler with its key
+//! chain. It commits every token it hands out (history and prompt-cache record) before the
+//! text layer sees it, so the two never disagree about the sequence. The plain stepper runs
+//! one forward per token; the speculative one (`crate::speculative`) drafts several and
+//! verifies them in one pass, behind the same trait.
+
+use mlx_engine_plugin_api::{async_eval, Array, DynModel, Input};
+
+use super::prefill::{last_logits, token_ids};
+use crate::cache::prompt_cache::PromptCache;
+use crate::error::{Error, Result};
+use crate::sample::{apply_processors, LazySample, LogitsProcessor, Sampler};
+
+/// One token a stepper committed to the sequence.
+#[derive(Debug)]
+pub struct StepToken {
+    pub id: u32,
+    /// The token's log-probability (after the processors, before temperature and filters).
+    pub logprob: f32,
+    /// The `[vocab]` f32 log-softmax it was drawn from (for top logprobs), evaluated.
+    pub logprobs: Array,
+    /// Whether a drafter proposed it and the main model agreed (speculative decoding).
+    pub from_draft: bool,
+}
+
+/// Produces the tokens of one generation, one at a time.
+pub trait TokenStepper {
+    /// The next token. `remaining` is how many tokens the stream may still take, this one
+    /// included (at least 1): a stepper never computes ahead past it.
+    fn next(&mut self, remaining: usize) -> Result<StepToken>;
+}
+
+/// What every stepper shares: the main model with its live cache, and the forward -> processors
+/// -> sample step over a token history (prompt plus committed tokens).
+pub struct Decoder<'a> {
+    pub model: &'a dyn DynModel,
+    pub cache: &'a mut PromptCache,
+    pub sampler: Sampler,
+    pub processors: Vec<Box<dyn LogitsProcessor>>,
+    /// The prompt, then every committed token.
+    pub history: Vec<u32>,
+    /// Tokens committed so far (for error messages that name the step).
+    pub generated: usize,
+}
+
+impl<'a> Decoder<'a> {
+    pub fn new(
+        model: &'a dyn DynModel,
+        cache: &'a mut PromptCache,
+        sampler: Sampler,
+        processors: Vec<Box<dyn LogitsProcessor>>,
+        prompt: &[u32],
+    ) -> Decoder<'a> {
+        Decoder { model, cache, sampler, processors, history: prompt.to_vec(), generated: 0 }
+    }
+
+    /// Runs `tokens` (`[1, L]` ids) through the model into the live cache: logits `[1, L, vocab]`.
+    pub fn forward(&mut self, tokens: &Array) -> Result<Array> {
+        Ok(self.model.forward(Input::Tokens(tokens), self.cache.live_mut())?)
+    }
+
+    /// Processors (over the committed history) and the sampler's next key on one position's
+    /// logits, queued for evaluation.
+    pub fn sample(&mut self, logits: &Array) -> Result<LazySample> {
+        let processed = apply_processors(&mut self.processors, &self.history, logits)?;
+        let sample = self.sampler.sample_lazy(&processed)?;
+        async_eval(&[&sample.token, &sample.logprobs])?;
+        Ok(sample)
+    }
+
+    /// Reads a sampled token back, refusing non-finite logprobs: NaN logits sample as token 0
+    /// or EOS, and saying so beats returning garbage. `ahead` counts the tokens between the
+    /// last committed one and this one (for the step named in the error).
+    pub fn read(&self, token: u32, logprobs: Array, ahead: usize, from_draft: bool) -> Result<StepToken> {
+        let logprob = logprobs.take(&Array::from_slice(&[token as i32], &[1])?, 0)?.item::<f32>()?;
+        if logprob.is_nan() || logprob == f32::INFINITY {
+            return Err(Error::Param {
+                name: "model".into(),
+                reason: format!(
+                    "the model's logits are not finite (NaN or inf) at generated token {}: its weights or \
+                     config (e.g. a norm eps, rope_theta or softcap of 0) give no usable output",
+                    self.generated + ahead + 1
+                ),
+            });
+        }
+        Ok(StepToken { id: token, logprob, logprobs, from_draft })
+    }
+
+    /// Adds a token to the sequence: the processors' history and the prompt cache's record
+    /// (it enters the KV cache when it is fed back).
+    pub fn commit(&mut self, id: u32) {
+        self.history.push(id);
+        self.cache.record(id);
+        self.generated += 1;
+    }
+
+    /// The last committed token (or the prompt's last token before any).
+    pub fn last(&self) -> u32 {
+        self.history.last().copied().unwrap_or(0)
+    }
+}
+
+/// One forward pass per token. Without processors the next token needs no host-side history,
+/// so it runs mlx-lm's pipeline: step n+1's graph is built and queued (async_eval) before step
+/// n's token is read, keeping the device busy while the host handles text. With processors
+/// each step waits for the previous token.
+pub struct PlainStepper<'a> {
+    dec: Decoder<'a>,
+    /// The sampled token not yet handed out; `None` when the next one must be computed from
+    /// the last committed token first.
+    current: Option<LazySample>,
+    pipelined: bool,
+}
+
+impl<'a> PlainStepper<'a> {
+    /// Starts from the last prompt token's logits (`[vocab]`, from the prefill).
+    pub fn new(mut dec: Decoder<'a>, first_logits: &Array) -> Result<PlainStepper<'a>> {
+        let current = dec.sample(first_logits)?;
+        let pipelined = dec.processors.is_empty();
+        Ok(PlainStepper { dec, current: Some(current), pipelined })
+    }
+}
+
+impl TokenStepper for PlainStepper<'_> {
+    fn next(&mut self, remaining: usize) -> Result<StepToken> {
+        let current = match self.current.take() {
+            Some(c) => c,
+            None => {
+                let logits = self.dec.forward(&token_ids(&[self.dec.last()])?)?;
+                self.dec.sample(&last_logits(&logits)?)?
+            }
+        };
+        if self.pipelined && remaining > 1 {
+            let logits = self.dec.forward(&current.token.reshape(&[1, 1])?)?;
+            // No processors, so the history this sample would see does not matter.
+            self.current = Some(self.dec.sample(&last_logits(&logits)?)?);
+        }
+        let token = self.dec.read(current.token.item::<u32>()?, current.logprobs, 0, false)?;
+        self.dec.commit(token.id);
+        Ok(token)
+    }
+}

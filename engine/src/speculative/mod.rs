@@ -1,0 +1,278 @@
+//! Speculative decoding: a [`Drafter`] guesses the next few tokens, the main model checks them
+//! all in one forward pass, and every guess it agrees with is a token that cost no pass of its
+//! own.
+//!
+//! The round follows mlx-lm's `speculative_generate_step`: draft `k` tokens with the request's
+//! own processors and sampler; run the main model once over the not-yet-seen tokens plus the
+//! drafts; sample each of the `k + 1` positions; keep the longest prefix where the main
+//! model's token equals the draft's (`from_draft`), then the main model's own next token;
+//! rewind both caches to what was kept. Every emitted token is the main model's own sample at
+//! its position, so the output distribution is plain decoding's, for any temperature. Beyond
+//! mlx-lm, each position is drawn with the key plain decoding would use there
+//! ([`Sampler::plan_keys`]): a seed gives the same text with or without a drafter, and a
+//! draft model that is close to the main model shares its sampling noise and is accepted more.
+//!
+//! A cache that cannot be trimmed (a ring that would evict during the step: a sliding window,
+//! or `max_kv_size`) is snapshotted before the step and restored after a rejection; the
+//! tokens it then lacks are fed in front of the next step's input, so a rejection never
+//! costs a pass of its own.
+//!
+//! Drafters: a second, smaller model ([`model::DraftModel`]) and prompt lookup
+//! ([`lookup::PromptLookup`]), which copies what followed the latest earlier occurrence of
+//! the last few tokens. Drafters that need the main model's hidden states (MTP heads, EAGLE)
+//! can implement the same trait later.
+
+pub mod compat;
+pub mod lookup;
+pub mod model;
+
+use std::collections::VecDeque;
+
+use mlx_engine_plugin_api::{concatenate, eval, Array, Dtype};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::generate::prefill::token_ids;
+use crate::generate::step::{Decoder, StepToken, TokenStepper};
+use crate::sample::{apply_processors, KeyPlan, LazySample, LogitsProcessor, Sampler};
+
+/// Draft tokens per round when the request does not say (mlx-engine's default; mlx-lm's is 2).
+pub const DEFAULT_NUM_DRAFT_TOKENS: usize = 3;
+
+/// The most draft tokens per round a request may ask for: the verify pass grows with it and a
+/// longer guess is almost never accepted whole.
+pub const MAX_NUM_DRAFT_TOKENS: usize = 64;
+
+/// The n-gram sizes prompt lookup tries by default, longest first (llama.cpp's lookup decoding
+/// matches 1 to 4 tokens; 3 keeps short, common patterns from proposing noise).
+pub const DEFAULT_NGRAM_MIN: usize = 1;
+pub const DEFAULT_NGRAM_MAX: usize = 3;
+
+/// The longest n-gram prompt lookup may match.
+pub const MAX_NGRAM: usize = 32;
+
+/// Whether and how one request decodes speculatively.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Speculation {
+    /// The model kit's draft model when one is loaded, plain decoding otherwise.
+    #[default]
+    Auto,
+    /// Plain decoding.
+    Off,
+    /// The model kit's draft model; an error when none is loaded.
+    DraftModel,
+    /// Prompt lookup with n-grams of `min_ngram..=max_ngram` tokens (longest tried first).
+    PromptLookup { min_ngram: usize, max_ngram: usize },
+}
+
+impl Speculation {
+    /// Prompt lookup with the default n-gram sizes.
+    pub fn prompt_lookup() -> Speculation {
+        Speculation::PromptLookup { min_ngram: DEFAULT_NGRAM_MIN, max_ngram: DEFAULT_NGRAM_MAX }
+    }
+
+    /// Checks the settings on their own (before any model work).
+    pub fn validate(&self, num_draft_tokens: Option<usize>) -> Result<()> {
+        if let Some(k) = num_draft_tokens {
+            if !(1..=MAX_NUM_DRAFT_TOKENS).contains(&k) {
+                return Err(param("num_draft_tokens", format!("must be in [1, {MAX_NUM_DRAFT_TOKENS}], got {k}")));
+            }
+        }
+        if let Speculation::PromptLookup { min_ngram, max_ngram } = *self {
+            if !(1..=MAX_NGRAM).contains(&min_ngram) || !(1..=MAX_NGRAM).contains(&max_ngram) {
+                return Err(param(
+                    "ngram",
+                    format!("n-gram sizes must be in [1, {MAX_NGRAM}], got {min_ngram} to {max_ngram}"),
+                ));
+            }
+            if min_ngram > max_ngram {
+                return Err(param(
+                    "ngram",
+                    format!("the smallest n-gram ({min_ngram}) exceeds the largest ({max_ngram})"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn param(name: &str, reason: impl Into<String>) -> Error {
+    Error::Param { name: name.into(), reason: reason.into() }
+}
+
+/// What speculative decoding did in one generation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct SpeculativeStats {
+    /// `draft model` or `prompt lookup`.
+    pub drafter: String,
+    pub num_draft_tokens: usize,
+    /// Verify passes of the main model.
+    pub rounds: usize,
+    /// Tokens the drafter proposed.
+    pub drafted: usize,
+    /// Proposals the main model agreed with (emitted with `from_draft`).
+    pub accepted: usize,
+    /// `accepted / drafted` (0 when nothing was drafted).
+    pub acceptance_rate: f64,
+    /// Prompt tokens the draft model took from its own prompt cache (draft models only).
+    pub draft_cached_tokens: usize,
+}
+
+/// Draws draft tokens exactly as the main model's sampler draws that position: the request's
+/// processors over the draft's history, then the sampler with the position's key.
+pub struct DraftSampling<'s> {
+    processors: &'s mut [Box<dyn LogitsProcessor>],
+    sampler: &'s Sampler,
+    keys: &'s KeyPlan,
+}
+
+impl DraftSampling<'_> {
+    /// Draft position `i` (0 = the token after the history's end) from one position's logits.
+    pub fn sample(&mut self, i: usize, history: &[u32], logits: &Array) -> Result<LazySample> {
+        let processed = apply_processors(self.processors, history, logits)?;
+        self.sampler.draw(&processed, self.keys.key(i))
+    }
+
+    /// Whether the processors read the history, so each drafted token must be known on the
+    /// host before the next is drawn.
+    pub fn needs_history(&self) -> bool {
+        !self.processors.is_empty()
+    }
+}
+
+/// Proposes tokens for the main model to verify.
+pub trait Drafter {
+    /// Named in the stats.
+    fn name(&self) -> &'static str;
+
+    /// Up to `n` (at least 1) tokens to follow `history` (prompt and committed tokens; its last
+    /// token has not been through the main model yet). Fewer, or none, is fine: the round then
+    /// verifies what there is.
+    fn draft(&mut self, history: &[u32], n: usize, sampling: &mut DraftSampling<'_>) -> Result<Vec<u32>>;
+
+    /// After a round: `history` is the committed sequence, which ends with the first
+    /// `accepted` of the `drafted` proposals and the main model's own next token.
+    fn accept(&mut self, history: &[u32], drafted: usize, accepted: usize) -> Result<()>;
+}
+
+/// The token stepper of speculative decoding (see the module docs).
+pub struct SpeculativeStepper<'a> {
+    dec: Decoder<'a>,
+    drafter: &'a mut dyn Drafter,
+    num_draft: usize,
+    vocab_size: Option<usize>,
+    /// The first token, sampled from the prefill's logits.
+    first: Option<LazySample>,
+    /// Tokens of the last round not handed out yet.
+    queue: VecDeque<StepToken>,
+    stats: SpeculativeStats,
+}
+
+impl<'a> SpeculativeStepper<'a> {
+    /// Starts from the last prompt token's logits (`[vocab]`, from the prefill). `vocab_size`
+    /// bounds the drafter's ids.
+    pub fn new(
+        mut dec: Decoder<'a>,
+        first_logits: &Array,
+        drafter: &'a mut dyn Drafter,
+        num_draft: usize,
+        vocab_size: Option<usize>,
+    ) -> Result<SpeculativeStepper<'a>> {
+        let first = dec.sample(first_logits)?;
+        let stats =
+            SpeculativeStats { drafter: drafter.name().into(), num_draft_tokens: num_draft, ..Default::default() };
+        Ok(SpeculativeStepper {
+            dec,
+            drafter,
+            num_draft,
+            vocab_size,
+            first: Some(first),
+            queue: VecDeque::new(),
+            stats,
+        })
+    }
+
+    pub fn stats(&self) -> SpeculativeStats {
+        let mut s = self.stats.clone();
+        s.acceptance_rate = if s.drafted > 0 { s.accepted as f64 / s.drafted as f64 } else { 0.0 };
+        s
+    }
+
+    /// One draft-and-verify round; queues the tokens it commits (at most `remaining`).
+    fn round(&mut self, remaining: usize) -> Result<()> {
+        let most = self.num_draft.min(remaining.saturating_sub(1));
+        let h = self.dec.history.len();
+        let plan = self.dec.sampler.plan_keys(most + 1)?;
+        let mut drafts = Vec::new();
+        if most > 0 {
+            let mut sampling =
+                DraftSampling { processors: &mut self.dec.processors, sampler: &self.dec.sampler, keys: &plan };
+            drafts = self.drafter.draft(&self.dec.history, most, &mut sampling)?;
+            drafts.truncate(most);
+            crate::model::check_token_ids("draft", &drafts, self.vocab_size)?;
+        }
+        let j = drafts.len();
+
+        // The main model sees what it has not seen yet (the last committed token, and more
+        // after a restored snapshot) and the drafts, in one pass.
+        let fed = self.dec.cache.live().len();
+        let mut input = self.dec.history[fed..].to_vec();
+        input.extend(&drafts);
+        let snapshot = (!self.dec.cache.live().is_trimmable_after(input.len())).then(|| self.dec.cache.live().clone());
+        let logits = self.dec.forward(&token_ids(&input)?)?;
+        let l = input.len() as i32;
+        let mut sequence = self.dec.history.clone();
+        sequence.extend(&drafts);
+        let mut samples = Vec::with_capacity(j + 1);
+        for i in 0..=j {
+            let at = l - (j + 1 - i) as i32;
+            let row = logits.slice_axis(1, at, at + 1)?.reshape(&[-1])?.astype(Dtype::F32)?;
+            let processed = apply_processors(&mut self.dec.processors, &sequence[..h + i], &row)?;
+            samples.push(self.dec.sampler.draw(&processed, plan.key(i))?);
+        }
+        let tokens = samples.iter().map(|s| s.token.reshape(&[1])).collect::<std::result::Result<Vec<_>, _>>()?;
+        let tokens = concatenate(&tokens.iter().collect::<Vec<_>>(), 0)?;
+        let mut pending: Vec<&Array> = samples.iter().map(|s| &s.logprobs).collect();
+        pending.push(&tokens);
+        eval(&pending)?;
+        let ids = tokens.to_vec::<u32>()?;
+        let accepted = ids.iter().zip(&drafts).take_while(|(m, d)| m == d).count();
+        self.dec.sampler.advance(&plan, accepted + 1);
+
+        // Keep the accepted drafts; the main model's own token is fed next round.
+        let extra = j - accepted;
+        if extra > 0 && self.dec.cache.live_mut().trim(extra) != extra {
+            let Some(snapshot) = snapshot else {
+                return Err(param("model", "the KV cache could not be rewound after a speculative step (engine bug)"));
+            };
+            *self.dec.cache.live_mut() = snapshot;
+        }
+        let mut out = Vec::with_capacity(accepted + 1);
+        for (i, s) in samples.into_iter().take(accepted + 1).enumerate() {
+            out.push(self.dec.read(ids[i], s.logprobs, i, i < accepted)?);
+        }
+        for t in &out {
+            self.dec.commit(t.id);
+        }
+        self.drafter.accept(&self.dec.history, j, accepted)?;
+        self.stats.rounds += 1;
+        self.stats.drafted += j;
+        self.stats.accepted += accepted;
+        self.queue.extend(out);
+        Ok(())
+    }
+}
+
+impl TokenStepper for SpeculativeStepper<'_> {
+    fn next(&mut self, remaining: usize) -> Result<StepToken> {
+        if let Some(first) = self.first.take() {
+            let token = self.dec.read(first.token.item::<u32>()?, first.logprobs, 0, false)?;
+            self.dec.commit(token.id);
+            return Ok(token);
+        }
+        if self.queue.is_empty() {
+            self.round(remaining)?;
+        }
+        self.queue.pop_front().ok_or_else(|| param("model", "a speculative round committed no token (engine bug)"))
+    }
+}
