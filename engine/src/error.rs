@@ -54,6 +54,10 @@ pub enum Error {
 
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
+
+    /// The user stopped the command (Ctrl-C); what was produced so far has been written.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

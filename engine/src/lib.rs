@@ -11,6 +11,7 @@
 
 pub mod cache;
 pub mod cli;
+pub mod diagnostics;
 pub mod error;
 pub mod generate;
 pub mod mlx;

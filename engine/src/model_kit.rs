@@ -64,7 +64,10 @@ pub struct ModelInfo {
     pub dtype: Dtype,
     pub context_length: Option<usize>,
     pub cache_layout: Vec<LayerCache>,
+    /// Logical parameters (see `LoadedModel::num_parameters`).
     pub num_parameters: usize,
+    /// How the checkpoint stores its weights (see `LoadedModel::storage`).
+    pub storage: String,
     /// Query heads and head dimension from the config, when it gives them.
     pub attention_heads: Option<usize>,
     pub head_dim: Option<usize>,
@@ -303,6 +306,7 @@ impl ModelKit {
                         context_length: loaded.context_length,
                         cache_layout: loaded.cache_layout.clone(),
                         num_parameters: loaded.num_parameters,
+                        storage: loaded.storage.clone(),
                         attention_heads,
                         head_dim,
                         cache_config: options.cache.clone(),

@@ -168,11 +168,11 @@ fn prompt_longer_than_the_context_names_both_numbers() {
         |n: usize| GenerateRequest { prompt_tokens: long(n), max_tokens: None, ignore_eos: true, ..Default::default() };
     assert_eq!(
         err_msg(&kit, none(70)),
-        "invalid parameter `max_tokens`: the prompt has 70 tokens, more than the model's context length of 64"
+        "invalid parameter `prompt`: the prompt has 70 tokens, more than the model's context length of 64"
     );
     assert_eq!(
         err_msg(&kit, none(64)),
-        "invalid parameter `max_tokens`: the prompt has 64 tokens, which leaves no room for new tokens in the model's context length of 64"
+        "invalid parameter `prompt`: the prompt has 64 tokens, which leaves no room for new tokens in the model's context length of 64"
     );
     assert_eq!(
         err_msg(&kit, req(long(60), 10)),
@@ -278,7 +278,7 @@ fn bad_model_folders_fail_before_weights_are_read() {
     let d = broken_folder(&[], true);
     let msg = load_err(d.path());
     assert!(
-        msg.starts_with(&format!("{}: cannot load safetensors", d.path().join("model.safetensors").display())),
+        msg.starts_with(&format!("{}: invalid safetensors header", d.path().join("model.safetensors").display())),
         "{msg}"
     );
     // ...so these errors, with the same corrupt file present, come before any weight is read.

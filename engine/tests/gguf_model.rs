@@ -264,3 +264,36 @@ fn llama_3_1_gguf_with_rope_freqs_matches_the_llama3_rope_scaling_folder() {
     let off = max_abs_diff(&full_forward(&load(&plain, DtypeChoice::F32), &tokens), &full_forward(&h, &tokens));
     assert!(off > 1e-3, "rope_freqs made no difference ({off})");
 }
+
+/// The shipped SmolLM2 Q4_1 file mixes widths (Q8_0 embedding, Q4_1 layers): each layer must
+/// get its own width, whatever the plugin renames its tensors to.
+#[test]
+fn smollm2_q4_1_gguf_with_mixed_widths_answers() {
+    let file = measured::models_dir().join("smollm2-135m-instruct/gguf/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !measured::have_models("smollm2_q4_1_gguf_with_mixed_widths_answers", &[&file]) {
+        return;
+    }
+    let kit = load_kit(&file);
+    let messages =
+        [mlx_engine::tokenizer::ChatMessage::new("user", "What is the capital of France? Answer in one sentence.")];
+    let prompt_tokens = kit.tokenize_chat(&messages, None, &Default::default()).unwrap();
+    let req = GenerateRequest { prompt_tokens, max_tokens: Some(12), ..Default::default() };
+    let text: String = kit.generate(req).unwrap().map(|r| r.unwrap().text).collect();
+    assert!(text.contains("Paris"), "{text}");
+}
+
+/// A head count of 0 used to divide by zero when un-permuting Q/K rows.
+#[test]
+fn a_gguf_head_count_of_zero_names_the_key() {
+    let tiny = TinyModel::new(Arch::Llama, 9);
+    let dir = tempfile::tempdir().unwrap();
+    for key in ["llama.attention.head_count", "llama.attention.head_count_kv"] {
+        let meta: Vec<(String, MetaValue)> =
+            metadata().into_iter().map(|(k, v)| if k == key { (k, scalar_u32(0)) } else { (k, v) }).collect();
+        let path = dir.path().join("zero.gguf");
+        write_gguf_with(&tiny, &path, true, &meta, Vec::new());
+        let err = try_load(&path, DtypeChoice::F32).err().expect("refused").to_string();
+        assert!(err.contains(&format!("GGUF key `{key}` must be at least 1, got 0")), "{err}");
+        assert!(err.contains("zero.gguf"), "names the file: {err}");
+    }
+}

@@ -228,8 +228,10 @@ fn the_cli_with_an_image_and_a_chat_message_matches_mlx_vlm() {
     let got: Vec<u32> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
-        .flat_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        // The last record is the stats.
+        .filter(|v| v.get("stats").is_none())
+        .flat_map(|v| {
             v["tokens"].as_array().unwrap().iter().map(|t| t["id"].as_u64().unwrap() as u32).collect::<Vec<_>>()
         })
         .collect();

@@ -8,6 +8,7 @@
 pub mod abi;
 pub mod array;
 pub mod compile;
+pub mod config_check;
 pub mod dtype;
 pub mod error;
 pub mod export;

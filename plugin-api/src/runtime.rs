@@ -69,7 +69,14 @@ impl Device {
     /// Makes the device the default for new operations.
     pub fn set_default(self) -> Result<()> {
         if !self.is_available() {
-            return Err(Error::Mlx(format!("device {self:?} is not available in this MLX build")));
+            let why = match self {
+                Device::Gpu => {
+                    "the GPU is not available: this MLX build has no GPU backend (install the mlx-cuda wheel on a \
+                                CUDA machine) or no GPU was found; use the CPU (`--device cpu`)"
+                }
+                Device::Cpu => "the CPU is not available in this MLX build",
+            };
+            return Err(Error::Mlx(why.into()));
         }
         // SAFETY: plain value call.
         check(unsafe { (ops().set_default_device)(self.code()) })

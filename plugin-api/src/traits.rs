@@ -227,6 +227,13 @@ impl IntoIterator for Weights {
 pub trait ModelArch: Sized + Send + 'static {
     type Config: serde::de::DeserializeOwned;
 
+    /// Checks the config's values (positive sizes, divisible head counts, known activations;
+    /// see [`crate::config_check::ConfigCheck`]) before `sanitize` and `new` see any weight.
+    /// The error names the field.
+    fn validate(_config: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+
     /// Renames, drops or transforms checkpoint tensors into the names `new` expects.
     fn sanitize(_config: &Self::Config, weights: Weights, _format: WeightsFormat) -> Result<Weights> {
         Ok(weights)
@@ -395,8 +402,25 @@ impl TextEntry {
 /// Builds a vision add-on from the full config JSON and weights.
 pub type VisionFactory = fn(config_json: &str, weights: Weights, format: WeightsFormat) -> Result<Box<dyn DynVision>>;
 
+/// Parses the config, naming the field that does not fit (`field `rms_norm_eps`: invalid
+/// type: string "x", expected f32`). No line and column: the engine hands over re-serialised
+/// JSON, whose positions match nothing the user wrote.
 fn parse_config<C: serde::de::DeserializeOwned>(config_json: &str) -> Result<C> {
-    serde_json::from_str(config_json).map_err(|e| Error::Config(e.to_string()))
+    let de = &mut serde_json::Deserializer::from_str(config_json);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // serde_json appends " at line L column C"; drop it.
+        let inner = match inner.rfind(" at line ") {
+            Some(i) => inner[..i].to_string(),
+            None => inner,
+        };
+        if path == "." {
+            Error::Config(inner)
+        } else {
+            Error::Config(format!("field `{path}`: {inner}"))
+        }
+    })
 }
 
 /// The [`ModelFactory`] of a [`ModelArch`]: parse config, sanitize, construct.
@@ -406,6 +430,7 @@ pub fn model_factory<M: ModelArch>(
     format: WeightsFormat,
 ) -> Result<Box<dyn DynModel>> {
     let config: M::Config = parse_config(config_json)?;
+    M::validate(&config)?;
     let weights = M::sanitize(&config, weights, format)?;
     Ok(Box::new(M::new(config, weights)?))
 }

@@ -66,5 +66,11 @@ fn a_missing_explicit_registry_is_an_error() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("nope.toml");
     let err = PluginHost::new(&HostOptions::isolated(vec![], Some(path.clone()))).unwrap_err();
-    assert!(matches!(&err, Error::Io { path: p, .. } if *p == path), "{err:?}");
+    // Named after where the path came from, with the file and the OS reason.
+    let Error::Param { name, reason } = &err else { panic!("{err:?}") };
+    assert_eq!(name, "--registry");
+    assert!(
+        reason.starts_with(&format!("cannot read {}: ", path.display())) && reason.contains("No such file"),
+        "{reason}"
+    );
 }

@@ -37,6 +37,13 @@ pub(crate) struct Update {
     pub key_positions: KeyPositions,
 }
 
+/// What [`Layer::rewind`] restores: a full layer's length (trimming back to it is exact), or a
+/// copy of the whole layer.
+pub(crate) enum LayerMark {
+    Len(i32),
+    Whole(Box<Layer>),
+}
+
 #[derive(Clone)]
 pub(crate) struct Layer {
     policy: Policy,
@@ -105,6 +112,23 @@ impl Layer {
         self.len -= n;
         self.offset -= n;
         n
+    }
+
+    pub fn mark(&self) -> LayerMark {
+        let may_quantize = self.quant.is_some() && !self.is_quantized();
+        match self.policy {
+            Policy::Full if !may_quantize => LayerMark::Len(self.offset),
+            _ => LayerMark::Whole(Box::new(self.clone())),
+        }
+    }
+
+    pub fn rewind(&mut self, mark: LayerMark) {
+        match mark {
+            LayerMark::Len(offset) => {
+                self.trim(self.offset - offset);
+            }
+            LayerMark::Whole(layer) => *self = *layer,
+        }
     }
 
     /// Appends `k`/`v` (`[B, H, L, D]`) and returns what attention runs over.

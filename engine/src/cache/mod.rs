@@ -28,7 +28,7 @@ use mlx_engine_plugin_api::{Array, AttentionOptions, Error, ForwardContext, Laye
 pub use attention::{attention_mask, AttentionExtras};
 pub use config::{CacheConfig, KEEP, KV_BITS, KV_GROUP_SIZES};
 pub use layer::STEP;
-use layer::{Layer, Policy, Update};
+use layer::{Layer, LayerMark, Policy, Update};
 
 /// The KV cache of one sequence: one layer cache per attention layer of the model.
 ///
@@ -43,6 +43,9 @@ pub struct KvCache {
     /// Rows of a left-padded batch, when some row is padded.
     batch: Option<Batch>,
 }
+
+/// See [`KvCache::mark`].
+pub struct Mark(Vec<LayerMark>);
 
 /// The rows of a batch whose shorter prompts are padded on the left (as mlx-lm's batch
 /// generation does): every row's tokens end in the same column, and row `b`'s first
@@ -184,6 +187,21 @@ impl KvCache {
             layer.trim(n);
         }
         n as usize
+    }
+
+    /// A cheap record of the cache now, for [`KvCache::rewind`] after a forward pass that
+    /// stopped part-way (some layers updated, others not). Full layers need only their length;
+    /// rings (which an update may evict from) and layers an update may convert to quantized
+    /// are kept whole, and those are small or about to be replaced anyway.
+    pub fn mark(&self) -> Mark {
+        Mark(self.layers.iter().map(Layer::mark).collect())
+    }
+
+    /// Puts every layer back to where [`KvCache::mark`] found it.
+    pub fn rewind(&mut self, mark: Mark) {
+        for (layer, m) in self.layers.iter_mut().zip(mark.0) {
+            layer.rewind(m);
+        }
     }
 
     /// Whether any layer stores its keys and values quantized now.

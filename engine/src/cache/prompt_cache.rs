@@ -158,12 +158,14 @@ impl PromptCache {
         let found = if reuse && limit > 0 { self.fetch(prompt, limit) } else { None };
         let cached = match found {
             Some((cache, n)) => {
+                tracing::debug!("prompt cache: {n} of {} prompt tokens cached", prompt.len());
                 self.live = cache;
                 self.events.hits += 1;
                 self.events.cached_tokens += n;
                 n
             }
             None => {
+                tracing::debug!("prompt cache: no usable prefix for {} prompt tokens (reuse {reuse})", prompt.len());
                 self.live = self.fresh()?;
                 self.events.fresh += 1;
                 0
@@ -198,8 +200,10 @@ impl PromptCache {
                 if cache.trim(want) != want || cache.len() != usable {
                     continue;
                 }
+                tracing::debug!("prompt cache: entry {i} trimmed by {want} to {usable} tokens");
                 self.events.trims += 1;
             } else {
+                tracing::debug!("prompt cache: entry {i} restored ({usable} tokens)");
                 self.events.restores += 1;
             }
             let now = self.tick();
@@ -297,6 +301,7 @@ impl PromptCache {
     /// Stores a snapshot of the live cache, which must hold exactly `len` tokens of the
     /// current prompt.
     pub fn store_checkpoint(&mut self, len: usize, snapshot: KvCache) {
+        tracing::debug!("prompt cache: checkpoint stored at {len} tokens");
         if snapshot.len() != len || self.live_tokens.len() < len {
             return;
         }

@@ -8,6 +8,7 @@
 //!
 //! The prompt is a fixed English passage repeated, so runs are comparable across machines.
 
+use super::outln;
 use std::time::Instant;
 
 use mlx_engine_plugin_api::runtime::{active_memory, peak_memory, reset_peak_memory};
@@ -95,7 +96,8 @@ fn run_with(
         ignore_prompt_cache: fresh,
         ..Default::default()
     };
-    let mut generation = kit.generate(req)?;
+    // The cold prefill of a long prompt takes minutes on a CPU: show it.
+    let mut generation = kit.generate_with_progress(req, Box::new(super::common::PrefillBar::new(step)))?;
     let mut tokens = Vec::new();
     for r in generation.by_ref() {
         tokens.extend(r?.tokens.iter().map(|t| t.id));
@@ -107,7 +109,7 @@ fn run_with(
 fn check_fits(kit: &ModelKit, n: usize) -> Result<()> {
     match kit.info().context_length {
         Some(ctx) if n > ctx => Err(param(
-            "prompt-tokens",
+            "--prompt-tokens",
             format!("{n} tokens with the follow-up turn do not fit the model's context length of {ctx}"),
         )),
         _ => Ok(()),
@@ -135,11 +137,15 @@ fn image_ttft(kit: &ModelKit, image: &std::path::Path, step: Option<usize>) -> R
     turn.extend(&reply);
     turn.extend(kit.tokenizer().encode(FOLLOW_UP, false)?);
     let (_, follow) = run_with(kit, turn, vec![img], REPLY_TOKENS, false, step)?;
-    println!("time to first token with an image ({})", image.display());
+    outln!("time to first token with an image ({})", image.display());
     for (what, s) in [("cold", &cold), ("memo hit", &memo), ("follow-up", &follow)] {
-        println!(
+        outln!(
             "  {what:<10}: {:>5} prompt tokens, {:>5} from cache, {} encoded / {} from memo, TTFT {:>8.3}s",
-            s.prompt_tokens, s.cached_tokens, s.images_encoded, s.images_from_memo, s.prompt_seconds
+            s.prompt_tokens,
+            s.cached_tokens,
+            s.images_encoded,
+            s.images_from_memo,
+            s.prompt_seconds
         );
     }
     Ok(())
@@ -156,7 +162,16 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
     let step = args.cache.prefill_step_size()?;
     let base_config = args.cache.config()?;
     if args.prompt_tokens < 2 {
-        return Err(param("prompt-tokens", format!("must be at least 2, got {}", args.prompt_tokens)));
+        return Err(param("--prompt-tokens", format!("must be at least 2, got {}", args.prompt_tokens)));
+    }
+    if base_config.kv_bits.is_none() && !args.memory_lengths.is_empty() {
+        // The memory table's quantized column takes --memory-kv-bits: name that flag.
+        CacheArgs { kv_bits: Some(args.memory_kv_bits), ..args.cache.clone() }.config().map_err(|e| match e {
+            crate::Error::Param { name, reason } if name.contains("kv_bits") || name.contains("kv-bits") => {
+                param("--memory-kv-bits", reason)
+            }
+            e => e,
+        })?;
     }
     let kit = load(&args.model, &args.cache)?;
     let suffix = kit.tokenizer().encode(FOLLOW_UP, false)?;
@@ -181,16 +196,22 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
     let (_, warm) = run(&kit, turn, REPLY_TOKENS, false, step)?;
     let warm_wall = t.elapsed().as_secs_f64();
     let ratio = if warm.prompt_seconds > 0.0 { cold.prompt_seconds / warm.prompt_seconds } else { f64::INFINITY };
-    println!("time to first token, {} ({})", args.model.model.display(), kit.info().dtype);
-    println!(
+    outln!("time to first token, {} ({})", args.model.model.display(), kit.info().dtype);
+    outln!(
         "  cold      : {:>5} prompt tokens, {:>5} from cache, TTFT {:>8.3}s (whole turn {:.3}s)",
-        cold.prompt_tokens, cold.cached_tokens, cold.prompt_seconds, cold_wall
+        cold.prompt_tokens,
+        cold.cached_tokens,
+        cold.prompt_seconds,
+        cold_wall
     );
-    println!(
+    outln!(
         "  follow-up : {:>5} prompt tokens, {:>5} from cache, TTFT {:>8.3}s (whole turn {:.3}s)",
-        warm.prompt_tokens, warm.cached_tokens, warm.prompt_seconds, warm_wall
+        warm.prompt_tokens,
+        warm.cached_tokens,
+        warm.prompt_seconds,
+        warm_wall
     );
-    println!("  speed-up  : {ratio:.1}x");
+    outln!("  speed-up  : {ratio:.1}x");
     if let Some(image) = &args.image {
         image_ttft(&kit, image, step)?;
     }
@@ -204,7 +225,8 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
     let dense_args = CacheArgs { kv_bits: None, kv_group_size: None, quantized_kv_start: None, ..args.cache.clone() };
     let mut rows: Vec<Vec<(usize, usize, usize)>> = Vec::new();
     for cache_args in [&dense_args, &quant_args] {
-        let kit = load(&args.model, cache_args)?;
+        // The same model again with another cache configuration; its load line was printed.
+        let kit = super::common::load_quietly(&args.model, cache_args)?;
         let mut row = Vec::new();
         for &n in &args.memory_lengths {
             kit.clear_prompt_cache()?;
@@ -218,18 +240,18 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
         }
         rows.push(row);
     }
-    println!(
+    outln!(
         "peak memory (MLX) while prefilling, MB: total / above weights / KV cache (max_kv_size {:?}, prefill step {})",
         base_config.max_kv_size,
         step.unwrap_or(crate::generate::DEFAULT_PREFILL_STEP_SIZE)
     );
-    println!("  {:>7} | {:>26} | {:>26}", "tokens", "dense KV", format!("--kv-bits {bits}"));
+    outln!("  {:>7} | {:>26} | {:>26}", "tokens", "dense KV", format!("--kv-bits {bits}"));
     for (i, &n) in args.memory_lengths.iter().enumerate() {
         let cell = |r: &[(usize, usize, usize)]| {
             let (p, a, k) = r[i];
             format!("{:>8.1} / {:>7.1} / {:>6.1}", mb(p), mb(a), mb(k))
         };
-        println!("  {n:>7} | {:>26} | {:>26}", cell(&rows[0]), cell(&rows[1]));
+        outln!("  {n:>7} | {:>26} | {:>26}", cell(&rows[0]), cell(&rows[1]));
     }
     Ok(())
 }

@@ -1,14 +1,14 @@
 //! `mlx-engine chat`: an interactive conversation on stdin/stdout. Ctrl-C stops the current
-//! reply (not the program); `/reset` starts a new conversation; `/image PATH` adds an image to
+//! reply (at the prompt, or pressed twice, it quits); `/reset` starts a new conversation; `/image PATH` adds an image to
 //! the next message (vision models); `/exit` or end of input quits.
 
 use std::io::{BufRead, Write};
-use std::sync::{Arc, Mutex};
 
 use super::common::{load, print_stats, CacheArgs, ModelArgs, PrefillBar, SamplingArgs};
-use crate::error::Result;
-use crate::generate::GenerateRequest;
-use crate::model_kit::CancelHandle;
+use super::generate::stdout_error;
+use super::interrupt;
+use crate::error::{Error, Result};
+use crate::generate::{GenerateRequest, StopReason};
 use crate::tokenizer::ChatMessage;
 use crate::vision::ImageInput;
 
@@ -29,21 +29,23 @@ pub struct ChatArgs {
 }
 
 pub fn run(args: &ChatArgs) -> Result<()> {
+    // Checked once here, not on every turn (each would fail the same way).
+    args.sampling.check()?;
+    if args.sampling.top_logprobs.is_some() {
+        return Err(super::common::param(
+            "--top-logprobs",
+            "chat prints text only; use `generate --output jsonl` to see logprobs",
+        ));
+    }
     let template = args.sampling.template()?;
     let template_args = args.sampling.template_args()?;
-    crate::stop::StopStrings::new(args.sampling.stop.clone())?;
     let step = args.cache.prefill_step_size()?;
     let kit = load(&args.model, &args.cache)?;
-    let current: Arc<Mutex<Option<CancelHandle>>> = Arc::new(Mutex::new(None));
-    let handler_slot = current.clone();
-    let _ = ctrlc::set_handler(move || {
-        if let Ok(slot) = handler_slot.lock() {
-            if let Some(c) = slot.as_ref() {
-                c.cancel();
-            }
-        }
-    });
     let fresh = || -> Vec<ChatMessage> { args.system.iter().map(|s| ChatMessage::new("system", s.clone())).collect() };
+    // A model without a usable chat template would fail every turn: find out now.
+    let mut probe = fresh();
+    probe.push(ChatMessage::new("user", "hello"));
+    kit.tokenize_chat(&probe, template.as_ref(), &template_args)?;
     let mut messages = fresh();
     // Every image of the conversation, in order: each turn's prompt holds them all.
     let mut images: Vec<ImageInput> = Vec::new();
@@ -52,10 +54,26 @@ pub fn run(args: &ChatArgs) -> Result<()> {
     let stdin = std::io::stdin();
     loop {
         eprint!("> ");
-        let mut line = String::new();
-        if stdin.lock().read_line(&mut line).unwrap_or(0) == 0 {
-            break;
+        let mut bytes = Vec::new();
+        match stdin.lock().read_until(b'\n', &mut bytes) {
+            Ok(0) => {
+                eprintln!();
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => return Err(Error::Io { path: "stdin".into(), source: e }),
         }
+        let line = match String::from_utf8(bytes) {
+            Ok(l) => l,
+            Err(e) => {
+                // Not the end of the conversation: say so and wait for the next line.
+                eprintln!(
+                    "error: that line is not valid UTF-8 (at byte {}); it was not sent",
+                    e.utf8_error().valid_up_to()
+                );
+                continue;
+            }
+        };
         let line = line.trim_end_matches(['\n', '\r']);
         match line.trim() {
             "" => continue,
@@ -112,16 +130,16 @@ pub fn run(args: &ChatArgs) -> Result<()> {
                 continue;
             }
         };
-        if let Ok(mut slot) = current.lock() {
-            *slot = Some(generation.cancel_handle());
-        }
+        let watch = interrupt::watch(generation.cancel_handle());
         let mut reply = String::new();
         let mut failed = false;
+        let mut reason = None;
+        let mut out = std::io::stdout();
         for result in generation.by_ref() {
             match result {
                 Ok(r) => {
-                    print!("{}", r.text);
-                    let _ = std::io::stdout().flush();
+                    reason = r.stop_condition.as_ref().map(|c| c.reason);
+                    write!(out, "{}", r.text).and_then(|()| out.flush()).map_err(stdout_error)?;
                     reply.push_str(&r.text);
                 }
                 Err(e) => {
@@ -130,10 +148,14 @@ pub fn run(args: &ChatArgs) -> Result<()> {
                 }
             }
         }
-        println!();
-        if let Ok(mut slot) = current.lock() {
-            *slot = None;
+        drop(watch);
+        writeln!(out).map_err(stdout_error)?;
+        match reason {
+            Some(StopReason::UserCancelled) => eprintln!("(cancelled)"),
+            Some(StopReason::TokenLimit) => eprintln!("(stopped at --max-tokens)"),
+            _ => {}
         }
+        interrupt::reset();
         if failed {
             messages.pop();
             queued.clear();

@@ -19,11 +19,12 @@ use crate::tokenizer::ChatTemplate;
 #[derive(clap::Args, Clone, Debug)]
 pub struct ModelArgs {
     /// Model folder (config.json, safetensors, tokenizer files) or a .gguf file.
-    #[arg(long)]
+    #[arg(short, long)]
     pub model: PathBuf,
     /// Compute dtype: auto = f32 on cpu, the checkpoint's dtype on gpu.
     #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "bf16", "f16"])]
     pub dtype: String,
+    /// Where MLX computes: the CPU, or the GPU (an MLX build with CUDA or Metal).
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "gpu"])]
     pub device: String,
     #[command(flatten)]
@@ -104,30 +105,40 @@ impl CacheArgs {
 /// Sampling and stopping.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct SamplingArgs {
-    /// Temperature; 0 = greedy.
-    #[arg(long)]
+    /// Temperature; 0 = greedy. Default: the model's generation_config.json, else 0.
+    #[arg(long, allow_negative_numbers = true)]
     pub temp: Option<f32>,
-    #[arg(long)]
+    /// Nucleus sampling: keep the most likely tokens up to this total probability (0 or 1 =
+    /// off). Default: generation_config.json, else off.
+    #[arg(long, allow_negative_numbers = true)]
     pub top_p: Option<f32>,
-    #[arg(long)]
+    /// Keep only the K most likely tokens (0 = off). Default: generation_config.json, else off.
+    #[arg(long, allow_negative_numbers = true)]
     pub top_k: Option<i32>,
-    #[arg(long)]
+    /// Drop tokens less likely than this fraction of the most likely one (0 = off).
+    #[arg(long, allow_negative_numbers = true)]
     pub min_p: Option<f32>,
+    /// Random seed for sampling (default: drawn at random and printed with the stats).
     #[arg(long)]
     pub seed: Option<u64>,
-    #[arg(long)]
+    /// Divide the logits of tokens seen in the last --repetition-context-size tokens by this
+    /// (> 1 discourages repeats; 1 = off).
+    #[arg(long, allow_negative_numbers = true)]
     pub repetition_penalty: Option<f32>,
+    /// How many recent tokens the repetition penalty looks at (default 20).
     #[arg(long)]
     pub repetition_context_size: Option<usize>,
-    #[arg(long)]
+    /// Subtract this from the logit of every token already generated (OpenAI's; -2 to 2).
+    #[arg(long, allow_negative_numbers = true)]
     pub presence_penalty: Option<f32>,
-    #[arg(long)]
+    /// Subtract this times its count from the logit of every generated token (-2 to 2).
+    #[arg(long, allow_negative_numbers = true)]
     pub frequency_penalty: Option<f32>,
     /// Alternatives to report per token (jsonl output), at most 20.
     #[arg(long)]
     pub top_logprobs: Option<usize>,
-    /// Stop after this many new tokens.
-    #[arg(long)]
+    /// Stop after this many new tokens (default: until EOS or the model's context is full).
+    #[arg(short = 'n', long)]
     pub max_tokens: Option<usize>,
     /// Stop when this text appears (repeatable).
     #[arg(long = "stop", value_name = "S")]
@@ -144,6 +155,14 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
+    /// The range checks that need no model, so a bad flag fails before a long load.
+    pub fn check(&self) -> Result<()> {
+        crate::sample::SamplingParams::with_generation_config(&serde_json::Value::Null, &self.overrides())
+            .validate_ranges()?;
+        crate::stop::StopStrings::new(self.stop.clone())?;
+        Ok(())
+    }
+
     pub fn overrides(&self) -> SamplingOverrides {
         SamplingOverrides {
             temp: self.temp,
@@ -180,16 +199,25 @@ pub fn param(name: &str, reason: impl Into<String>) -> Error {
     Error::Param { name: name.into(), reason: reason.into() }
 }
 
-/// Loads the model with a spinner on stderr.
-pub fn load(args: &ModelArgs, cache: &CacheArgs) -> Result<ModelKit> {
+/// Loads the model without announcing it.
+pub fn load_quietly(args: &ModelArgs, cache: &CacheArgs) -> Result<ModelKit> {
+    ModelKit::load(&args.model, load_options(args, cache)?)
+}
+
+fn load_options(args: &ModelArgs, cache: &CacheArgs) -> Result<LoadOptions> {
     let device = if args.device == "gpu" { Device::Gpu } else { Device::Cpu };
-    let options = LoadOptions {
+    Ok(LoadOptions {
         dtype: args.dtype.parse::<DtypeChoice>()?,
         device,
         plugins: HostOptions::standard(args.plugins.plugins.clone(), args.plugins.registry.clone()),
         cache: cache.config()?,
         ..Default::default()
-    };
+    })
+}
+
+/// Loads the model with a spinner on stderr.
+pub fn load(args: &ModelArgs, cache: &CacheArgs) -> Result<ModelKit> {
+    let options = load_options(args, cache)?;
     let bar = indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", args.model.display()));
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
     let t = Instant::now();
@@ -198,13 +226,14 @@ pub fn load(args: &ModelArgs, cache: &CacheArgs) -> Result<ModelKit> {
     let kit = kit?;
     let info = kit.info();
     eprintln!(
-        "loaded {} in {:.2}s: model type `{}` via {}, {} layers, {:.1}M parameters, {}",
+        "loaded {} in {:.2}s: model type `{}` via {}, {} layers, {:.1}M parameters, {} weights, {} compute",
         args.model.display(),
         t.elapsed().as_secs_f64(),
         info.model_type,
         info.provider,
         info.cache_layout.len(),
         info.num_parameters as f64 / 1e6,
+        info.storage,
         info.dtype
     );
     Ok(kit)
@@ -213,18 +242,48 @@ pub fn load(args: &ModelArgs, cache: &CacheArgs) -> Result<ModelKit> {
 /// Prompt and decode speed, time to first token and peak memory, on stderr. The prompt rate
 /// counts only the tokens actually prefilled (not those from cache).
 pub fn print_stats(stats: &GenerationStats) {
-    let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
+    let s = Summary::of(stats);
     eprintln!("{} of {} prompt tokens from cache", stats.cached_tokens, stats.prompt_tokens);
+    let uncached = stats.prompt_tokens - stats.cached_tokens;
+    let prompt = if stats.prefilled_tokens < uncached {
+        format!("{} of {uncached} tokens prefilled before the cancel", stats.prefilled_tokens)
+    } else {
+        format!("{} tokens", stats.prompt_tokens)
+    };
+    let seed = if stats.greedy { String::new() } else { format!(" | seed {}", stats.seed) };
     eprintln!(
-        "prompt: {} tokens, {:.1} tok/s | generation: {} tokens, {:.1} tok/s | time to first token {:.3}s | peak memory {:.1} MB | seed {}",
-        stats.prompt_tokens,
-        rate(stats.prompt_tokens - stats.cached_tokens, stats.prompt_seconds),
+        "prompt: {prompt}, {:.1} tok/s | generation: {} tokens, {:.1} tok/s | time to first token {:.3}s | peak memory {:.1} MB{seed}",
+        s.prompt_tps,
         stats.generated_tokens,
-        rate(stats.generated_tokens.saturating_sub(1), stats.decode_seconds),
+        s.generation_tps,
         stats.prompt_seconds,
-        peak_memory() as f64 / 1e6,
-        stats.seed
+        s.peak_memory_mb,
     );
+}
+
+/// The stats with the rates and peak memory worked out: the stderr line, and the last record
+/// of `--output jsonl` (as mlx-lm's responses carry them).
+#[derive(serde::Serialize)]
+pub struct Summary<'a> {
+    #[serde(flatten)]
+    pub stats: &'a GenerationStats,
+    /// Prefilled (not cached) prompt tokens per second.
+    pub prompt_tps: f64,
+    /// Tokens per second after the first one (whose time is the time to first token).
+    pub generation_tps: f64,
+    pub peak_memory_mb: f64,
+}
+
+impl Summary<'_> {
+    pub fn of(stats: &GenerationStats) -> Summary<'_> {
+        let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
+        Summary {
+            stats,
+            prompt_tps: rate(stats.prefilled_tokens, stats.prompt_seconds),
+            generation_tps: rate(stats.generated_tokens.saturating_sub(1), stats.decode_seconds),
+            peak_memory_mb: peak_memory() as f64 / 1e6,
+        }
+    }
 }
 
 /// A prefill progress bar on stderr. It appears only for prefills of more than one chunk or

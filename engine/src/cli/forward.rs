@@ -1,6 +1,7 @@
 //! `mlx-engine forward`: one forward pass over token ids, for checking a model or a plugin
 //! without a tokenizer (real logits, top next tokens, timing and memory).
 
+use super::outln;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -13,7 +14,7 @@ use crate::error::{Error, Result};
 #[derive(clap::Args)]
 pub struct ForwardArgs {
     /// Model folder (config.json + safetensors weights).
-    #[arg(long)]
+    #[arg(short, long)]
     pub model: PathBuf,
     /// Comma-separated prompt token ids.
     #[arg(long, value_delimiter = ',', required = true)]
@@ -60,11 +61,15 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
         logits.slice_axis(1, shape[1] - 1, shape[1])?.reshape(&[-1])?.astype(mlx_engine_plugin_api::Dtype::F32)?;
     let logprobs = last.log_softmax(-1)?.to_vec_f32()?;
     let prefill = t1.elapsed().as_secs_f64();
-    println!("logits shape {shape:?}, dtype {}", logits.dtype());
+    outln!("logits shape {shape:?}, dtype {}", logits.dtype());
     let mut order: Vec<usize> = (0..logprobs.len()).collect();
     order.sort_by(|&a, &b| logprobs[b].total_cmp(&logprobs[a]));
+    // Token text beside the ids, when the model has a tokenizer.
+    let tokenizer = crate::model::load_tokenizer(&loaded).ok();
+    let text = |ids: &[u32]| tokenizer.as_ref().and_then(|t| t.decode(ids, false).ok());
     for &i in order.iter().take(args.top) {
-        println!("  token {i:>6}  logprob {:>9.4}", logprobs[i]);
+        let piece = text(&[i as u32]).map(|t| format!("  {t:?}")).unwrap_or_default();
+        outln!("  token {i:>6}  logprob {:>9.4}{piece}", logprobs[i]);
     }
     let mut next = order.first().copied().unwrap_or(0) as i32;
     let mut decoded = Vec::new();
@@ -77,7 +82,11 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
     }
     if args.decode > 0 {
         let dt = t2.elapsed().as_secs_f64();
-        println!("greedy continuation: {decoded:?}");
+        outln!("greedy continuation: {decoded:?}");
+        let ids: Vec<u32> = decoded.iter().map(|&t| t as u32).collect();
+        if let Some(t) = text(&ids) {
+            outln!("as text: {t:?}");
+        }
         eprintln!("decode: {} tokens in {dt:.3}s ({:.1} tok/s)", args.decode, args.decode as f64 / dt);
     }
     eprintln!(

@@ -2,9 +2,10 @@
 
 use std::io::{Read, Write};
 
-use super::common::{load, param, print_stats, CacheArgs, ImageArgs, ModelArgs, PrefillBar, SamplingArgs};
+use super::common::{load, param, print_stats, CacheArgs, ImageArgs, ModelArgs, PrefillBar, SamplingArgs, Summary};
+use super::interrupt;
 use crate::error::{Error, Result};
-use crate::generate::GenerateRequest;
+use crate::generate::{GenerateRequest, StopReason};
 use crate::tokenizer::ChatMessage;
 
 #[derive(clap::Args)]
@@ -12,13 +13,14 @@ pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Raw prompt text, encoded as the tokenizer's `encode(text)` does; `-` reads stdin.
-    #[arg(long, conflicts_with = "chat", required_unless_present = "chat")]
+    /// One of --prompt and --chat is required.
+    #[arg(short, long, conflicts_with = "chat")]
     pub prompt: Option<String>,
     /// A user message, rendered with the chat template; `-` reads stdin.
-    #[arg(long)]
+    #[arg(short, long)]
     pub chat: Option<String>,
     /// A system message for --chat.
-    #[arg(long, requires = "chat")]
+    #[arg(long)]
     pub system: Option<String>,
     #[command(flatten)]
     pub images: ImageArgs,
@@ -42,9 +44,24 @@ fn read_arg(s: &str) -> Result<String> {
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
     // Validate what can be checked without the model first.
+    if args.prompt.is_none() && args.chat.is_none() {
+        return Err(param("prompt", "pass --prompt TEXT (raw text) or --chat TEXT (a message for the chat template)"));
+    }
+    if args.prompt.is_some() {
+        // A raw prompt is encoded as it is; these would be silently ignored.
+        for (flag, set) in [
+            ("--system", args.system.is_some()),
+            ("--chat-template", args.sampling.chat_template.is_some()),
+            ("--chat-template-args", args.sampling.chat_template_args.is_some()),
+        ] {
+            if set {
+                return Err(param(flag, "applies to --chat messages, not to a raw --prompt"));
+            }
+        }
+    }
+    args.sampling.check()?;
     let template = args.sampling.template()?;
     let template_args = args.sampling.template_args()?;
-    crate::stop::StopStrings::new(args.sampling.stop.clone())?;
     let step = args.cache.prefill_step_size()?;
     let kit = load(&args.model, &args.cache)?;
     let images = args.images.inputs();
@@ -73,25 +90,46 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         max_image_size: max_size,
     };
     let mut generation = kit.generate_with_progress(req, Box::new(PrefillBar::new(step)))?;
-    let cancel = generation.cancel_handle();
-    let _ = ctrlc::set_handler(move || cancel.cancel());
+    let _watch = interrupt::watch(generation.cancel_handle());
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    let mut reason = None;
     for result in generation.by_ref() {
         let result = result?;
-        if args.output == "jsonl" {
+        reason = result.stop_condition.as_ref().map(|c| c.reason);
+        let written = if args.output == "jsonl" {
             let line = serde_json::to_string(&result).map_err(|e| param("output", e.to_string()))?;
-            let _ = writeln!(out, "{line}");
+            writeln!(out, "{line}")
         } else {
-            let _ = write!(out, "{}", result.text);
-        }
-        let _ = out.flush();
+            write!(out, "{}", result.text)
+        };
+        // A reader that went away (`| head`) or a full disk ends the work now, not at the end.
+        written.and_then(|()| out.flush()).map_err(stdout_error)?;
     }
     if args.output == "text" {
-        let _ = writeln!(out);
+        writeln!(out).and_then(|()| out.flush()).map_err(stdout_error)?;
+    }
+    let cut = match reason {
+        Some(StopReason::UserCancelled) => Some("cancelled"),
+        Some(StopReason::TokenLimit) if args.output == "text" => Some("stopped at --max-tokens"),
+        _ => None,
+    };
+    if let Some(why) = cut {
+        eprintln!("({why})");
     }
     if let Some(stats) = generation.stats() {
         print_stats(stats);
+        if args.output == "jsonl" {
+            let line = serde_json::json!({ "stats": Summary::of(stats) });
+            writeln!(out, "{line}").and_then(|()| out.flush()).map_err(stdout_error)?;
+        }
+    }
+    if reason == Some(StopReason::UserCancelled) {
+        return Err(Error::Interrupted);
     }
     Ok(())
+}
+
+pub(super) fn stdout_error(e: std::io::Error) -> Error {
+    Error::Io { path: "stdout".into(), source: e }
 }

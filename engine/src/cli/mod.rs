@@ -5,15 +5,54 @@ pub mod chat;
 pub mod common;
 pub mod forward;
 pub mod generate;
+pub mod interrupt;
 pub mod plugins;
 
 use clap::{Parser, Subcommand};
+
+/// `println!` that returns the write error (a full disk, a closed pipe) instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*).map_err(|e| crate::Error::Io { path: "stdout".into(), source: e })?
+    }};
+}
+pub(crate) use outln;
 
 #[derive(Parser)]
 #[command(name = "mlx-engine", version, about = "LLM inference on MLX with architecture plugins")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Print errors only (no warnings).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// More log output on stderr: -v info, -vv debug. MLX_ENGINE_LOG (a tracing filter such as
+    /// `mlx_engine=debug`) overrides both.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl Cli {
+    /// Logs to stderr: warnings by default, without colour unless stderr is a terminal.
+    pub fn init_logging(&self) {
+        use std::io::IsTerminal;
+        let level = match (self.quiet, self.verbose) {
+            (true, _) => "error",
+            (_, 0) => "warn",
+            (_, 1) => "info",
+            _ => "debug",
+        };
+        let filter = tracing_subscriber::EnvFilter::try_from_env("MLX_ENGINE_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .without_time()
+            .with_target(false)
+            .try_init();
+    }
 }
 
 #[derive(Subcommand)]
@@ -33,11 +72,25 @@ pub enum Command {
 
 /// Runs the command; the binary maps an error to a message and a non-zero exit.
 pub fn run(cli: Cli) -> crate::Result<()> {
+    interrupt::install();
     match cli.command {
         Command::Generate(a) => generate::run(&a),
         Command::Chat(a) => chat::run(&a),
         Command::Plugins(a) => plugins::run(&a),
         Command::Forward(a) => forward::run(&a),
         Command::Bench(a) => bench::run_bench(&a),
+    }
+}
+
+/// Reports `e` on stderr (unless the user caused it) and gives the exit code: 130 after Ctrl-C,
+/// 141 (as if killed by SIGPIPE) when stdout's reader went away, 1 otherwise.
+pub fn exit_code(e: &crate::Error) -> u8 {
+    match e {
+        crate::Error::Interrupted => interrupt::EXIT_INTERRUPTED as u8,
+        crate::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe => 141,
+        e => {
+            eprintln!("error: {e}");
+            1
+        }
     }
 }

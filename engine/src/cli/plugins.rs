@@ -29,7 +29,10 @@ pub fn host_from_args(plugins: &[PathBuf], registry: Option<&std::path::Path>) -
 /// Prints the listing to stdout.
 pub fn run(args: &PluginsArgs) -> Result<()> {
     let host = host_from_args(&args.plugins, args.registry.as_deref())?;
-    print!("{}", render(&host));
+    {
+        use std::io::Write as _;
+        write!(std::io::stdout(), "{}", render(&host)).map_err(super::generate::stdout_error)?;
+    }
     Ok(())
 }
 

@@ -67,7 +67,7 @@ pub struct GenContext<'a> {
 }
 
 /// Summary of a finished generation, for hosts that print statistics.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct GenerationStats {
     pub prompt_tokens: usize,
     pub generated_tokens: usize,
@@ -75,8 +75,13 @@ pub struct GenerationStats {
     pub decode_seconds: f64,
     /// Prompt tokens that came from the prompt cache (not prefilled).
     pub cached_tokens: usize,
+    /// Prompt tokens this request ran through the model: all uncached ones, or fewer when the
+    /// prefill was cancelled.
+    pub prefilled_tokens: usize,
     /// The seed used (the request's, or the one drawn for it).
     pub seed: u64,
+    /// Whether decoding was greedy (the seed then played no part).
+    pub greedy: bool,
     /// Images of the prompt's uncached part whose features were computed, and those found in
     /// the feature memo (images in the cached part need neither).
     pub images_encoded: usize,
@@ -122,8 +127,9 @@ pub fn prepare(ctx: &GenContext<'_>, req: &GenerateRequest) -> Result<(Vec<u32>,
             if prompt.len() >= ctx_len || want > ctx_len {
                 // A prompt of exactly the context length is not "more than" it; it leaves no room.
                 let relation = if want > ctx_len { "more than" } else { "which leaves no room for new tokens in" };
+                // Without max_tokens the prompt alone is too long: blame it, not a limit never set.
                 return Err(param(
-                    "max_tokens",
+                    if max.is_some() { "max_tokens" } else { "prompt" },
                     format!(
                         "the prompt has {} tokens{}, {relation} the model's context length of {ctx_len}",
                         prompt.len(),
@@ -189,7 +195,12 @@ pub fn generate_in(
     let mut processors = processors_for(&params)?;
     let mut sampler = Sampler::new(&params)?;
     let mut detok = StreamingDetokenizer::new(ctx.tokenizer.clone(), false);
-    let mut stats = GenerationStats { prompt_tokens: prompt.len(), seed: sampler.seed(), ..Default::default() };
+    let mut stats = GenerationStats {
+        prompt_tokens: prompt.len(),
+        seed: sampler.seed(),
+        greedy: params.is_greedy(),
+        ..Default::default()
+    };
     let Session { cache, progress, attention_heads, memo } = session;
     // Time to first token includes decoding and preprocessing the images.
     let t0 = std::time::Instant::now();
@@ -251,6 +262,7 @@ pub fn generate_in(
             cache.store_checkpoint(at, snapshot);
         }
         stats.prompt_seconds = t0.elapsed().as_secs_f64();
+        stats.prefilled_tokens = done.processed + usize::from(done.logits.is_some());
         let t1 = std::time::Instant::now();
         let Some(logits) = done.logits else {
             emit(GenerationResult {

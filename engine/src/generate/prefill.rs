@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use mlx_engine_plugin_api::{runtime, Array, Dtype, DynModel, Input};
+use mlx_engine_plugin_api::{runtime, Array, AttentionOptions, Dtype, DynModel, ForwardContext, Input, Positions};
 
 use crate::cache::KvCache;
 use crate::error::{Error, Result};
@@ -29,6 +29,10 @@ pub const ATTENTION_SCORE_BUDGET: usize = 256 << 20;
 /// Chunks never shrink below this many tokens (unless the step itself is smaller): below it
 /// the per-chunk overhead (graph building, one evaluation, buffer release) dominates.
 pub const MIN_CHUNK: usize = 64;
+
+/// A chunk that took longer than this (seconds) makes the next one check for a cancel between
+/// layers; the first chunk of a prefill always does, since its speed is not known yet.
+pub const LAYERWISE_AFTER_SECONDS: f64 = 0.25;
 
 /// Reports prefill progress; every call may return `false` to cancel the request. After a
 /// `false` no further call is made. Runs on the model's worker thread.
@@ -154,13 +158,13 @@ pub fn prefill_from(
     progress: &mut dyn PromptProgress,
     cancel: &AtomicBool,
 ) -> Result<Prefilled> {
-    let feed = |cache: &mut KvCache, range: std::ops::Range<usize>| -> Result<Array> {
+    let feed = |ctx: &mut dyn ForwardContext, range: std::ops::Range<usize>| -> Result<Array> {
         match embeddings {
             Some(e) => {
                 let (a, b) = ((range.start - cached) as i32, (range.end - cached) as i32);
-                Ok(model.forward(Input::Embeddings(&e.slice_axis(1, a, b)?), cache)?)
+                Ok(model.forward(Input::Embeddings(&e.slice_axis(1, a, b)?), ctx)?)
             }
-            None => Ok(model.forward(Input::Tokens(&token_ids(&prompt[range])?), cache)?),
+            None => Ok(model.forward(Input::Tokens(&token_ids(&prompt[range])?), ctx)?),
         }
     };
     let mut out = Prefilled { logits: None, checkpoint: None, processed: 0 };
@@ -176,6 +180,7 @@ pub fn prefill_from(
     }
     let step = plan.step.max(1);
     let mut pos = cached;
+    let mut last_chunk_seconds = f64::INFINITY;
     while pos < end {
         if cancel.load(Ordering::Relaxed) {
             return Ok(out);
@@ -184,10 +189,19 @@ pub fn prefill_from(
         if let Some(at) = plan.checkpoint.filter(|&at| pos < at && at < pos + n) {
             n = at - pos;
         }
-        let _unused_logits = feed(cache, pos..pos + n)?;
+        let t = std::time::Instant::now();
+        if n > MIN_CHUNK && last_chunk_seconds > LAYERWISE_AFTER_SECONDS {
+            let fed = forward_cancellable(cache, cancel, |ctx| feed(ctx, pos..pos + n))?;
+            if fed.is_none() {
+                runtime::clear_cache();
+                return Ok(out);
+            }
+        } else {
+            let _unused_logits = feed(cache, pos..pos + n)?;
+        }
         mlx_engine_plugin_api::eval(&cache.state())?;
-        drop(_unused_logits);
         runtime::clear_cache();
+        last_chunk_seconds = t.elapsed().as_secs_f64();
         pos += n;
         out.processed += n;
         if plan.checkpoint == Some(pos) {
@@ -204,4 +218,69 @@ pub fn prefill_from(
     logits.eval()?;
     out.logits = Some(logits);
     Ok(out)
+}
+
+/// Runs `forward` over `cache` so that `cancel` is read between layers (see [`Layerwise`]).
+/// Returns its output, or `None` when it was cancelled part-way; the cache is then exactly as
+/// before the call (layers that took the new tokens are rewound).
+pub fn forward_cancellable(
+    cache: &mut KvCache,
+    cancel: &AtomicBool,
+    forward: impl FnOnce(&mut dyn ForwardContext) -> Result<Array>,
+) -> Result<Option<Array>> {
+    let mark = cache.mark();
+    let mut ctx = Layerwise { cache: &mut *cache, cancel, stopped: false };
+    let out = forward(&mut ctx);
+    let stopped = ctx.stopped;
+    match out {
+        Ok(a) => Ok(Some(a)),
+        Err(_) if stopped => {
+            cache.rewind(mark);
+            Ok(None)
+        }
+        Err(e) => {
+            // Not ours: the caller discards the cache, but leave it consistent anyway.
+            cache.rewind(mark);
+            Err(e)
+        }
+    }
+}
+
+/// The cache as the forward context of a slow chunk: before each layer after the first it
+/// evaluates that layer's inputs (which runs every layer before it) and reads the cancel flag,
+/// so a cancel lands within one layer's time instead of one chunk's. Evaluating there changes
+/// no result: the same kernels run on the same inputs, only in more than one evaluation.
+struct Layerwise<'a> {
+    cache: &'a mut KvCache,
+    cancel: &'a AtomicBool,
+    stopped: bool,
+}
+
+impl ForwardContext for Layerwise<'_> {
+    fn offset(&self, layer: usize) -> mlx_engine_plugin_api::Result<i32> {
+        self.cache.offset(layer)
+    }
+
+    fn positions(&self, layer: usize) -> mlx_engine_plugin_api::Result<Positions> {
+        self.cache.positions(layer)
+    }
+
+    fn attention(
+        &mut self,
+        layer: usize,
+        q: &Array,
+        k: &Array,
+        v: &Array,
+        scale: f32,
+        options: &AttentionOptions,
+    ) -> mlx_engine_plugin_api::Result<Array> {
+        if layer > 0 {
+            mlx_engine_plugin_api::eval(&[q, k, v])?;
+            if self.cancel.load(Ordering::Relaxed) {
+                self.stopped = true;
+                return Err(mlx_engine_plugin_api::Error::Boundary("the prefill was cancelled".into()));
+            }
+        }
+        self.cache.attention(layer, q, k, v, scale, options)
+    }
 }

@@ -27,6 +27,8 @@ pub struct GgufModel {
     pub weights: Weights,
     /// All metadata, for the tokenizer and chat template.
     pub metadata: Vec<(String, MetaValue)>,
+    /// How the file stores its tensors (see [`super::gguf_header::GgufHeader::storage`]).
+    pub storage: String,
 }
 
 fn err(path: &Path, reason: impl Into<String>) -> Error {
@@ -91,6 +93,14 @@ fn describe(meta: &[(String, MetaValue)], weights: &Weights) -> Result<String> {
     Ok(json!({ "metadata": m, "tensors": tensors }).to_string())
 }
 
+/// `model.layers.N.<part>` with llama.cpp's part renamed to the Hugging Face one, as
+/// `gguf::rename_llama_cpp_parts` does for the tensors.
+fn hf_layer_name(prefix: &str) -> Option<String> {
+    let rest = prefix.strip_prefix("model.layers.")?;
+    let (layer, part) = rest.split_once('.')?;
+    Some(format!("model.layers.{layer}.{}", mlx_engine_plugin_api::gguf::llama_cpp_part(part)?))
+}
+
 /// What every GGUF config gets on top of the plugin's mapping: MLX's quantization layout and
 /// the tokenizer's special ids.
 fn add_generic_fields(config: &mut Map<String, Value>, meta: &[(String, MetaValue)], weights: &Weights) -> Result<()> {
@@ -100,19 +110,35 @@ fn add_generic_fields(config: &mut Map<String, Value>, meta: &[(String, MetaValu
         }
     }
     // MLX loads Q4_0/Q4_1/Q8_0 as group-32 affine triples; the bit width follows from the
-    // packed width: cols(wq) * 32 / bits == cols(scales) * 32.
-    let mut quant = Map::new();
-    let mut default_bits = None;
+    // packed width: cols(wq) * 32 / bits == cols(scales) * 32. Files mix widths (llama.cpp's
+    // Q4_1 keeps the embedding at Q8_0), so the default is the most common width and the rest
+    // are per-layer overrides. Layer tensors still carry llama.cpp part names here, which the
+    // plugin renames in `sanitize`; an override is written under both names, so it applies
+    // whichever the plugin looks up.
+    let mut widths: Vec<(String, i32)> = Vec::new();
     for (name, scales) in weights.iter().filter(|(n, _)| n.ends_with(".scales")) {
         let prefix = &name[..name.len() - ".scales".len()];
         let Some(wq) = weights.get(&format!("{prefix}.weight")) else { continue };
-        let bits = wq.dim(-1)? / scales.dim(-1)?.max(1);
-        default_bits.get_or_insert(bits);
-        quant.insert(prefix.to_string(), json!({"group_size": 32, "bits": bits}));
+        widths.push((prefix.to_string(), wq.dim(-1)? / scales.dim(-1)?.max(1)));
     }
-    if let Some(bits) = default_bits {
+    let mut counts: Vec<(i32, usize)> = Vec::new();
+    for (_, bits) in &widths {
+        match counts.iter_mut().find(|(b, _)| b == bits) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((*bits, 1)),
+        }
+    }
+    if let Some(&(default_bits, _)) = counts.iter().max_by_key(|&&(b, n)| (n, b)) {
+        let mut quant = Map::new();
         quant.insert("group_size".into(), json!(32));
-        quant.insert("bits".into(), json!(bits));
+        quant.insert("bits".into(), json!(default_bits));
+        for (prefix, bits) in widths.into_iter().filter(|&(_, b)| b != default_bits) {
+            let entry = json!({"group_size": 32, "bits": bits});
+            if let Some(renamed) = hf_layer_name(&prefix) {
+                quant.insert(renamed, entry.clone());
+            }
+            quant.insert(prefix, entry);
+        }
         config.insert("quantization".into(), Value::Object(quant));
     }
     Ok(())
@@ -121,20 +147,19 @@ fn add_generic_fields(config: &mut Map<String, Value>, meta: &[(String, MetaValu
 /// Loads a `.gguf` file: tensors renamed structurally, config from the plugin that `host`
 /// resolves for the file's `general.architecture`.
 pub fn load(path: &Path, host: &PluginHost) -> Result<GgufModel> {
-    let Loaded { arrays, metadata } = load_gguf(path).map_err(|e| {
-        let msg = e.to_string();
-        if msg.contains("gguf_tensor_to") {
-            err(path, format!("{msg} (K-quant tensors cannot be loaded by MLX: convert the file to safetensors with scripts/models/)"))
-        } else {
-            err(path, msg)
-        }
-    })?;
+    // MLX's reader follows the file's lengths and offsets blindly; check them first.
+    let header = super::gguf_header::check_file(path)?;
+    let Loaded { arrays, metadata } = load_gguf(path).map_err(|e| err(path, e.to_string()))?;
     let arch = meta_string(&metadata, "general.architecture")
         .ok_or_else(|| err(path, "GGUF metadata `general.architecture` is missing"))?
         .to_string();
     let weights: Weights = arrays.into_iter().map(|(name, a)| (structural_name(&name), a)).collect();
     let resolved = host.resolve_text(&arch)?;
-    let config_text = resolved.gguf_config(&describe(&metadata, &weights)?)?.ok_or_else(|| {
+    let mapped = resolved.gguf_config(&describe(&metadata, &weights)?).map_err(|e| match e {
+        Error::Plugin { path: plugin, reason } => err(path, format!("{reason} (plugin {})", plugin.display())),
+        e => e,
+    })?;
+    let config_text = mapped.ok_or_else(|| {
         err(
             path,
             format!("{} does not map GGUF files of architecture `{arch}` (it has no GGUF hook)", resolved.provider),
@@ -157,5 +182,5 @@ pub fn load(path: &Path, host: &PluginHost) -> Result<GgufModel> {
             arch
         }
     };
-    Ok(GgufModel { model_type, config: Value::Object(config), weights, metadata })
+    Ok(GgufModel { model_type, config: Value::Object(config), weights, metadata, storage: header.storage() })
 }

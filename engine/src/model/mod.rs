@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 
 pub mod gguf;
+pub mod gguf_header;
 pub mod partition;
+pub mod safetensors_header;
+pub mod summary;
 
 use mlx_engine_plugin_api::io::{load_safetensors, MetaValue};
 use mlx_engine_plugin_api::runtime::Device;
@@ -15,6 +18,9 @@ use crate::error::{Error, Result};
 use crate::plugin_host::PluginHost;
 use crate::tokenizer::Tokenizer;
 use crate::vision::{PreprocessorConfig, VisionModel};
+
+/// `torch_dtype` values of Hugging Face configs (the dtype the checkpoint was saved in).
+const KNOWN_DTYPES: [&str; 5] = ["float32", "float16", "bfloat16", "float", "half"];
 
 /// Which dtype the model computes in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -67,7 +73,10 @@ pub struct LoadedModel {
     /// Rows of the token embedding (`vocab_size` of the text config): prompt ids must be below.
     pub vocab_size: Option<usize>,
     pub dtype: Dtype,
+    /// Logical parameters (a quantized matrix counts its elements, not its packed words).
     pub num_parameters: usize,
+    /// How the checkpoint stores its weights (`bfloat16`, `4-bit affine, group 64`, `Q4_1`).
+    pub storage: String,
     pub cache_layout: Vec<LayerCache>,
     /// The vision add-on of a vision-language checkpoint, or why there is none (`None` for a
     /// text-only model).
@@ -110,11 +119,20 @@ pub fn read_config(dir: &Path) -> Result<(String, Value, Value)> {
         }
         _ => config.clone(),
     };
-    let model_type = text_config
-        .get("model_type")
-        .and_then(Value::as_str)
-        .ok_or_else(|| model_err(&path, "field `model_type` (a string) is missing"))?
-        .to_string();
+    let model_type = match text_config.get("model_type") {
+        Some(Value::String(t)) => t.clone(),
+        None | Some(Value::Null) => return Err(model_err(&path, "field `model_type` (a string) is missing")),
+        Some(other) => return Err(model_err(&path, format!("field `model_type` must be a string, got {other}"))),
+    };
+    match text_config.get("torch_dtype").or_else(|| config.get("torch_dtype")) {
+        None | Some(Value::Null) => {}
+        Some(Value::String(d)) if KNOWN_DTYPES.contains(&d.as_str()) => {}
+        Some(other) => crate::diagnostics::warn_once(format!(
+            "{}: field `torch_dtype` is {other}, not a dtype the engine knows ({}); ignored",
+            path.display(),
+            KNOWN_DTYPES.join(", ")
+        )),
+    }
     Ok((model_type, config, text_config))
 }
 
@@ -124,14 +142,8 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
         let text = std::fs::read_to_string(&index).map_err(|e| Error::Io { path: index.clone(), source: e })?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| model_err(&index, format!("invalid JSON: {e}")))?;
-        let map = v
-            .get("weight_map")
-            .and_then(Value::as_object)
-            .ok_or_else(|| model_err(&index, "field `weight_map` (an object) is missing"))?;
-        let mut files: Vec<PathBuf> = map.values().filter_map(Value::as_str).map(|f| dir.join(f)).collect();
-        files.sort();
-        files.dedup();
+        let files = parse_index(&text).map_err(|reason| model_err(&index, reason))?;
+        let files: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
         if let Some(missing) = files.iter().find(|f| !f.exists()) {
             return Err(model_err(missing, "listed in model.safetensors.index.json but missing"));
         }
@@ -149,11 +161,38 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The weight files a `model.safetensors.index.json` names (sorted, each once). Every name must
+/// be a plain file name inside the model folder: a `weight_map` pointing elsewhere (`../`, an
+/// absolute path, a subfolder) would make loading a model read files it does not own.
+pub fn parse_index(text: &str) -> std::result::Result<Vec<String>, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let map = v.get("weight_map").and_then(Value::as_object).ok_or("field `weight_map` (an object) is missing")?;
+    let mut files = Vec::new();
+    for (tensor, file) in map {
+        let file = file.as_str().ok_or_else(|| format!("`weight_map.{tensor}` must be a file name (a string)"))?;
+        let plain = Path::new(file).components().collect::<Vec<_>>();
+        if !matches!(plain[..], [std::path::Component::Normal(_)]) || !file.ends_with(".safetensors") {
+            return Err(format!(
+                "`weight_map.{tensor}` is `{file}`; expected a `.safetensors` file name in the model folder (no folders, \
+                 `..` or absolute paths)"
+            ));
+        }
+        files.push(file.to_string());
+    }
+    if files.is_empty() {
+        return Err("`weight_map` is empty".into());
+    }
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
 /// Loads every tensor of the files; MLX-converted checkpoints carry `format = mlx` metadata.
 pub fn load_weights(files: &[PathBuf]) -> Result<(Weights, WeightsFormat)> {
     let mut weights = Weights::new();
     let mut format = WeightsFormat::HuggingFace;
     for f in files {
+        safetensors_header::check_file(f)?;
         let loaded = load_safetensors(f).map_err(|e| model_err(f, format!("cannot load safetensors: {e}")))?;
         for (k, v) in &loaded.metadata {
             if k == "format" && matches!(v, MetaValue::String(s) if s == "mlx") {
@@ -240,6 +279,24 @@ fn gguf_file(path: &Path) -> Result<Option<PathBuf>> {
     }
 }
 
+/// A plugin's complaint about the config, attributed to the file it came from (config.json, or
+/// the GGUF file whose metadata the config was mapped from), naming the plugin.
+fn config_error(e: Error, source: &Source, path: &Path) -> Error {
+    match e {
+        Error::Plugin { path: plugin, reason } => match reason.split_once("failed: config: ") {
+            Some((_, problem)) => {
+                let file = match source {
+                    Source::Folder => path.join("config.json"),
+                    Source::Gguf { file, .. } => file.clone(),
+                };
+                model_err(&file, format!("{problem} (checked by plugin {})", plugin.display()))
+            }
+            None => Error::Plugin { path: plugin, reason },
+        },
+        e => e,
+    }
+}
+
 /// Loads the model at `path` (a model folder, or a `.gguf` file) with the architecture the
 /// host resolves for its model type. Everything cheap (config, tokenizer files, model type) is
 /// checked before any weight is read.
@@ -248,9 +305,11 @@ pub fn load_with(path: &Path, host: &PluginHost, dtype: DtypeChoice, device: Dev
         return Err(model_err(path, "no such file or folder"));
     }
     let mut vision = None;
+    let mut gguf_storage = None;
     let (model_type, text_config, generation_config, weights, format, source) = match gguf_file(path)? {
         Some(file) => {
             let g = gguf::load(&file, host)?;
+            gguf_storage = Some(g.storage);
             let source = Source::Gguf { file, metadata: g.metadata };
             (g.model_type, g.config, Value::Object(Default::default()), g.weights, WeightsFormat::Gguf, source)
         }
@@ -276,14 +335,21 @@ pub fn load_with(path: &Path, host: &PluginHost, dtype: DtypeChoice, device: Dev
         (DtypeChoice::F16, _) => Dtype::F16,
         (DtypeChoice::Auto, Device::Gpu) => checkpoint_dtype(&weights),
     };
+    let quantization = text_config.get("quantization").or_else(|| text_config.get("quantization_config"));
+    let num_parameters = summary::parameter_count(&weights, quantization);
+    let storage = gguf_storage.unwrap_or_else(|| summary::storage(&weights, quantization, checkpoint_dtype(&weights)));
     let policy = resolved.dtype_policy(&weights.names().collect::<Vec<_>>())?;
     let weights = cast_weights(weights, target, &policy)?;
-    // MLX loads lazily; reading and casting everything now keeps that cost out of the first
-    // request (and surfaces a truncated file here rather than mid-generation).
-    mlx_engine_plugin_api::eval(&weights.iter().map(|(_, a)| a).collect::<Vec<_>>())
+    // MLX reads lazily: the plugin checks the config and builds the model before any weight
+    // is read, so a bad value fails fast; reading everything right after keeps that cost out
+    // of the first request (and surfaces unreadable data at load).
+    let handles: Vec<mlx_engine_plugin_api::Array> = weights.iter().map(|(_, a)| a.clone()).collect();
+    let model =
+        resolved.create_model(&text_config.to_string(), weights, format).map_err(|e| config_error(e, &source, path))?;
+    mlx_engine_plugin_api::eval(&handles.iter().collect::<Vec<_>>())
         .map_err(|e| model_err(path, format!("cannot read the weights: {e}")))?;
-    let num_parameters = weights.iter().map(|(_, a)| a.size()).sum();
-    let model = resolved.create_model(&text_config.to_string(), weights, format)?;
+    drop(handles);
+    tracing::debug!("{}: {num_parameters} parameters ({storage}) read, computing in {}", path.display(), target.name());
     let context_length = text_config.get("max_position_embeddings").and_then(Value::as_u64).map(|n| n as usize);
     let vocab_size = text_config.get("vocab_size").and_then(Value::as_u64).map(|n| n as usize);
     let cache_layout = model.cache_layout();
@@ -299,6 +365,7 @@ pub fn load_with(path: &Path, host: &PluginHost, dtype: DtypeChoice, device: Dev
         vocab_size,
         dtype: target,
         num_parameters,
+        storage,
         cache_layout,
         vision,
     })

@@ -103,6 +103,12 @@ pub fn search_folders(opts: &FolderOptions) -> Vec<Folder> {
     if opts.env {
         if let Some(list) = std::env::var_os(PLUGIN_PATH_ENV) {
             for p in std::env::split_paths(&list).filter(|p| !p.as_os_str().is_empty()) {
+                if !p.is_dir() {
+                    crate::diagnostics::warn_once(format!(
+                        "${PLUGIN_PATH_ENV}: {} is not a folder; skipped",
+                        p.display()
+                    ));
+                }
                 push(p, Origin::Env, None, false);
             }
         }
@@ -172,7 +178,16 @@ pub fn candidates(folder: &Folder) -> std::io::Result<Vec<PathBuf>> {
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         // `is_file` follows symlinks: a link to a library counts, a folder does not.
-        .filter(|p| p.is_file())
+        .filter(|p| {
+            if p.is_symlink() && !p.exists() && folder.only.is_none() {
+                crate::diagnostics::warn_once(format!(
+                    "plugin folder {}: {} is a broken symbolic link; skipped",
+                    folder.path.display(),
+                    p.display()
+                ));
+            }
+            p.is_file()
+        })
         .filter(|p| {
             let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
                 return false;

@@ -88,9 +88,40 @@ fn looks_like_object_file(path: &Path) -> bool {
     elf || macho || pe
 }
 
+/// Reads the library's symbol table without loading it: opening a library runs its
+/// constructors, so a file in a plugin folder that is not a plugin must be turned away before
+/// that; and a descriptor exported as data rather than code would crash when called.
+fn check_exports(path: &Path) -> std::result::Result<(), String> {
+    use object::{Object, ObjectSymbol, SymbolKind};
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    // SAFETY: a read-only map of a file we only read, dropped before the library is opened.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| format!("cannot read: {e}"))?;
+    let obj = match object::File::parse(&*map) {
+        Ok(o) => o,
+        // Formats the reader does not know are left to the dynamic loader's own message.
+        Err(_) if looks_like_object_file(path) => return Ok(()),
+        Err(e) => return Err(format!("not a shared library: {e}")),
+    };
+    // Mach-O prefixes C symbol names with an underscore.
+    let wanted = |name: &str| name == DESCRIPTOR_SYMBOL || name.strip_prefix('_') == Some(DESCRIPTOR_SYMBOL);
+    let found = obj.dynamic_symbols().chain(obj.symbols()).find(|s| s.name().is_ok_and(wanted) && !s.is_undefined());
+    match found {
+        None => Err(format!(
+            "no descriptor symbol `{DESCRIPTOR_SYMBOL}`: not an mlx-engine plugin (plugins export it with export_plugin!); \
+             not loaded"
+        )),
+        Some(sym) if sym.kind() != SymbolKind::Text && sym.kind() != SymbolKind::Unknown => Err(format!(
+            "`{DESCRIPTOR_SYMBOL}` is exported as {:?}, not as a function: not an mlx-engine plugin; not loaded",
+            sym.kind()
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 impl LoadedPlugin {
     /// Opens `path`, checks its descriptor and initialises it with the engine's ops table.
     pub fn load(path: &Path) -> Result<LoadedPlugin> {
+        check_exports(path).map_err(|reason| plugin_err(path, reason))?;
         // SAFETY: opening a library runs its initialisers. Loading a plugin means trusting its
         // code (the documented limit of in-process plugins); nothing else of ours runs meanwhile.
         let lib = unsafe { Library::new(path) }.map_err(|e| {

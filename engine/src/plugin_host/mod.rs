@@ -116,6 +116,12 @@ impl PluginHost {
             defaults: opts.defaults,
         };
         let folders = folders::search_folders(&folder_opts);
+        if let Some(f) = folders.iter().find(|f| f.origin == folders::Origin::Cli && !f.path.is_dir()) {
+            return Err(crate::Error::Param {
+                name: "plugins".into(),
+                reason: format!("{} is not a folder", f.path.display()),
+            });
+        }
         let mut folder_errors = Vec::new();
         let mut files = Vec::new();
         for (i, folder) in folders.iter().enumerate() {
@@ -132,7 +138,7 @@ impl PluginHost {
                     other => other.to_string(),
                 });
                 if let Err(reason) = &state {
-                    tracing::warn!("plugin {}: {reason}", path.display());
+                    crate::diagnostics::warn_once(format!("plugin {}: {reason}", path.display()));
                 }
                 files.push(PluginFile { folder: i, path, state });
             }

@@ -191,7 +191,11 @@ impl Registry {
 
     /// Reads and parses a registry file.
     pub fn load(path: &Path, found_by: &'static str) -> Result<Registry> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+        // Say where the path came from: a stale `$MLX_ENGINE_REGISTRY` is easy to forget.
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Param {
+            name: found_by.trim_start_matches('$').into(),
+            reason: format!("cannot read {}: {e}", path.display()),
+        })?;
         Registry::parse(&text, RegistrySource::File { path: path.to_path_buf(), found_by })
     }
 

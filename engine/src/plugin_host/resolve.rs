@@ -179,15 +179,16 @@ impl PluginHost {
     pub fn resolve(&self, kind: Kind, model_type: &str) -> Result<Resolved> {
         match self.try_resolve(kind, model_type) {
             Outcome::Found(r) => {
+                tracing::debug!("{} model type `{model_type}` resolved to {}", kind.table(), r.provider);
                 let by_registry = matches!(r.via, Via::Registry { .. });
                 if let Some(entry) = self.registry().get(kind, model_type).filter(|_| !by_registry) {
-                    tracing::warn!(
+                    crate::diagnostics::warn_once(format!(
                         "{}: plugin `{}` for {} model type `{model_type}` is not installed; using {}",
                         self.registry().locate(entry),
                         entry.plugin,
                         kind.table(),
                         r.provider
-                    );
+                    ));
                 }
                 Ok(r)
             }

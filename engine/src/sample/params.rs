@@ -124,7 +124,9 @@ impl SamplingOverrides {
                 Some(x) if ok(x) => Some(x as f32),
                 _ if v.is_null() => None,
                 _ => {
-                    tracing::warn!("generation_config.json: ignoring `{key}` = {v} (not a valid value)");
+                    crate::diagnostics::warn_once(format!(
+                        "generation_config.json: ignoring `{key}` = {v} (not a valid value)"
+                    ));
                     None
                 }
             }
@@ -222,7 +224,7 @@ impl SamplingParams {
     }
 
     /// The checks that need no vocabulary (the sampler runs these on construction).
-    pub(crate) fn validate_ranges(&self) -> Result<()> {
+    pub fn validate_ranges(&self) -> Result<()> {
         let unit = |x: f32| (0.0..=1.0).contains(&x);
         if !(self.temp.is_finite() && self.temp >= 0.0) {
             return Err(param("temp", format!("must be a finite number >= 0 (0 = greedy), got {}", self.temp)));

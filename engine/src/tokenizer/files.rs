@@ -100,10 +100,18 @@ impl ChatTemplate {
                 .get("chat_template")
                 .and_then(Value::as_str)
                 .ok_or_else(|| tok_err(path, "field `chat_template` (a string) is missing"))?;
-            return Ok(ChatTemplate::new(path, t));
+            return non_empty(path, t);
         }
-        Ok(ChatTemplate::new(path, text))
+        non_empty(path, &text)
     }
+}
+
+/// An empty template renders nothing, which would silently drop every message.
+fn non_empty(path: &Path, template: &str) -> Result<ChatTemplate> {
+    if template.trim().is_empty() {
+        return Err(tok_err(path, "the chat template is empty (it would render no messages)"));
+    }
+    Ok(ChatTemplate::new(path, template))
 }
 
 /// The templates a folder offers: the one used by default and any named ones.

@@ -251,10 +251,10 @@ fn byte_level(meta: &Meta<'_>, vocab: Vocab) -> Result<tokenizers::Tokenizer> {
         }
         "qwen2" => (json!({"type": "Sequence", "pretokenizers": [split(QWEN2_REGEX), byte_level(false)]}), false),
         other => {
-            tracing::warn!(
+            crate::diagnostics::warn_once(format!(
                 "{}: GGUF pre-tokenizer `{other}` is not known; using GPT-2's regex (token ids may differ from the original tokenizer)",
                 source.display()
-            );
+            ));
             (byte_level(true), false)
         }
     };

@@ -12,6 +12,7 @@ mod template;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::str::FromStr as _;
 use std::sync::Arc;
 
 pub use detokenizer::StreamingDetokenizer;
@@ -100,8 +101,17 @@ impl Tokenizer {
         if !tok_path.is_file() {
             return Err(tok_err(dir, "no tokenizer.json in the model folder"));
         }
-        let tok = tokenizers::Tokenizer::from_file(&tok_path)
-            .map_err(|e| tok_err(&tok_path, format!("cannot read the tokenizer: {e}")))?;
+        let text =
+            std::fs::read_to_string(&tok_path).map_err(|e| tok_err(&tok_path, format!("cannot read it: {e}")))?;
+        let tok = tokenizers::Tokenizer::from_str(&text).map_err(|e| {
+            // The tokenizers crate reports a wrong shape as a parse error; say which it is.
+            match serde_json::from_str::<serde_json::Value>(&text) {
+                Err(syntax) => tok_err(&tok_path, format!("invalid JSON: {syntax}")),
+                Ok(_) => {
+                    tok_err(&tok_path, format!("valid JSON, but not a tokenizer the `tokenizers` library reads: {e}"))
+                }
+            }
+        })?;
 
         let tc_path = dir.join("tokenizer_config.json");
         let tc = read_json(&tc_path)?;
@@ -181,16 +191,19 @@ impl Tokenizer {
                 && id == 1
                 && p.tok.id_to_token(1).as_deref() == Some("\"")
             {
-                tracing::warn!("{}: eos token id 1 is `\"` in this vocabulary; ignored", p.source.display());
+                crate::diagnostics::warn_once(format!(
+                    "{}: eos token id 1 is `\"` in this vocabulary; ignored",
+                    p.source.display()
+                ));
                 continue;
             }
             if known(id) {
                 eos_ids.insert(id);
             } else {
-                tracing::warn!(
+                crate::diagnostics::warn_once(format!(
                     "{}: eos token id {id} is outside the vocabulary ({vocab} tokens); ignored",
                     p.source.display()
-                );
+                ));
             }
         }
         for candidate in eot_tokens_for(p.model_type.as_deref()) {

@@ -65,6 +65,12 @@ pub const TEMPLATE_FUEL: u64 = 20_000_000;
 #[cfg(fuzzing)]
 pub const TEMPLATE_FUEL: u64 = 200_000;
 
+/// Seconds a render may take. Fuel bounds instructions, not the work one instruction does (a
+/// string concatenated onto itself copies more bytes each time), so the wall clock is bounded
+/// too: past it the request fails, and the render, abandoned on its own thread, still stops
+/// at the fuel limit.
+pub const TEMPLATE_SECONDS: u64 = 10;
+
 /// Marks errors raised by the template itself, so they are reported as such.
 const RAISED: &str = "raise_exception: ";
 
@@ -77,8 +83,43 @@ pub(super) struct RenderInput<'a> {
     pub eos_token: &'a str,
 }
 
-/// Renders `template` (read from `source`, named in errors).
+/// Renders `template` (read from `source`, named in errors) within [`TEMPLATE_FUEL`] steps and
+/// [`TEMPLATE_SECONDS`].
 pub(super) fn render(source: &Path, template: &str, input: &RenderInput<'_>) -> Result<String> {
+    let owned = (
+        source.to_path_buf(),
+        template.to_string(),
+        input.messages.to_vec(),
+        input.extra.clone(),
+        input.bos_token.to_string(),
+        input.eos_token.to_string(),
+    );
+    let add_generation_prompt = input.add_generation_prompt;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new().name("chat-template".into()).spawn(move || {
+        let (source, template, messages, extra, bos_token, eos_token) = owned;
+        let input = RenderInput {
+            messages: &messages,
+            add_generation_prompt,
+            extra: &extra,
+            bos_token: &bos_token,
+            eos_token: &eos_token,
+        };
+        let _ = tx.send(render_now(&source, &template, &input));
+    });
+    let err = |reason: String| Error::ChatTemplate { path: source.to_path_buf(), reason };
+    if let Err(e) = spawned {
+        return Err(err(format!("cannot start rendering: {e}")));
+    }
+    match rx.recv_timeout(std::time::Duration::from_secs(TEMPLATE_SECONDS)) {
+        Ok(out) => out,
+        Err(_) => {
+            Err(err(format!("took more than {TEMPLATE_SECONDS} s to render and was abandoned (a runaway template?)")))
+        }
+    }
+}
+
+fn render_now(source: &Path, template: &str, input: &RenderInput<'_>) -> Result<String> {
     let err = |reason: String| Error::ChatTemplate { path: source.to_path_buf(), reason };
     let mut env = Environment::new();
     let syntax =

@@ -167,6 +167,7 @@ impl FeatureMemo {
             let f = entry.1.clone();
             self.entries.push(entry);
             self.hits += 1;
+            tracing::debug!("vision: features of image {} from the memo", img.label);
             return Ok(f);
         }
         let f = vision
@@ -174,6 +175,7 @@ impl FeatureMemo {
             .encode(&img.pixels.to_array()?)
             .map_err(|e| Error::Image { image: img.label.clone(), reason: format!("the vision tower failed: {e}") })?;
         f.eval()?;
+        tracing::debug!("vision: image {} encoded", img.label);
         self.encodes += 1;
         if self.capacity > 0 {
             if self.entries.len() == self.capacity {

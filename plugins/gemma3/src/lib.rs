@@ -3,6 +3,7 @@
 //! `sliding_window_pattern`-th layer global, q/k norms, `(1 + w)` RMSNorms around attention and
 //! MLP, GeGLU, embeddings scaled by `sqrt(hidden_size)` (rounded to bf16, as the reference does).
 
+use mlx_engine_plugin_api::config_check::ConfigCheck;
 use mlx_engine_plugin_api::gguf::{rename_llama_cpp_parts, GgufInfo};
 use mlx_engine_plugin_api::nn::{
     layer_quant, merge_heads, split_heads, Activation, Embedding, GatedMlp, Linear, Quantization, RmsNorm, Rope,
@@ -10,8 +11,8 @@ use mlx_engine_plugin_api::nn::{
 };
 use mlx_engine_plugin_api::serde_json::{json, Map, Value};
 use mlx_engine_plugin_api::{
-    export_plugin, round_to_bf16, Array, AttentionOptions, Dtype, Error, ForwardContext, Input, LayerCache, ModelArch,
-    Result, Weights, WeightsFormat,
+    export_plugin, round_to_bf16, Array, AttentionOptions, Dtype, ForwardContext, Input, LayerCache, ModelArch, Result,
+    Weights, WeightsFormat,
 };
 use serde::Deserialize;
 
@@ -45,8 +46,12 @@ pub struct Config {
     pub layer_types: Option<Vec<String>>,
     pub rope_scaling: Option<RopeScaling>,
     pub final_logit_softcapping: Option<f32>,
+    pub attn_logit_softcapping: Option<f32>,
     #[serde(alias = "quantization_config")]
     pub quantization: Option<Quantization>,
+    /// Checked, not used: Gemma 3 gates its MLP with the tanh approximation of GELU.
+    pub hidden_activation: Option<String>,
+    pub hidden_act: Option<String>,
 }
 
 fn d_heads() -> i32 {
@@ -241,6 +246,49 @@ impl ModelArch for Gemma3 {
         Ok(Some(Value::Object(c)))
     }
 
+    fn validate(c: &Config) -> Result<()> {
+        let gelu = ["gelu_pytorch_tanh", "gelu_tanh", "gelu_approx"];
+        let mut check = ConfigCheck::new();
+        check
+            .decoder_sizes(
+                c.hidden_size,
+                c.num_hidden_layers,
+                c.intermediate_size,
+                c.num_attention_heads,
+                c.num_key_value_heads,
+                c.vocab_size,
+            )
+            .positive("head_dim", c.head_dim)
+            .even("head_dim", c.head_dim as i64)
+            .positive("rms_norm_eps", c.rms_norm_eps)
+            .positive("rope_theta", c.rope_theta)
+            .positive("rope_local_base_freq", c.rope_local_base_freq)
+            .positive("query_pre_attn_scalar", c.query_pre_attn_scalar)
+            .positive("sliding_window", c.sliding_window)
+            .positive("sliding_window_pattern", c.sliding_window_pattern as f64)
+            .positive_if_set("final_logit_softcapping", c.final_logit_softcapping)
+            .positive_if_set("attn_logit_softcapping", c.attn_logit_softcapping)
+            .one_of("hidden_activation", c.hidden_activation.as_deref(), &gelu)
+            .one_of("hidden_act", c.hidden_act.as_deref(), &gelu);
+        if let Some(types) = &c.layer_types {
+            check.ensure(
+                types.len() == c.num_hidden_layers,
+                "layer_types",
+                format!("lists {} layers, but `num_hidden_layers` is {}", types.len(), c.num_hidden_layers),
+            );
+            if let Some((i, t)) =
+                types.iter().enumerate().find(|(_, t)| !matches!(t.as_str(), "full_attention" | "sliding_attention"))
+            {
+                check.ensure(
+                    false,
+                    &format!("layer_types[{i}]"),
+                    format!("is `{t}`; expected `full_attention` or `sliding_attention`"),
+                );
+            }
+        }
+        check.finish()
+    }
+
     fn sanitize(_c: &Config, mut w: Weights, format: WeightsFormat) -> Result<Weights> {
         if format == WeightsFormat::Gguf {
             w = rename_llama_cpp_parts(w, gguf_part)?;
@@ -258,9 +306,6 @@ impl ModelArch for Gemma3 {
     }
 
     fn new(c: Config, mut w: Weights) -> Result<Gemma3> {
-        if c.num_attention_heads <= 0 || c.num_key_value_heads <= 0 {
-            return Err(Error::Config("num_attention_heads and num_key_value_heads must be positive".into()));
-        }
         let q = c.quantization.as_ref();
         let eps = c.rms_norm_eps;
         let d = c.hidden_size;

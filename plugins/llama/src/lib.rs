@@ -1,6 +1,7 @@
 //! Llama-family text architectures: llama, mistral, qwen2 (q/k/v bias), qwen3 (q/k norms).
 //! Follows mlx-lm's `models/llama.py` (and `qwen2.py` / `qwen3.py` for their differences).
 
+use mlx_engine_plugin_api::config_check::ConfigCheck;
 use mlx_engine_plugin_api::gguf::{rename_llama_cpp_parts, GgufInfo};
 use mlx_engine_plugin_api::nn::{
     layer_quant, merge_heads, split_heads, Activation, Embedding, GatedMlp, Linear, Quantization, RmsNorm, Rope,
@@ -38,6 +39,8 @@ pub struct Config {
     pub tie_word_embeddings: bool,
     #[serde(alias = "quantization_config")]
     pub quantization: Option<Quantization>,
+    /// Checked, not used: these models all gate their MLP with SiLU.
+    pub hidden_act: Option<String>,
 }
 
 fn default_theta() -> f32 {
@@ -179,6 +182,12 @@ impl ModelArch for Llama {
         c.insert("num_attention_heads".into(), json!(heads as i64));
         let kv = g.number(&key("attention.head_count_kv")).unwrap_or(heads);
         c.insert("num_key_value_heads".into(), json!(kv as i64));
+        // `sanitize` un-permutes Q/K rows per head: name the GGUF key, not the mapped field.
+        for (k, v) in [("attention.head_count", heads), ("attention.head_count_kv", kv)] {
+            if v.is_nan() || v < 1.0 {
+                return Err(Error::Config(format!("GGUF key `{}` must be at least 1, got {v}", key(k))));
+            }
+        }
         let eps = g.number(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-6);
         c.insert("rms_norm_eps".into(), json!(eps));
         c.insert("vocab_size".into(), json!(g.vocab_size(&arch)? as i64));
@@ -198,6 +207,30 @@ impl ModelArch for Llama {
             c.insert("rope_scaling".into(), json!({"rope_type": "linear", "factor": factor}));
         }
         Ok(Some(Value::Object(c)))
+    }
+
+    fn validate(c: &Config) -> Result<()> {
+        let heads = c.num_attention_heads as i64;
+        let mut check = ConfigCheck::new();
+        check
+            .decoder_sizes(
+                c.hidden_size,
+                c.num_hidden_layers,
+                c.intermediate_size,
+                c.num_attention_heads,
+                c.kv_heads(),
+                c.vocab_size,
+            )
+            .positive("rms_norm_eps", c.rms_norm_eps)
+            .positive("rope_theta", c.rope_theta)
+            .one_of("hidden_act", c.hidden_act.as_deref(), &["silu", "swish"]);
+        match c.head_dim {
+            Some(hd) => check.positive("head_dim", hd).even("head_dim", hd as i64),
+            None => check
+                .multiple_of("hidden_size", c.hidden_size as i64, "num_attention_heads", heads)
+                .even("hidden_size / num_attention_heads", if heads > 0 { c.hidden_size as i64 / heads } else { 0 }),
+        };
+        check.finish()
     }
 
     fn sanitize(c: &Config, mut w: Weights, format: WeightsFormat) -> Result<Weights> {
@@ -226,9 +259,6 @@ impl ModelArch for Llama {
     }
 
     fn new(c: Config, mut w: Weights) -> Result<Llama> {
-        if c.num_attention_heads <= 0 || c.hidden_size <= 0 {
-            return Err(Error::Config("num_attention_heads and hidden_size must be positive".into()));
-        }
         let q = c.quantization.as_ref();
         let d = c.hidden_size;
         let rope_factors = w.remove(ROPE_FREQS);
