@@ -114,6 +114,32 @@ def configs():
         'general.architecture': 'llama', 'llama.block_count': 1, 'llama.embedding_length': 64,
         'llama.feed_forward_length': 128, 'llama.attention.head_count': 0, 'tokenizer.ggml.tokens': {'strings': 10}},
         'tensors': {}})
+    # Tiny configs, which the targets also build (with probe weights) and run.
+    tiny = {'model_type': 'llama', 'hidden_size': 16, 'intermediate_size': 32, 'num_hidden_layers': 2,
+            'num_attention_heads': 2, 'num_key_value_heads': 1, 'head_dim': 8, 'rms_norm_eps': 1e-5,
+            'vocab_size': 32, 'max_position_embeddings': 64, 'tie_word_embeddings': True}
+    cfg('config_llama', 'tiny_llama.json', 0, tiny)
+    cfg('config_llama', 'tiny_qwen3_untied.json', 1 << 1, {**tiny, 'model_type': 'qwen3', 'tie_word_embeddings': False})
+    cfg('config_llama', 'tiny_qwen2_bias.json', 0, {**tiny, 'model_type': 'qwen2', 'mlp_bias': True, 'attention_bias': True})
+    cfg('config_llama', 'tiny_llama3_rope.json', 0, {**tiny, 'rope_theta': 500000.0, 'rope_scaling': {
+        'rope_type': 'llama3', 'factor': 8.0, 'low_freq_factor': 1.0, 'high_freq_factor': 4.0,
+        'original_max_position_embeddings': 16}})
+    cfg('config_llama', 'tiny_gguf_llama.json', gguf, {'metadata': {
+        'general.architecture': 'llama', 'llama.block_count': 1, 'llama.embedding_length': 16,
+        'llama.feed_forward_length': 32, 'llama.attention.head_count': 2, 'llama.attention.head_count_kv': 1,
+        'tokenizer.ggml.tokens': {'strings': 32}}, 'tensors': {}})
+    tiny_g = {'model_type': 'gemma3_text', 'hidden_size': 16, 'intermediate_size': 32, 'num_hidden_layers': 3,
+              'num_attention_heads': 2, 'num_key_value_heads': 1, 'head_dim': 8, 'query_pre_attn_scalar': 8,
+              'vocab_size': 32, 'sliding_window': 4, 'sliding_window_pattern': 2, 'max_position_embeddings': 64}
+    cfg('config_gemma3', 'tiny_gemma3.json', 0, tiny_g)
+    cfg('config_gemma3', 'tiny_gemma3_layer_types.json', 1 << 1, {
+        **tiny_g, 'layer_types': ['sliding_attention', 'full_attention', 'sliding_attention'],
+        'final_logit_softcapping': 30.0, 'rope_scaling': {'rope_type': 'linear', 'factor': 2.0}})
+    cfg('config_gemma3', 'tiny_gguf_gemma3.json', gguf, {'metadata': {
+        'general.architecture': 'gemma3', 'gemma3.block_count': 2, 'gemma3.embedding_length': 16,
+        'gemma3.feed_forward_length': 32, 'gemma3.attention.head_count': 2, 'gemma3.attention.head_count_kv': 1,
+        'gemma3.attention.key_length': 8, 'gemma3.attention.sliding_window': 4,
+        'tokenizer.ggml.tokens': {'strings': 32}}, 'tensors': {}})
     gm = json.load(open('models/gemma3-270m/f32/config.json'))
     cfg('config_gemma3', 'gemma3_270m.json', 0, gm)
     cfg('config_gemma3', 'gemma3_layer_types.json', 1 << 1, {
@@ -132,8 +158,91 @@ def configs():
         'tokenizer.ggml.tokens': {'strings': 100}}, 'tensors': {}})
 
 
+def gguf_file(metadata, tensors, alignment=32, version=3):
+    """A GGUF file: metadata as (key, type, payload bytes), tensors as (name, dims innermost
+    first, ggml type, data bytes), data aligned as the header says."""
+    def s(x):
+        x = x.encode()
+        return struct.pack('<Q', len(x)) + x
+    out = b'GGUF' + struct.pack('<IQQ', version, len(tensors), len(metadata))
+    for key, ty, payload in metadata:
+        out += s(key) + struct.pack('<I', ty) + payload
+    offset, infos, data = 0, b'', b''
+    for name, dims, ty, raw in tensors:
+        infos += s(name) + struct.pack('<I', len(dims)) + b''.join(struct.pack('<Q', d) for d in dims)
+        infos += struct.pack('<IQ', ty, offset)
+        padded = raw + b'\0' * (-len(raw) % alignment)
+        data += padded
+        offset += len(padded)
+    out += infos
+    out += b'\0' * (-len(out) % alignment)
+    return out + data
+
+
+def gguf():
+    def gstr(x):
+        x = x.encode()
+        return struct.pack('<Q', len(x)) + x
+    u32 = lambda v: (4, struct.pack('<I', v))
+    f32 = lambda v: (6, struct.pack('<f', v))
+    string = lambda v: (8, gstr(v))
+    strings = lambda vs: (9, struct.pack('<IQ', 8, len(vs)) + b''.join(gstr(v) for v in vs))
+    i32s = lambda vs: (9, struct.pack('<IQ', 5, len(vs)) + b''.join(struct.pack('<i', v) for v in vs))
+    meta = [('general.architecture',) + string('llama'), ('llama.block_count',) + u32(1),
+            ('llama.attention.layer_norm_rms_epsilon',) + f32(1e-5),
+            ('tokenizer.ggml.tokens',) + strings(['<s>', '</s>', 'a', 'b']),
+            ('tokenizer.ggml.token_type',) + i32s([3, 3, 1, 1])]
+    f32_data = struct.pack('<8f', *range(8))
+    q8_block = struct.pack('<e', 0.5) + bytes(range(32))  # Q8_0: an f16 scale, 32 int8
+    q4_1_block = struct.pack('<ee', 0.25, -1.0) + bytes(range(16))  # Q4_1: scale, min, 16 bytes
+    tensors = [('token_embd.weight', [4, 2], 0, f32_data), ('blk.0.attn_q.weight', [32, 2], 8, q8_block * 2),
+               ('blk.0.ffn_up.weight', [32], 3, q4_1_block), ('output_norm.weight', [4], 1, struct.pack('<4e', 1, 2, 3, 4))]
+    w('gguf_header', 'small_v3.gguf', gguf_file(meta, tensors))
+    w('gguf_header', 'small_v2_align64.gguf', gguf_file(meta + [('general.alignment',) + u32(64)], tensors[:2], 64, 2))
+    w('gguf_header', 'metadata_only.gguf', gguf_file(meta, []))
+    w('gguf_header', 'bad_count.gguf', b'GGUF' + struct.pack('<IQQ', 3, 1 << 62, 0))
+    # The start of the real files: metadata parsing of real headers (truncated, so rejected).
+    for path, name in [('models/smollm2-135m-instruct/gguf/SmolLM2-135M-Instruct.Q4_1.gguf', 'smollm2_prefix.gguf'),
+                       ('models/gemma3-270m/gguf/gemma-3-270m-q4_k_m.gguf', 'gemma3_prefix.gguf')]:
+        if os.path.exists(path):
+            with open(path, 'rb') as f:
+                w('gguf_header', name, f.read(2048))
+
+
+def safetensors_file(tensors, metadata=None):
+    """A safetensors file: tensors as (name, dtype, shape, data bytes)."""
+    header, data = {}, b''
+    if metadata:
+        header['__metadata__'] = metadata
+    for name, dtype, shape, raw in tensors:
+        header[name] = {'dtype': dtype, 'shape': shape, 'data_offsets': [len(data), len(data) + len(raw)]}
+        data += raw
+    text = json.dumps(header).encode()
+    text += b' ' * (-len(text) % 8)
+    return struct.pack('<Q', len(text)) + text + data
+
+
+def safetensors():
+    f32 = struct.pack('<6f', *range(6))
+    w('safetensors_header', 'small.safetensors', safetensors_file(
+        [('model.embed_tokens.weight', 'F32', [3, 2], f32), ('model.norm.weight', 'BF16', [2], b'\x80\x3f\x00\x40'),
+         ('model.layers.0.mlp.down_proj.scales', 'F16', [1, 1], b'\x00\x3c'), ('q', 'U32', [1], b'\1\2\3\4')],
+        {'format': 'mlx'}))
+    w('safetensors_header', 'scalar_and_empty.safetensors', safetensors_file(
+        [('scalar', 'F32', [], struct.pack('<f', 1.0)), ('empty', 'I64', [0, 3], b''), ('flag', 'BOOL', [2], b'\1\0')]))
+    w('safetensors_header', 'huge_dim.safetensors', safetensors_file([('x', 'U8', [2 ** 32 + 1], b'\0')]))
+    w('safetensors_index', 'sharded.json', json.dumps({'metadata': {'total_size': 1234}, 'weight_map': {
+        'model.embed_tokens.weight': 'model-00001-of-00002.safetensors',
+        'model.norm.weight': 'model-00002-of-00002.safetensors', 'lm_head.weight': 'model-00002-of-00002.safetensors'}}))
+    w('safetensors_index', 'escapes.json', json.dumps({'weight_map': {
+        'a': '../other/model.safetensors', 'b': '/etc/model.safetensors', 'c': 'sub/model.safetensors', 'd': 'x.bin'}}))
+    w('safetensors_index', 'empty.json', '{"weight_map": {}}')
+
+
 if __name__ == '__main__':
     registry()
     chat_template()
     detokenizer_stop()
     configs()
+    gguf()
+    safetensors()

@@ -7,6 +7,10 @@ use mlx_engine_plugin_api::{model_factory, vision_factory, ModelArch};
 
 #[path = "config_common.rs"]
 mod config_common;
+#[path = "probe.rs"]
+mod probe;
+#[path = "scratch.rs"]
+mod scratch;
 
 fuzz_target!(|data: &[u8]| {
     let arch = config_common::Arch {
