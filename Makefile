@@ -5,7 +5,7 @@ MODELS := $(or $(MLX_ENGINE_MODELS),models)
 ENGINE := target/release/mlx-engine
 DEFAULT_MODEL := $(MODELS)/smollm2-135m-instruct/f32
 
-.PHONY: setup models goldens goldens-vlm build build-debug demo test bench clean
+.PHONY: setup models goldens goldens-vlm build build-debug demo test bench fuzz soak clean
 
 setup:
 	@scripts/setup.sh
@@ -48,6 +48,17 @@ test: build-debug models
 bench: setup
 	$(CARGO) run --release -p mlx-engine --example gemm_bench
 	MLX_ENGINE_NO_OPENBLAS=1 $(CARGO) run --release -p mlx-engine --example gemm_bench --target-dir target/no-openblas
+
+# Every cargo-fuzz target in fuzz/ for FUZZ_SECONDS each from the committed seed corpus
+# (installs nightly and cargo-fuzz if missing; see docs/adr/0006-fuzzing.md). Not in `make test`.
+FUZZ_SECONDS ?= 60
+fuzz: setup
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
+
+# 500 sequential chat turns with prompt-cache reuse on the small model through the library;
+# fails on any error or if resident memory grows faster than the example's bound. Not in `make test`.
+soak: build models
+	$(CARGO) run --release -p mlx-engine --example soak -- --model $(DEFAULT_MODEL)
 
 clean:
 	$(CARGO) clean

@@ -1,5 +1,6 @@
 //! A malformed registry.toml is reported with its file, the line and a reason.
 
+use mlx_engine::plugin_host::registry::{Registry, RegistrySource};
 use mlx_engine::plugin_host::{HostOptions, PluginHost};
 use mlx_engine::Error;
 use tempfile::TempDir;
@@ -73,4 +74,14 @@ fn a_missing_explicit_registry_is_an_error() {
         reason.starts_with(&format!("cannot read {}: ", path.display())) && reason.contains("No such file"),
         "{reason}"
     );
+}
+
+#[test]
+fn a_control_character_in_a_comment_gets_a_reason() {
+    // Found by the registry fuzz target (fuzz/artifacts-found/registry-empty-reason.toml).
+    let err = Registry::parse("[text]\nllama = \"llama\"\n# a NUL\0 in a comment\n", RegistrySource::Embedded)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains(":3: invalid TOML here"), "{err}");
 }

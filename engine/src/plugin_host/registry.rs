@@ -134,6 +134,10 @@ fn explain(message: &str) -> String {
         format!("{message}: each entry is model_type = \"plugin name\"")
     } else if message.contains("expected a map") {
         format!("{message}: `text` and `vision` must be tables ([text] / [vision])")
+    } else if message.trim().is_empty() {
+        // toml gives no text for some syntax errors (a control character in a comment, found
+        // by the registry fuzz target); never print an empty reason.
+        "invalid TOML here (a syntax error, or a control character such as NUL)".to_string()
     } else {
         message.to_string()
     }

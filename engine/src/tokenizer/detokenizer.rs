@@ -7,7 +7,9 @@
 //! chunk plus the pending ones — and emits what the pending ids added to the window's text.
 //! The window restarts after every emission, so a step costs O(1) however long the stream is.
 //! Text whose tail is U+FFFD (an incomplete UTF-8 sequence) is held until the character
-//! completes, or until [`MAX_PENDING`] ids make it clear the bytes are really invalid.
+//! completes, or until [`MAX_PENDING`] ids make it likely that the bytes are really invalid;
+//! even then only text that no later id can change is emitted (see `emit_stable`), since
+//! invalid bytes may be followed by the first bytes of a real character.
 
 use super::Tokenizer;
 use crate::error::Result;
@@ -44,8 +46,18 @@ impl StreamingDetokenizer {
         self.ids.push(id);
         let full = self.tokenizer.decode(&self.ids, self.skip_special_tokens)?;
         let pending = self.ids.len() - self.read;
-        if full.ends_with('\u{FFFD}') && pending < MAX_PENDING {
-            return Ok(String::new());
+        if full.ends_with('\u{FFFD}') {
+            if pending < MAX_PENDING {
+                return Ok(String::new());
+            }
+            if let Some(text) = self.emit_stable(&full)? {
+                return Ok(text);
+            }
+            // No safe cut yet (ids that add no bytes sit inside the character): keep holding,
+            // up to the window bound, then give the bytes up as U+FFFD.
+            if pending < MAX_SILENT {
+                return Ok(String::new());
+            }
         }
         let new_text = self.new_text(&full);
         if new_text.is_empty() {
@@ -98,6 +110,29 @@ impl StreamingDetokenizer {
     /// Whether ids are waiting for more bytes.
     pub fn has_pending(&self) -> bool {
         self.ids.len() > self.read
+    }
+
+    /// Emits the text of the longest run of pending ids whose decode is a *strict* prefix of
+    /// `full` (the window's text), keeping the ids after it pending. More text following it
+    /// means its last bytes were already settled: a complete character, or a U+FFFD that a
+    /// later byte closed. A U+FFFD for an incomplete tail may still become a character, and
+    /// the tail spans at most 3 bytes, so a cut within the last [`MAX_PENDING`] ids is enough.
+    fn emit_stable(&mut self, full: &str) -> Result<Option<String>> {
+        let n = self.ids.len();
+        for cut in (self.read + 1..n).rev().take(MAX_PENDING) {
+            let text = self.tokenizer.decode(&self.ids[..cut], self.skip_special_tokens)?;
+            let settled = text.len() < full.len() && full.starts_with(&text);
+            if !settled || text.len() <= self.prefix.len() || !text.starts_with(self.prefix.as_str()) {
+                continue;
+            }
+            let new_text = text[self.prefix.len()..].to_string();
+            let emitted = cut - self.read;
+            self.ids.drain(..self.read);
+            self.read = emitted;
+            self.prefix = self.tokenizer.decode(&self.ids[..self.read], self.skip_special_tokens)?;
+            return Ok(Some(new_text));
+        }
+        Ok(None)
     }
 
     /// What `full` (the window's text) adds to the already emitted prefix. Decoders extend

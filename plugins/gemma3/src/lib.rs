@@ -16,7 +16,7 @@ use mlx_engine_plugin_api::{
 };
 use serde::Deserialize;
 
-mod vision;
+pub mod vision;
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct Config {
