@@ -79,9 +79,10 @@ fn a_missing_explicit_registry_is_an_error() {
 #[test]
 fn a_control_character_in_a_comment_gets_a_reason() {
     // Found by the registry fuzz target (fuzz/artifacts-found/registry-empty-reason.toml).
-    let err = Registry::parse("[text]\nllama = \"llama\"\n# a NUL\0 in a comment\n", RegistrySource::Embedded)
-        .err()
-        .expect("refused")
-        .to_string();
+    let Err(err) = Registry::parse("[text]\nllama = \"llama\"\n# a NUL\0 in a comment\n", RegistrySource::Embedded)
+    else {
+        panic!("refused")
+    };
+    let err = err.to_string();
     assert!(err.contains(":3: invalid TOML here"), "{err}");
 }
