@@ -1,99 +1,146 @@
 #!/usr/bin/env python3
 """Side-by-side speed of mlx-engine and mlx-lm on the same model folder, prompt and backend.
 
-Runs `mlx-engine generate` (release build) and mlx-lm's `stream_generate` (from the project
-venv, with the same OpenBLAS the engine links) on an identical raw-text prompt, greedy, with
-EOS ignored so both decode exactly `--max-tokens` tokens, and prints prompt tok/s, decode tok/s,
-time to first token, peak memory, and the engine/mlx-lm ratios.
+Both sides run warm and in-process: `mlx-engine bench --only speed --json` (one process per
+model, one untimed run per prompt length, then --runs timed ones) and mlx-lm's
+`stream_generate` in a Python process doing the same. Greedy, EOS ignored, so both decode
+exactly --gen-tokens tokens of the same prompt (BOS, then engine/src/cli/bench_passage.txt
+repeated). Decode tok/s counts the tokens after the first over the time after the first, on
+both sides. Sides alternate for --rounds rounds; each cell keeps the best round's median.
 
-    .venv/bin/python bench/compare.py --model models/smollm2-135m-instruct/f32 \
-        --prompt-tokens 512 --max-tokens 128 [--kv-bits 4] [--runs 2]
+    .venv/bin/python bench/compare.py --model models/smollm2-135m-instruct/f32 \\
+        --prompt-tokens 128,512 --gen-tokens 128 [--device gpu] [--json out.json]
+
+On the CPU the mlx-lm side preloads the OpenBLAS the engine links, so both use the same BLAS
+(--stock-blas leaves mlx-lm on the wheel's reference BLAS).
 """
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OPENBLAS = "/usr/lib/x86_64-linux-gnu/libopenblas.so.0"
-PASSAGE = "".join(f"Line {i}: {i} squared is {i * i}, and {i} cubed is {i ** 3}.\n" for i in range(1, 400))
+PASSAGE = ROOT / "engine/src/cli/bench_passage.txt"
 
 MLX_LM_SIDE = r"""
-import json, sys, time, os
+import json, sys, time
+import mlx.core as mx
 from mlx_lm import load, stream_generate
 from mlx_lm.sample_utils import make_sampler
-import mlx.core as mx
-path, text, n, kv_bits = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+path, passage_file, lengths, n, runs, device, kv_bits = sys.argv[1:8]
+mx.set_default_device(mx.gpu if device == "gpu" else mx.cpu)
+lengths, n, runs = [int(x) for x in lengths.split(",")], int(n), int(runs)
 model, tok = load(path)
+tok.eos_token_ids = set()
 kw = {}
 if kv_bits != "none":
     kw = dict(kv_bits=int(kv_bits), kv_group_size=64, quantized_kv_start=0)
-ids = tok.encode(text)
-mx.reset_peak_memory()
-t0 = time.perf_counter(); first = None; last = None
-for r in stream_generate(model, tok, ids, max_tokens=n, sampler=make_sampler(0.0), **kw):
-    if first is None: first = time.perf_counter() - t0
-    last = r
-print(json.dumps({"prompt_tokens": last.prompt_tokens, "prompt_tps": last.prompt_tps,
-                  "gen_tokens": last.generation_tokens, "gen_tps": last.generation_tps,
-                  "ttft": first, "peak_mb": mx.get_peak_memory() / 1e6}))
+passage = tok.encode(open(passage_file).read(), add_special_tokens=False)
+def prompt(k):
+    ids = [] if tok.bos_token_id is None else [tok.bos_token_id]
+    while len(ids) < k:
+        ids += passage[: k - len(ids)]
+    return ids
+def once(ids):
+    mx.reset_peak_memory()
+    t0 = time.perf_counter(); first = last = None; count = 0
+    for r in stream_generate(model, tok, ids, max_tokens=n, sampler=make_sampler(0.0), **kw):
+        now = time.perf_counter()
+        if first is None:
+            first = now
+        last, count, res = now, count + 1, r
+    assert count == n, f"generated {count} tokens, expected {n}"
+    return dict(prompt_tps=res.prompt_tps, decode_tps=(count - 1) / (last - first), ttft_s=first - t0,
+                peak_mb=mx.get_peak_memory() / 1e6)
+med = lambda v: sorted(v)[len(v) // 2] if len(v) % 2 else sum(sorted(v)[len(v) // 2 - 1:len(v) // 2 + 1]) / 2
+for k in lengths:
+    ids = prompt(k)
+    once(ids)
+    rs = [once(ids) for _ in range(runs)]
+    print(json.dumps({"part": "speed", "runtime": "mlx-lm", "model": path, "device": device, "prompt_tokens": len(ids),
+                      "gen_tokens": n, "runs": runs, "prompt_tps": med([r["prompt_tps"] for r in rs]),
+                      "decode_tps": med([r["decode_tps"] for r in rs]), "ttft_s": med([r["ttft_s"] for r in rs]),
+                      "peak_mb": max(r["peak_mb"] for r in rs),
+                      "decode_tps_runs": [r["decode_tps"] for r in rs]}), flush=True)
 """
 
 
-def prompt_text(model: Path, n: int) -> str:
-    """The first n tokens of the passage, as text (so both sides encode the same ids)."""
-    from tokenizers import Tokenizer
-    tok = Tokenizer.from_file(str(model / "tokenizer.json"))
-    ids = tok.encode(PASSAGE, add_special_tokens=False).ids[:n]
-    return tok.decode(ids)
+def rows(out: str):
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
-def run_engine(model, text, n, kv_bits):
-    cmd = [str(ROOT / "target/release/mlx-engine"), "generate", "--model", str(model), "--prompt", text,
-           "--max-tokens", str(n), "--temp", "0", "--ignore-eos"]
-    if kv_bits != "none":
-        cmd += ["--kv-bits", kv_bits]
-    err = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
-    m = re.search(r"prompt: (\d+) tokens, ([\d.]+) tok/s \| generation: (\d+) tokens, ([\d.]+) tok/s \| "
-                  r"time to first token ([\d.]+)s \| peak memory ([\d.]+) MB", err)
-    if not m:
-        sys.exit(f"could not parse mlx-engine output:\n{err}")
-    return {"prompt_tokens": int(m[1]), "prompt_tps": float(m[2]), "gen_tokens": int(m[3]),
-            "gen_tps": float(m[4]), "ttft": float(m[5]), "peak_mb": float(m[6])}
+def run_engine(a, model):
+    cmd = [str(a.engine), "bench", "--model", str(model), "--device", a.device, "--only", "speed",
+           "--prompt-tokens", a.prompt_tokens, "--gen-tokens", str(a.gen_tokens), "--runs", str(a.runs), "--json"]
+    if a.kv_bits != "none":
+        cmd += ["--kv-bits", a.kv_bits]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"mlx-engine failed ({' '.join(cmd)}):\n{p.stderr[-4000:]}")
+    return rows(p.stdout)
 
 
-def run_mlx_lm(model, text, n, kv_bits):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", LD_PRELOAD=OPENBLAS)
-    out = subprocess.run([str(ROOT / ".venv/bin/python"), "-c", MLX_LM_SIDE, str(model), text, str(n), kv_bits],
-                         capture_output=True, text=True, check=True, env=env).stdout
-    return json.loads(out.strip().splitlines()[-1])
+def run_mlx_lm(a, model):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    if a.device == "cpu" and not a.stock_blas and Path(OPENBLAS).exists():
+        env["LD_PRELOAD"] = OPENBLAS
+    cmd = [str(a.python), "-c", MLX_LM_SIDE, str(model), str(PASSAGE), a.prompt_tokens, str(a.gen_tokens),
+           str(a.runs), a.device, a.kv_bits]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        sys.exit(f"mlx-lm failed on {model}:\n{p.stderr[-4000:]}")
+    return rows(p.stdout)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", type=Path, required=True)
-    ap.add_argument("--prompt-tokens", type=int, default=512)
-    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--model", type=Path, action="append", required=True, help="repeat for several models")
+    ap.add_argument("--prompt-tokens", default="512", help="comma-separated prompt lengths")
+    ap.add_argument("--gen-tokens", type=int, default=128)
+    ap.add_argument("--runs", type=int, default=3, help="timed runs per length in each process (median)")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating processes per side (best median)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     ap.add_argument("--kv-bits", default="none")
-    ap.add_argument("--runs", type=int, default=2, help="alternating runs per side; the best is kept")
+    ap.add_argument("--engine", type=Path, default=ROOT / "target/release/mlx-engine")
+    ap.add_argument("--python", type=Path, default=ROOT / ".venv/bin/python")
+    ap.add_argument("--stock-blas", action="store_true", help="mlx-lm on the wheel's own BLAS (CPU)")
+    ap.add_argument("--label", action="append", help="a name per --model for the table")
+    ap.add_argument("--json", type=Path, help="write every row here")
     a = ap.parse_args()
-    text = prompt_text(a.model, a.prompt_tokens)
-    best = {}
-    for _ in range(a.runs):
-        for name, fn in (("mlx-engine", run_engine), ("mlx-lm", run_mlx_lm)):
-            r = fn(a.model, text, a.max_tokens, a.kv_bits)
-            if name not in best or r["gen_tps"] > best[name]["gen_tps"]:
-                best[name] = r
-    e, m = best["mlx-engine"], best["mlx-lm"]
-    print(f"model {a.model}  prompt {e['prompt_tokens']} tokens  decode {a.max_tokens} tokens  kv_bits {a.kv_bits}")
-    print(f"{'':12}{'prompt tok/s':>14}{'decode tok/s':>14}{'TTFT s':>10}{'peak MB':>10}")
-    for name, r in best.items():
-        print(f"{name:12}{r['prompt_tps']:>14.1f}{r['gen_tps']:>14.2f}{r['ttft']:>10.3f}{r['peak_mb']:>10.0f}")
-    print(f"{'ratio':12}{e['prompt_tps'] / m['prompt_tps']:>13.2f}x{e['gen_tps'] / m['gen_tps']:>13.2f}x"
-          f"{m['ttft'] / e['ttft']:>9.2f}x{e['peak_mb'] / m['peak_mb']:>9.2f}x  (engine / mlx-lm; TTFT as mlx-lm / engine)")
+    labels = a.label or [m.name if m.name not in ("f32", "bf16") else f"{m.parent.name}/{m.name}" for m in a.model]
+    table = []
+    for model, label in zip(a.model, labels):
+        best = {}
+        for _ in range(a.rounds):
+            for side, fn in (("mlx-engine", run_engine), ("mlx-lm", run_mlx_lm)):
+                for r in fn(a, model):
+                    key = (side, r["prompt_tokens"])
+                    if key not in best or r["decode_tps"] > best[key]["decode_tps"]:
+                        best[key] = r
+        for n in sorted({k[1] for k in best}):
+            e, m = best.get(("mlx-engine", n)), best.get(("mlx-lm", n))
+            if e is None or m is None:
+                continue
+            table.append({"model": label, "path": str(model), "device": a.device, "prompt_tokens": n,
+                          "gen_tokens": a.gen_tokens, "kv_bits": a.kv_bits, "engine": e, "mlx_lm": m,
+                          "decode_ratio": e["decode_tps"] / m["decode_tps"],
+                          "prompt_ratio": e["prompt_tps"] / m["prompt_tps"],
+                          "ttft_ratio": m["ttft_s"] / e["ttft_s"]})
+    print(f"device {a.device}, greedy, {a.gen_tokens} tokens generated, kv_bits {a.kv_bits}; "
+          f"ratios engine / mlx-lm (TTFT: mlx-lm / engine, higher is better for the engine)")
+    print(f"| model | prompt | engine decode tok/s | mlx-lm | ratio | engine prompt tok/s | mlx-lm | ratio "
+          f"| engine TTFT s | mlx-lm | engine peak MB | mlx-lm |")
+    print("|---" * 12 + "|")
+    for t in table:
+        e, m = t["engine"], t["mlx_lm"]
+        print(f"| {t['model']} | {t['prompt_tokens']} | {e['decode_tps']:.1f} | {m['decode_tps']:.1f} | "
+              f"{t['decode_ratio']:.2f} | {e['prompt_tps']:.0f} | {m['prompt_tps']:.0f} | {t['prompt_ratio']:.2f} | "
+              f"{e['ttft_s']:.3f} | {m['ttft_s']:.3f} | {e['peak_mb']:.0f} | {m['peak_mb']:.0f} |")
+    if a.json:
+        a.json.write_text(json.dumps(table, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,15 +1,18 @@
-//! `mlx-engine bench`: what the prompt cache and KV quantization buy, measured on a real model.
+//! `mlx-engine bench`: throughput, and what the prompt cache and KV quantization buy, measured
+//! on a real model. Parts (`--only` picks some):
 //!
-//! 1. Time to first token for a synthetic prompt of `--prompt-tokens` tokens from a cold cache,
-//!    then for a follow-up turn (that prompt, the reply, and a short question) that finds the
-//!    prefix in the prompt cache.
-//! 2. MLX peak memory while prefilling prompts of several lengths, with a dense KV cache and
-//!    with a quantized one.
+//! - `speed`: prompt tok/s, decode tok/s (after the first token), time to first token and peak
+//!   memory per prompt length, from warm in-process runs (`bench_speed`);
+//! - `cache`: time to first token for a prompt from a cold cache, then for a follow-up turn
+//!   (that prompt, the reply, and a short question) that finds the prefix in the prompt cache;
+//! - `memory`: MLX peak memory while prefilling prompts of several lengths, with a dense KV
+//!   cache and with a quantized one;
+//! - `image` (with `--image`): the same time-to-first-token turns with an image;
+//! - `speculative` (with `--draft-model PATH` or `--draft prompt-lookup`): decode speed with and
+//!   without speculative decoding, and the acceptance rate (`bench_speculative`).
 //!
-//! 3. With `--draft-model PATH` or `--draft prompt-lookup`: decode speed with and without
-//!    speculative decoding, and the acceptance rate (`bench_speculative`).
-//!
-//! The prompt is a fixed English passage repeated, so runs are comparable across machines.
+//! The prompt is a fixed English passage repeated, so runs are comparable across machines and
+//! with mlx-lm (`bench/compare.py` builds the same prompt).
 
 use super::outln;
 use std::time::Instant;
@@ -23,19 +26,45 @@ use crate::model_kit::ModelKit;
 use crate::sample::SamplingOverrides;
 use crate::vision::ImageInput;
 
+/// A part of the benchmark.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    Speed,
+    Cache,
+    Memory,
+    Image,
+    Speculative,
+}
+
 #[derive(clap::Args)]
 pub struct BenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Cache settings for the time-to-first-token runs and the dense column of the memory table.
+    /// Cache settings for every run (the memory table's quantized column sets its own bits).
     #[command(flatten)]
     pub cache: CacheArgs,
-    /// Prompt length of the time-to-first-token comparison.
+    /// Run only these parts (comma-separated). Default: speed, cache and memory, plus image
+    /// with --image and speculative with a drafter.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Part>,
+    /// Prompt lengths of the speed table (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "512")]
+    pub prompt_tokens: Vec<usize>,
+    /// Tokens generated per speed run (greedy, EOS ignored).
+    #[arg(long, default_value_t = 128)]
+    pub gen_tokens: usize,
+    /// Timed speed runs per prompt length, after one untimed warm-up run at that length (MLX
+    /// compiles kernels for each new shape); the table shows medians.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Print each measurement as one JSON object per line on stdout instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Prompt length of the prompt-cache comparison.
     #[arg(long, default_value_t = 2048)]
-    pub prompt_tokens: usize,
-    /// Prompt lengths of the peak-memory table (comma-separated; the flag with no value skips
-    /// the table).
-    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "256,512,1024,2048")]
+    pub cache_prompt_tokens: usize,
+    /// Prompt lengths of the peak-memory table (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "256,512,1024,2048")]
     pub memory_lengths: Vec<usize>,
     /// Bits of the quantized column of the memory table (the --kv-bits value when given).
     #[arg(long, default_value_t = 4)]
@@ -53,18 +82,33 @@ pub struct BenchArgs {
     /// Runs of each kind per prompt in the speculative decoding comparison (the fastest counts).
     #[arg(long, default_value_t = 2)]
     pub speculative_repeats: usize,
-    /// Run only the speculative decoding comparison.
-    #[arg(long)]
-    pub speculative_only: bool,
 }
 
-const PASSAGE: &str = "The river rises in the hills above the old mill town, where the first \
-settlers built a dam of stone and timber to turn their wheels. For two centuries the water drove \
-looms, saws and grindstones, and the town grew along both banks. When the railway came, the mills \
-closed one by one; the dam silted up, and herons returned to the shallows. Today a footpath follows \
-the river from the hills to the sea, past the ruined mills, the iron bridge and the marshes where \
-the estuary widens. Walkers count the kingfishers, children race sticks under the bridges, and in \
-autumn the salmon leap the weir on their way upstream to spawn.\n\n";
+impl BenchArgs {
+    /// The parts to run, checked against the flags they need.
+    fn parts(&self, drafter: bool) -> Result<Vec<Part>> {
+        if self.only.is_empty() {
+            let mut parts = vec![Part::Speed, Part::Cache, Part::Memory];
+            if self.image.is_some() {
+                parts.push(Part::Image);
+            }
+            if drafter {
+                parts.push(Part::Speculative);
+            }
+            return Ok(parts);
+        }
+        if self.only.contains(&Part::Image) && self.image.is_none() {
+            return Err(param("--only", "`image` needs --image FILE"));
+        }
+        if self.only.contains(&Part::Speculative) && !drafter {
+            return Err(param("--only", "`speculative` needs --draft-model PATH or --draft prompt-lookup"));
+        }
+        Ok(self.only.clone())
+    }
+}
+
+/// The benchmark text (shared with `bench/compare.py`, which builds the same prompt for mlx-lm).
+pub(super) const PASSAGE: &str = include_str!("bench_passage.txt");
 
 const FOLLOW_UP: &str = "\n\nQuestion: what drove the looms in the town? Answer:";
 
@@ -72,7 +116,7 @@ const FOLLOW_UP: &str = "\n\nQuestion: what drove the looms in the town? Answer:
 const REPLY_TOKENS: usize = 8;
 
 /// `n` prompt tokens: BOS (when the tokenizer has one), then the passage repeated.
-fn synthetic_prompt(kit: &ModelKit, n: usize) -> Result<Vec<u32>> {
+pub(super) fn synthetic_prompt(kit: &ModelKit, n: usize) -> Result<Vec<u32>> {
     let passage = kit.tokenizer().encode(PASSAGE, false)?;
     if passage.is_empty() {
         return Err(param("model", "the tokenizer encodes the benchmark passage to no tokens"));
@@ -127,11 +171,12 @@ pub(super) fn tokens_and_stats(kit: &ModelKit, req: GenerateRequest) -> Result<(
     Ok((tokens, stats))
 }
 
-fn check_fits(kit: &ModelKit, n: usize) -> Result<()> {
+/// Checks that `n` tokens fit the model's context; `flag` is the flag that asked for them.
+pub(super) fn check_fits(kit: &ModelKit, flag: &str, n: usize) -> Result<()> {
     match kit.info().context_length {
         Some(ctx) if n > ctx => Err(param(
-            "--prompt-tokens",
-            format!("{n} tokens with the follow-up turn do not fit the model's context length of {ctx}"),
+            flag,
+            format!("{n} tokens (with the tokens generated) do not fit the model's context length of {ctx}"),
         )),
         _ => Ok(()),
     }
@@ -175,17 +220,22 @@ fn image_ttft(kit: &ModelKit, image: &std::path::Path, step: Option<usize>) -> R
 /// The image benchmark's prompt (raw text; the image placeholder goes first).
 const IMAGE_PROMPT: &str = "Describe the image in detail.";
 
-fn mb(bytes: usize) -> f64 {
+pub(super) fn mb(bytes: usize) -> f64 {
     bytes as f64 / 1e6
 }
 
 pub fn run_bench(args: &BenchArgs) -> Result<()> {
     let step = args.cache.prefill_step_size()?;
     let base_config = args.cache.config()?;
-    if args.prompt_tokens < 2 {
-        return Err(param("--prompt-tokens", format!("must be at least 2, got {}", args.prompt_tokens)));
+    let (speculation, k) = args.draft.speculation()?;
+    let parts = args.parts(speculation != crate::speculative::Speculation::Off)?;
+    if parts.contains(&Part::Speed) {
+        super::bench_speed::check(args)?;
     }
-    if base_config.kv_bits.is_none() && !args.memory_lengths.is_empty() {
+    if parts.contains(&Part::Cache) && args.cache_prompt_tokens < 2 {
+        return Err(param("--cache-prompt-tokens", format!("must be at least 2, got {}", args.cache_prompt_tokens)));
+    }
+    if parts.contains(&Part::Memory) && base_config.kv_bits.is_none() {
         // The memory table's quantized column takes --memory-kv-bits: name that flag.
         CacheArgs { kv_bits: Some(args.memory_kv_bits), ..args.cache.clone() }.config().map_err(|e| match e {
             crate::Error::Param { name, reason } if name.contains("kv_bits") || name.contains("kv-bits") => {
@@ -194,42 +244,75 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
             e => e,
         })?;
     }
-    let (speculation, k) = args.draft.speculation()?;
-    if args.speculative_only && speculation == crate::speculative::Speculation::Off {
-        return Err(param("speculative-only", "needs --draft-model PATH or --draft prompt-lookup"));
-    }
     let kit = load(&args.model, &args.cache)?;
-    if speculation != crate::speculative::Speculation::Off {
+    // Every length against the context before the first run, so no part fails late.
+    if parts.contains(&Part::Speed) {
+        let longest = args.prompt_tokens.iter().max().copied().unwrap_or(0);
+        check_fits(&kit, "--prompt-tokens", longest + args.gen_tokens)?;
+    }
+    if parts.contains(&Part::Cache) {
+        let suffix = kit.tokenizer().encode(FOLLOW_UP, false)?.len();
+        check_fits(&kit, "--cache-prompt-tokens", args.cache_prompt_tokens + 2 * REPLY_TOKENS + suffix)?;
+    }
+    if parts.contains(&Part::Memory) {
+        let longest = args.memory_lengths.iter().max().copied().unwrap_or(0);
+        check_fits(&kit, "--memory-lengths", longest + 1)?;
+    }
+    if parts.contains(&Part::Speculative) {
         args.draft.load_into(&kit)?;
         let (n, repeats) = (args.speculative_tokens.max(1), args.speculative_repeats);
-        super::bench_speculative::compare(&kit, &speculation, k, n, repeats)?;
+        super::bench_speculative::compare(&kit, &speculation, k, n, repeats, args.json)?;
         kit.unload_draft_model()?;
-        if args.speculative_only {
-            return Ok(());
+    }
+    if parts.contains(&Part::Speed) {
+        super::bench_speed::run(&kit, args, step)?;
+    }
+    if parts.contains(&Part::Cache) {
+        cache_ttft(&kit, args, step)?;
+    }
+    if parts.contains(&Part::Image) {
+        if let Some(image) = &args.image {
+            image_ttft(&kit, image, step)?;
         }
     }
-    let suffix = kit.tokenizer().encode(FOLLOW_UP, false)?;
-    check_fits(&kit, args.prompt_tokens + 2 * REPLY_TOKENS + suffix.len())?;
-    if let Some(&longest) = args.memory_lengths.iter().max() {
-        check_fits(&kit, longest + 1)?;
+    drop(kit);
+    if parts.contains(&Part::Memory) && !args.memory_lengths.is_empty() {
+        memory_table(args, step)?;
     }
+    Ok(())
+}
 
+/// Time to first token of a cold prompt and of a follow-up turn that finds it in the cache.
+fn cache_ttft(kit: &ModelKit, args: &BenchArgs, step: Option<usize>) -> Result<()> {
+    let suffix = kit.tokenizer().encode(FOLLOW_UP, false)?;
     // Warm-up: first-call costs (page faults on the weights, kernel set-up) stay out of the
     // timings.
-    run(&kit, synthetic_prompt(&kit, 64)?, 2, true, step)?;
+    run(kit, synthetic_prompt(kit, 64)?, 2, true, step)?;
     kit.clear_prompt_cache()?;
 
-    let prompt = synthetic_prompt(&kit, args.prompt_tokens)?;
+    let prompt = synthetic_prompt(kit, args.cache_prompt_tokens)?;
     let t = Instant::now();
-    let (reply, cold) = run(&kit, prompt.clone(), REPLY_TOKENS, true, step)?;
+    let (reply, cold) = run(kit, prompt.clone(), REPLY_TOKENS, true, step)?;
     let cold_wall = t.elapsed().as_secs_f64();
     let mut turn = prompt;
     turn.extend(&reply);
     turn.extend(&suffix);
     let t = Instant::now();
-    let (_, warm) = run(&kit, turn, REPLY_TOKENS, false, step)?;
+    let (_, warm) = run(kit, turn, REPLY_TOKENS, false, step)?;
     let warm_wall = t.elapsed().as_secs_f64();
     let ratio = if warm.prompt_seconds > 0.0 { cold.prompt_seconds / warm.prompt_seconds } else { f64::INFINITY };
+    if args.json {
+        let row = |s: &GenerationStats, wall: f64| {
+            serde_json::json!({"prompt_tokens": s.prompt_tokens, "cached_tokens": s.cached_tokens,
+                "ttft_s": s.prompt_seconds, "turn_s": wall})
+        };
+        outln!(
+            "{}",
+            serde_json::json!({"part": "cache", "model": args.model.model.display().to_string(),
+                "cold": row(&cold, cold_wall), "follow_up": row(&warm, warm_wall), "speed_up": ratio})
+        );
+        return Ok(());
+    }
     outln!("time to first token, {} ({})", args.model.model.display(), kit.info().dtype);
     outln!(
         "  cold      : {:>5} prompt tokens, {:>5} from cache, TTFT {:>8.3}s (whole turn {:.3}s)",
@@ -246,14 +329,12 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
         warm_wall
     );
     outln!("  speed-up  : {ratio:.1}x");
-    if let Some(image) = &args.image {
-        image_ttft(&kit, image, step)?;
-    }
-    drop(kit);
+    Ok(())
+}
 
-    if args.memory_lengths.is_empty() {
-        return Ok(());
-    }
+/// Peak memory while prefilling each of `--memory-lengths`, dense and quantized KV.
+fn memory_table(args: &BenchArgs, step: Option<usize>) -> Result<()> {
+    let base_config = args.cache.config()?;
     let bits = base_config.kv_bits.map_or(args.memory_kv_bits, i64::from);
     let quant_args = CacheArgs { kv_bits: Some(bits), ..args.cache.clone() };
     let dense_args = CacheArgs { kv_bits: None, kv_group_size: None, quantized_kv_start: None, ..args.cache.clone() };
@@ -273,6 +354,20 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
             row.push((peak, peak.saturating_sub(before), kv));
         }
         rows.push(row);
+    }
+    if args.json {
+        for (i, &n) in args.memory_lengths.iter().enumerate() {
+            let cell = |r: &[(usize, usize, usize)]| {
+                let (p, a, k) = r[i];
+                serde_json::json!({"peak_mb": mb(p), "above_weights_mb": mb(a), "kv_cache_mb": mb(k)})
+            };
+            outln!(
+                "{}",
+                serde_json::json!({"part": "memory", "model": args.model.model.display().to_string(),
+                    "prompt_tokens": n, "dense": cell(&rows[0]), "quantized": cell(&rows[1]), "kv_bits": bits})
+            );
+        }
+        return Ok(());
     }
     outln!(
         "peak memory (MLX) while prefilling, MB: total / above weights / KV cache (max_kv_size {:?}, prefill step {})",

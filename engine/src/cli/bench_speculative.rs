@@ -7,6 +7,7 @@
 //! did.
 
 use super::common::speculative_summary;
+use super::outln;
 use crate::error::Result;
 use crate::generate::{GenerateRequest, GenerationStats};
 use crate::model_kit::ModelKit;
@@ -68,15 +69,18 @@ pub fn compare(
     k: Option<usize>,
     max_tokens: usize,
     repeats: usize,
+    json: bool,
 ) -> Result<()> {
     let prompts = [("write", tokens(kit, WRITE)?), ("edit", tokens(kit, EDIT)?)];
     // Warm-up: kernels and page faults of both paths stay out of the timings.
     run(kit, &prompts[0].1[..prompts[0].1.len().min(16)], 4, Speculation::Off, None)?;
     run(kit, &prompts[0].1[..prompts[0].1.len().min(16)], 4, speculation.clone(), k)?;
-    println!(
-        "speculative decoding, greedy, up to {max_tokens} tokens per prompt (decode tok/s after the first token, \
-         best of {repeats})"
-    );
+    if !json {
+        outln!(
+            "speculative decoding, greedy, up to {max_tokens} tokens per prompt (decode tok/s after the first token, \
+             best of {repeats})"
+        );
+    }
     for (name, prompt) in &prompts {
         // Alternating runs, the faster of each kind: a machine shared with other work slows
         // single runs down by more than the difference measured.
@@ -89,16 +93,29 @@ pub fn compare(
             b = b.max(decode_rate(&stats));
             (spec_tokens, spec) = (tokens, stats);
         }
-        let same = if plain_tokens == spec_tokens { "same tokens" } else { "TOKENS DIFFER" };
-        println!(
-            "  {name:<6}: {:>4} tokens | plain {a:>7.2} tok/s | speculative {b:>7.2} tok/s | {:.2}x | {same}",
+        let same = plain_tokens == spec_tokens;
+        let ratio = if a > 0.0 { b / a } else { 0.0 };
+        if json {
+            outln!(
+                "{}",
+                serde_json::json!({
+                    "part": "speculative", "model": kit.info().path.display().to_string(), "prompt": name,
+                    "generated_tokens": spec.generated_tokens, "plain_tps": a, "speculative_tps": b,
+                    "ratio": ratio, "same_tokens": same, "stats": spec.speculative,
+                    "fallback": spec.speculative_fallback,
+                })
+            );
+            continue;
+        }
+        outln!(
+            "  {name:<6}: {:>4} tokens | plain {a:>7.2} tok/s | speculative {b:>7.2} tok/s | {ratio:.2}x | {}",
             spec.generated_tokens,
-            if a > 0.0 { b / a } else { 0.0 }
+            if same { "same tokens" } else { "TOKENS DIFFER" }
         );
         match &spec.speculative {
-            Some(s) => println!("          {}", speculative_summary(s)),
+            Some(s) => outln!("          {}", speculative_summary(s)),
             None => {
-                println!("          no speculative decoding: {}", spec.speculative_fallback.as_deref().unwrap_or("-"))
+                outln!("          no speculative decoding: {}", spec.speculative_fallback.as_deref().unwrap_or("-"))
             }
         }
     }

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_speculative;
+pub mod bench_speed;
 pub mod chat;
 pub mod common;
 pub mod forward;

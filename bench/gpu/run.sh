@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# On the GPU machine (through the device tool), in the repository root:
+#   bench/gpu/run.sh stage N      copy the carried part .gpu/cN to /tmp/gpu (one call per part)
+#   bench/gpu/run.sh setup        join the parts, unpack wheels and binaries, make the models
+#   bench/gpu/run.sh speculative  decode with and without speculation ($OUT/speculative.jsonl)
+#   bench/gpu/run.sh compare NAME [LENGTHS]   engine vs mlx-lm on one model ($OUT/compare-NAME.json)
+# /tmp survives only while the machine stays warm (30 s between calls).
+set -euo pipefail
+S=/tmp/gpu
+OUT=${OUT:-$S/out}
+mkdir -p "$S" "$OUT"
+
+env_setup() {
+    export PYTHONPATH=$S/site HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+    local nv
+    nv=$(python3 -c 'import nvidia, os; p = nvidia.__path__[0]; print(":".join(sorted(os.path.join(p, d, "lib") for d in os.listdir(p) if os.path.isdir(os.path.join(p, d, "lib")))))')
+    export LD_LIBRARY_PATH=$S/site/mlx/lib:$nv:$S/pkg/lib
+    ENGINE=$S/pkg/bin/mlx-engine
+    # The engine looks for plugins beside itself only in its build folder layout.
+    export MLX_ENGINE_PLUGIN_PATH=$S/pkg/bin
+    M=$S/models
+}
+
+case "${1:-}" in
+stage)
+    cp .gpu/c"$2"/* "$S"/
+    ls -la "$S"
+    ;;
+setup)
+    ls "$S"/payload.* >/dev/null
+    rm -rf "$S/pkg" "$S/site" && mkdir -p "$S/pkg" "$S/site"
+    cat "$S"/payload.* | gunzip | tar -C "$S/pkg" -xf -
+    for w in "$S"/pkg/whl/*.whl; do python3 -m zipfile -e "$w" "$S/site"; done
+    env_setup
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/machine.txt"
+    python3 -c 'import mlx.core as mx, mlx_lm, transformers; print("mlx", mx.__version__, mx.default_device(), "mlx-lm", mlx_lm.__version__, "transformers", transformers.__version__)' | tee -a "$OUT/machine.txt"
+    "$ENGINE" plugins | tee -a "$OUT/machine.txt"
+    mkdir -p "$M" && cp -r "$S/pkg/smollm2-bf16" "$M/smollm2-bf16"
+    python3 bench/gpu/make_models.py --out "$M" --tokenizer "$M/smollm2-bf16" \
+        --quantize "$M/smollm2-bf16:$M/smollm2-4bit"
+    df -h /tmp | tail -1
+    ;;
+speculative)
+    env_setup
+    f=$OUT/speculative.jsonl
+    : > "$f"
+    b() { "$ENGINE" bench --device gpu --only speculative --json --speculative-tokens 128 --speculative-repeats 3 "$@" | tee -a "$f"; }
+    b -m "$M/smollm2-bf16" --draft-model "$M/smollm2-4bit"
+    b -m "$M/smollm2-bf16" --draft prompt-lookup
+    b -m "$M/smollm2-bf16" --draft prompt-lookup --num-draft-tokens 6 --lookup-ngram-min 2 --lookup-ngram-max 3
+    b -m "$M/llama-8b-bf16" --draft-model "$M/llama-1b-bf16"
+    b -m "$M/llama-8b-bf16" --draft prompt-lookup
+    ;;
+compare)
+    env_setup
+    python3 bench/compare.py --engine "$ENGINE" --python python3 --device gpu --rounds "${ROUNDS:-1}" --runs "${RUNS:-5}" \
+        --model "$M/$2" --label "$2" --prompt-tokens "${3:-512,2048}" --gen-tokens 128 --json "$OUT/compare-$2.json" \
+        | tee "$OUT/compare-$2.md"
+    ;;
+*)
+    sed -n 2,7p "$0"
+    exit 2
+    ;;
+esac

@@ -1,0 +1,142 @@
+//! `mlx-engine bench` speed part: prompt and decode throughput per prompt length, from warm
+//! in-process runs, as `bench/compare.py` measures mlx-lm's `stream_generate`.
+//!
+//! Each length gets one untimed run first: MLX compiles kernels for every new shape (seconds
+//! on a GPU), and the first pass over the weights pays their page faults. Then `--runs` timed
+//! runs from an empty cache, greedy with EOS ignored, so every run decodes `--gen-tokens`
+//! tokens. Decode speed counts the tokens after the first over the time after the first, as
+//! mlx-lm does; time to first token is the prefill plus the first token's sampling.
+
+use mlx_engine_plugin_api::runtime::{peak_memory, reset_peak_memory};
+
+use super::bench::{mb, synthetic_prompt, tokens_and_stats, BenchArgs};
+use super::common::param;
+use super::outln;
+use crate::error::Result;
+use crate::generate::{GenerateRequest, GenerationStats};
+use crate::model_kit::ModelKit;
+use crate::sample::SamplingOverrides;
+
+/// The flags of this part, checked before the model loads.
+pub fn check(args: &BenchArgs) -> Result<()> {
+    if let Some(&n) = args.prompt_tokens.iter().find(|&&n| n < 1) {
+        return Err(param("--prompt-tokens", format!("every length must be at least 1, got {n}")));
+    }
+    if args.prompt_tokens.is_empty() {
+        return Err(param("--prompt-tokens", "needs at least one length"));
+    }
+    if args.gen_tokens < 2 {
+        return Err(param(
+            "--gen-tokens",
+            format!("must be at least 2 (decode speed counts the tokens after the first), got {}", args.gen_tokens),
+        ));
+    }
+    if args.runs < 1 {
+        return Err(param("--runs", "must be at least 1"));
+    }
+    Ok(())
+}
+
+/// One timed run's numbers.
+struct Sample {
+    prompt_tps: f64,
+    decode_tps: f64,
+    ttft: f64,
+    peak: usize,
+}
+
+impl Sample {
+    fn of(s: &GenerationStats, peak: usize) -> Sample {
+        let rate = |n: usize, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+        Sample {
+            prompt_tps: rate(s.prefilled_tokens, s.prompt_seconds),
+            decode_tps: rate(s.generated_tokens.saturating_sub(1), s.decode_seconds),
+            ttft: s.prompt_seconds,
+            peak,
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn timed(kit: &ModelKit, prompt: &[u32], gen_tokens: usize, step: Option<usize>) -> Result<Sample> {
+    let req = GenerateRequest {
+        prompt_tokens: prompt.to_vec(),
+        sampling: SamplingOverrides { temp: Some(0.0), ..Default::default() },
+        max_tokens: Some(gen_tokens),
+        ignore_eos: true,
+        prefill_step_size: step,
+        ignore_prompt_cache: true,
+        ..Default::default()
+    };
+    reset_peak_memory();
+    let (tokens, stats) = tokens_and_stats(kit, req)?;
+    if tokens.len() != gen_tokens {
+        return Err(param("bench", format!("a speed run generated {} tokens, expected {gen_tokens}", tokens.len())));
+    }
+    Ok(Sample::of(&stats, peak_memory()))
+}
+
+/// Runs the speed table and prints it (a table, or one JSON object per length).
+pub fn run(kit: &ModelKit, args: &BenchArgs, step: Option<usize>) -> Result<()> {
+    let info = kit.info();
+    if !args.json {
+        outln!(
+            "speed, {} ({}, {}): greedy, {} tokens generated, median of {} warm runs",
+            args.model.model.display(),
+            info.dtype,
+            args.model.device,
+            args.gen_tokens,
+            args.runs
+        );
+        outln!(
+            "  {:>7} | {:>12} | {:>12} | {:>9} | {:>9}",
+            "prompt",
+            "prompt tok/s",
+            "decode tok/s",
+            "TTFT s",
+            "peak MB"
+        );
+    }
+    for &n in &args.prompt_tokens {
+        let prompt = synthetic_prompt(kit, n)?;
+        timed(kit, &prompt, args.gen_tokens, step)?;
+        let samples = (0..args.runs).map(|_| timed(kit, &prompt, args.gen_tokens, step)).collect::<Result<Vec<_>>>()?;
+        let pick = |f: fn(&Sample) -> f64| samples.iter().map(f).collect::<Vec<_>>();
+        let (prompt_tps, decode_tps, ttft) = (pick(|s| s.prompt_tps), pick(|s| s.decode_tps), pick(|s| s.ttft));
+        let peak = samples.iter().map(|s| s.peak).max().unwrap_or(0);
+        if args.json {
+            outln!(
+                "{}",
+                serde_json::json!({
+                    "part": "speed", "runtime": "mlx-engine", "model": args.model.model.display().to_string(),
+                    "dtype": info.dtype.to_string(), "device": args.model.device, "prompt_tokens": prompt.len(),
+                    "gen_tokens": args.gen_tokens, "runs": args.runs,
+                    "prompt_tps": median(prompt_tps.clone()), "decode_tps": median(decode_tps.clone()),
+                    "ttft_s": median(ttft.clone()), "peak_mb": mb(peak),
+                    "prompt_tps_runs": prompt_tps, "decode_tps_runs": decode_tps, "ttft_s_runs": ttft,
+                })
+            );
+        } else {
+            outln!(
+                "  {:>7} | {:>12.1} | {:>12.2} | {:>9.3} | {:>9.1}",
+                prompt.len(),
+                median(prompt_tps),
+                median(decode_tps),
+                median(ttft),
+                mb(peak)
+            );
+        }
+    }
+    Ok(())
+}
