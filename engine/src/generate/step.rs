@@ -68,15 +68,17 @@ impl<'a> Decoder<'a> {
     pub fn sample(&mut self, logits: &Array) -> Result<LazySample> {
         let processed = apply_processors(&mut self.processors, &self.history, logits)?;
         let sample = self.sampler.sample_lazy(&processed)?;
-        async_eval(&[&sample.token, &sample.logprobs])?;
+        async_eval(&[&sample.token, &sample.logprob, &sample.logprobs])?;
         Ok(sample)
     }
 
     /// Reads a sampled token back, refusing non-finite logprobs: NaN logits sample as token 0
     /// or EOS, and saying so beats returning garbage. `ahead` counts the tokens between the
     /// last committed one and this one (for the step named in the error).
-    pub fn read(&self, token: u32, logprobs: Array, ahead: usize, from_draft: bool) -> Result<StepToken> {
-        let logprob = logprobs.take(&Array::from_slice(&[token as i32], &[1])?, 0)?.item::<f32>()?;
+    pub fn read(&self, sample: LazySample, ahead: usize, from_draft: bool) -> Result<StepToken> {
+        let token = sample.token.item::<u32>()?;
+        let logprob = sample.logprob.item::<f32>()?;
+        let logprobs = sample.logprobs;
         if logprob.is_nan() || logprob == f32::INFINITY {
             return Err(Error::Param {
                 name: "model".into(),
@@ -139,7 +141,7 @@ impl TokenStepper for PlainStepper<'_> {
             // No processors, so the history this sample would see does not matter.
             self.current = Some(self.dec.sample(&last_logits(&logits)?)?);
         }
-        let token = self.dec.read(current.token.item::<u32>()?, current.logprobs, 0, false)?;
+        let token = self.dec.read(current, 0, false)?;
         self.dec.commit(token.id);
         Ok(token)
     }

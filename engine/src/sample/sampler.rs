@@ -28,6 +28,9 @@ pub struct LazySample {
     pub token: Array,
     /// `[vocab]` f32.
     pub logprobs: Array,
+    /// `[1]` f32: the token's entry of `logprobs`, part of the same graph, so reading it once
+    /// the token is evaluated queues no new work behind a step computed ahead.
+    pub logprob: Array,
 }
 
 /// Turns logits into tokens for one request.
@@ -209,7 +212,8 @@ impl Sampler {
             })?;
             crate::api::random::categorical(&self.sampling_logits(&logprobs)?, -1, Some(key))?
         };
-        Ok(LazySample { token, logprobs })
+        let logprob = logprobs.take(&token.reshape(&[1])?, 0)?;
+        Ok(LazySample { token, logprobs, logprob })
     }
 
     /// Uses up the first `n` keys of `plan` (the draws whose tokens were kept).

@@ -232,7 +232,7 @@ impl<'a> SpeculativeStepper<'a> {
         }
         let tokens = samples.iter().map(|s| s.token.reshape(&[1])).collect::<std::result::Result<Vec<_>, _>>()?;
         let tokens = concatenate(&tokens.iter().collect::<Vec<_>>(), 0)?;
-        let mut pending: Vec<&Array> = samples.iter().map(|s| &s.logprobs).collect();
+        let mut pending: Vec<&Array> = samples.iter().flat_map(|s| [&s.logprobs, &s.logprob]).collect();
         pending.push(&tokens);
         eval(&pending)?;
         let ids = tokens.to_vec::<u32>()?;
@@ -249,7 +249,7 @@ impl<'a> SpeculativeStepper<'a> {
         }
         let mut out = Vec::with_capacity(accepted + 1);
         for (i, s) in samples.into_iter().take(accepted + 1).enumerate() {
-            out.push(self.dec.read(ids[i], s.logprobs, i, i < accepted)?);
+            out.push(self.dec.read(s, i, i < accepted)?);
         }
         for t in &out {
             self.dec.commit(t.id);
@@ -266,7 +266,7 @@ impl<'a> SpeculativeStepper<'a> {
 impl TokenStepper for SpeculativeStepper<'_> {
     fn next(&mut self, remaining: usize) -> Result<StepToken> {
         if let Some(first) = self.first.take() {
-            let token = self.dec.read(first.token.item::<u32>()?, first.logprobs, 0, false)?;
+            let token = self.dec.read(first, 0, false)?;
             self.dec.commit(token.id);
             return Ok(token);
         }
