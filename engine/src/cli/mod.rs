@@ -3,6 +3,8 @@
 pub mod bench;
 pub mod bench_speculative;
 pub mod chat;
+pub mod chat_commands;
+pub mod chat_input;
 pub mod common;
 pub mod forward;
 pub mod generate;
