@@ -54,7 +54,7 @@ pub enum Error {
 
     /// A model could not be downloaded from the Hugging Face hub; names the repository, and the
     /// URL and the hub's answer where there was one.
-    #[error("cannot download `{repo}` from the Hugging Face hub: {reason}")]
+    #[error("`{repo}` is not a local path, and cannot be downloaded from the Hugging Face hub: {reason}")]
     Download { repo: String, reason: String },
 
     /// A saved chat conversation (`/load FILE`) is malformed; names the file and the field.
