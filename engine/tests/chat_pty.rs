@@ -7,7 +7,6 @@
 mod measured;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use rexpect::process::WaitStatus;
 use rexpect::session::{spawn_with_options, Options, PtySession};
@@ -25,6 +24,8 @@ fn model() -> Option<PathBuf> {
 struct Chat {
     p: PtySession,
     dir: tempfile::TempDir,
+    /// What it printed before its first prompt.
+    intro: String,
 }
 
 impl Chat {
@@ -37,9 +38,9 @@ impl Chat {
         cmd.env_remove("MLX_ENGINE_LOG").env_remove("XDG_DATA_HOME");
         let options = Options::default().timeout_ms(Some(120_000)).strip_ansi_escape_codes(true);
         let mut p = spawn_with_options(cmd, options).unwrap();
-        p.exp_string("/help lists the commands").unwrap();
+        let intro = p.exp_string("/help lists the commands").unwrap();
         p.exp_string("> ").unwrap();
-        Chat { p, dir }
+        Chat { p, dir, intro }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -60,13 +61,14 @@ impl Chat {
         self.p.exp_string("> ").unwrap();
     }
 
-    /// Runs a command and waits until stderr shows `expect`, then the next prompt.
+    /// Runs a command and waits until stderr shows `expect`, then the next prompt: what it
+    /// printed.
     fn command(&mut self, line: &str, expect: &str) -> String {
         self.send(line);
         self.send(ENTER);
         let before = self.p.exp_string(expect).unwrap_or_else(|e| panic!("{line}: no `{expect}`: {e}"));
-        self.p.exp_string("> ").unwrap();
-        before
+        let after = self.p.exp_string("> ").unwrap();
+        format!("{before}{expect}{after}")
     }
 
     /// `/save`s the conversation and reads it back as (role, content) pairs.
@@ -130,6 +132,7 @@ fn commands_stay_out_of_the_conversation_and_save_load_round_trips() {
     let mut chat = Chat::start(&model, &["-n", "3"]);
     let help = chat.command("/help", "while a reply is written, Ctrl-C stops it");
     assert!(help.contains("/save FILE") && help.contains("end a line with \\"), "{help}");
+    assert!(help.contains(&format!("History file: {}", chat.path("history").display())), "{help}");
     chat.command("/bogus thing", "unknown command /bogus (not sent to the model)");
     chat.command("/system Answer in one word.", "(system message set)");
     // A trailing backslash goes on with the message on the next line.
@@ -176,8 +179,9 @@ fn ctrl_c_clears_the_line_stops_a_reply_and_twice_exits() {
     chat.p.exp_string("> ").unwrap();
     chat.send("kept");
     chat.send(ENTER);
-    // Ctrl-C during the reply stops it and the chat goes on.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Ctrl-C during the reply (its first letters are out) stops it and the chat goes on.
+    chat.p.exp_string("kept").unwrap();
+    chat.p.exp_regex("[A-Za-z]{3}").unwrap();
     chat.p.send_control('c').unwrap();
     chat.p.exp_string("(cancelled)").unwrap();
     chat.p.exp_string("> ").unwrap();
@@ -186,7 +190,52 @@ fn ctrl_c_clears_the_line_stops_a_reply_and_twice_exits() {
     // At an empty prompt: a hint, then a second Ctrl-C in a row exits with 130.
     chat.p.send_control('c').unwrap();
     chat.p.exp_string("Ctrl-C again to exit").unwrap();
+    // At the editor's prompt, not in between (where Ctrl-C is a signal, which also exits 130).
+    chat.p.exp_string("> ").unwrap();
     chat.p.send_control('c').unwrap();
     let (code, rest) = chat.end();
     assert_eq!(code, 130, "{rest}");
+}
+
+#[test]
+fn a_history_file_that_cannot_be_written_is_skipped() {
+    let Some(model) = model() else { return };
+    let blocker = tempfile::NamedTempFile::new().unwrap();
+    let history = blocker.path().join("history");
+    let mut chat = Chat::start(&model, &["-n", "3", "-vv", "--history", history.to_str().unwrap()]);
+    assert!(chat.intro.contains("no chat history: cannot create"), "{}", chat.intro);
+    chat.say("hi");
+    let help = chat.command("/help", "while a reply is written, Ctrl-C stops it");
+    assert!(!help.contains("History file"), "{help}");
+    assert_eq!(users(&chat.saved("conv.json")), ["hi"]);
+    chat.p.send_control('d').unwrap();
+    assert_eq!(chat.end().0, 0);
+}
+
+#[test]
+fn piped_input_is_read_as_plain_lines_with_the_same_commands() {
+    let Some(model) = model() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("conv.json");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mlx-engine"))
+        .args(["chat", "-m", model.to_str().unwrap(), "--temp", "0", "-n", "3"])
+        .env("MLX_ENGINE_CHAT_HISTORY", dir.path().join("history"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let script = format!("first\\\nsecond\n/help\n/save {}\n", file.display());
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("/save FILE"), "{stderr}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(v["messages"][0]["content"], "first\nsecond", "{v}");
+    assert_eq!(v["messages"].as_array().unwrap().len(), 2, "{v}");
+    // The reply alone on stdout: no prompt, no terminal codes, and no history written.
+    assert!(!stdout.contains("> ") && !stdout.contains('\x1b'), "{stdout:?}");
+    assert!(!dir.path().join("history").exists());
 }
