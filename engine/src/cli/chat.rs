@@ -37,7 +37,7 @@ pub struct ChatArgs {
     pub max_image_size: Option<u32>,
     /// Where the line history is kept [default: $MLX_ENGINE_CHAT_HISTORY, else
     /// $XDG_DATA_HOME/mlx-engine/chat_history, else ~/.local/share/mlx-engine/chat_history]; an
-    /// empty value keeps none.
+    /// empty MLX_ENGINE_CHAT_HISTORY keeps none.
     #[arg(long, value_name = "FILE")]
     pub history: Option<PathBuf>,
 }

@@ -70,8 +70,9 @@ impl Reader {
     }
 }
 
-/// `$XDG_DATA_HOME/mlx-engine/chat_history`, else `~/.local/share/mlx-engine/chat_history`
-/// (relative XDG values are ignored, as the XDG spec asks); `None` for no history.
+/// The `--history` flag, else [`HISTORY_ENV`], else `$XDG_DATA_HOME/mlx-engine/chat_history`,
+/// else `~/.local/share/mlx-engine/chat_history` (relative XDG values are ignored, as the XDG
+/// spec asks); `None` for no history.
 pub fn history_file(flag: Option<&Path>) -> Option<PathBuf> {
     if let Some(p) = flag {
         return (!p.as_os_str().is_empty()).then(|| p.to_path_buf());
