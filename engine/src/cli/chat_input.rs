@@ -47,7 +47,9 @@ impl Reader {
         match LineEditor::new(history_file(history)) {
             Ok(e) => Reader::Editor(Box::new(e)),
             Err(e) => {
-                // A terminal rustyline cannot drive (TERM=dumb, ...) still works line by line.
+                // The terminal could not be set up; chat works without editing all the same.
+                // (On a terminal it cannot drive, such as TERM=dumb, rustyline itself reads
+                // unedited lines.)
                 tracing::debug!("no line editor ({e}); reading plain lines");
                 Reader::Plain
             }
