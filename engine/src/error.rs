@@ -52,6 +52,15 @@ pub enum Error {
     #[error("image {image}: {reason}")]
     Image { image: String, reason: String },
 
+    /// A model could not be downloaded from the Hugging Face hub; names the repository, and the
+    /// URL and the hub's answer where there was one.
+    #[error("`{repo}` is not a local path, and cannot be downloaded from the Hugging Face hub: {reason}")]
+    Download { repo: String, reason: String },
+
+    /// A saved chat conversation (`/load FILE`) is malformed; names the file and the field.
+    #[error("conversation {}: {reason}", path.display())]
+    Conversation { path: PathBuf, reason: String },
+
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
 

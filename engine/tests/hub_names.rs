@@ -1,5 +1,6 @@
 //! `--model org/name` from a Hugging Face cache laid out as huggingface_hub lays it out: refs
-//! naming commits, snapshot folders of links into blobs. No network is involved.
+//! naming commits, snapshot folders of links into blobs. No network is involved: these runs are
+//! offline (`HF_HUB_OFFLINE=1`); hub_download.rs tests what is not cached.
 
 mod common_models;
 mod tokenizer_fixtures;
@@ -35,6 +36,7 @@ fn run(args: &[&str], cache: &Path) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_mlx-engine"))
         .args(args)
         .env("HF_HUB_CACHE", cache)
+        .env("HF_HUB_OFFLINE", "1")
         .env_remove("HF_HOME")
         .output()
         .unwrap();
@@ -56,7 +58,7 @@ fn a_repository_id_loads_from_the_local_hugging_face_cache() {
     // `--revision` that is not cached, and a repository that is not: say what is missing.
     let (code, err) = run(&["generate", "-m", "tiny-org/tiny-llama", "--revision", "dev", "-p", "x"], cache.path());
     assert_eq!(code, 1);
-    assert!(err.contains("revision `dev` is not in the cache"), "{err}");
+    assert!(err.contains("revision `dev` is not in the cache") && err.contains("HF_HUB_OFFLINE is set"), "{err}");
     let (code, err) = run(&["generate", "-m", "tiny-org/other", "-p", "x"], cache.path());
     assert_eq!(code, 1);
     assert!(err.contains("`tiny-org/other` is not a local path") && err.contains("huggingface-cli download"), "{err}");
@@ -69,7 +71,8 @@ fn a_repository_id_loads_from_the_local_hugging_face_cache() {
 fn what_reads_as_a_repository_id() {
     use mlx_engine::model::hub::is_repo_id;
     assert!(is_repo_id("mlx-community/SmolLM2-135M-Instruct"));
-    for path in ["models/x/y", "./x", "/abs/x", "x", "a/../b", "../x"] {
+    // Tests run in engine/, which has a src/ folder: `src/nope` is a missing path.
+    for path in ["models/x/y", "./x", "/abs/x", "x", "a/../b", "../x", "src/nope"] {
         assert!(!is_repo_id(path), "{path}");
     }
 }

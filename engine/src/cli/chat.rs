@@ -1,22 +1,29 @@
-//! `mlx-engine chat`: an interactive conversation on stdin/stdout. Ctrl-C stops the current
-//! reply (at the prompt, or pressed twice, it quits); `/reset` starts a new conversation; `/image PATH` adds an image to
-//! the next message (vision models); `/exit` or end of input quits.
+//! `mlx-engine chat`: an interactive conversation. On a terminal, lines are edited with
+//! rustyline (history, a trailing `\` continues the message); piped input is read line by line.
+//! Slash commands (`/help` lists them) never reach the model. Ctrl-C stops the current reply;
+//! at the prompt it clears the line, and twice in a row at an empty prompt it quits (130);
+//! Ctrl-D, `/exit` or the end of input quit (0).
 
-use std::io::{BufRead, Write};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
+use super::chat_commands::{self, Command, Conversation, Parsed};
+use super::chat_input::{Input, Reader};
 use super::common::{load, print_stats, CacheArgs, DraftArgs, ModelArgs, PrefillBar, SamplingArgs};
 use super::generate::stdout_error;
 use super::interrupt;
 use crate::error::{Error, Result};
 use crate::generate::{GenerateRequest, StopReason};
-use crate::tokenizer::ChatMessage;
+use crate::model_kit::ModelKit;
+use crate::speculative::Speculation;
+use crate::tokenizer::{ChatMessage, ChatTemplate};
 use crate::vision::ImageInput;
 
 #[derive(clap::Args)]
 pub struct ChatArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// A system message that starts every conversation.
+    /// A system message that starts every conversation (`/system TEXT` changes it).
     #[arg(long)]
     pub system: Option<String>,
     #[command(flatten)]
@@ -28,6 +35,22 @@ pub struct ChatArgs {
     /// Scale images whose long side exceeds this many pixels down to it (see `/image`).
     #[arg(long, value_name = "PIXELS")]
     pub max_image_size: Option<u32>,
+    /// Where the line history is kept [default: $MLX_ENGINE_CHAT_HISTORY, else
+    /// $XDG_DATA_HOME/mlx-engine/chat_history, else ~/.local/share/mlx-engine/chat_history]; an
+    /// empty MLX_ENGINE_CHAT_HISTORY keeps none.
+    #[arg(long, value_name = "FILE")]
+    pub history: Option<PathBuf>,
+}
+
+/// What every turn shares: the model and the settings checked once at the start.
+struct Session<'a> {
+    args: &'a ChatArgs,
+    kit: ModelKit,
+    template: Option<ChatTemplate>,
+    template_args: serde_json::Map<String, serde_json::Value>,
+    step: Option<usize>,
+    speculation: Speculation,
+    num_draft_tokens: Option<usize>,
 }
 
 pub fn run(args: &ChatArgs) -> Result<()> {
@@ -45,96 +68,145 @@ pub fn run(args: &ChatArgs) -> Result<()> {
     let (speculation, num_draft_tokens) = args.draft.speculation()?;
     let kit = load(&args.model, &args.cache)?;
     args.draft.load_into(&kit)?;
-    let fresh = || -> Vec<ChatMessage> { args.system.iter().map(|s| ChatMessage::new("system", s.clone())).collect() };
+    let session = Session { args, kit, template, template_args, step, speculation, num_draft_tokens };
+    let mut conv = Conversation::new(args.system.clone());
     // A model without a usable chat template would fail every turn: find out now.
-    let mut probe = fresh();
+    let mut probe = conv.messages.clone();
     probe.push(ChatMessage::new("user", "hello"));
-    kit.tokenize_chat(&probe, template.as_ref(), &template_args)?;
-    let mut messages = fresh();
-    // Every image of the conversation, in order: each turn's prompt holds them all.
-    let mut images: Vec<ImageInput> = Vec::new();
-    let mut queued: Vec<ImageInput> = Vec::new();
-    eprintln!("chat: type a message; /image PATH adds an image, /reset starts over, /exit quits, Ctrl-C stops a reply");
-    let stdin = std::io::stdin();
+    session.kit.tokenize_chat(&probe, session.template.as_ref(), &session.template_args)?;
+    let mut input = Reader::new(args.history.as_deref());
+    eprintln!("chat: type a message; /help lists the commands, /exit quits, Ctrl-C stops a reply");
+    // Whether the last prompt ended in Ctrl-C: a second one at an empty prompt quits.
+    let mut interrupted = false;
     loop {
-        eprint!("> ");
-        let mut bytes = Vec::new();
-        match stdin.lock().read_until(b'\n', &mut bytes) {
-            Ok(0) => {
+        let line = match input.read("> ")? {
+            Input::Eof => {
                 eprintln!();
                 break;
             }
-            Ok(_) => {}
-            Err(e) => return Err(Error::Io { path: "stdin".into(), source: e }),
-        }
-        let line = match String::from_utf8(bytes) {
-            Ok(l) => l,
-            Err(e) => {
+            Input::Interrupted { empty } => {
+                if empty && interrupted {
+                    return Err(Error::Interrupted);
+                }
+                interrupted = true;
+                if empty {
+                    eprintln!("(Ctrl-C again to exit, or Ctrl-D)");
+                }
+                continue;
+            }
+            Input::NotUtf8(at) => {
                 // Not the end of the conversation: say so and wait for the next line.
-                eprintln!(
-                    "error: that line is not valid UTF-8 (at byte {}); it was not sent",
-                    e.utf8_error().valid_up_to()
-                );
+                eprintln!("error: that line is not valid UTF-8 (at byte {at}); it was not sent");
                 continue;
             }
+            Input::Line(l) => l,
         };
-        let line = line.trim_end_matches(['\n', '\r']);
-        match line.trim() {
-            "" => continue,
-            "/exit" | "/quit" => break,
-            "/reset" => {
-                messages = fresh();
-                images.clear();
-                queued.clear();
+        interrupted = false;
+        let command = match chat_commands::parse(&line) {
+            Parsed::Nothing => continue,
+            Parsed::Message(text) => {
+                session.turn(&mut conv, text)?;
+                continue;
+            }
+            Parsed::Command(c) => c,
+        };
+        match command {
+            Command::Exit => break,
+            Command::Help => {
+                eprintln!("{}", chat_commands::HELP);
+                if let Some(h) = input.history() {
+                    eprintln!("History file: {}", h.display());
+                }
+            }
+            Command::Reset => {
+                conv.reset();
                 eprintln!("(conversation reset)");
-                continue;
             }
-            l if l.starts_with("/image") => {
-                let path = l["/image".len()..].trim();
-                if path.is_empty() {
-                    eprintln!("usage: /image PATH (the image goes with your next message)");
+            Command::System(text) => {
+                conv.set_system(text);
+                if text.is_empty() {
+                    eprintln!("(system message removed)");
                 } else {
-                    queued.push(ImageInput::from_arg(path));
-                    eprintln!("(image {} queued for the next message)", images.len() + queued.len());
+                    eprintln!("(system message set)");
                 }
-                continue;
             }
-            _ => {}
-        }
-        messages.push(ChatMessage::with_images("user", line.to_string(), queued.len()));
-        let all: Vec<ImageInput> = images.iter().chain(&queued).cloned().collect();
-        let max_size = args.max_image_size;
-        let prompt_tokens =
-            match kit.tokenize_chat_with_images(&messages, template.as_ref(), &template_args, &all, max_size) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    messages.pop();
-                    queued.clear();
-                    continue;
+            Command::Save("") => eprintln!("usage: /save FILE"),
+            Command::Save(file) => match chat_commands::save(Path::new(file), &conv.messages) {
+                Ok(()) if conv.images.is_empty() => eprintln!("(saved {} messages to {file})", conv.messages.len()),
+                Ok(()) => eprintln!("(saved {} messages to {file}, without their images)", conv.messages.len()),
+                Err(e) => eprintln!("error: could not save the conversation: {e}"),
+            },
+            Command::Load("") => eprintln!("usage: /load FILE"),
+            Command::Load(file) => match session.check_loaded(Path::new(file)) {
+                Ok(messages) => {
+                    eprintln!("(loaded {} messages from {file})", messages.len());
+                    conv.replace(messages);
                 }
-            };
+                Err(e) => eprintln!("error: could not load the conversation: {e}"),
+            },
+            Command::Image("") => {
+                eprintln!("usage: /image PATH (the image goes with your next message)")
+            }
+            Command::Image(path) => {
+                conv.queued.push(ImageInput::from_arg(path));
+                eprintln!("(image {} queued for the next message)", conv.images.len() + conv.queued.len());
+            }
+            Command::Unknown(name) => {
+                eprintln!("unknown command {name} (not sent to the model); /help lists the commands, //TEXT sends a message starting with /")
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Session<'_> {
+    /// A saved conversation, checked against this model's chat template too (a template that
+    /// refuses it would fail every later turn).
+    fn check_loaded(&self, file: &Path) -> Result<Vec<ChatMessage>> {
+        let messages = chat_commands::load(file)?;
+        let mut probe = messages.clone();
+        probe.push(ChatMessage::new("user", "hello"));
+        self.kit.tokenize_chat(&probe, self.template.as_ref(), &self.template_args).map_err(|e| {
+            Error::Conversation { path: file.to_path_buf(), reason: format!("the chat template refuses it: {e}") }
+        })?;
+        Ok(messages)
+    }
+
+    /// Sends `text` with the queued images and prints the reply. A turn that fails is taken
+    /// back (its message and images leave the conversation) and the chat goes on; only a
+    /// failed write to stdout ends it.
+    fn turn(&self, conv: &mut Conversation, text: &str) -> Result<()> {
+        let args = self.args;
+        conv.messages.push(ChatMessage::with_images("user", text.to_string(), conv.queued.len()));
+        let all: Vec<ImageInput> = conv.images.iter().chain(&conv.queued).cloned().collect();
+        let max_size = args.max_image_size;
+        let tokens = self.kit.tokenize_chat_with_images(
+            &conv.messages,
+            self.template.as_ref(),
+            &self.template_args,
+            &all,
+            max_size,
+        );
+        let prompt_tokens = match tokens {
+            Ok(t) => t,
+            Err(e) => return take_back(conv, &e),
+        };
         let req = GenerateRequest {
             prompt_tokens,
             sampling: args.sampling.overrides(),
             max_tokens: args.sampling.max_tokens,
             stop_strings: args.sampling.stop.clone(),
             ignore_eos: args.sampling.ignore_eos,
-            prefill_step_size: step,
+            prefill_step_size: self.step,
             ignore_prompt_cache: false,
             images: all,
             max_image_size: max_size,
-            speculation: speculation.clone(),
-            num_draft_tokens,
+            speculation: self.speculation.clone(),
+            num_draft_tokens: self.num_draft_tokens,
         };
-        let mut generation = match kit.generate_with_progress(req, Box::new(PrefillBar::new(step))) {
+        let mut generation = match self.kit.generate_with_progress(req, Box::new(PrefillBar::new(self.step))) {
             Ok(g) => g,
-            Err(e) => {
-                eprintln!("error: {e}");
-                messages.pop();
-                queued.clear();
-                continue;
-            }
+            Err(e) => return take_back(conv, &e),
         };
         let watch = interrupt::watch(generation.cancel_handle());
         let mut reply = String::new();
@@ -163,15 +235,23 @@ pub fn run(args: &ChatArgs) -> Result<()> {
         }
         interrupt::reset();
         if failed {
-            messages.pop();
-            queued.clear();
-            continue;
+            conv.messages.pop();
+            conv.queued.clear();
+            return Ok(());
         }
-        images.append(&mut queued);
+        let mut queued = std::mem::take(&mut conv.queued);
+        conv.images.append(&mut queued);
         if let Some(stats) = generation.stats() {
             print_stats(stats);
         }
-        messages.push(ChatMessage::new("assistant", reply));
+        conv.messages.push(ChatMessage::new("assistant", reply));
+        Ok(())
     }
+}
+
+fn take_back(conv: &mut Conversation, e: &Error) -> Result<()> {
+    eprintln!("error: {e}");
+    conv.messages.pop();
+    conv.queued.clear();
     Ok(())
 }

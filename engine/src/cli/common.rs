@@ -20,12 +20,16 @@ use crate::tokenizer::ChatTemplate;
 #[derive(clap::Args, Clone, Debug)]
 pub struct ModelArgs {
     /// Model folder (config.json, safetensors, tokenizer files), a .gguf file, or a Hugging
-    /// Face repository id (`org/name`) found in the local Hugging Face cache.
+    /// Face repository id (`org/name`): from the local Hugging Face cache, downloaded into it
+    /// from $HF_ENDPOINT (huggingface.co) when missing, unless HF_HUB_OFFLINE=1.
     #[arg(short, long)]
     pub model: PathBuf,
-    /// The revision of a repository id: a branch, tag or commit in the cache.
+    /// The revision of a repository id: a branch, tag or commit.
     #[arg(long, default_value = "main")]
     pub revision: String,
+    /// With a repository id: the .gguf file to use from it (for a repository of several).
+    #[arg(long, value_name = "FILE")]
+    pub hf_file: Option<String>,
     /// Compute dtype: auto = f32 on cpu, the checkpoint's dtype on gpu.
     #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "bf16", "f16"])]
     pub dtype: String,
@@ -290,7 +294,12 @@ pub fn param(name: &str, reason: impl Into<String>) -> Error {
 
 /// Loads the model without announcing it.
 pub fn load_quietly(args: &ModelArgs, cache: &CacheArgs) -> Result<ModelKit> {
-    ModelKit::load(&crate::model::hub::model_path(&args.model, &args.revision)?, load_options(args, cache)?)
+    ModelKit::load(&model_path(args)?, load_options(args, cache)?)
+}
+
+/// Where `--model` (with `--revision` and `--hf-file`) is on disk, downloading it if need be.
+pub fn model_path(args: &ModelArgs) -> Result<PathBuf> {
+    crate::model::hub::model_path(&args.model, &args.revision, args.hf_file.as_deref())
 }
 
 fn load_options(args: &ModelArgs, cache: &CacheArgs) -> Result<LoadOptions> {
@@ -307,10 +316,11 @@ fn load_options(args: &ModelArgs, cache: &CacheArgs) -> Result<LoadOptions> {
 /// Loads the model with a spinner on stderr.
 pub fn load(args: &ModelArgs, cache: &CacheArgs) -> Result<ModelKit> {
     let options = load_options(args, cache)?;
+    // Before the spinner: a download draws progress bars of its own.
+    let path = model_path(args)?;
     let bar = indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", args.model.display()));
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
     let t = Instant::now();
-    let path = crate::model::hub::model_path(&args.model, &args.revision)?;
     let kit = ModelKit::load(&path, options);
     bar.finish_and_clear();
     let kit = kit?;

@@ -40,7 +40,7 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
     device.set_default()?;
     let host = super::plugins::host_from_args(&args.plugins.plugins, args.plugins.registry.as_deref())?;
     let t0 = Instant::now();
-    let loaded = crate::model::load(&crate::model::hub::model_path(&args.model, "main")?, &host)?;
+    let loaded = crate::model::load(&crate::model::hub::model_path(&args.model, "main", None)?, &host)?;
     eprintln!(
         "loaded {} (model type `{}`, {} layers) in {:.2}s",
         args.model.display(),

@@ -4,6 +4,8 @@ pub mod bench;
 pub mod bench_speculative;
 pub mod bench_speed;
 pub mod chat;
+pub mod chat_commands;
+pub mod chat_input;
 pub mod common;
 pub mod forward;
 pub mod generate;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 pub mod gguf;
 pub mod gguf_header;
 pub mod hub;
+pub mod hub_download;
 pub mod partition;
 pub mod safetensors_header;
 pub mod summary;
