@@ -113,13 +113,23 @@ pub struct ModelKit {
     tokenizer: Arc<Tokenizer>,
 }
 
-/// Cancels a running generation (between prefill chunks and between tokens).
-#[derive(Clone)]
+/// Cancels a running generation (between prefill chunks and between tokens), or a chat
+/// template render ([`ModelKit::tokenize_chat_cancellable`]).
+#[derive(Clone, Default)]
 pub struct CancelHandle(Arc<AtomicBool>);
 
 impl CancelHandle {
+    /// A handle nothing has cancelled yet, for the calls that take one.
+    pub fn new() -> CancelHandle {
+        CancelHandle::default()
+    }
+
     pub fn cancel(&self) {
         self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
     }
 }
 
@@ -412,6 +422,19 @@ impl ModelKit {
         args: &serde_json::Map<String, Value>,
     ) -> Result<Vec<u32>> {
         let text = self.tokenizer.apply_chat_template(messages, true, args, template)?;
+        self.tokenizer.encode(&text, false)
+    }
+
+    /// [`ModelKit::tokenize_chat`] that `cancel` stops while the template renders (a
+    /// template runs for up to [`crate::tokenizer::TEMPLATE_SECONDS`] before it is abandoned).
+    pub fn tokenize_chat_cancellable(
+        &self,
+        messages: &[ChatMessage],
+        template: Option<&ChatTemplate>,
+        args: &serde_json::Map<String, Value>,
+        cancel: &CancelHandle,
+    ) -> Result<Vec<u32>> {
+        let text = self.tokenizer.apply_chat_template_cancellable(messages, true, args, template, &cancel.0)?;
         self.tokenizer.encode(&text, false)
     }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common_models::*;
 use mlx_engine::generate::GenerateRequest;
+use mlx_engine::model_kit::CancelHandle;
 use mlx_engine::tokenizer::{ChatMessage, ChatTemplate};
 use serde_json::Value;
 
@@ -114,6 +115,48 @@ fn a_runaway_chat_template_is_stopped_with_a_message() {
     std::fs::write(&file, "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}").unwrap();
     let template = ChatTemplate::from_file(&file).unwrap();
     assert!(kit.tokenize_chat(&[ChatMessage::new("user", "hi")], Some(&template), &Default::default()).is_ok());
+}
+
+#[test]
+fn a_chat_template_render_stops_soon_after_a_cancel() {
+    let tiny = TinyModel::new(Arch::Llama, 4);
+    let dir = tiny.write_temp();
+    let kit = load_kit(dir.path());
+    let file = dir.path().join("slow.jinja");
+    // Runs for the whole wall-clock budget unless cancelled (as in the "heavy steps" row above).
+    std::fs::write(&file, "{% for i in range(100000) %}{% set x = range(100000)|join(',') %}{% endfor %}").unwrap();
+    let template = ChatTemplate::from_file(&file).unwrap();
+    let cancel = CancelHandle::new();
+    let canceller = {
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            cancel.cancel();
+        })
+    };
+    let t = Instant::now();
+    let err = kit
+        .tokenize_chat_cancellable(&[ChatMessage::new("user", "hi")], Some(&template), &Default::default(), &cancel)
+        .unwrap_err()
+        .to_string();
+    let took = t.elapsed();
+    canceller.join().unwrap();
+    assert!(err.contains("rendering was cancelled") && err.contains("slow.jinja"), "{err}");
+    assert!(took < Duration::from_secs(3), "the cancel took {took:?}");
+    // A handle nobody cancels changes nothing.
+    let file = dir.path().join("ok.jinja");
+    std::fs::write(&file, "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}").unwrap();
+    let template = ChatTemplate::from_file(&file).unwrap();
+    let ids = kit.tokenize_chat_cancellable(
+        &[ChatMessage::new("user", "hi")],
+        Some(&template),
+        &Default::default(),
+        &CancelHandle::new(),
+    );
+    assert_eq!(
+        ids.unwrap(),
+        kit.tokenize_chat(&[ChatMessage::new("user", "hi")], Some(&template), &Default::default()).unwrap()
+    );
 }
 
 #[test]

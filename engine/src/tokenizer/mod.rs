@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 pub use detokenizer::StreamingDetokenizer;
 pub use files::ChatTemplate;
-pub use template::ChatMessage;
+pub use template::{ChatMessage, TEMPLATE_SECONDS};
 
 use crate::error::{Error, Result};
 use files::{config_ids, folder_templates, ids_field, read_json, tok_err, token_field, Templates};
@@ -330,6 +330,30 @@ impl Tokenizer {
         extra: &serde_json::Map<String, serde_json::Value>,
         template: Option<&ChatTemplate>,
     ) -> Result<String> {
+        self.render_chat(messages, add_generation_prompt, extra, template, None)
+    }
+
+    /// [`Tokenizer::apply_chat_template`] that fails with "rendering was cancelled" soon after
+    /// another thread sets `cancel` (a server whose client disconnected mid-render).
+    pub fn apply_chat_template_cancellable(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        extra: &serde_json::Map<String, serde_json::Value>,
+        template: Option<&ChatTemplate>,
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Result<String> {
+        self.render_chat(messages, add_generation_prompt, extra, template, Some(cancel))
+    }
+
+    fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        extra: &serde_json::Map<String, serde_json::Value>,
+        template: Option<&ChatTemplate>,
+        cancel: Option<&std::sync::atomic::AtomicBool>,
+    ) -> Result<String> {
         let template = match template.or(self.inner.templates.default.as_ref()) {
             Some(t) => t,
             None => {
@@ -354,6 +378,7 @@ impl Tokenizer {
             extra,
             bos_token: self.inner.bos_token.as_deref().unwrap_or(""),
             eos_token: self.inner.eos_token.as_deref().unwrap_or(""),
+            cancel,
         };
         template::render(&template.source, &template.text, &input)
     }

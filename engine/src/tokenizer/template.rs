@@ -6,6 +6,9 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
 
 use minijinja::syntax::SyntaxConfig;
 use minijinja::value::{Kwargs, ValueKind};
@@ -81,10 +84,15 @@ pub(super) struct RenderInput<'a> {
     pub extra: &'a serde_json::Map<String, serde_json::Value>,
     pub bos_token: &'a str,
     pub eos_token: &'a str,
+    /// Set by another thread to abandon the render (a host whose client went away).
+    pub cancel: Option<&'a AtomicBool>,
 }
 
+/// How often a waiting render looks at its cancel flag.
+const CANCEL_POLL: Duration = Duration::from_millis(20);
+
 /// Renders `template` (read from `source`, named in errors) within [`TEMPLATE_FUEL`] steps and
-/// [`TEMPLATE_SECONDS`].
+/// [`TEMPLATE_SECONDS`], or until `input.cancel` is set.
 pub(super) fn render(source: &Path, template: &str, input: &RenderInput<'_>) -> Result<String> {
     let owned = (
         source.to_path_buf(),
@@ -104,6 +112,7 @@ pub(super) fn render(source: &Path, template: &str, input: &RenderInput<'_>) -> 
             extra: &extra,
             bos_token: &bos_token,
             eos_token: &eos_token,
+            cancel: None,
         };
         let _ = tx.send(render_now(&source, &template, &input));
     });
@@ -111,10 +120,21 @@ pub(super) fn render(source: &Path, template: &str, input: &RenderInput<'_>) -> 
     if let Err(e) = spawned {
         return Err(err(format!("cannot start rendering: {e}")));
     }
-    match rx.recv_timeout(std::time::Duration::from_secs(TEMPLATE_SECONDS)) {
-        Ok(out) => out,
-        Err(_) => {
-            Err(err(format!("took more than {TEMPLATE_SECONDS} s to render and was abandoned (a runaway template?)")))
+    let deadline = Instant::now() + Duration::from_secs(TEMPLATE_SECONDS);
+    loop {
+        if input.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(err("rendering was cancelled".into()));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(err(format!(
+                "took more than {TEMPLATE_SECONDS} s to render and was abandoned (a runaway template?)"
+            )));
+        }
+        match rx.recv_timeout(left.min(CANCEL_POLL)) {
+            Ok(out) => return out,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return Err(err("the render thread ended without a result".into())),
         }
     }
 }
