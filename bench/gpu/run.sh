@@ -35,9 +35,13 @@ setup)
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/machine.txt"
     python3 -c 'import mlx.core as mx, mlx_lm, transformers; print("mlx", mx.__version__, mx.default_device(), "mlx-lm", mlx_lm.__version__, "transformers", transformers.__version__)' | tee -a "$OUT/machine.txt"
     "$ENGINE" plugins | tee -a "$OUT/machine.txt"
-    mkdir -p "$M" && cp -r "$S/pkg/smollm2-bf16" "$M/smollm2-bf16"
-    python3 bench/gpu/make_models.py --out "$M" --tokenizer "$M/smollm2-bf16" \
-        --quantize "$M/smollm2-bf16:$M/smollm2-4bit"
+    mkdir -p "$M"
+    real=()
+    if [ -d "$S/pkg/smollm2-bf16" ]; then
+        cp -r "$S/pkg/smollm2-bf16" "$M/smollm2-bf16"
+        real=(--quantize "$M/smollm2-bf16:$M/smollm2-4bit")
+    fi
+    python3 bench/gpu/make_models.py --out "$M" --tokenizer "$S/pkg/tokenizer" "${real[@]}"
     df -h /tmp | tail -1
     ;;
 speculative)
