@@ -12,6 +12,7 @@
 
 pub mod cache;
 pub mod cli;
+pub mod conformance;
 pub mod diagnostics;
 pub mod error;
 pub mod generate;

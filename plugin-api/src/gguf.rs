@@ -110,3 +110,20 @@ pub fn rename_llama_cpp_parts(weights: Weights, map: impl Fn(&str) -> Option<&'s
 fn unmapped(name: &str) -> Error {
     Error::Weights(format!("GGUF tensor `{name}` has no mapping for this architecture"))
 }
+
+/// llama.cpp stores the Q and K projection rows of each head interleaved for its rope kernel
+/// (`[half, 2]` pairs instead of `[2, half]`). This undoes it, so the standard (non-traditional)
+/// RoPE applies, for `a` of `[heads * head_dim, ..]` rows. Works for packed quantized rows too
+/// (rows are permuted, columns untouched).
+pub fn unpermute_qk_rows(a: &crate::Array, heads: i32) -> Result<crate::Array> {
+    let s = a.shape();
+    if heads < 1 || s.is_empty() || s[0] % (2 * heads) != 0 {
+        return Err(Error::Weights(format!(
+            "cannot un-permute Q/K rows: {} rows is not a multiple of 2 x {heads} heads",
+            s.first().copied().unwrap_or(0)
+        )));
+    }
+    let mut shape = vec![heads, s[0] / heads / 2, 2];
+    shape.extend(&s[1..]);
+    a.reshape(&shape)?.swapaxes(1, 2)?.reshape(&s)
+}

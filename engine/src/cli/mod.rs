@@ -6,6 +6,7 @@ pub mod bench_speed;
 pub mod chat;
 pub mod chat_commands;
 pub mod chat_input;
+pub mod check_plugin;
 pub mod common;
 pub mod forward;
 pub mod generate;
@@ -72,6 +73,9 @@ pub enum Command {
     /// Measure time to first token with and without the prompt cache, peak memory vs prompt
     /// length with and without KV quantization, and decoding with and without speculation.
     Bench(bench::BenchArgs),
+    /// Check a plugin file against a checkpoint (and a golden recorded with mlx-lm): shapes,
+    /// cached decode, caches, quantized weights, error containment (docs/plugin-authoring.md).
+    CheckPlugin(check_plugin::CheckPluginArgs),
 }
 
 /// Runs the command; the binary maps an error to a message and a non-zero exit.
@@ -83,6 +87,7 @@ pub fn run(cli: Cli) -> crate::Result<()> {
         Command::Plugins(a) => plugins::run(&a),
         Command::Forward(a) => forward::run(&a),
         Command::Bench(a) => bench::run_bench(&a),
+        Command::CheckPlugin(a) => check_plugin::run(&a),
     }
 }
 

@@ -295,7 +295,7 @@ impl LoadedPlugin {
         // SAFETY: as in `create_model`.
         let vision =
             unsafe { ForeignVision::new(obj, self.abi.1) }.map_err(|e| plugin_err(&self.path, e.to_string()))?;
-        Ok(Box::new(PluginVision { vision, _lib: Arc::clone(&self.lib) }))
+        Ok(Box::new(PluginVision { vision, label: self.label(), _lib: Arc::clone(&self.lib) }))
     }
 
     /// Calls one of the descriptor's constructors with borrowed weights.
@@ -434,16 +434,23 @@ impl DynModel for PluginModel {
 /// A plugin's vision add-on plus its library (same drop order as [`PluginModel`]).
 pub struct PluginVision {
     vision: ForeignVision,
+    label: String,
     _lib: Arc<Library>,
+}
+
+impl PluginVision {
+    fn blame(&self, call: &str, e: impl fmt::Display) -> mlx_engine_plugin_api::Error {
+        mlx_engine_plugin_api::Error::Boundary(format!("{}: {call}: {e}", self.label))
+    }
 }
 
 impl DynVision for PluginVision {
     fn image_prompt(&self, height: i32, width: i32) -> mlx_engine_plugin_api::Result<ImagePrompt> {
-        self.vision.image_prompt(height, width)
+        self.vision.image_prompt(height, width).map_err(|e| self.blame("image_prompt", e))
     }
 
     fn encode(&self, pixels: &Array) -> mlx_engine_plugin_api::Result<Array> {
-        self.vision.encode(pixels)
+        self.vision.encode(pixels).map_err(|e| self.blame("encode", e))
     }
 
     fn merge(
@@ -453,6 +460,6 @@ impl DynVision for PluginVision {
         features: &[Array],
         embeddings_scale: f32,
     ) -> mlx_engine_plugin_api::Result<Array> {
-        self.vision.merge(input_ids, text_embeddings, features, embeddings_scale)
+        self.vision.merge(input_ids, text_embeddings, features, embeddings_scale).map_err(|e| self.blame("merge", e))
     }
 }

@@ -2,7 +2,9 @@
 //! of re-implementing them; the text-generation work grows this module (RoPE variants, MLPs,
 //! attention helpers).
 
+pub mod moe;
 pub mod rope;
+pub use moe::{SwitchGlu, SwitchLinear};
 pub use rope::{Rope, RopeScaling};
 
 use std::sync::OnceLock;

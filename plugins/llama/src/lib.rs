@@ -2,7 +2,7 @@
 //! Follows mlx-lm's `models/llama.py` (and `qwen2.py` / `qwen3.py` for their differences).
 
 use mlx_engine_plugin_api::config_check::ConfigCheck;
-use mlx_engine_plugin_api::gguf::{rename_llama_cpp_parts, GgufInfo};
+use mlx_engine_plugin_api::gguf::{rename_llama_cpp_parts, unpermute_qk_rows, GgufInfo};
 use mlx_engine_plugin_api::nn::{
     layer_quant, merge_heads, split_heads, Activation, Embedding, GatedMlp, Linear, Quantization, RmsNorm, Rope,
     RopeScaling,
@@ -148,18 +148,6 @@ pub struct Llama {
     lm_head: Option<Linear>,
 }
 
-/// llama.cpp stores q/k rows interleaved for its rope kernel: rows of each head come as
-/// `[half, 2]` pairs instead of `[2, half]`. Undo it so the standard (non-traditional) RoPE
-/// applies. Works for packed quantized rows too (rows are permuted, columns untouched).
-fn unpermute_rows(a: &Array, heads: i32) -> Result<Array> {
-    let s = a.shape();
-    let rows = s[0];
-    let rest: Vec<i32> = s[1..].to_vec();
-    let mut shape = vec![heads, rows / heads / 2, 2];
-    shape.extend(&rest);
-    a.reshape(&shape)?.swapaxes(1, 2)?.reshape(&s)
-}
-
 /// llama.cpp's name of the per-pair rope frequency factors (Llama 3.1+ GGUFs).
 const ROPE_FREQS: &str = "rope_freqs.weight";
 
@@ -252,7 +240,7 @@ impl ModelArch for Llama {
             for n in names {
                 let heads = if n.contains("q_proj") { c.num_attention_heads } else { c.kv_heads() };
                 let a = w.take(&n)?;
-                w.insert(n, unpermute_rows(&a, heads)?);
+                w.insert(n, unpermute_qk_rows(&a, heads)?);
             }
         }
         Ok(w)
