@@ -2,7 +2,8 @@
 //! `<!-- tested: NAME -->` line, in order, from the repository root with the engine's build
 //! folder on PATH. They build the out-of-tree Qwen3-MoE plugin with its own `cargo build`, check
 //! it with `mlx-engine check-plugin` against the committed mlx-lm golden, install it into a
-//! plugin folder, and re-record a golden with mlx-lm and check against that too.
+//! plugin folder; scaffold two new plugins with `mlx-engine new-plugin` and run their own tests;
+//! and re-record a golden with mlx-lm and check against that too.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,7 +32,7 @@ fn the_documented_commands_work() {
     let doc = std::fs::read_to_string(repo().join("docs/plugin-authoring.md")).unwrap();
     let blocks = tested_blocks(&doc);
     let names: Vec<&str> = blocks.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["out-of-tree", "record-golden"], "the doc's tested blocks changed");
+    assert_eq!(names, ["out-of-tree", "scaffold", "record-golden"], "the doc's tested blocks changed");
     assert!(repo().join(".venv/bin/python").exists(), "run `make setup` first (the recorder needs .venv)");
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_mlx-engine")).parent().unwrap().to_path_buf();
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
@@ -48,9 +49,18 @@ fn the_documented_commands_work() {
         let out = cmd.output().unwrap();
         let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "block `{name}` failed ({}):\n{stdout}\n{stderr}", out.status);
-        // Each check-plugin run ends with its summary and compared a golden.
         assert!(!stdout.contains("FAIL "), "block `{name}`:\n{stdout}");
-        assert!(stdout.contains("PASS golden: mlx-lm"), "block `{name}` compared no golden:\n{stdout}");
-        assert!(stdout.contains("11 checks passed, 0 not applicable"), "block `{name}`:\n{stdout}");
+        let expected: &[&str] = match name.as_str() {
+            // check-plugin against mlx-lm's golden, every check applicable.
+            "out-of-tree" | "record-golden" => &["PASS golden: mlx-lm", "11 checks passed, 0 not applicable"],
+            // Each generated crate's unit tests and conformance test.
+            _ => &["test passes_the_conformance_kit ... ok"],
+        };
+        for e in expected {
+            assert!(stdout.contains(e), "block `{name}`: no `{e}` in\n{stdout}\n{stderr}");
+        }
+        if name == "scaffold" {
+            assert_eq!(stdout.matches("test passes_the_conformance_kit ... ok").count(), 2, "{stdout}");
+        }
     }
 }

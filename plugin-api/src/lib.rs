@@ -9,6 +9,7 @@ pub mod abi;
 pub mod array;
 pub mod compile;
 pub mod config_check;
+pub mod declare;
 pub mod dtype;
 pub mod error;
 pub mod export;

@@ -166,11 +166,24 @@ impl Weights {
 
     /// Removes and returns a required tensor.
     pub fn take(&mut self, name: &str) -> Result<Array> {
-        self.map.remove(name).ok_or_else(|| Error::Weights(format!("tensor `{name}` is missing from the checkpoint")))
+        self.map.remove(name).ok_or_else(|| {
+            if crate::declare::recording() {
+                Error::Weights(format!(
+                    "tensor `{name}` is taken without a shape, so the conformance kit cannot make it up: load it \
+                     with `Weights::take_shaped` (or an `nn` loader), or check the plugin with a checkpoint"
+                ))
+            } else {
+                Error::Weights(format!("tensor `{name}` is missing from the checkpoint"))
+            }
+        })
     }
 
-    /// Removes and returns a required tensor after checking its shape.
+    /// Removes and returns a required tensor after checking its shape. This is also how a
+    /// model declares the shape to the conformance kit (see [`crate::declare`]).
     pub fn take_shaped(&mut self, name: &str, shape: &[i32]) -> Result<Array> {
+        if !self.map.contains_key(name) && crate::declare::record(name, shape) {
+            return Array::zeros(shape, crate::Dtype::F32);
+        }
         let a = self.take(name)?;
         if a.shape() != shape {
             return Err(Error::Weights(format!("tensor `{name}` has shape {:?}, expected {shape:?}", a.shape())));
@@ -429,8 +442,12 @@ pub fn model_factory<M: ModelArch>(
     weights: Weights,
     format: WeightsFormat,
 ) -> Result<Box<dyn DynModel>> {
+    let mut weights = weights;
     let config: M::Config = parse_config(config_json)?;
     M::validate(&config)?;
+    if crate::declare::requested(&mut weights) {
+        return Err(crate::declare::answer(|| M::new(config, Weights::new()).map(drop)));
+    }
     let weights = M::sanitize(&config, weights, format)?;
     Ok(Box::new(M::new(config, weights)?))
 }

@@ -11,6 +11,7 @@ pub mod common;
 pub mod forward;
 pub mod generate;
 pub mod interrupt;
+pub mod new_plugin;
 pub mod plugins;
 
 use clap::{Parser, Subcommand};
@@ -76,6 +77,9 @@ pub enum Command {
     /// Check a plugin file against a checkpoint (and a golden recorded with mlx-lm): shapes,
     /// cached decode, caches, quantized weights, error containment (docs/plugin-authoring.md).
     CheckPlugin(check_plugin::CheckPluginArgs),
+    /// Write a new out-of-tree plugin crate (from the llama or gemma3 plugin) with a
+    /// conformance test.
+    NewPlugin(new_plugin::NewPluginArgs),
 }
 
 /// Runs the command; the binary maps an error to a message and a non-zero exit.
@@ -88,6 +92,7 @@ pub fn run(cli: Cli) -> crate::Result<()> {
         Command::Forward(a) => forward::run(&a),
         Command::Bench(a) => bench::run_bench(&a),
         Command::CheckPlugin(a) => check_plugin::run(&a),
+        Command::NewPlugin(a) => new_plugin::run(&a),
     }
 }
 

@@ -12,7 +12,8 @@ mod golden;
 
 use std::path::{Path, PathBuf};
 
-use mlx_engine_plugin_api::{Dtype, DtypePolicy, Weights, WeightsFormat};
+use mlx_engine_plugin_api::declare::{parse_declared, DECLARE_MARKER};
+use mlx_engine_plugin_api::{random, Array, Dtype, DtypePolicy, Weights, WeightsFormat};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -26,7 +27,8 @@ pub struct CheckOptions {
     pub plugin: PathBuf,
     /// The model's `config.json`; its `model_type` must be one the plugin declares.
     pub config: PathBuf,
-    /// The checkpoint: a safetensors file or a folder of them. Default: the config's folder.
+    /// The checkpoint: a safetensors file or a folder of them. Default: the config's folder if
+    /// it holds safetensors, else random weights of the shapes the plugin declares.
     pub weights: Option<PathBuf>,
     /// A golden from `scripts/plugin-kit/record_golden.py` (or `scripts/goldens/record.py`).
     pub golden: Option<PathBuf>,
@@ -93,6 +95,8 @@ pub(crate) struct Subject {
     pub config: Value,
     pub weights: Weights,
     pub format: WeightsFormat,
+    /// Where the weights came from (a checkpoint, or made up from declared shapes).
+    pub origin: String,
 }
 
 impl Subject {
@@ -141,12 +145,69 @@ fn open(opts: &CheckOptions) -> Result<Subject> {
             if plugin.text_types.is_empty() { "no text types".to_string() } else { plugin.text_types.join(", ") }
         )));
     }
-    let source = opts.weights.clone().unwrap_or_else(|| opts.config.parent().unwrap_or(Path::new(".")).to_path_buf());
-    let files = if source.is_dir() { weight_files(&source)? } else { vec![source.clone()] };
-    let (weights, format) = load_weights(&files)?;
+    let folder = opts.config.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let (weights, format, origin) = match &opts.weights {
+        Some(source) => {
+            let files = if source.is_dir() { weight_files(source)? } else { vec![source.clone()] };
+            let (w, f) = load_weights(&files)?;
+            let origin = format!("{} tensors from {}", w.len(), source.display());
+            (w, f, origin)
+        }
+        None if has_safetensors(folder) => {
+            let (w, f) = load_weights(&weight_files(folder)?)?;
+            let origin = format!("{} tensors from {}", w.len(), folder.display());
+            (w, f, origin)
+        }
+        None => {
+            let w = declared_weights(&plugin, &model_type, &config)?;
+            let origin = format!("{} random tensors of the shapes the plugin declares", w.len());
+            (w, WeightsFormat::Mlx, origin)
+        }
+    };
     let policy = vec![DtypePolicy::Compute; weights.len()];
     let weights = cast_weights(weights, Dtype::F32, &policy)?;
-    Ok(Subject { plugin, model_type, config, weights, format })
+    Ok(Subject { plugin, model_type, config, weights, format, origin })
+}
+
+fn has_safetensors(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().any(|e| e.path().extension().is_some_and(|x| x == "safetensors")))
+        .unwrap_or(false)
+}
+
+/// Random weights of the shapes the plugin's own loaders ask for (`api::declare`): scales of
+/// norms around 1, other vectors (biases) small, matrices with unit-variance outputs.
+fn declared_weights(plugin: &LoadedPlugin, model_type: &str, config: &Value) -> Result<Weights> {
+    let mut ask = Weights::new();
+    ask.insert(DECLARE_MARKER, Array::zeros(&[1], Dtype::F32)?);
+    let err = match plugin.create_model(model_type, &config.to_string(), ask, WeightsFormat::Mlx) {
+        Ok(_) => return Err(kit_err("the plugin built a model from no weights instead of declaring its tensors")),
+        Err(e) => e.to_string(),
+    };
+    let Some(shapes) = parse_declared(&err) else {
+        if err.contains(DECLARE_MARKER) {
+            return Err(kit_err(format!(
+                "plugin `{}` cannot declare its tensor shapes (built with an older mlx-engine-plugin-api): pass \
+                 --weights, or rebuild it",
+                plugin.name
+            )));
+        }
+        return Err(kit_err(format!("asking the plugin for its tensor shapes failed: {err}")));
+    };
+    let mut w = Weights::new();
+    for (i, (name, shape)) in shapes.iter().enumerate() {
+        let key = random::key(0x6b69_7400 + i as u64)?;
+        let a = match shape.len() {
+            1 if name.contains("norm") => random::normal(shape, 1.0, 0.1, Dtype::F32, Some(&key))?,
+            0 | 1 => random::normal(shape, 0.0, 0.02, Dtype::F32, Some(&key))?,
+            _ => {
+                let fan_in = *shape.last().unwrap_or(&1) as f64;
+                random::normal(shape, 0.0, fan_in.max(1.0).powf(-0.5), Dtype::F32, Some(&key))?
+            }
+        };
+        w.insert(name.clone(), a);
+    }
+    Ok(w)
 }
 
 /// Runs every check. Fails only when the subject cannot be opened at all (the plugin does not
@@ -157,7 +218,8 @@ pub fn check_plugin(opts: &CheckOptions) -> Result<Report> {
     let built = subject.build(&subject.config, subject.weights());
     let model = match built {
         Ok(m) => {
-            report.record("load", Ok(format!("{} layers ({})", m.cache_layout().len(), summarize(&m.cache_layout()))));
+            let layers = m.cache_layout();
+            report.record("load", Ok(format!("{} layers ({}); {}", layers.len(), summarize(&layers), subject.origin)));
             m
         }
         Err(e) => {

@@ -1,6 +1,12 @@
 //! Shared layers, loaded from checkpoint tensors by name prefix. Plugins build on these instead
-//! of re-implementing them; the text-generation work grows this module (RoPE variants, MLPs,
-//! attention helpers).
+//! of re-implementing them.
+//!
+//! Every loader takes the same arguments in the same order: the weights, the tensor prefix, the
+//! layer's sizes in mlx's constructor order (`(input_dims, output_dims)` for linear layers and
+//! MLPs, `(vocab, dims)` for embeddings, `dims` for norms), then options, and last, for layers
+//! that may be quantized, the config's `Option<&Quantization>` (the loader picks the prefix's
+//! own parameters). Every tensor's shape is checked at load, so a wrong checkpoint fails naming
+//! the tensor, and the conformance kit can learn the shapes from the loaders (`declare`).
 
 pub mod moe;
 pub mod rope;
@@ -77,29 +83,35 @@ pub enum Weight {
 }
 
 impl Weight {
-    /// Loads `{prefix}.weight`, quantized when `{prefix}.scales` exists (then `quant` is
-    /// required).
-    pub fn load(w: &mut Weights, prefix: &str, quant: Option<QuantConfig>) -> Result<Weight> {
-        let weight = w.take(&format!("{prefix}.weight"))?;
-        if let Some(scales) = w.remove(&format!("{prefix}.scales")) {
-            let q = quant.ok_or_else(|| {
-                Error::Config(format!("`{prefix}` is quantized but config.json has no `quantization` entry"))
-            })?;
-            let q = check_quant(prefix, q)?;
-            let biases = w.remove(&format!("{prefix}.biases"));
-            let (rows, packed) = (weight.dim(0)?, weight.dim(-1)?);
-            if scales.dim(0)? != rows || packed * 32 / q.bits != scales.dim(-1)? * q.group_size {
-                return Err(Error::Weights(format!(
-                    "`{prefix}`: packed weight {:?} and scales {:?} do not match bits={} group_size={}",
-                    weight.shape(),
-                    scales.shape(),
-                    q.bits,
-                    q.group_size
-                )));
-            }
-            return Ok(Weight::Quantized { wq: weight, scales, biases, group_size: q.group_size, bits: q.bits });
+    /// Loads `{prefix}.weight` of a layer mapping `inp` features to `out` (`[out, in]`), quantized
+    /// when `{prefix}.scales` exists (with this prefix's parameters from `quant`, which must then
+    /// be given), and checks its shape.
+    pub fn load(w: &mut Weights, prefix: &str, (inp, out): (i32, i32), quant: Option<&Quantization>) -> Result<Weight> {
+        let name = format!("{prefix}.weight");
+        let Some(scales) = w.remove(&format!("{prefix}.scales")) else {
+            let weight = Weight::Dense(w.take_shaped(&name, &[out, inp])?);
+            weight.check_shape(prefix, out, inp)?;
+            return Ok(weight);
+        };
+        let weight = w.take(&name)?;
+        let q = layer_quant(quant, prefix).ok_or_else(|| {
+            Error::Config(format!("`{prefix}` is quantized but config.json has no `quantization` entry"))
+        })?;
+        let q = check_quant(prefix, q)?;
+        let biases = w.remove(&format!("{prefix}.biases"));
+        let (rows, packed) = (weight.dim(0)?, weight.dim(-1)?);
+        if scales.dim(0)? != rows || packed * 32 / q.bits != scales.dim(-1)? * q.group_size {
+            return Err(Error::Weights(format!(
+                "`{prefix}`: packed weight {:?} and scales {:?} do not match bits={} group_size={}",
+                weight.shape(),
+                scales.shape(),
+                q.bits,
+                q.group_size
+            )));
         }
-        Ok(Weight::Dense(weight))
+        let weight = Weight::Quantized { wq: weight, scales, biases, group_size: q.group_size, bits: q.bits };
+        weight.check_shape(prefix, out, inp)?;
+        Ok(weight)
     }
 
     /// Checks that this is a `[out, in]` matrix (packed accordingly when quantized) of a
@@ -178,33 +190,19 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// Loads `{prefix}.weight` (+ `.scales`/`.biases` when quantized) and `{prefix}.bias` if
-    /// `bias` is true.
-    pub fn load(w: &mut Weights, prefix: &str, bias: bool, quant: Option<QuantConfig>) -> Result<Linear> {
-        let weight = Weight::load(w, prefix, quant)?;
-        let bias = if bias { Some(w.take(&format!("{prefix}.bias"))?) } else { None };
-        Ok(Linear { weight, bias })
-    }
-
-    /// [`Linear::load`] plus a check that the layer maps `inp` features to `out`.
-    pub fn load_shaped(
+    /// Loads `{prefix}.weight` mapping `inp` features to `out` (+ `.scales`/`.biases` when
+    /// quantized) and `{prefix}.bias` (`[out]`) if `bias` is true, checking every shape. The
+    /// order is that of mlx's `nn.Linear(input_dims, output_dims)`.
+    pub fn load(
         w: &mut Weights,
         prefix: &str,
-        (out, inp): (i32, i32),
+        (inp, out): (i32, i32),
         bias: bool,
-        quant: Option<QuantConfig>,
+        quant: Option<&Quantization>,
     ) -> Result<Linear> {
-        let l = Linear::load(w, prefix, bias, quant)?;
-        l.weight.check_shape(prefix, out, inp)?;
-        if let Some(b) = &l.bias {
-            if b.shape() != [out] {
-                return Err(Error::Weights(format!(
-                    "tensor `{prefix}.bias` has shape {:?}, expected [{out}]",
-                    b.shape()
-                )));
-            }
-        }
-        Ok(l)
+        let weight = Weight::load(w, prefix, (inp, out), quant)?;
+        let bias = if bias { Some(w.take_shaped(&format!("{prefix}.bias"), &[out])?) } else { None };
+        Ok(Linear { weight, bias })
     }
 
     pub fn forward(&self, x: &Array) -> Result<Array> {
@@ -223,20 +221,15 @@ pub struct Embedding {
 }
 
 impl Embedding {
-    pub fn load(w: &mut Weights, prefix: &str, quant: Option<QuantConfig>) -> Result<Embedding> {
-        Ok(Embedding { weight: Weight::load(w, prefix, quant)? })
-    }
-
-    /// [`Embedding::load`] plus a check of the table's `[vocab, dim]` shape.
-    pub fn load_shaped(
+    /// Loads the `[vocab, dim]` table `{prefix}.weight`, possibly quantized, checking its shape
+    /// (mlx's `nn.Embedding(num_embeddings, dims)` order).
+    pub fn load(
         w: &mut Weights,
         prefix: &str,
         (vocab, dim): (i32, i32),
-        quant: Option<QuantConfig>,
+        quant: Option<&Quantization>,
     ) -> Result<Embedding> {
-        let e = Embedding::load(w, prefix, quant)?;
-        e.weight.check_shape(prefix, vocab, dim)?;
-        Ok(e)
+        Ok(Embedding { weight: Weight::load(w, prefix, (dim, vocab), quant)? })
     }
 
     /// Rows for `ids` (any shape) -> `[..ids, dim]`.
@@ -270,26 +263,16 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    pub fn load(w: &mut Weights, prefix: &str, eps: f32) -> Result<RmsNorm> {
-        Ok(RmsNorm { weight: w.take(&format!("{prefix}.weight"))?, eps })
+    /// Loads the `[dim]` scale `{prefix}.weight`.
+    pub fn load(w: &mut Weights, prefix: &str, dim: i32, eps: f32) -> Result<RmsNorm> {
+        Ok(RmsNorm { weight: w.take_shaped(&format!("{prefix}.weight"), &[dim])?, eps })
     }
 
     /// Gemma's variant, which scales by `1 + weight`; the sum is formed once at load.
-    pub fn load_one_plus(w: &mut Weights, prefix: &str, eps: f32) -> Result<RmsNorm> {
-        let weight = w.take(&format!("{prefix}.weight"))?;
+    pub fn load_one_plus(w: &mut Weights, prefix: &str, dim: i32, eps: f32) -> Result<RmsNorm> {
+        let weight = w.take_shaped(&format!("{prefix}.weight"), &[dim])?;
         let weight = weight.add(&weight.scalar_like(1.0)?)?;
         Ok(RmsNorm { weight, eps })
-    }
-
-    /// Checks the scale vector has `dim` entries.
-    pub fn expect_dim(self, prefix: &str, dim: i32) -> Result<RmsNorm> {
-        if self.weight.shape() != [dim] {
-            return Err(Error::Weights(format!(
-                "tensor `{prefix}.weight` has shape {:?}, expected [{dim}]",
-                self.weight.shape()
-            )));
-        }
-        Ok(self)
     }
 
     pub fn forward(&self, x: &Array) -> Result<Array> {
@@ -364,14 +347,11 @@ impl GatedMlp {
         act: Activation,
         quant: Option<&Quantization>,
     ) -> Result<GatedMlp> {
-        let lin = |w: &mut Weights, name: &str, shape: (i32, i32)| {
-            let p = format!("{prefix}.{name}");
-            Linear::load_shaped(w, &p, shape, bias, layer_quant(quant, &p))
-        };
+        let lin = |w: &mut Weights, name: &str, shape| Linear::load(w, &format!("{prefix}.{name}"), shape, bias, quant);
         Ok(GatedMlp {
-            gate: lin(w, "gate_proj", (hidden, dim))?,
-            up: lin(w, "up_proj", (hidden, dim))?,
-            down: lin(w, "down_proj", (dim, hidden))?,
+            gate: lin(w, "gate_proj", (dim, hidden))?,
+            up: lin(w, "up_proj", (dim, hidden))?,
+            down: lin(w, "down_proj", (hidden, dim))?,
             act,
         })
     }

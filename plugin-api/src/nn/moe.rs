@@ -20,25 +20,22 @@ pub enum SwitchLinear {
 }
 
 impl SwitchLinear {
-    /// Loads `{prefix}.weight` (`[experts, out, in]`, packed when `{prefix}.scales` exists),
-    /// checking its shape.
+    /// Loads `{prefix}.weight` (`[experts, out, in]`, packed when `{prefix}.scales` exists) of
+    /// `experts` layers mapping `inp` features to `out`, checking its shape.
     pub fn load(
         w: &mut Weights,
         prefix: &str,
         experts: i32,
-        (out, inp): (i32, i32),
+        (inp, out): (i32, i32),
         quant: Option<&Quantization>,
     ) -> Result<SwitchLinear> {
         let name = format!("{prefix}.weight");
+        let Some(scales) = w.remove(&format!("{prefix}.scales")) else {
+            return Ok(SwitchLinear::Dense(w.take_shaped(&name, &[experts, out, inp])?));
+        };
         let weight = w.take(&name)?;
         let bad = |what: &str, found: Vec<i32>, want: Vec<i32>| {
             Err(Error::Weights(format!("tensor `{prefix}.{what}` has shape {found:?}, expected {want:?}")))
-        };
-        let Some(scales) = w.remove(&format!("{prefix}.scales")) else {
-            if weight.shape() != [experts, out, inp] {
-                return bad("weight", weight.shape(), vec![experts, out, inp]);
-            }
-            return Ok(SwitchLinear::Dense(weight));
         };
         let q = layer_quant(quant, prefix).ok_or_else(|| {
             Error::Config(format!("`{prefix}` is quantized but config.json has no `quantization` entry"))
@@ -90,9 +87,9 @@ impl SwitchGlu {
     ) -> Result<SwitchGlu> {
         let mut lin = |name: &str, shape| SwitchLinear::load(w, &format!("{prefix}.{name}"), experts, shape, quant);
         Ok(SwitchGlu {
-            gate: lin("gate_proj", (hidden, dim))?,
-            up: lin("up_proj", (hidden, dim))?,
-            down: lin("down_proj", (dim, hidden))?,
+            gate: lin("gate_proj", (dim, hidden))?,
+            up: lin("up_proj", (dim, hidden))?,
+            down: lin("down_proj", (hidden, dim))?,
             act,
         })
     }

@@ -6,8 +6,7 @@
 use mlx_engine_plugin_api::config_check::ConfigCheck;
 use mlx_engine_plugin_api::gguf::{rename_llama_cpp_parts, GgufInfo};
 use mlx_engine_plugin_api::nn::{
-    layer_quant, merge_heads, split_heads, Activation, Embedding, GatedMlp, Linear, Quantization, RmsNorm, Rope,
-    RopeScaling,
+    merge_heads, split_heads, Activation, Embedding, GatedMlp, Linear, Quantization, RmsNorm, Rope, RopeScaling,
 };
 use mlx_engine_plugin_api::serde_json::{json, Map, Value};
 use mlx_engine_plugin_api::{
@@ -107,26 +106,20 @@ struct Attention {
 impl Attention {
     fn load(w: &mut Weights, p: &str, c: &Config, sliding: bool) -> Result<Attention> {
         let q = c.quantization.as_ref();
-        let lin = |w: &mut Weights, name: &str, shape: (i32, i32)| {
-            let prefix = format!("{p}.{name}");
-            Linear::load_shaped(w, &prefix, shape, false, layer_quant(q, &prefix))
-        };
+        let lin = |w: &mut Weights, name: &str, shape| Linear::load(w, &format!("{p}.{name}"), shape, false, q);
         let (d, hd) = (c.hidden_size, c.head_dim);
         let (q_out, kv_out) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
-        let norm = |w: &mut Weights, name: &str| {
-            let prefix = format!("{p}.{name}");
-            RmsNorm::load_one_plus(w, &prefix, c.rms_norm_eps)?.expect_dim(&prefix, hd)
-        };
+        let norm = |w: &mut Weights, name: &str| RmsNorm::load_one_plus(w, &format!("{p}.{name}"), hd, c.rms_norm_eps);
         let rope = if sliding {
             Rope::new(c.head_dim, false, c.rope_local_base_freq, None)?
         } else {
             Rope::new(c.head_dim, false, c.rope_theta, c.rope_scaling.as_ref())?
         };
         Ok(Attention {
-            q_proj: lin(w, "q_proj", (q_out, d))?,
-            k_proj: lin(w, "k_proj", (kv_out, d))?,
-            v_proj: lin(w, "v_proj", (kv_out, d))?,
-            o_proj: lin(w, "o_proj", (d, q_out))?,
+            q_proj: lin(w, "q_proj", (d, q_out))?,
+            k_proj: lin(w, "k_proj", (d, kv_out))?,
+            v_proj: lin(w, "v_proj", (d, kv_out))?,
+            o_proj: lin(w, "o_proj", (q_out, d))?,
             q_norm: norm(w, "q_norm")?,
             k_norm: norm(w, "k_norm")?,
             rope,
@@ -309,21 +302,13 @@ impl ModelArch for Gemma3 {
         let q = c.quantization.as_ref();
         let eps = c.rms_norm_eps;
         let d = c.hidden_size;
-        let embed_tokens = Embedding::load_shaped(
-            &mut w,
-            "model.embed_tokens",
-            (c.vocab_size, d),
-            layer_quant(q, "model.embed_tokens"),
-        )?;
+        let embed_tokens = Embedding::load(&mut w, "model.embed_tokens", (c.vocab_size, d), q)?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         let mut layout = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let sliding = c.is_sliding(i);
-            let norm = |w: &mut Weights, name: &str| {
-                let prefix = format!("{p}.{name}");
-                RmsNorm::load_one_plus(w, &prefix, eps)?.expect_dim(&prefix, d)
-            };
+            let norm = |w: &mut Weights, name: &str| RmsNorm::load_one_plus(w, &format!("{p}.{name}"), d, eps);
             layers.push(Block {
                 attn: Attention::load(&mut w, &format!("{p}.self_attn"), &c, sliding)?,
                 mlp: GatedMlp::load(
@@ -345,9 +330,9 @@ impl ModelArch for Gemma3 {
                 LayerCache::Full
             });
         }
-        let norm = RmsNorm::load_one_plus(&mut w, "model.norm", eps)?.expect_dim("model.norm", d)?;
+        let norm = RmsNorm::load_one_plus(&mut w, "model.norm", d, eps)?;
         let lm_head = if w.contains("lm_head.weight") {
-            Some(Linear::load_shaped(&mut w, "lm_head", (c.vocab_size, d), false, layer_quant(q, "lm_head"))?)
+            Some(Linear::load(&mut w, "lm_head", (d, c.vocab_size), false, q)?)
         } else {
             None
         };

@@ -84,8 +84,7 @@ struct EncoderLayer {
 impl EncoderLayer {
     fn load(w: &mut Weights, p: &str, c: &VisionConfig) -> Result<EncoderLayer> {
         let (d, f) = (c.hidden_size, c.intermediate_size);
-        let lin =
-            |w: &mut Weights, name: &str, shape| Linear::load_shaped(w, &format!("{p}.{name}"), shape, true, None);
+        let lin = |w: &mut Weights, name: &str, shape| Linear::load(w, &format!("{p}.{name}"), shape, true, None);
         Ok(EncoderLayer {
             layer_norm1: LayerNorm::load(w, &format!("{p}.layer_norm1"), d, c.layer_norm_eps)?,
             q_proj: lin(w, "self_attn.q_proj", (d, d))?,
@@ -93,8 +92,8 @@ impl EncoderLayer {
             v_proj: lin(w, "self_attn.v_proj", (d, d))?,
             out_proj: lin(w, "self_attn.out_proj", (d, d))?,
             layer_norm2: LayerNorm::load(w, &format!("{p}.layer_norm2"), d, c.layer_norm_eps)?,
-            fc1: lin(w, "mlp.fc1", (f, d))?,
-            fc2: lin(w, "mlp.fc2", (d, f))?,
+            fc1: lin(w, "mlp.fc1", (d, f))?,
+            fc2: lin(w, "mlp.fc2", (f, d))?,
             heads: c.num_attention_heads,
             scale: ((d / c.num_attention_heads) as f32).powf(-0.5),
         })
@@ -179,8 +178,8 @@ impl VisionAddOn for Gemma3Vision {
             .collect::<Result<Vec<_>>>()?;
         // mlx-vlm builds this norm with LayerNorm's default eps, not `layer_norm_eps`.
         let post_layernorm = LayerNorm::load(&mut w, &format!("{TOWER}.post_layernorm"), d, 1e-5)?;
-        let soft_emb_norm = RmsNorm::load_one_plus(&mut w, "multi_modal_projector.mm_soft_emb_norm", v.layer_norm_eps)?
-            .expect_dim("multi_modal_projector.mm_soft_emb_norm", d)?;
+        let soft_emb_norm =
+            RmsNorm::load_one_plus(&mut w, "multi_modal_projector.mm_soft_emb_norm", d, v.layer_norm_eps)?;
         let projection =
             w.take_shaped("multi_modal_projector.mm_input_projection_weight", &[d, c.text_config.hidden_size])?;
         w.expect_consumed()?;

@@ -4,8 +4,7 @@
 use mlx_engine_plugin_api::config_check::ConfigCheck;
 use mlx_engine_plugin_api::gguf::{rename_llama_cpp_parts, unpermute_qk_rows, GgufInfo};
 use mlx_engine_plugin_api::nn::{
-    layer_quant, merge_heads, split_heads, Activation, Embedding, GatedMlp, Linear, Quantization, RmsNorm, Rope,
-    RopeScaling,
+    merge_heads, split_heads, Activation, Embedding, GatedMlp, Linear, Quantization, RmsNorm, Rope, RopeScaling,
 };
 use mlx_engine_plugin_api::serde_json::{json, Map, Value};
 use mlx_engine_plugin_api::{
@@ -79,23 +78,17 @@ struct Attention {
 impl Attention {
     fn load(w: &mut Weights, p: &str, c: &Config, rope_factors: Option<&Array>) -> Result<Attention> {
         let q = c.quantization.as_ref();
-        let lin = |w: &mut Weights, name: &str, shape: (i32, i32), bias: bool| {
-            let prefix = format!("{p}.{name}");
-            Linear::load_shaped(w, &prefix, shape, bias, layer_quant(q, &prefix))
-        };
+        let lin = |w: &mut Weights, name: &str, shape, bias| Linear::load(w, &format!("{p}.{name}"), shape, bias, q);
         let qkv_bias = c.qkv_bias();
         let qk_norm = c.model_type == "qwen3";
         let (d, hd) = (c.hidden_size, c.head_dim());
         let (q_out, kv_out) = (c.num_attention_heads * hd, c.kv_heads() * hd);
-        let norm = |w: &mut Weights, name: &str| {
-            let prefix = format!("{p}.{name}");
-            RmsNorm::load(w, &prefix, c.rms_norm_eps)?.expect_dim(&prefix, hd)
-        };
+        let norm = |w: &mut Weights, name: &str| RmsNorm::load(w, &format!("{p}.{name}"), hd, c.rms_norm_eps);
         Ok(Attention {
-            q_proj: lin(w, "q_proj", (q_out, d), qkv_bias)?,
-            k_proj: lin(w, "k_proj", (kv_out, d), qkv_bias)?,
-            v_proj: lin(w, "v_proj", (kv_out, d), qkv_bias)?,
-            o_proj: lin(w, "o_proj", (d, q_out), c.attention_bias)?,
+            q_proj: lin(w, "q_proj", (d, q_out), qkv_bias)?,
+            k_proj: lin(w, "k_proj", (d, kv_out), qkv_bias)?,
+            v_proj: lin(w, "v_proj", (d, kv_out), qkv_bias)?,
+            o_proj: lin(w, "o_proj", (q_out, d), c.attention_bias)?,
             q_norm: if qk_norm { Some(norm(w, "q_norm")?) } else { None },
             k_norm: if qk_norm { Some(norm(w, "k_norm")?) } else { None },
             rope: {
@@ -250,13 +243,8 @@ impl ModelArch for Llama {
         let q = c.quantization.as_ref();
         let d = c.hidden_size;
         let rope_factors = w.remove(ROPE_FREQS);
-        let embed_tokens = Embedding::load_shaped(
-            &mut w,
-            "model.embed_tokens",
-            (c.vocab_size, d),
-            layer_quant(q, "model.embed_tokens"),
-        )?;
-        let norm = |w: &mut Weights, prefix: String| RmsNorm::load(w, &prefix, c.rms_norm_eps)?.expect_dim(&prefix, d);
+        let embed_tokens = Embedding::load(&mut w, "model.embed_tokens", (c.vocab_size, d), q)?;
+        let norm = |w: &mut Weights, prefix: String| RmsNorm::load(w, &prefix, d, c.rms_norm_eps);
         let layers = (0..c.num_hidden_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}");
@@ -279,7 +267,7 @@ impl ModelArch for Llama {
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
-            Some(Linear::load_shaped(&mut w, "lm_head", (c.vocab_size, d), false, layer_quant(q, "lm_head"))?)
+            Some(Linear::load(&mut w, "lm_head", (d, c.vocab_size), false, q)?)
         };
         w.expect_consumed()?;
         Ok(Llama { embed_tokens, layers, norm, lm_head })

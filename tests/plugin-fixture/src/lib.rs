@@ -13,7 +13,7 @@
 #![cfg_attr(feature = "no_descriptor", allow(dead_code))]
 
 use mlx_engine_plugin_api::fast::{self, RopeFreqs};
-use mlx_engine_plugin_api::nn::{Embedding, Linear, RmsNorm};
+use mlx_engine_plugin_api::nn::{Embedding, Linear, RmsNorm, Weight};
 use mlx_engine_plugin_api::{
     Array, AttentionOptions, Error, ForwardContext, Input, LayerCache, ModelArch, Result, Weights,
 };
@@ -95,24 +95,34 @@ impl ModelArch for Tiny {
                 cfg.hidden_size, cfg.num_heads
             )));
         }
-        let embed = Embedding::load(&mut w, "model.embed_tokens", None)?;
+        // Struct literals rather than the `nn` loaders: this source also builds against the frozen
+        // 1.0 API (tests/abi-1.0), whose loaders take other arguments.
+        let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let eps = cfg.rms_norm_eps;
+        let dense = |w: &mut Weights, name: String, shape: [i32; 2]| -> Result<Linear> {
+            Ok(Linear { weight: Weight::Dense(w.take_shaped(&format!("{name}.weight"), &shape)?), bias: None })
+        };
+        let norm = |w: &mut Weights, name: String| -> Result<RmsNorm> {
+            Ok(RmsNorm { weight: w.take_shaped(&format!("{name}.weight"), &[d])?, eps })
+        };
+        let embed = Embedding { weight: dense(&mut w, "model.embed_tokens".into(), [cfg.vocab_size, d])?.weight };
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let p = format!("model.layers.{i}");
-            let lin = |w: &mut Weights, name: &str| Linear::load(w, &format!("{p}.{name}"), false, None);
+            let lin = |w: &mut Weights, name: &str, shape| dense(w, format!("{p}.{name}"), shape);
             layers.push(Layer {
-                input_norm: RmsNorm::load(&mut w, &format!("{p}.input_layernorm"), cfg.rms_norm_eps)?,
-                q: lin(&mut w, "self_attn.q_proj")?,
-                k: lin(&mut w, "self_attn.k_proj")?,
-                v: lin(&mut w, "self_attn.v_proj")?,
-                o: lin(&mut w, "self_attn.o_proj")?,
-                post_norm: RmsNorm::load(&mut w, &format!("{p}.post_attention_layernorm"), cfg.rms_norm_eps)?,
-                gate: lin(&mut w, "mlp.gate_proj")?,
-                up: lin(&mut w, "mlp.up_proj")?,
-                down: lin(&mut w, "mlp.down_proj")?,
+                input_norm: norm(&mut w, format!("{p}.input_layernorm"))?,
+                q: lin(&mut w, "self_attn.q_proj", [d, d])?,
+                k: lin(&mut w, "self_attn.k_proj", [d, d])?,
+                v: lin(&mut w, "self_attn.v_proj", [d, d])?,
+                o: lin(&mut w, "self_attn.o_proj", [d, d])?,
+                post_norm: norm(&mut w, format!("{p}.post_attention_layernorm"))?,
+                gate: lin(&mut w, "mlp.gate_proj", [f, d])?,
+                up: lin(&mut w, "mlp.up_proj", [f, d])?,
+                down: lin(&mut w, "mlp.down_proj", [d, f])?,
             });
         }
-        let norm = RmsNorm::load(&mut w, "model.norm", cfg.rms_norm_eps)?;
+        let norm = norm(&mut w, "model.norm".into())?;
         if !w.is_empty() {
             let extra: Vec<&str> = w.names().collect();
             return Err(Error::Weights(format!("unexpected tensors: {}", extra.join(", "))));

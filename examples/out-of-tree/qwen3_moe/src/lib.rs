@@ -5,7 +5,7 @@
 
 use mlx_engine_plugin_api::config_check::ConfigCheck;
 use mlx_engine_plugin_api::nn::{
-    layer_quant, merge_heads, split_heads, Activation, Embedding, GatedMlp, Linear, Quantization, RmsNorm, Rope,
+    merge_heads, split_heads, Activation, Embedding, GatedMlp, Linear, Quantization, RmsNorm, Rope,
     RopeScaling, SwitchGlu,
 };
 use mlx_engine_plugin_api::serde::Deserialize;
@@ -64,19 +64,13 @@ impl Attention {
     fn load(w: &mut Weights, p: &str, c: &Config) -> Result<Attention> {
         let q = c.quantization.as_ref();
         let (d, hd) = (c.hidden_size, c.head_dim);
-        let lin = |w: &mut Weights, name: &str, shape| {
-            let prefix = format!("{p}.{name}");
-            Linear::load_shaped(w, &prefix, shape, false, layer_quant(q, &prefix))
-        };
-        let norm = |w: &mut Weights, name: &str| {
-            let prefix = format!("{p}.{name}");
-            RmsNorm::load(w, &prefix, c.rms_norm_eps)?.expect_dim(&prefix, hd)
-        };
+        let lin = |w: &mut Weights, name: &str, shape| Linear::load(w, &format!("{p}.{name}"), shape, false, q);
+        let norm = |w: &mut Weights, name: &str| RmsNorm::load(w, &format!("{p}.{name}"), hd, c.rms_norm_eps);
         Ok(Attention {
-            q_proj: lin(w, "q_proj", (c.num_attention_heads * hd, d))?,
-            k_proj: lin(w, "k_proj", (c.num_key_value_heads * hd, d))?,
-            v_proj: lin(w, "v_proj", (c.num_key_value_heads * hd, d))?,
-            o_proj: lin(w, "o_proj", (d, c.num_attention_heads * hd))?,
+            q_proj: lin(w, "q_proj", (d, c.num_attention_heads * hd))?,
+            k_proj: lin(w, "k_proj", (d, c.num_key_value_heads * hd))?,
+            v_proj: lin(w, "v_proj", (d, c.num_key_value_heads * hd))?,
+            o_proj: lin(w, "o_proj", (c.num_attention_heads * hd, d))?,
             q_norm: norm(w, "q_norm")?,
             k_norm: norm(w, "k_norm")?,
             rope: Rope::new(hd, false, c.rope_theta, c.rope_scaling.as_ref())?,
@@ -202,20 +196,14 @@ impl ModelArch for Qwen3Moe {
     fn new(c: Config, mut w: Weights) -> Result<Qwen3Moe> {
         let q = c.quantization.as_ref();
         let d = c.hidden_size;
-        let embed_tokens = Embedding::load_shaped(
-            &mut w,
-            "model.embed_tokens",
-            (c.vocab_size, d),
-            layer_quant(q, "model.embed_tokens"),
-        )?;
-        let norm = |w: &mut Weights, prefix: String| RmsNorm::load(w, &prefix, c.rms_norm_eps)?.expect_dim(&prefix, d);
+        let embed_tokens = Embedding::load(&mut w, "model.embed_tokens", (c.vocab_size, d), q)?;
+        let norm = |w: &mut Weights, prefix: String| RmsNorm::load(w, &prefix, d, c.rms_norm_eps);
         let layers = (0..c.num_hidden_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}");
                 let mlp = if c.is_sparse(i) {
-                    let gate = format!("{p}.mlp.gate");
                     Mlp::Sparse(SparseMoe {
-                        gate: Linear::load_shaped(&mut w, &gate, (c.num_experts, d), false, layer_quant(q, &gate))?,
+                        gate: Linear::load(&mut w, &format!("{p}.mlp.gate"), (d, c.num_experts), false, q)?,
                         switch_mlp: SwitchGlu::load(
                             &mut w,
                             &format!("{p}.mlp.switch_mlp"),
@@ -243,7 +231,7 @@ impl ModelArch for Qwen3Moe {
         let norm = norm(&mut w, "model.norm".into())?;
         let lm_head = match c.tie_word_embeddings {
             true => None,
-            false => Some(Linear::load_shaped(&mut w, "lm_head", (c.vocab_size, d), false, layer_quant(q, "lm_head"))?),
+            false => Some(Linear::load(&mut w, "lm_head", (d, c.vocab_size), false, q)?),
         };
         w.expect_consumed()?;
         Ok(Qwen3Moe { embed_tokens, layers, norm, lm_head })
