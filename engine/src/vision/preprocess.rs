@@ -8,6 +8,11 @@
 //! 3. normalize in float32: `(x - mean) / std` with `mean` and `std` cast to float32 (a uint8
 //!    image that was not rescaled is cast to float32 first).
 //!
+//! The Pixtral processor (`PixtralImageProcessor`, mlx-vlm's own, for pixtral and mistral3)
+//! differs in three ways, each as the reference does it: the size is limited to `longest_edge`
+//! and then rounded *up* to whole patches (so any image size is taken, never refused), its
+//! default filter is BICUBIC, and it rescales in float32 (`x.astype(float32) * factor`).
+//!
 //! Steps this module does not implement (`do_center_crop`, `do_pan_and_scan`, `do_pad`) are
 //! refused when the config turns them on, rather than silently skipped.
 
@@ -66,6 +71,11 @@ pub struct PreprocessorConfig {
     /// Every other key (`processor_class`, `image_seq_length`, ...), as written.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, Value>,
+    /// Pixtral processors only: the side in pixels an image is rounded up to a multiple of (the
+    /// tower's patch size times `spatial_merge_size`). From this file's `patch_size`, then, in
+    /// [`PreprocessorConfig::load`], from the checkpoint's `config.json`.
+    #[serde(skip)]
+    pub patch_multiple: Option<u32>,
 }
 
 /// `size` in `preprocessor_config.json`.
@@ -132,7 +142,16 @@ impl PreprocessorConfig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(Error::Io { path, source }),
         };
-        Self::parse(&text, &path).map(Some)
+        let mut cfg = Self::parse(&text, &path)?;
+        if cfg.is_pixtral() {
+            cfg.patch_multiple = Some(pixtral_multiple(dir, cfg.patch_multiple)?);
+        }
+        Ok(Some(cfg))
+    }
+
+    /// Whether this is the Pixtral image processor (pixtral, mistral3).
+    pub fn is_pixtral(&self) -> bool {
+        self.image_processor_type.as_deref().is_some_and(|t| t.starts_with("Pixtral"))
     }
 
     /// Parses and checks the JSON text of `path`; errors name the file and the field.
@@ -148,6 +167,23 @@ impl PreprocessorConfig {
             }
         })?;
         cfg.check().map_err(bad)?;
+        let mut cfg = cfg;
+        if cfg.is_pixtral() {
+            cfg.patch_multiple = Some(match cfg.extra.get("patch_size") {
+                None | Some(Value::Null) => 16,
+                Some(v) => patch_side(v).ok_or_else(|| {
+                    bad(format!(
+                        "field `patch_size`: expected a positive integer or {{\"height\", \"width\"}}, found {v}"
+                    ))
+                })?,
+            });
+            if matches!(cfg.size, ImageSize::ShortestEdge(_) | ImageSize::ShortestLongest { .. }) {
+                return Err(bad(format!(
+                    "field `size`: {} is not a size the Pixtral processor takes ({{\"longest_edge\"}} or {{\"height\", \"width\"}})",
+                    cfg.size
+                )));
+            }
+        }
         Ok(cfg)
     }
 
@@ -179,7 +215,7 @@ impl PreprocessorConfig {
             return f;
         }
         match self.image_processor_type.as_deref() {
-            Some(t) if t.starts_with("Siglip") || t.starts_with("CLIP") => Filter::Bicubic,
+            Some(t) if t.starts_with("Siglip") || t.starts_with("CLIP") || t.starts_with("Pixtral") => Filter::Bicubic,
             _ => Filter::Bilinear,
         }
     }
@@ -193,6 +229,9 @@ impl PreprocessorConfig {
             });
         }
         let (w, h) = (u64::from(width), u64::from(height));
+        if let Some(unit) = self.patch_multiple.filter(|_| self.is_pixtral()) {
+            return Ok(pixtral_size(w, h, self.size, unit));
+        }
         let (oh, ow) = match self.size {
             ImageSize::Exact { height, width } => (u64::from(height), u64::from(width)),
             ImageSize::ShortestEdge(s) => {
@@ -238,6 +277,7 @@ impl PreprocessorConfig {
         } else {
             img
         };
+        let pixtral = self.is_pixtral();
         let mean = self.image_mean.map(|m| m as f32);
         let std = self.image_std.map(|s| s as f32);
         let data = img
@@ -245,7 +285,9 @@ impl PreprocessorConfig {
             .chunks_exact(3)
             .flat_map(|px| {
                 std::array::from_fn::<f32, 3, _>(|c| {
-                    let x = if self.do_rescale {
+                    let x = if self.do_rescale && pixtral {
+                        f32::from(px[c]) * self.rescale_factor as f32
+                    } else if self.do_rescale {
                         (f64::from(px[c]) * self.rescale_factor) as f32
                     } else {
                         f32::from(px[c])
@@ -264,12 +306,101 @@ impl PreprocessorConfig {
     /// A string naming every setting that changes the pixel values, to key a cache of vision
     /// features by (with the image's hash).
     pub fn cache_key(&self) -> String {
-        let resize = if self.do_resize { format!("{}/{}", self.size, self.filter().name()) } else { "none".into() };
-        let rescale = if self.do_rescale { format!("{:?}", self.rescale_factor) } else { "none".into() };
+        let mut resize = if self.do_resize { format!("{}/{}", self.size, self.filter().name()) } else { "none".into() };
+        if let Some(unit) = self.patch_multiple.filter(|_| self.is_pixtral() && self.do_resize) {
+            resize.push_str(&format!("/x{unit}"));
+        }
+        let rescale =
+            if self.do_rescale && self.is_pixtral() { format!("f32:{:?}", self.rescale_factor) } else { String::new() };
+        let rescale = if !rescale.is_empty() {
+            rescale
+        } else if self.do_rescale {
+            format!("{:?}", self.rescale_factor)
+        } else {
+            "none".into()
+        };
         let normalize =
             if self.do_normalize { format!("{:?}/{:?}", self.image_mean, self.image_std) } else { "none".into() };
         format!("resize={resize};rescale={rescale};normalize={normalize}")
     }
+}
+
+/// mlx-vlm's Pixtral `get_resize_output_image_size`, as `(width, height)`: scale down (never up)
+/// to fit `size` (a longest edge or a height/width box), flooring each side, then round each side
+/// up to a multiple of `unit`. A side that would vanish keeps one unit.
+fn pixtral_size(w: u64, h: u64, size: ImageSize, unit: u32) -> (u32, u32) {
+    let (max_h, max_w) = match size {
+        ImageSize::Exact { height, width } => (height, width),
+        ImageSize::LongestEdge(l) => (l, l),
+        // Refused when the file is parsed.
+        ImageSize::ShortestEdge(s) | ImageSize::ShortestLongest { shortest: s, .. } => (s, s),
+    };
+    let ratio = (h as f64 / f64::from(max_h)).max(w as f64 / f64::from(max_w));
+    let (h, w) =
+        if ratio > 1.0 { ((h as f64 / ratio).floor() as u64, (w as f64 / ratio).floor() as u64) } else { (h, w) };
+    let unit = u64::from(unit.max(1));
+    let round_up = |v: u64| u32::try_from(v.max(1).div_ceil(unit) * unit).unwrap_or(u32::MAX);
+    (round_up(w), round_up(h))
+}
+
+/// A `patch_size` entry: `N` or `{"height": N, "width": N}` (square patches only).
+fn patch_side(v: &Value) -> Option<u32> {
+    let side = |v: &Value| v.as_u64().filter(|&n| n > 0).and_then(|n| u32::try_from(n).ok());
+    match v {
+        Value::Object(m) => match (m.get("height").and_then(side), m.get("width").and_then(side)) {
+            (Some(h), Some(w)) if h == w => Some(h),
+            _ => None,
+        },
+        v => side(v),
+    }
+}
+
+/// The Pixtral rounding unit of the checkpoint in `dir`: the tower's patch size
+/// (`vision_config.patch_size`, else `processor_config.json`'s, else `fallback`, this file's)
+/// times `spatial_merge_size` (`config.json`, else `processor_config.json`, else 1), as mlx-vlm's
+/// processors compute it.
+fn pixtral_multiple(dir: &Path, fallback: Option<u32>) -> Result<u32> {
+    let read = |name: &str| -> Result<Option<Value>> {
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(t) => serde_json::from_str(&t)
+                .map(Some)
+                .map_err(|e| Error::Model { path, reason: format!("invalid JSON: {e}") }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(Error::Io { path, source }),
+        }
+    };
+    let (config, processor) = (read("config.json")?, read("processor_config.json")?);
+    let get = |v: &Option<Value>, path: &[&str]| {
+        path.iter().try_fold(v.as_ref()?, |v, k| v.get(k)).filter(|v| !v.is_null()).cloned()
+    };
+    let field = |found: Option<Value>, file: &str, key: &str| -> Result<Option<u32>> {
+        found
+            .map(|v| {
+                patch_side(&v).ok_or_else(|| Error::Model {
+                    path: dir.join(file),
+                    reason: format!("field `{key}`: expected a positive integer, found {v}"),
+                })
+            })
+            .transpose()
+    };
+    let patch = match field(get(&config, &["vision_config", "patch_size"]), "config.json", "vision_config.patch_size")?
+    {
+        Some(p) => p,
+        None => {
+            field(get(&processor, &["patch_size"]), "processor_config.json", "patch_size")?.or(fallback).unwrap_or(16)
+        }
+    };
+    let merge = match field(get(&config, &["spatial_merge_size"]), "config.json", "spatial_merge_size")? {
+        Some(m) => m,
+        None => {
+            field(get(&processor, &["spatial_merge_size"]), "processor_config.json", "spatial_merge_size")?.unwrap_or(1)
+        }
+    };
+    patch.checked_mul(merge).ok_or_else(|| Error::Model {
+        path: dir.join("config.json"),
+        reason: format!("patch_size {patch} times spatial_merge_size {merge} is too large"),
+    })
 }
 
 /// HF's `get_size_with_aspect_ratio((height, width), size, max_size)`, as `(height, width)`.
@@ -430,6 +561,27 @@ mod tests {
             assert!(e.starts_with("m/preprocessor_config.json: field ") && e.contains(field), "{json}: {e}");
         }
         assert!(parse("{").unwrap_err().to_string().starts_with("m/preprocessor_config.json: "));
+    }
+
+    #[test]
+    fn pixtral_sizes_fit_the_longest_edge_then_round_up_to_patches() {
+        let c = parse(
+            r#"{"image_processor_type": "PixtralImageProcessor", "patch_size": {"height": 8, "width": 8},
+                "size": {"longest_edge": 64}}"#,
+        )
+        .unwrap();
+        assert_eq!((c.patch_multiple, c.filter()), (Some(8), Filter::Bicubic));
+        // Smaller than the edge: only rounded up. Larger: floor(70 / (70/64)) = 64,
+        // floor(50 / 1.09375) = 45 -> 48.
+        assert_eq!(c.output_size(37, 23).unwrap(), (40, 24));
+        assert_eq!(c.output_size(50, 70).unwrap(), (48, 64));
+        assert_eq!(c.output_size(1, 1000).unwrap(), (8, 64));
+        assert_eq!(PreprocessorConfig { patch_multiple: Some(16), ..c.clone() }.output_size(37, 23).unwrap(), (48, 32));
+        assert!(c.cache_key().contains("/x8") && c.cache_key().contains("rescale=f32:"), "{}", c.cache_key());
+        let e = parse(r#"{"image_processor_type": "PixtralImageProcessor", "size": {"shortest_edge": 64}}"#);
+        assert!(e.unwrap_err().to_string().contains("field `size`"));
+        let e = parse(r#"{"image_processor_type": "PixtralImageProcessor", "patch_size": {"height": 8, "width": 4}}"#);
+        assert!(e.unwrap_err().to_string().contains("field `patch_size`"));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! tokenizer (`<i>` is token `i`; the image tokens under their Gemma 3 names) and chat template.
 #![allow(dead_code)]
 
+pub mod pixtral;
+
 use std::path::{Path, PathBuf};
 
 use mlx_engine::model::{load_with, DtypeChoice, LoadedModel};
