@@ -12,10 +12,15 @@ mod tiny_vlm;
 
 use std::path::Path;
 
+use mlx_engine::api::runtime::Device;
 use mlx_engine::api::{Array, DynModel, DynVision, Input};
 use mlx_engine::cache::KvCache;
-use mlx_engine::model::LoadedModel;
-use mlx_engine::vision::PreprocessorConfig;
+use mlx_engine::generate::GenerateRequest;
+use mlx_engine::model::{DtypeChoice, LoadedModel};
+use mlx_engine::plugin_host::HostOptions;
+use mlx_engine::sample::SamplingOverrides;
+use mlx_engine::vision::{ImageInput, PreprocessorConfig};
+use mlx_engine::{LoadOptions, ModelKit};
 use serde_json::Value;
 use tiny_vlm::pixtral::{golden, image, write};
 use tiny_vlm::{floats, load, u32s};
@@ -208,4 +213,63 @@ fn bad_pixtral_configs_and_tensors_name_the_field() {
         c.as_object_mut().unwrap().remove("image_token_index");
     });
     assert!(e.contains("image_token_index"), "{e}");
+}
+
+/// The engine's pipeline on golden prompt 1 (two images of different sizes, so different token
+/// counts): the raw text with two `[IMG]` placeholders is expanded per image from its
+/// preprocessed size, tokenized to mlx-vlm's ids, and generates its tokens (prefill in chunks of
+/// 5 over the merged embeddings); the same images again come from the feature memo.
+fn pipeline(name: &str) {
+    let g = golden(name);
+    let tmp = tempfile::TempDir::new().unwrap();
+    let dir = write(tmp.path(), &g);
+    let images: Vec<ImageInput> = (0..2)
+        .map(|i| {
+            let path = tmp.path().join(format!("image{i}.png"));
+            image(&g, i).save(&path).unwrap();
+            ImageInput::Path(path)
+        })
+        .collect();
+    let options = LoadOptions {
+        dtype: DtypeChoice::F32,
+        device: Device::Cpu,
+        plugins: HostOptions::standard(vec![], None),
+        ..Default::default()
+    };
+    let kit = ModelKit::load(&dir, options).unwrap();
+    let p = &g["prompts"][1];
+    let order = vec![images[1].clone(), images[0].clone()];
+    let tokens = kit.tokenize_with_images("<s> [INST] <20> <21> [IMG] <22> <23> [IMG] <24> <25> [/INST]", &order, None);
+    assert_eq!(tokens.as_ref().unwrap(), &u32s(&p["ids"]), "{name}: expanded and tokenized prompt");
+    let run = |prompt_tokens: Vec<u32>, images: Vec<ImageInput>, steps: usize| {
+        let req = GenerateRequest {
+            prompt_tokens,
+            images,
+            sampling: SamplingOverrides { temp: Some(0.0), ..Default::default() },
+            max_tokens: Some(steps),
+            ignore_eos: true,
+            prefill_step_size: Some(5),
+            ..Default::default()
+        };
+        let mut generation = kit.generate(req).unwrap();
+        let got: Vec<u32> = generation.by_ref().flat_map(|r| r.unwrap().tokens.into_iter().map(|t| t.id)).collect();
+        (got, generation.stats().unwrap().clone())
+    };
+    let want = u32s(&p["tokens"]);
+    let (got, stats) = run(tokens.unwrap(), order, want.len());
+    assert_eq!(got, want, "{name}: greedy tokens through the pipeline");
+    assert_eq!((stats.images_encoded, stats.images_from_memo), (2, 0));
+    let tokens = kit.tokenize_with_images("<s> [INST] [IMG] <9> [IMG] [/INST]", &images, None).unwrap();
+    let (_, stats) = run(tokens, images, 2);
+    assert_eq!((stats.images_encoded, stats.images_from_memo), (0, 2));
+}
+
+#[test]
+fn the_pipeline_expands_each_image_by_its_size_and_gives_mlx_vlms_tokens_on_tiny_pixtral() {
+    pipeline("tiny-pixtral");
+}
+
+#[test]
+fn the_pipeline_expands_each_image_by_its_size_and_gives_mlx_vlms_tokens_on_tiny_mistral3() {
+    pipeline("tiny-mistral3");
 }

@@ -4,9 +4,10 @@ Usage:  .venv/bin/python scripts/goldens/tiny_models.py OUT_DIR [--check]
 
 Writes OUT_DIR/tiny-llama, OUT_DIR/tiny-llama-rope-llama3 and OUT_DIR/tiny-gemma3. No tokenizer:
 tests drive them with token ids. Also the tiny VLMs (tiny-gemma3-vlm, tiny-pixtral, tiny-mistral3),
-with word-level tokenizers, chat templates and image processor settings. Why they exist: exact f32 parity tests against mlx-lm that run in
-a second, cover every code path of an architecture (GQA, tied embeddings, llama3 RoPE scaling,
-Gemma 3 sliding + global layers, q/k norms, 1+w norms, embedding scale) and need no download.
+with word-level tokenizers, chat templates and image processor settings. Why they exist: exact f32
+parity tests against mlx-lm (mlx-vlm for the VLMs) that run in a second, cover every code path of
+an architecture (GQA, tied embeddings, llama3 RoPE scaling, Gemma 3 sliding + global layers, q/k
+norms, 1+w norms, embedding scale) and need no download.
 
 Determinism: every tensor comes from numpy's PCG64 `default_rng` seeded with a fixed seed plus a
 stable hash of the tensor name, in a fixed order, so the bytes do not depend on dict order or on
