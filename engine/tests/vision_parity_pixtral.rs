@@ -22,7 +22,7 @@ use mlx_engine::sample::SamplingOverrides;
 use mlx_engine::vision::{ImageInput, PreprocessorConfig};
 use mlx_engine::{LoadOptions, ModelKit};
 use serde_json::Value;
-use tiny_vlm::pixtral::{golden, image, write};
+use tiny_vlm::pixtral::{golden, image, write, write_tweaked};
 use tiny_vlm::{floats, load, u32s};
 
 const LOGPROB: f32 = 1.5e-4;
@@ -213,6 +213,17 @@ fn bad_pixtral_configs_and_tensors_name_the_field() {
         c.as_object_mut().unwrap().remove("image_token_index");
     });
     assert!(e.contains("image_token_index"), "{e}");
+
+    // A projector that does not map to the text width names both sizes.
+    let dir = write_tweaked(&tmp.path().join("narrow"), &g, &|w| {
+        let m = "multi_modal_projector.";
+        w.insert(format!("{m}linear_1.weight"), (vec![48, 32], vec![0.0; 48 * 32]));
+        w.insert(format!("{m}linear_1.bias"), (vec![48], vec![0.0; 48]));
+        w.insert(format!("{m}linear_2.weight"), (vec![48, 48], vec![0.0; 48 * 48]));
+        w.insert(format!("{m}linear_2.bias"), (vec![48], vec![0.0; 48]));
+    });
+    let e = load(&dir).vision.expect("a vision_config").err().expect("a bad projector is refused");
+    assert!(e.contains("multi_modal_projector.linear_2.weight") && e.contains("48") && e.contains("64"), "{e}");
 }
 
 /// The engine's pipeline on golden prompt 1 (two images of different sizes, so different token

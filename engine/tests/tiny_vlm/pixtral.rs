@@ -45,7 +45,7 @@ fn uniform(name: &str, shape: &[usize], std: f64, mean: f64) -> (Vec<usize>, Vec
     (shape.to_vec(), values)
 }
 
-type Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+pub type Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
 fn n(v: &Value, key: &str) -> usize {
     v[key].as_u64().unwrap_or_else(|| panic!("config field {key}")) as usize
@@ -135,13 +135,25 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Writes the golden's checkpoint into `parent/<model>` and checks its weights' sha256.
 pub fn write(parent: &Path, g: &Value) -> PathBuf {
+    write_with(parent, g, None)
+}
+
+/// [`write`] with the tensors changed by `tweak` first (a bad checkpoint; no sha256 check).
+pub fn write_tweaked(parent: &Path, g: &Value, tweak: &dyn Fn(&mut Tensors)) -> PathBuf {
+    write_with(parent, g, Some(tweak))
+}
+
+fn write_with(parent: &Path, g: &Value, tweak: Option<&dyn Fn(&mut Tensors)>) -> PathBuf {
     let dir = parent.join(g["model"].as_str().unwrap());
     std::fs::create_dir_all(&dir).unwrap();
     for (name, text) in g["files"].as_object().unwrap() {
         std::fs::write(dir.join(name), text.as_str().unwrap()).unwrap();
     }
     let config: Value = serde_json::from_str(g["files"]["config.json"].as_str().unwrap()).unwrap();
-    let tensors = weights(&config);
+    let mut tensors = weights(&config);
+    if let Some(tweak) = tweak {
+        tweak(&mut tensors);
+    }
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .into_iter()
         .map(|(k, (shape, v))| (k, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
@@ -150,9 +162,8 @@ pub fn write(parent: &Path, g: &Value) -> PathBuf {
         bytes.iter().map(|(k, s, b)| (k.clone(), TensorView::new(Dtype::F32, s.clone(), b).unwrap())).collect();
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     let out = safetensors::serialize(views, Some(meta)).unwrap();
-    assert_eq!(
-        hex(&Sha256::digest(&out)),
-        g["safetensors_sha256"].as_str().unwrap(),
+    assert!(
+        tweak.is_some() || hex(&Sha256::digest(&out)) == g["safetensors_sha256"].as_str().unwrap(),
         "the Rust-written {} is not the checkpoint the goldens were recorded on (tiny_models.py changed?)",
         g["model"]
     );
