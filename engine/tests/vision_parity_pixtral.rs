@@ -284,3 +284,38 @@ fn the_pipeline_expands_each_image_by_its_size_and_gives_mlx_vlms_tokens_on_tiny
 fn the_pipeline_expands_each_image_by_its_size_and_gives_mlx_vlms_tokens_on_tiny_mistral3() {
     pipeline("tiny-mistral3");
 }
+
+/// An mlx-vlm conversion names the tower `vision_tower.vision_model.*` and stores the patch
+/// convolution as `[D, P, P, C]`; the add-ons take that layout too, with the same features.
+#[test]
+fn the_mlx_vlm_layout_of_the_tower_gives_the_same_features() {
+    for name in ["tiny-pixtral", "tiny-mistral3"] {
+        let g = golden(name);
+        let tmp = tempfile::TempDir::new().unwrap();
+        let dir = write_tweaked(tmp.path(), &g, &|w| {
+            let names: Vec<String> = w.keys().filter(|k| k.starts_with("vision_tower.")).cloned().collect();
+            for k in names {
+                let (shape, v) = w.remove(&k).unwrap();
+                let (shape, v) = if k.ends_with("patch_conv.weight") {
+                    // [D, C, P, P] -> [D, P, P, C]
+                    let (d, c, p) = (shape[0], shape[1], shape[2]);
+                    let mut t = vec![0.0; v.len()];
+                    for (i, x) in v.iter().enumerate() {
+                        let (o, ci, y, xx) = (i / (c * p * p), i / (p * p) % c, i / p % p, i % p);
+                        t[((o * p + y) * p + xx) * c + ci] = *x;
+                    }
+                    (vec![d, p, p, c], t)
+                } else {
+                    (shape, v)
+                };
+                w.insert(k.replacen("vision_tower.", "vision_tower.vision_model.", 1), (shape, v));
+            }
+        });
+        let m = load(&dir);
+        let vision = m.vision.as_ref().unwrap().as_ref().unwrap();
+        let pre = PreprocessorConfig::load(&dir).unwrap().unwrap();
+        let f = vision.addon.encode(&pre.preprocess(&image(&g, 0)).unwrap().to_array().unwrap()).unwrap();
+        let d = max_diff(&f.to_vec_f32().unwrap(), &floats(&g["features"][0]));
+        measured::check(&format!("{name}/features, mlx-vlm layout"), d, FEATURES, "image 0");
+    }
+}
