@@ -12,6 +12,8 @@ mod tiny_vlm;
 
 use std::path::Path;
 
+use base64::Engine as _;
+
 use mlx_engine::api::runtime::Device;
 use mlx_engine::api::{Array, DynModel, DynVision, Input};
 use mlx_engine::cache::KvCache;
@@ -45,7 +47,9 @@ fn features(name: &str, dir: &Path, vision: &dyn DynVision, g: &Value) -> Vec<Ar
             let px = pre.preprocess(&image(g, i)).unwrap();
             let want = &g["pixels"][i];
             assert_eq!([px.height, px.width, 3], *u32s(&want["shape"]), "{name} image {i}: preprocessed size");
-            let d = max_diff(&px.data, &floats(&want["values"]));
+            let bytes = base64::engine::general_purpose::STANDARD.decode(want["f32_base64"].as_str().unwrap()).unwrap();
+            let want: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            let d = max_diff(&px.data, &want);
             measured::check(&format!("{name}/pixels"), d, measured::SAME_COMPUTATION, format!("image {i}"));
             let f = vision.encode(&px.to_array().unwrap()).unwrap();
             let d = max_diff(&f.to_vec_f32().unwrap(), &floats(&g["features"][i]));

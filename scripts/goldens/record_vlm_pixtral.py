@@ -8,7 +8,7 @@ writes the same bytes from Rust). The images are two deterministic non-square RG
 sizes are not patch multiples: 37x23 (upsized to whole patches) and 50x70 (over the longest
 edge, so downsized first), stored as uint8 rows. Per model, on the CPU in f32:
   - each image's pixel values from mlx-vlm's own Pixtral image processor (as its processor calls
-    it: patch size times spatial_merge_size), NHWC,
+    it: patch size times spatial_merge_size), NHWC float32 in base64,
   - each image's projected features (the tower, one image at a time, then the projector),
   - greedy decoding from get_input_embeddings for two prompts (the second with both images in one
     padded batch, the reference's block-diagonal attention): token ids, logprobs, top-2 gaps,
@@ -18,6 +18,7 @@ edge, so downsized first), stored as uint8 rows. Per model, on the CPU in f32:
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import os
@@ -126,7 +127,9 @@ def record(name: str, path: Path, tmp: Path) -> dict:
         # Every file of the checkpoint but the weights, so the Rust writer reproduces the folder.
         "files": {f.name: f.read_text() for f in sorted(path.iterdir()) if f.suffix != ".safetensors"},
         "images": [im.tolist() for im in images],
-        "pixels": [{"shape": list(p.shape), "values": p.reshape(-1).tolist()} for p in per_image],
+        # float32 little-endian, base64 (exact and a quarter of the JSON's size).
+        "pixels": [{"shape": list(p.shape), "f32_base64": base64.b64encode(p.astype("<f4").tobytes()).decode()}
+                   for p in per_image],
         "features": [f.tolist() for f in features],
         "prompts": runs,
         "chat": {"message": CHAT, "image": 0, "rendered": chat_prompt, "tokens": chat_ids},
