@@ -3,7 +3,7 @@
 //! with Pillow and NumPy.
 //!
 //! Goldens: `tests/goldens/pil_resize.json` and `tests/goldens/images/`, written by
-//! `scripts/goldens/pil_resize.py` (Pillow 12.3.0).
+//! `scripts/goldens/pil_resize.py` (Pillow 13.0.0, as the vision reference's venv pins).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

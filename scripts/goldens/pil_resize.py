@@ -1,14 +1,14 @@
 """Record Pillow's resize outputs, and HF-style pixel values, for the engine's vision tests.
 
 Usage (Pillow is not in the project venv; a throwaway venv is enough):
-  python3 -m venv /tmp/pilvenv && /tmp/pilvenv/bin/pip install pillow==12.3.0 numpy
+  python3 -m venv /tmp/pilvenv && /tmp/pilvenv/bin/pip install pillow==13.0.0 numpy
   /tmp/pilvenv/bin/python scripts/goldens/pil_resize.py --out tests/goldens
 
 Writes tests/goldens/pil_resize.json and tests/goldens/images/grad37x23.png, which
 engine/tests/vision_images.rs reads:
   * "cases": the test images (made by `pixel` below, which the Rust test reproduces bit for
     bit) resized with `Image.resize((w, h), filter)` for every filter to sizes that go down, up,
-    one axis only, to 1x1, and through Pillow's two-call path for images more than 100 times
+    one axis only, to 1x1, and height first (Pillow 13: the height shrinks by over twice the width) for images more than 100 times
     taller than wide; each output's RGB bytes, row-major, base64.
   * "preprocess": the PNG decoded and processed as HF's PIL backend does for Gemma 3 / SigLIP
     (BaseImageProcessor: resize with PIL BILINEAR to 32x32, rescale as float64 x * (1/255)

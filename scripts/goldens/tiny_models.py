@@ -3,9 +3,11 @@
 Usage:  .venv/bin/python scripts/goldens/tiny_models.py OUT_DIR [--check]
 
 Writes OUT_DIR/tiny-llama, OUT_DIR/tiny-llama-rope-llama3 and OUT_DIR/tiny-gemma3. No tokenizer:
-tests drive them with token ids. Why they exist: exact f32 parity tests against mlx-lm that run in
-a second, cover every code path of an architecture (GQA, tied embeddings, llama3 RoPE scaling,
-Gemma 3 sliding + global layers, q/k norms, 1+w norms, embedding scale) and need no download.
+tests drive them with token ids. Also the tiny VLMs (tiny-gemma3-vlm, tiny-pixtral, tiny-mistral3),
+with word-level tokenizers, chat templates and image processor settings. Why they exist: exact f32
+parity tests against mlx-lm (mlx-vlm for the VLMs) that run in a second, cover every code path of
+an architecture (GQA, tied embeddings, llama3 RoPE scaling, Gemma 3 sliding + global layers, q/k
+norms, 1+w norms, embedding scale) and need no download.
 
 Determinism: every tensor comes from numpy's PCG64 `default_rng` seeded with a fixed seed plus a
 stable hash of the tensor name, in a fixed order, so the bytes do not depend on dict order or on
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import zlib
 from pathlib import Path
 
@@ -299,6 +302,185 @@ def write_all(out_dir: Path) -> dict[str, Path]:
         json.dumps({"processor_class": "Gemma3Processor", "image_seq_length": 4}, indent=2) + "\n")
     (out_dir / "tiny-gemma3-vlm" / "preprocessor_config.json").write_text(
         json.dumps(TINY_GEMMA3_VLM_PREPROCESSOR, indent=2) + "\n")
+    paths.update(write_pixtral_models(out_dir))
+    return paths
+
+
+# --- Pixtral and Mistral 3 (tiny-pixtral, tiny-mistral3) ------------------------------------------
+# Written identically by engine/tests/tiny_vlm/pixtral.rs (Rust, no Python), so the generator is one
+# both can reproduce bit for bit: splitmix64 over a counter, seeded by SEED and the FNV-1a hash of
+# the tensor name, mapped to a uniform value with the requested mean and std, all in float64
+# (exact IEEE operations in both languages), then rounded to float32.
+# HF layout (`language_model.model.*`, `vision_tower.*` with the patch conv as [D, C, P, P],
+# `multi_modal_projector.*`), with ../shared/reference/models.md's fixes: top-level model_type
+# `pixtral` (HF writes llava), tie_word_embeddings False (mistral3, or lm_head is not saved), and an
+# explicit text_config.rope_theta. Token ids follow Mistral's tokenizers: 1 <s>, 2 </s>, 3 [INST],
+# 4 [/INST], 10 [IMG], 12 [IMG_BREAK], 13 [IMG_END].
+MASK64 = (1 << 64) - 1
+
+
+def fnv1a64(name: str) -> int:
+    h = 0xCBF29CE484222325
+    for b in name.encode():
+        h = ((h ^ b) * 0x100000001B3) & MASK64
+    return h
+
+
+def uniform(name: str, shape: tuple[int, ...], std: float, mean: float = 0.0) -> np.ndarray:
+    """Uniform f32 values of mean `mean` and standard deviation `std` (half-width std*sqrt(3))."""
+    n = int(np.prod(shape))
+    with np.errstate(over="ignore"):
+        z = np.uint64(SEED ^ fnv1a64(name)) + np.arange(1, n + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    u = (z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+    return (mean + std * math.sqrt(3.0) * (2.0 * u - 1.0)).astype(np.float32).reshape(shape)
+
+
+TINY_MISTRAL_TEXT = {
+    "model_type": "mistral", "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128,
+    "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+    "hidden_act": "silu", "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
+    "rope_theta": 1000000.0, "sliding_window": None, "tie_word_embeddings": False,
+}
+TINY_PIXTRAL_VISION = {
+    "model_type": "pixtral", "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
+    "head_dim": 16, "image_size": 64, "patch_size": 8, "num_channels": 3, "rope_theta": 10000.0,
+    "rms_norm_eps": 1e-5, "hidden_act": "silu",
+}
+# Pixtral: 3 tower layers, features from the second-to-last hidden state (vision_feature_layer -2).
+TINY_PIXTRAL = {
+    "architectures": ["LlavaForConditionalGeneration"], "model_type": "pixtral",
+    "image_token_index": 10, "vision_feature_layer": -2, "vision_feature_select_strategy": "full",
+    "projector_hidden_act": "gelu", "multimodal_projector_bias": True, "tie_word_embeddings": False,
+    "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32",
+    "text_config": TINY_MISTRAL_TEXT,
+    "vision_config": {**TINY_PIXTRAL_VISION, "num_hidden_layers": 3},
+}
+# Mistral 3: 2 tower layers, 2x2 patch merging, projector without biases.
+TINY_MISTRAL3 = {
+    "architectures": ["Mistral3ForConditionalGeneration"], "model_type": "mistral3",
+    "image_token_index": 10, "vision_feature_layer": -1, "spatial_merge_size": 2,
+    "projector_hidden_act": "gelu", "multimodal_projector_bias": False, "tie_word_embeddings": False,
+    "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32",
+    "text_config": TINY_MISTRAL_TEXT,
+    "vision_config": {**TINY_PIXTRAL_VISION, "num_hidden_layers": 2},
+}
+
+
+def mistral_text_weights(c: dict, tag: str) -> dict[str, np.ndarray]:
+    h, i, d = c["hidden_size"], c["intermediate_size"], c["head_dim"]
+    nq, nkv = c["num_attention_heads"], c["num_key_value_heads"]
+    t = "language_model."
+    w = {t + "model.embed_tokens.weight": uniform(tag + "embed", (c["vocab_size"], h), EMBED_STD),
+         t + "model.norm.weight": uniform(tag + "norm", (h,), 0.3, FINAL_NORM_GAIN),
+         t + "lm_head.weight": uniform(tag + "lm_head", (c["vocab_size"], h), EMBED_STD)}
+    for l in range(c["num_hidden_layers"]):
+        p = f"{t}model.layers.{l}."
+        w[p + "input_layernorm.weight"] = uniform(p + "in_norm", (h,), 0.1, 1.0)
+        w[p + "post_attention_layernorm.weight"] = uniform(p + "post_norm", (h,), 0.1, 1.0)
+        for nm, shape in (("q", (nq * d, h)), ("k", (nkv * d, h)), ("v", (nkv * d, h)), ("o", (h, nq * d))):
+            w[p + f"self_attn.{nm}_proj.weight"] = uniform(p + nm, shape, 0.1)
+        w[p + "mlp.gate_proj.weight"] = uniform(p + "gate", (i, h), 0.1)
+        w[p + "mlp.up_proj.weight"] = uniform(p + "up", (i, h), 0.1)
+        w[p + "mlp.down_proj.weight"] = uniform(p + "down", (h, i), DOWN_STD)
+    return w
+
+
+def pixtral_tower_weights(v: dict, tag: str) -> dict[str, np.ndarray]:
+    d, f, p, ch = v["hidden_size"], v["intermediate_size"], v["patch_size"], v["num_channels"]
+    t = "vision_tower."
+    w = {t + "patch_conv.weight": uniform(tag + "patch", (d, ch, p, p), 0.05),
+         t + "ln_pre.weight": uniform(tag + "ln_pre", (d,), 0.1, 1.0)}
+    for l in range(v["num_hidden_layers"]):
+        q = f"{t}transformer.layers.{l}."
+        w[q + "attention_norm.weight"] = uniform(q + "attn_norm", (d,), 0.1, 1.0)
+        w[q + "ffn_norm.weight"] = uniform(q + "ffn_norm", (d,), 0.1, 1.0)
+        for nm in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            w[q + "attention." + nm + ".weight"] = uniform(q + nm, (d, d), 0.2)
+        w[q + "feed_forward.gate_proj.weight"] = uniform(q + "gate", (f, d), 0.2)
+        w[q + "feed_forward.up_proj.weight"] = uniform(q + "up", (f, d), 0.2)
+        w[q + "feed_forward.down_proj.weight"] = uniform(q + "down", (d, f), 0.2)
+    return w
+
+
+def pixtral_weights(c: dict) -> dict[str, np.ndarray]:
+    h, d = c["text_config"]["hidden_size"], c["vision_config"]["hidden_size"]
+    w = {**mistral_text_weights(c["text_config"], "px."), **pixtral_tower_weights(c["vision_config"], "px.v.")}
+    m = "multi_modal_projector."
+    w[m + "linear_1.weight"] = uniform("px.lin1", (h, d), 0.2)
+    w[m + "linear_1.bias"] = uniform("px.lin1b", (h,), 0.05)
+    w[m + "linear_2.weight"] = uniform("px.lin2", (h, h), 0.15)
+    w[m + "linear_2.bias"] = uniform("px.lin2b", (h,), 0.05)
+    return w
+
+
+def mistral3_weights(c: dict) -> dict[str, np.ndarray]:
+    h, d, s = c["text_config"]["hidden_size"], c["vision_config"]["hidden_size"], c["spatial_merge_size"]
+    w = {**mistral_text_weights(c["text_config"], "m3."), **pixtral_tower_weights(c["vision_config"], "m3.v.")}
+    m = "multi_modal_projector."
+    w[m + "norm.weight"] = uniform("m3.norm", (d,), 0.1, 1.0)
+    w[m + "patch_merger.merging_layer.weight"] = uniform("m3.merge", (d, d * s * s), 0.1)
+    w[m + "linear_1.weight"] = uniform("m3.lin1", (h, d), 0.2)
+    w[m + "linear_2.weight"] = uniform("m3.lin2", (h, h), 0.15)
+    return w
+
+
+MISTRAL_SPECIAL = {0: "<unk>", 1: "<s>", 2: "</s>", 3: "[INST]", 4: "[/INST]",
+                   10: "[IMG]", 12: "[IMG_BREAK]", 13: "[IMG_END]"}
+# Images before the text of a user turn, whatever order the parts come in: mlx-vlm writes them
+# first for pixtral and mistral3, the engine's messages after the text; both render the same.
+MISTRAL_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m.role == 'user' %}[INST] {% if m.content is string %}"
+    "{{ m.content }}{% else %}{% for p in m.content %}{% if p.type == 'image' %}[IMG]{% endif %}{% endfor %}"
+    "{% for p in m.content %}{% if p.type == 'text' %} {{ p.text if p.text is defined else p.content }}"
+    "{% endif %}{% endfor %}{% endif %} [/INST]{% else %} {{ m.content if m.content is string else "
+    "m.content[0].text }} </s>{% endif %}{% endfor %}"
+)
+
+
+def write_mistral_tokenizer(out: Path, vocab: int) -> None:
+    words = {MISTRAL_SPECIAL.get(i, f"<{i}>"): i for i in range(vocab)}
+    added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": True} for i, t in MISTRAL_SPECIAL.items()]
+    tok = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+           "normalizer": None, "pre_tokenizer": {"type": "WhitespaceSplit"},
+           "post_processor": None, "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": False},
+           "model": {"type": "WordLevel", "vocab": words, "unk_token": "<unk>"}}
+    (out / "tokenizer.json").write_text(json.dumps(tok) + "\n")
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+              "unk_token": "<unk>", "chat_template": MISTRAL_TEMPLATE}
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def pixtral_processor_files(out: Path, processor: str, merge: int) -> None:
+    """The HF Pixtral image processor's settings (CLIP mean/std, bicubic) at the tiny sizes."""
+    pre = {"image_processor_type": "PixtralImageProcessor", "processor_class": processor,
+           "patch_size": {"height": 8, "width": 8}, "size": {"longest_edge": 64}, "resample": 3,
+           "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+           "image_mean": [0.48145466, 0.4578275, 0.40821073],
+           "image_std": [0.26862954, 0.26130258, 0.27577711], "do_convert_rgb": True}
+    (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n")
+    proc = {"processor_class": processor, "patch_size": 8, "spatial_merge_size": merge,
+            "image_token": "[IMG]", "image_break_token": "[IMG_BREAK]", "image_end_token": "[IMG_END]"}
+    (out / "processor_config.json").write_text(json.dumps(proc, indent=2) + "\n")
+
+
+PIXTRAL_MODELS = {
+    "tiny-pixtral": (TINY_PIXTRAL, pixtral_weights, "PixtralProcessor", 1),
+    "tiny-mistral3": (TINY_MISTRAL3, mistral3_weights, "Mistral3Processor", 2),
+}
+
+
+def write_pixtral_models(out_dir: Path) -> dict[str, Path]:
+    paths = {}
+    for name, (config, make, processor, merge) in PIXTRAL_MODELS.items():
+        out = out_dir / name
+        write_model(out, config, make(config))
+        write_mistral_tokenizer(out, config["text_config"]["vocab_size"])
+        pixtral_processor_files(out, processor, merge)
+        paths[name] = out
     return paths
 
 

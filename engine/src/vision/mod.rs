@@ -7,6 +7,7 @@
 //! [`PixelValues`] (NHWC float32) -> an MLX array for the vision tower.
 
 pub mod image;
+mod pixtral_size;
 pub mod preprocess;
 pub mod prompt;
 pub mod resample;

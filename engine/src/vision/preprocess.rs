@@ -8,6 +8,11 @@
 //! 3. normalize in float32: `(x - mean) / std` with `mean` and `std` cast to float32 (a uint8
 //!    image that was not rescaled is cast to float32 first).
 //!
+//! The Pixtral processor (`PixtralImageProcessor`, mlx-vlm's own, for pixtral and mistral3)
+//! differs in three ways, each as the reference does it: the size is limited to `longest_edge`
+//! and then rounded *up* to whole patches (so any image size is taken, never refused), its
+//! default filter is BICUBIC, and it rescales in float32 (`x.astype(float32) * factor`).
+//!
 //! Steps this module does not implement (`do_center_crop`, `do_pan_and_scan`, `do_pad`) are
 //! refused when the config turns them on, rather than silently skipped.
 
@@ -19,6 +24,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use super::image::ImageLimits;
+use super::pixtral_size::{patch_side, pixtral_multiple, pixtral_size};
 use super::resample::{self, Filter};
 use crate::api::Array;
 use crate::error::{Error, Result};
@@ -66,6 +72,11 @@ pub struct PreprocessorConfig {
     /// Every other key (`processor_class`, `image_seq_length`, ...), as written.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, Value>,
+    /// Pixtral processors only: the side in pixels an image is rounded up to a multiple of (the
+    /// tower's patch size times `spatial_merge_size`). From this file's `patch_size`, then, in
+    /// [`PreprocessorConfig::load`], from the checkpoint's `config.json`.
+    #[serde(skip)]
+    pub patch_multiple: Option<u32>,
 }
 
 /// `size` in `preprocessor_config.json`.
@@ -132,7 +143,16 @@ impl PreprocessorConfig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(Error::Io { path, source }),
         };
-        Self::parse(&text, &path).map(Some)
+        let mut cfg = Self::parse(&text, &path)?;
+        if cfg.is_pixtral() {
+            cfg.patch_multiple = Some(pixtral_multiple(dir, cfg.patch_multiple)?);
+        }
+        Ok(Some(cfg))
+    }
+
+    /// Whether this is the Pixtral image processor (pixtral, mistral3).
+    pub fn is_pixtral(&self) -> bool {
+        self.image_processor_type.as_deref().is_some_and(|t| t.starts_with("Pixtral"))
     }
 
     /// Parses and checks the JSON text of `path`; errors name the file and the field.
@@ -148,6 +168,23 @@ impl PreprocessorConfig {
             }
         })?;
         cfg.check().map_err(bad)?;
+        let mut cfg = cfg;
+        if cfg.is_pixtral() {
+            cfg.patch_multiple = Some(match cfg.extra.get("patch_size") {
+                None | Some(Value::Null) => 16,
+                Some(v) => patch_side(v).ok_or_else(|| {
+                    bad(format!(
+                        "field `patch_size`: expected a positive integer or {{\"height\", \"width\"}}, found {v}"
+                    ))
+                })?,
+            });
+            if matches!(cfg.size, ImageSize::ShortestEdge(_) | ImageSize::ShortestLongest { .. }) {
+                return Err(bad(format!(
+                    "field `size`: {} is not a size the Pixtral processor takes ({{\"longest_edge\"}} or {{\"height\", \"width\"}})",
+                    cfg.size
+                )));
+            }
+        }
         Ok(cfg)
     }
 
@@ -179,7 +216,7 @@ impl PreprocessorConfig {
             return f;
         }
         match self.image_processor_type.as_deref() {
-            Some(t) if t.starts_with("Siglip") || t.starts_with("CLIP") => Filter::Bicubic,
+            Some(t) if t.starts_with("Siglip") || t.starts_with("CLIP") || t.starts_with("Pixtral") => Filter::Bicubic,
             _ => Filter::Bilinear,
         }
     }
@@ -193,6 +230,9 @@ impl PreprocessorConfig {
             });
         }
         let (w, h) = (u64::from(width), u64::from(height));
+        if let Some(unit) = self.patch_multiple.filter(|_| self.is_pixtral()) {
+            return Ok(pixtral_size(w, h, self.size, unit));
+        }
         let (oh, ow) = match self.size {
             ImageSize::Exact { height, width } => (u64::from(height), u64::from(width)),
             ImageSize::ShortestEdge(s) => {
@@ -238,6 +278,7 @@ impl PreprocessorConfig {
         } else {
             img
         };
+        let pixtral = self.is_pixtral();
         let mean = self.image_mean.map(|m| m as f32);
         let std = self.image_std.map(|s| s as f32);
         let data = img
@@ -245,7 +286,9 @@ impl PreprocessorConfig {
             .chunks_exact(3)
             .flat_map(|px| {
                 std::array::from_fn::<f32, 3, _>(|c| {
-                    let x = if self.do_rescale {
+                    let x = if self.do_rescale && pixtral {
+                        f32::from(px[c]) * self.rescale_factor as f32
+                    } else if self.do_rescale {
                         (f64::from(px[c]) * self.rescale_factor) as f32
                     } else {
                         f32::from(px[c])
@@ -264,8 +307,19 @@ impl PreprocessorConfig {
     /// A string naming every setting that changes the pixel values, to key a cache of vision
     /// features by (with the image's hash).
     pub fn cache_key(&self) -> String {
-        let resize = if self.do_resize { format!("{}/{}", self.size, self.filter().name()) } else { "none".into() };
-        let rescale = if self.do_rescale { format!("{:?}", self.rescale_factor) } else { "none".into() };
+        let mut resize = if self.do_resize { format!("{}/{}", self.size, self.filter().name()) } else { "none".into() };
+        if let Some(unit) = self.patch_multiple.filter(|_| self.is_pixtral() && self.do_resize) {
+            resize.push_str(&format!("/x{unit}"));
+        }
+        let rescale =
+            if self.do_rescale && self.is_pixtral() { format!("f32:{:?}", self.rescale_factor) } else { String::new() };
+        let rescale = if !rescale.is_empty() {
+            rescale
+        } else if self.do_rescale {
+            format!("{:?}", self.rescale_factor)
+        } else {
+            "none".into()
+        };
         let normalize =
             if self.do_normalize { format!("{:?}/{:?}", self.image_mean, self.image_std) } else { "none".into() };
         format!("resize={resize};rescale={rescale};normalize={normalize}")
@@ -430,6 +484,27 @@ mod tests {
             assert!(e.starts_with("m/preprocessor_config.json: field ") && e.contains(field), "{json}: {e}");
         }
         assert!(parse("{").unwrap_err().to_string().starts_with("m/preprocessor_config.json: "));
+    }
+
+    #[test]
+    fn pixtral_sizes_fit_the_longest_edge_then_round_up_to_patches() {
+        let c = parse(
+            r#"{"image_processor_type": "PixtralImageProcessor", "patch_size": {"height": 8, "width": 8},
+                "size": {"longest_edge": 64}}"#,
+        )
+        .unwrap();
+        assert_eq!((c.patch_multiple, c.filter()), (Some(8), Filter::Bicubic));
+        // Smaller than the edge: only rounded up. Larger: floor(70 / (70/64)) = 64,
+        // floor(50 / 1.09375) = 45 -> 48.
+        assert_eq!(c.output_size(37, 23).unwrap(), (40, 24));
+        assert_eq!(c.output_size(50, 70).unwrap(), (48, 64));
+        assert_eq!(c.output_size(1, 1000).unwrap(), (8, 64));
+        assert_eq!(PreprocessorConfig { patch_multiple: Some(16), ..c.clone() }.output_size(37, 23).unwrap(), (48, 32));
+        assert!(c.cache_key().contains("/x8") && c.cache_key().contains("rescale=f32:"), "{}", c.cache_key());
+        let e = parse(r#"{"image_processor_type": "PixtralImageProcessor", "size": {"shortest_edge": 64}}"#);
+        assert!(e.unwrap_err().to_string().contains("field `size`"));
+        let e = parse(r#"{"image_processor_type": "PixtralImageProcessor", "patch_size": {"height": 8, "width": 4}}"#);
+        assert!(e.unwrap_err().to_string().contains("field `patch_size`"));
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //! - Per axis, one set of coefficients per output pixel: a filter window centred on the output
 //!   pixel's centre mapped into the input, its support widened by the downscale factor, the
 //!   weights normalised to sum 1 and then converted to fixed point with [`PRECISION_BITS`].
-//! - A horizontal pass into an 8-bit intermediate, then a vertical pass (vertical first for
-//!   images more than 100 times taller than wide, as `Image.resize` does). Each pass starts its
+//! - A horizontal pass into an 8-bit intermediate, then a vertical pass (vertical first when the
+//!   height shrinks by more than twice as many pixels as the width, as Pillow 13 does). Each pass starts its
 //!   sums at one half, shifts right and clips to 0..=255. A pass whose size does not change is
 //!   skipped; an unchanged size returns a copy.
 //! - NEAREST maps output centres through an accumulated step (`x += scale`, as Pillow does, not
@@ -165,13 +165,7 @@ pub fn resize(img: &RgbImage, width: u32, height: u32, filter: Filter) -> Result
         return Ok(nearest(img, width, height));
     }
     let src = Plane { width: in_w as usize, height: in_h as usize, data: img.as_raw().clone() };
-    let out = if in_h > in_w.saturating_mul(100) && height < in_h {
-        // `Image.resize` resizes very tall images in two calls: height first, then width.
-        let tall = resample(src, in_w as usize, height as usize, filter);
-        resample(tall, width as usize, height as usize, filter)
-    } else {
-        resample(src, width as usize, height as usize, filter)
-    };
+    let out = resample(src, width as usize, height as usize, filter);
     RgbImage::from_raw(width, height, out.data)
         .ok_or_else(|| param(format!("internal error: resized buffer does not hold {width}x{height} RGB")))
 }
@@ -248,10 +242,19 @@ fn clip8(acc: i32) -> u8 {
 
 const HALF: i32 = 1 << (PRECISION_BITS - 1);
 
-/// Pillow's `ImagingResampleInner` for one call: horizontal pass (if the width changes) on the
-/// rows the vertical pass reads, then the vertical pass (if the height changes).
+/// Pillow 13's `ImagingResampleInner` for one call: one pass per axis whose size changes, each
+/// rounding to 8 bits, horizontal first unless the height shrinks by more than twice as many
+/// pixels as the width does (Pillow 13.0 then runs the vertical pass first, which changes the
+/// rounding; Pillow 12 ran the horizontal one first except for images over 100 times taller
+/// than wide). Pillow 13.0.0 is what the vision reference's environment pins
+/// (scripts/goldens/vlm-constraints.txt).
 fn resample(src: Plane, width: usize, height: usize, filter: Filter) -> Plane {
+    let (in_w, in_h) = (src.width as i64, src.height as i64);
+    let vertical_first = (height as i64) < in_h && in_h - height as i64 > 2 * (in_w - width as i64);
     let mut cur = src;
+    if vertical_first {
+        cur = vertical(&cur, height, filter);
+    }
     if width != cur.width {
         cur = horizontal(&cur, width, filter);
     }

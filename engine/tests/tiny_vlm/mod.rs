@@ -1,7 +1,10 @@
 //! The tiny Gemma 3 VLM of `scripts/goldens/tiny_models.py` and its mlx-vlm golden, for the
 //! vision suites: the folder (checked against the golden's sha256), with the script's word-level
 //! tokenizer (`<i>` is token `i`; the image tokens under their Gemma 3 names) and chat template.
+//! The tiny Pixtral and Mistral 3 VLMs are in [`pixtral`] (written from Rust).
 #![allow(dead_code)]
+
+pub mod pixtral;
 
 use std::path::{Path, PathBuf};
 

@@ -10,6 +10,7 @@
 
 pub mod moe;
 pub mod rope;
+pub mod vision;
 pub use moe::{SwitchGlu, SwitchLinear};
 pub use rope::{Rope, RopeScaling};
 
