@@ -214,7 +214,10 @@ impl Worker {
                     };
                     let mut emit = |r: GenerationResult| tx.send(Event::Result(r)).is_ok();
                     let cache = &mut self.cache;
-                    let heads = self.attention_heads;
+                    // The score budget bounds what MLX's CPU attention materialises; the GPU's
+                    // fused kernels never hold the scores, so there chunks are the step size,
+                    // as in mlx-lm.
+                    let heads = self.attention_heads.filter(|_| self.options.device == Device::Cpu);
                     let memo = &mut self.memo;
                     let draft = &mut self.draft;
                     // A panic in a built-in architecture fails this request, not the worker.

@@ -34,6 +34,7 @@ use crate::stop::StopStrings;
 use crate::tokenizer::Tokenizer;
 use crate::vision::{self, FeatureMemo, ImageInput, ImageLimits, VisionModel};
 use prefill::Plan;
+pub use step::HostTimes;
 use step::{Decoder, PlainStepper, TokenStepper};
 use stream::{Pushed, TextStream};
 
@@ -107,6 +108,8 @@ pub struct GenerationStats {
     /// images, which a draft model cannot see).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub speculative_fallback: Option<String>,
+    /// Where the host's time went during decoding.
+    pub host: HostTimes,
 }
 
 /// What a generation borrows from the model's worker besides the model: the cache it reuses
@@ -195,23 +198,27 @@ fn decode(
     stream: &mut TextStream<'_>,
     cancel: &AtomicBool,
     emit: &mut dyn FnMut(GenerationResult) -> bool,
-) -> Result<()> {
+) -> Result<HostTimes> {
+    let mut text = 0.0;
+    let done = |stepper: &dyn TokenStepper, text: f64| HostTimes { text_seconds: text, ..stepper.host_times() };
     loop {
         if cancel.load(Ordering::Relaxed) {
             emit(stream.cancel()?);
-            return Ok(());
+            return Ok(done(stepper, text));
         }
-        match stream.push(stepper.next(stream.remaining())?)? {
-            Pushed::Held => {}
-            Pushed::Chunk(r) => {
-                if !emit(r) {
-                    return Ok(());
-                }
-            }
+        let token = stepper.next(stream.remaining())?;
+        let t = std::time::Instant::now();
+        let go_on = match stream.push(token)? {
+            Pushed::Held => true,
+            Pushed::Chunk(r) => emit(r),
             Pushed::Done(r) => {
                 emit(r);
-                return Ok(());
+                false
             }
+        };
+        text += t.elapsed().as_secs_f64();
+        if !go_on {
+            return Ok(done(stepper, text));
         }
     }
 }
@@ -367,11 +374,11 @@ pub fn generate_in(
             (None, None) => None,
         };
         match drafter {
-            None => decode(&mut PlainStepper::new(decoder, &logits)?, &mut stream, cancel, emit)?,
+            None => stats.host = decode(&mut PlainStepper::new(decoder, &logits)?, &mut stream, cancel, emit)?,
             Some(drafter) => {
                 let k = req.num_draft_tokens.unwrap_or(DEFAULT_NUM_DRAFT_TOKENS);
                 let mut stepper = SpeculativeStepper::new(decoder, &logits, drafter, k, ctx.vocab_size)?;
-                decode(&mut stepper, &mut stream, cancel, emit)?;
+                stats.host = decode(&mut stepper, &mut stream, cancel, emit)?;
                 stats.speculative = Some(SpeculativeStats { draft_cached_tokens: draft_cached, ..stepper.stats() });
             }
         }

@@ -8,6 +8,8 @@
 //! one forward per token; the speculative one (`crate::speculative`) drafts several and
 //! verifies them in one pass, behind the same trait.
 
+use std::time::Instant;
+
 use mlx_engine_plugin_api::{async_eval, Array, DynModel, Input};
 
 use super::prefill::{last_logits, token_ids};
@@ -27,11 +29,26 @@ pub struct StepToken {
     pub from_draft: bool,
 }
 
+/// Where the host's time went while decoding: building graphs (the model's forward through the
+/// plugin, processors, the sample graph, queueing them), waiting for the device to hand a token
+/// back, and the text layer (detokenizing, stop strings, handing results out). On a pipelined
+/// decode the device works while the host builds, so `graph` below the per-token time means the
+/// host does not hold the device up.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct HostTimes {
+    pub graph_seconds: f64,
+    pub wait_seconds: f64,
+    pub text_seconds: f64,
+}
+
 /// Produces the tokens of one generation, one at a time.
 pub trait TokenStepper {
     /// The next token. `remaining` is how many tokens the stream may still take, this one
     /// included (at least 1): a stepper never computes ahead past it.
     fn next(&mut self, remaining: usize) -> Result<StepToken>;
+
+    /// Graph-building and waiting time so far (`text_seconds` is the caller's to fill).
+    fn host_times(&self) -> HostTimes;
 }
 
 /// What every stepper shares: the main model with its live cache, and the forward -> processors
@@ -45,6 +62,7 @@ pub struct Decoder<'a> {
     pub history: Vec<u32>,
     /// Tokens committed so far (for error messages that name the step).
     pub generated: usize,
+    pub times: HostTimes,
 }
 
 impl<'a> Decoder<'a> {
@@ -55,29 +73,36 @@ impl<'a> Decoder<'a> {
         processors: Vec<Box<dyn LogitsProcessor>>,
         prompt: &[u32],
     ) -> Decoder<'a> {
-        Decoder { model, cache, sampler, processors, history: prompt.to_vec(), generated: 0 }
+        Decoder { model, cache, sampler, processors, history: prompt.to_vec(), generated: 0, times: HostTimes::default() }
     }
 
     /// Runs `tokens` (`[1, L]` ids) through the model into the live cache: logits `[1, L, vocab]`.
     pub fn forward(&mut self, tokens: &Array) -> Result<Array> {
-        Ok(self.model.forward(Input::Tokens(tokens), self.cache.live_mut())?)
+        let t = Instant::now();
+        let logits = self.model.forward(Input::Tokens(tokens), self.cache.live_mut());
+        self.times.graph_seconds += t.elapsed().as_secs_f64();
+        Ok(logits?)
     }
 
     /// Processors (over the committed history) and the sampler's next key on one position's
     /// logits, queued for evaluation.
     pub fn sample(&mut self, logits: &Array) -> Result<LazySample> {
+        let t = Instant::now();
         let processed = apply_processors(&mut self.processors, &self.history, logits)?;
         let sample = self.sampler.sample_lazy(&processed)?;
         async_eval(&[&sample.token, &sample.logprob, &sample.logprobs])?;
+        self.times.graph_seconds += t.elapsed().as_secs_f64();
         Ok(sample)
     }
 
     /// Reads a sampled token back, refusing non-finite logprobs: NaN logits sample as token 0
     /// or EOS, and saying so beats returning garbage. `ahead` counts the tokens between the
     /// last committed one and this one (for the step named in the error).
-    pub fn read(&self, sample: LazySample, ahead: usize, from_draft: bool) -> Result<StepToken> {
+    pub fn read(&mut self, sample: LazySample, ahead: usize, from_draft: bool) -> Result<StepToken> {
+        let t = Instant::now();
         let token = sample.token.item::<u32>()?;
         let logprob = sample.logprob.item::<f32>()?;
+        self.times.wait_seconds += t.elapsed().as_secs_f64();
         let logprobs = sample.logprobs;
         if logprob.is_nan() || logprob == f32::INFINITY {
             return Err(Error::Param {
@@ -144,5 +169,9 @@ impl TokenStepper for PlainStepper<'_> {
         let token = self.dec.read(current, 0, false)?;
         self.dec.commit(token.id);
         Ok(token)
+    }
+
+    fn host_times(&self) -> HostTimes {
+        self.dec.times
     }
 }

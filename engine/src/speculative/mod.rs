@@ -33,7 +33,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::generate::prefill::token_ids;
-use crate::generate::step::{Decoder, StepToken, TokenStepper};
+use crate::generate::step::{Decoder, HostTimes, StepToken, TokenStepper};
 use crate::sample::{apply_processors, KeyPlan, LazySample, LogitsProcessor, Sampler};
 
 /// Draft tokens per round when the request does not say (mlx-engine's default; mlx-lm's is 2).
@@ -274,5 +274,10 @@ impl TokenStepper for SpeculativeStepper<'_> {
             self.round(remaining)?;
         }
         self.queue.pop_front().ok_or_else(|| param("model", "a speculative round committed no token (engine bug)"))
+    }
+
+    /// The main model's graph and wait times (the drafter's own passes are not in them).
+    fn host_times(&self) -> HostTimes {
+        self.dec.times
     }
 }

@@ -99,6 +99,8 @@ impl DraftModel {
             num_parameters: loaded.num_parameters,
             layers: loaded.cache_layout.len(),
         };
+        // As for the main model: the score budget is the CPU attention's (see model_kit).
+        let attention_heads = attention_heads.filter(|_| how.device == Device::Cpu);
         Ok(DraftModel { loaded, cache, attention_heads, info })
     }
 
