@@ -4,6 +4,7 @@
 #   bench/gpu/run.sh setup        join the parts, unpack wheels and binaries, make the models
 #   bench/gpu/run.sh speculative  decode with and without speculation ($OUT/speculative.jsonl)
 #   bench/gpu/run.sh compare NAME [LENGTHS]   engine vs mlx-lm on one model ($OUT/compare-NAME.json)
+#   bench/gpu/run.sh ttft NAME    cold-process time to first token through the CLI ($OUT/ttft-NAME.txt)
 # /tmp survives only while the machine stays warm (30 s between calls).
 set -euo pipefail
 S=/tmp/gpu
@@ -58,11 +59,25 @@ speculative)
 compare)
     env_setup
     python3 bench/compare.py --engine "$ENGINE" --python python3 --device gpu --rounds "${ROUNDS:-1}" --runs "${RUNS:-5}" \
-        --model "$M/$2" --label "$2" --prompt-tokens "${3:-512,2048}" --gen-tokens 128 --json "$OUT/compare-$2.json" \
+        --model "$M/$2" --label "$2" --prompt-tokens "${3:-512,2048}" --gen-tokens "${GEN:-128}" --json "$OUT/compare-$2.json" \
         | tee "$OUT/compare-$2.md"
     ;;
+ttft)
+    # Fresh processes, each generating one token from a 512-token prompt (the bench passage):
+    # the first also compiles the kernels it meets, the later ones find MLX's kernel cache.
+    env_setup
+    f=$OUT/ttft-$2.txt
+    : > "$f"
+    head -c 2600 engine/src/cli/bench_passage.txt > "$S/passage.txt"
+    for i in 1 2 3; do
+        t0=$(date +%s.%N)
+        "$ENGINE" generate --device gpu -m "$M/$2" --prompt - --max-tokens 1 --ignore-eos --output jsonl < "$S/passage.txt" \
+            | tail -1 | python3 -c 'import json,sys; s=json.load(sys.stdin)["stats"]; print("prompt_tokens", s["prompt_tokens"], "prompt_seconds", round(s["prompt_seconds"], 4))' | tee -a "$f"
+        echo "process $i wall $(python3 -c "import time; print(round(time.time() - $t0, 3))") s" | tee -a "$f"
+    done
+    ;;
 *)
-    sed -n 2,7p "$0"
+    sed -n 2,8p "$0"
     exit 2
     ;;
 esac

@@ -130,7 +130,8 @@ pub fn run(kit: &ModelKit, args: &BenchArgs, step: Option<usize>) -> Result<()> 
         let samples = (0..args.runs).map(|_| timed(kit, &prompt, args.gen_tokens, step)).collect::<Result<Vec<_>>>()?;
         let pick = |f: fn(&Sample) -> f64| samples.iter().map(f).collect::<Vec<_>>();
         let (prompt_tps, decode_tps, ttft) = (pick(|s| s.prompt_tps), pick(|s| s.decode_tps), pick(|s| s.ttft));
-        let (graph, wait, text) = (median(pick(|s| s.graph_ms)), median(pick(|s| s.wait_ms)), median(pick(|s| s.text_ms)));
+        let (graph, wait, text) =
+            (median(pick(|s| s.graph_ms)), median(pick(|s| s.wait_ms)), median(pick(|s| s.text_ms)));
         let peak = samples.iter().map(|s| s.peak).max().unwrap_or(0);
         if args.json {
             outln!(

@@ -57,7 +57,7 @@ pub struct CacheArgs {
     /// Quantize a layer's cache once it holds N positions (default 0); needs --kv-bits.
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub quantized_kv_start: Option<i64>,
-    /// At most N prompt tokens per prefill chunk (default 2048; chunks also shrink as the
+    /// At most N prompt tokens per prefill chunk (default 2048; on the CPU chunks also shrink as the
     /// context grows, to bound the attention scores).
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub prefill_step_size: Option<i64>,

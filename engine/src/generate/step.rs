@@ -73,7 +73,15 @@ impl<'a> Decoder<'a> {
         processors: Vec<Box<dyn LogitsProcessor>>,
         prompt: &[u32],
     ) -> Decoder<'a> {
-        Decoder { model, cache, sampler, processors, history: prompt.to_vec(), generated: 0, times: HostTimes::default() }
+        Decoder {
+            model,
+            cache,
+            sampler,
+            processors,
+            history: prompt.to_vec(),
+            generated: 0,
+            times: HostTimes::default(),
+        }
     }
 
     /// Runs `tokens` (`[1, L]` ids) through the model into the live cache: logits `[1, L, vocab]`.
