@@ -368,6 +368,9 @@ impl ModelKit {
                         options.prompt_cache_capacity,
                     )?;
                     let tokenizer = Arc::new(model::load_tokenizer(&loaded)?);
+                    if options.device == Device::Gpu {
+                        crate::generate::warmup::warm_up(loaded.model.as_ref())?;
+                    }
                     let info = ModelInfo {
                         path: path.clone(),
                         model_type: loaded.model_type.clone(),

@@ -43,8 +43,10 @@ struct Sample {
     decode_tps: f64,
     ttft: f64,
     peak: usize,
-    /// Host milliseconds per generated token: building graphs, waiting, text.
-    graph_ms: f64,
+    /// Host milliseconds per generated token: building the forward, sampling and queueing,
+    /// waiting, text.
+    forward_ms: f64,
+    sample_ms: f64,
     wait_ms: f64,
     text_ms: f64,
 }
@@ -57,7 +59,8 @@ impl Sample {
             decode_tps: rate(s.generated_tokens.saturating_sub(1), s.decode_seconds),
             ttft: s.prompt_seconds,
             peak,
-            graph_ms: per_token(s.host.graph_seconds, s.generated_tokens),
+            forward_ms: per_token(s.host.forward_seconds, s.generated_tokens),
+            sample_ms: per_token(s.host.sample_seconds, s.generated_tokens),
             wait_ms: per_token(s.host.wait_seconds, s.generated_tokens),
             text_ms: per_token(s.host.text_seconds, s.generated_tokens),
         }
@@ -115,13 +118,13 @@ pub fn run(kit: &ModelKit, args: &BenchArgs, step: Option<usize>) -> Result<()> 
             args.runs
         );
         outln!(
-            "  {:>7} | {:>12} | {:>12} | {:>9} | {:>9} | {:>24}",
+            "  {:>7} | {:>12} | {:>12} | {:>9} | {:>9} | {:>30}",
             "prompt",
             "prompt tok/s",
             "decode tok/s",
             "TTFT s",
             "peak MB",
-            "host ms/tok graph/wait/text"
+            "host ms/tok fwd/sample/wait/text"
         );
     }
     for &n in &args.prompt_tokens {
@@ -130,8 +133,8 @@ pub fn run(kit: &ModelKit, args: &BenchArgs, step: Option<usize>) -> Result<()> 
         let samples = (0..args.runs).map(|_| timed(kit, &prompt, args.gen_tokens, step)).collect::<Result<Vec<_>>>()?;
         let pick = |f: fn(&Sample) -> f64| samples.iter().map(f).collect::<Vec<_>>();
         let (prompt_tps, decode_tps, ttft) = (pick(|s| s.prompt_tps), pick(|s| s.decode_tps), pick(|s| s.ttft));
-        let (graph, wait, text) =
-            (median(pick(|s| s.graph_ms)), median(pick(|s| s.wait_ms)), median(pick(|s| s.text_ms)));
+        let host = [pick(|s| s.forward_ms), pick(|s| s.sample_ms), pick(|s| s.wait_ms), pick(|s| s.text_ms)];
+        let [forward, sample, wait, text] = host.map(median);
         let peak = samples.iter().map(|s| s.peak).max().unwrap_or(0);
         if args.json {
             outln!(
@@ -143,18 +146,18 @@ pub fn run(kit: &ModelKit, args: &BenchArgs, step: Option<usize>) -> Result<()> 
                     "prompt_tps": median(prompt_tps.clone()), "decode_tps": median(decode_tps.clone()),
                     "ttft_s": median(ttft.clone()), "peak_mb": mb(peak),
                     "prompt_tps_runs": prompt_tps, "decode_tps_runs": decode_tps, "ttft_s_runs": ttft,
-                    "host_ms_per_token": {"graph": graph, "wait": wait, "text": text},
+                    "host_ms_per_token": {"forward": forward, "sample": sample, "wait": wait, "text": text},
                 })
             );
         } else {
             outln!(
-                "  {:>7} | {:>12.1} | {:>12.2} | {:>9.3} | {:>9.1} | {:>24}",
+                "  {:>7} | {:>12.1} | {:>12.2} | {:>9.3} | {:>9.1} | {:>30}",
                 prompt.len(),
                 median(prompt_tps),
                 median(decode_tps),
                 median(ttft),
                 mb(peak),
-                format!("{graph:.3}/{wait:.3}/{text:.3}")
+                format!("{forward:.2}/{sample:.2}/{wait:.2}/{text:.2}")
             );
         }
     }

@@ -13,6 +13,7 @@ pub mod prefill;
 pub mod result;
 pub mod step;
 pub mod stream;
+pub mod warmup;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

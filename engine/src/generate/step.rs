@@ -29,14 +29,16 @@ pub struct StepToken {
     pub from_draft: bool,
 }
 
-/// Where the host's time went while decoding: building graphs (the model's forward through the
-/// plugin, processors, the sample graph, queueing them), waiting for the device to hand a token
-/// back, and the text layer (detokenizing, stop strings, handing results out). On a pipelined
-/// decode the device works while the host builds, so `graph` below the per-token time means the
-/// host does not hold the device up.
+/// Where the host's time went while decoding: building the model's graph (its forward through
+/// the plugin), building the processors' and sampler's graph and queueing both (MLX's
+/// `async_eval`, which also blocks while the device is too far behind), waiting for the device to
+/// hand a token back, and the text layer (detokenizing, stop strings, handing results out). On a
+/// pipelined decode the device works while the host builds, so `forward` well below the time per
+/// token means the host does not hold the device up.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct HostTimes {
-    pub graph_seconds: f64,
+    pub forward_seconds: f64,
+    pub sample_seconds: f64,
     pub wait_seconds: f64,
     pub text_seconds: f64,
 }
@@ -88,7 +90,7 @@ impl<'a> Decoder<'a> {
     pub fn forward(&mut self, tokens: &Array) -> Result<Array> {
         let t = Instant::now();
         let logits = self.model.forward(Input::Tokens(tokens), self.cache.live_mut());
-        self.times.graph_seconds += t.elapsed().as_secs_f64();
+        self.times.forward_seconds += t.elapsed().as_secs_f64();
         Ok(logits?)
     }
 
@@ -99,7 +101,7 @@ impl<'a> Decoder<'a> {
         let processed = apply_processors(&mut self.processors, &self.history, logits)?;
         let sample = self.sampler.sample_lazy(&processed)?;
         async_eval(&[&sample.token, &sample.logprob, &sample.logprobs])?;
-        self.times.graph_seconds += t.elapsed().as_secs_f64();
+        self.times.sample_seconds += t.elapsed().as_secs_f64();
         Ok(sample)
     }
 

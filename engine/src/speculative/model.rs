@@ -80,6 +80,9 @@ impl DraftModel {
             check_tokenizers(path, how.main, &tok)?;
         }
         let mut loaded = model::load_with(path, how.host, how.dtype, how.device)?;
+        if how.device == Device::Gpu {
+            crate::generate::warmup::warm_up(loaded.model.as_ref())?;
+        }
         // A draft sees token ids only; a vision-language checkpoint's image part is not needed.
         loaded.vision = None;
         check_tokenizers(path, how.main, &model::load_tokenizer(&loaded)?)?;
