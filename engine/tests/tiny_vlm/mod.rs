@@ -72,3 +72,50 @@ pub fn image_of(rows: &Value) -> image::RgbImage {
         .collect();
     image::RgbImage::from_raw(32, 32, bytes).unwrap()
 }
+
+/// The golden of one tiny llava checkpoint (`tests/goldens/<name>.json`, written by
+/// `scripts/goldens/record_vlm_llava.py`).
+pub fn llava_golden(name: &str) -> Value {
+    let path = root().join(format!("tests/goldens/{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Every tiny model written by the project script into a folder of its own; checks that
+/// `name`'s weights are the ones golden `g` was recorded on. Returns the folder and the model's
+/// path in it.
+pub fn tiny_model(name: &str, g: &Value) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let status = std::process::Command::new(root().join(".venv/bin/python"))
+        .arg(root().join("scripts/goldens/tiny_models.py"))
+        .arg(tmp.path())
+        .stdout(std::process::Stdio::null())
+        .status();
+    assert!(status.is_ok_and(|s| s.success()), "could not run scripts/goldens/tiny_models.py (run `make setup`)");
+    let dir = tmp.path().join(name);
+    let sha = hex(&Sha256::digest(std::fs::read(dir.join("model.safetensors")).unwrap()));
+    assert_eq!(
+        sha,
+        g["safetensors_sha256"].as_str().unwrap(),
+        "{name} is not the checkpoint the goldens were recorded on"
+    );
+    (tmp, dir)
+}
+
+/// A golden image of any size (rows of `[r, g, b]`).
+pub fn image_rows(rows: &Value) -> image::RgbImage {
+    let rows = rows.as_array().unwrap();
+    let (h, w) = (rows.len() as u32, rows[0].as_array().unwrap().len() as u32);
+    let bytes: Vec<u8> = rows
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().flat_map(|px| u32s(px).into_iter().map(|c| c as u8)))
+        .collect();
+    image::RgbImage::from_raw(w, h, bytes).unwrap()
+}
+
+/// Nested JSON numbers, flattened in order.
+pub fn flat(v: &Value) -> Vec<f32> {
+    match v {
+        Value::Array(items) => items.iter().flat_map(flat).collect(),
+        x => vec![x.as_f64().unwrap() as f32],
+    }
+}

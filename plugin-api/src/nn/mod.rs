@@ -3,6 +3,7 @@
 //! attention helpers).
 
 pub mod rope;
+pub mod vision;
 pub use rope::{Rope, RopeScaling};
 
 use std::sync::OnceLock;
