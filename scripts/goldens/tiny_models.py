@@ -242,7 +242,10 @@ TINY_LLAVA = {
     "tie_word_embeddings": True,
     "bos_token_id": 1,
     "eos_token_id": 2,
-    "text_config": {k: v for k, v in TINY_LLAMA.items() if k != "architectures"},
+    # tiny-llama with 2 heads of 32 (1 KV head): KV-cache quantization needs a head dimension
+    # its group sizes (32, 64, 128) divide.
+    "text_config": {**{k: v for k, v in TINY_LLAMA.items() if k != "architectures"},
+                    "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32},
     "vision_config": {
         "model_type": "clip_vision_model",
         "hidden_size": 32,
