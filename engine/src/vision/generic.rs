@@ -244,6 +244,13 @@ impl VisionAddOn for GenericVlm {
 
     fn new(c: Config, mut w: Weights) -> Result<GenericVlm> {
         let kind = tower_type(&c)?;
+        // The towers and projector here are dense; a quantized one would otherwise fail with a
+        // message about the config's quantization entry, which is not the problem.
+        if let Some(q) = w.names().find(|n| n.ends_with(".scales")) {
+            return Err(Error::Weights(format!(
+                "tensor `{q}` is quantized: the generic VLM fallback loads dense vision weights only"
+            )));
+        }
         let vc: TowerConfig = serde_json::from_value(c.vision_config.clone())
             .map_err(|e| Error::Config(format!("vision_config ({kind}): {e}")))?;
         let text = c.text_config.as_ref().and_then(|t| t.hidden_size).ok_or_else(|| {
