@@ -3,9 +3,9 @@
 //!
 //! The steps and their number types follow HF's PIL backend (`PilBackend._preprocess`, used by
 //! the Gemma 3 and SigLIP processors without torchvision) exactly:
-//! 1. resize the uint8 image with PIL (here [`resample::resize`], byte-exact);
-//! 1b. center crop to `crop_size` (CLIP's processor), zero-padding an image smaller than the
-//!    crop, with the offsets of HF's numpy `center_crop` (`(size - crop) // 2`);
+//! 1. resize the uint8 image with PIL (here [`resample::resize`], byte-exact), then, when
+//!    `do_center_crop` is set (CLIP's processor), center crop to `crop_size` with the offsets of
+//!    HF's numpy `center_crop` (`(size - crop) // 2`), zero-padding an image smaller than it;
 //! 2. rescale: `x.astype(float64) * rescale_factor`, then cast to float32;
 //! 3. normalize in float32: `(x - mean) / std` with `mean` and `std` cast to float32 (a uint8
 //!    image that was not rescaled is cast to float32 first).
