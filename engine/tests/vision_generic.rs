@@ -118,16 +118,16 @@ fn the_cli_answers_an_image_chat_on_both_llava_checkpoints_with_mlx_vlms_tokens(
 #[test]
 fn model_info_says_which_vision_path_a_model_took() {
     let g = llava_golden("tiny-llava");
-    let (tmp, dir) = tiny_model("tiny-llava", &g);
+    let (_tmp, dir) = tiny_model("tiny-llava", &g);
     assert_eq!(kit_with(&dir, CacheConfig::default()).info().vision_path, VisionPath::GenericFallback);
-    let gemma = tmp.path().join("tiny-gemma3-vlm");
+    let gemma = tiny_vlm::tiny_vlm(&tiny_vlm::golden());
+    let gemma = gemma.path().join("tiny-gemma3-vlm");
     assert_eq!(kit_with(&gemma, CacheConfig::default()).info().vision_path, VisionPath::AddOn("gemma3".into()));
-    // tiny-llama, the text-only sibling, with the llava tokenizer.
-    let text = tmp.path().join("tiny-llama");
-    for f in ["tokenizer.json", "tokenizer_config.json"] {
-        std::fs::copy(dir.join(f), text.join(f)).unwrap();
-    }
-    assert_eq!(kit_with(&text, CacheConfig::default()).info().vision_path, VisionPath::None);
+    // The same folder with only its text config: a text-only model (the vision tensors unused).
+    let path = dir.join("config.json");
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    std::fs::write(&path, config["text_config"].to_string()).unwrap();
+    assert_eq!(kit_with(&dir, CacheConfig::default()).info().vision_path, VisionPath::None);
 }
 
 /// Golden prompt 1 (two images) through the pipeline in prefill chunks of 5, then the feature

@@ -4,7 +4,8 @@ Usage:  .venv-vlm/bin/python scripts/goldens/record_vlm_llava.py [--out tests/go
 (`make goldens-vlm` runs this after record_vlm.py.)
 
 The models come from tiny_models.py: tiny-llava (CLIP tower + llama text) and tiny-llava-qwen2
-(SigLIP tower + qwen2 text); each golden records its model.safetensors sha256. mlx-vlm 0.7.10's
+(SigLIP tower + qwen2 text); each golden records its model.safetensors sha256 and its JSON files
+verbatim, from which the Rust tests write the same checkpoint without Python. mlx-vlm 0.7.10's
 own llava pipeline (LlavaProcessor) fails with transformers 5.24 (../shared/reference/models.md,
 fix 6), so this calls the pieces directly, as record_vlm.py does: the checkpoint's image processor
 (CLIPImageProcessor / SiglipImageProcessor, called on its own, which works) for pixel values,
@@ -122,9 +123,13 @@ def record(name: str, path: Path) -> dict:
     chat_tokens, _, chat_gaps = greedy(model, ids, embeds)
     print(f"{name}: chat {rendered!r} -> {chat_tokens} (min gap {min(chat_gaps):.4f})")
 
+    # The text files verbatim: the Rust tests write the checkpoint from these and their own copy
+    # of the weight recipe (engine/tests/tiny_vlm/llava.rs), checked against `safetensors_sha256`.
+    files = {f.name: f.read_text() for f in sorted(path.iterdir()) if f.suffix == ".json"}
     return {
         "model": name,
         "safetensors_sha256": sha,
+        "files": files,
         "mlx_vlm": mlx_vlm.__version__,
         "mlx": mx.__version__,
         "image_tokens": n,

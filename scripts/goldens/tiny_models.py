@@ -115,7 +115,28 @@ def normal(name: str, shape: tuple[int, ...], std: float, mean: float = 0.0) -> 
     return (mean + std * rng.standard_normal(shape)).astype(np.float32)
 
 
-def llama_weights(c: dict) -> dict[str, np.ndarray]:
+MIX = 0x9E3779B97F4A7C15
+
+
+def portable_normal(name: str, shape: tuple[int, ...], std: float, mean: float = 0.0) -> np.ndarray:
+    """About N(mean, std^2) f32, reproducible bit for bit outside numpy (the Rust tests write the
+    llava checkpoints themselves, engine/tests/tiny_vlm/llava.rs): splitmix64 from the seed and the
+    tensor name's crc32, 12 uniforms (53-bit) per value summed in order (Irwin-Hall), then
+    `(sum - 6) * std + mean`; only exactly rounded f64 operations, no library functions."""
+    n = int(np.prod(shape, dtype=np.int64))
+    seed = np.uint64((SEED << 32) | zlib.crc32(name.encode()))
+    z = seed + np.arange(1, 12 * n + 1, dtype=np.uint64) * np.uint64(MIX)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    u = ((z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53).reshape(n, 12)
+    acc = u[:, 0].copy()
+    for k in range(1, 12):
+        acc = acc + u[:, k]
+    return ((acc - 6.0) * std + mean).astype(np.float32).reshape(shape)
+
+
+def llama_weights(c: dict, normal=normal) -> dict[str, np.ndarray]:
     h, i, d = c["hidden_size"], c["intermediate_size"], c["head_dim"]
     nq, nkv = c["num_attention_heads"], c["num_key_value_heads"]
     w = {"model.embed_tokens.weight": normal("embed", (c["vocab_size"], h), EMBED_STD),
@@ -303,20 +324,19 @@ TINY_LLAVA_QWEN2 = {
 }
 
 
-def qwen2_weights(c: dict) -> dict[str, np.ndarray]:
+def qwen2_weights(c: dict, normal=normal) -> dict[str, np.ndarray]:
     """tiny-llama's recipe plus qwen2's q/k/v biases (under their own seeds)."""
-    w = {k: v for k, v in llama_weights(c).items()}
-    h, d = c["hidden_size"], c["head_dim"]
+    w = llama_weights(c, normal)
+    d = c["head_dim"]
     for l in range(c["num_hidden_layers"]):
         p = f"model.layers.{l}.self_attn."
         w[p + "q_proj.bias"] = normal("q2." + p + "q_b", (c["num_attention_heads"] * d,), 0.1)
         w[p + "k_proj.bias"] = normal("q2." + p + "k_b", (c["num_key_value_heads"] * d,), 0.1)
         w[p + "v_proj.bias"] = normal("q2." + p + "v_b", (c["num_key_value_heads"] * d,), 0.1)
-    del h
     return w
 
 
-def tower_weights(v: dict, tag: str) -> dict[str, np.ndarray]:
+def tower_weights(v: dict, tag: str, normal=portable_normal) -> dict[str, np.ndarray]:
     """A CLIP or SigLIP tower under `vision_tower.vision_model.*` (torch conv layout)."""
     clip = v["model_type"] == "clip_vision_model"
     d, f, p, ch = v["hidden_size"], v["intermediate_size"], v["patch_size"], v["num_channels"]
@@ -348,10 +368,12 @@ def tower_weights(v: dict, tag: str) -> dict[str, np.ndarray]:
 
 
 def llava_weights(c: dict) -> dict[str, np.ndarray]:
+    """Every tensor from portable_normal, so the Rust tests can write the same bytes."""
+    normal = portable_normal
     text = c["text_config"]
     make = qwen2_weights if text["model_type"] == "qwen2" else llama_weights
     tag = "l." if text["model_type"] == "llama" else "lq."
-    w = {"language_model." + k: v for k, v in make(text).items()}
+    w = {"language_model." + k: v for k, v in make(text, normal).items()}
     w.update(tower_weights(c["vision_config"], tag))
     dv, dt = c["vision_config"]["hidden_size"], text["hidden_size"]
     # Projected features land among token embeddings (std 0.1), a few times larger so that

@@ -1,7 +1,11 @@
-//! The tiny Gemma 3 VLM of `scripts/goldens/tiny_models.py` and its mlx-vlm golden, for the
-//! vision suites: the folder (checked against the golden's sha256), with the script's word-level
-//! tokenizer (`<i>` is token `i`; the image tokens under their Gemma 3 names) and chat template.
+//! The tiny VLMs of `scripts/goldens/tiny_models.py` and their mlx-vlm goldens, for the vision
+//! suites: the llava checkpoints written in Rust ([`llava`], [`tiny_model`]), and the Gemma 3 one
+//! written by the script into a folder (checked against the golden's sha256), with the script's
+//! word-level tokenizer (`<i>` is token `i`; the image tokens under their Gemma 3 names) and chat
+//! template.
 #![allow(dead_code)]
+
+pub mod llava;
 
 use std::path::{Path, PathBuf};
 
@@ -80,24 +84,15 @@ pub fn llava_golden(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// Every tiny model written by the project script into a folder of its own; checks that
-/// `name`'s weights are the ones golden `g` was recorded on. Returns the folder and the model's
-/// path in it.
+/// A tiny llava checkpoint of golden `g` written by the tests in Rust ([`llava`]), checked to be
+/// byte for byte the one `tiny_models.py` wrote when the golden was recorded. Returns the
+/// temporary folder and the model's path in it.
 pub fn tiny_model(name: &str, g: &Value) -> (tempfile::TempDir, PathBuf) {
+    assert_eq!(g["model"], name);
     let tmp = tempfile::TempDir::new().unwrap();
-    let status = std::process::Command::new(root().join(".venv/bin/python"))
-        .arg(root().join("scripts/goldens/tiny_models.py"))
-        .arg(tmp.path())
-        .stdout(std::process::Stdio::null())
-        .status();
-    assert!(status.is_ok_and(|s| s.success()), "could not run scripts/goldens/tiny_models.py (run `make setup`)");
-    let dir = tmp.path().join(name);
+    let dir = llava::write(g, tmp.path());
     let sha = hex(&Sha256::digest(std::fs::read(dir.join("model.safetensors")).unwrap()));
-    assert_eq!(
-        sha,
-        g["safetensors_sha256"].as_str().unwrap(),
-        "{name} is not the checkpoint the goldens were recorded on"
-    );
+    assert_eq!(sha, g["safetensors_sha256"].as_str().unwrap(), "{name}: the Rust writer and tiny_models.py disagree");
     (tmp, dir)
 }
 
