@@ -307,3 +307,29 @@ fn a_linear_projector_the_transformers_v5_tower_names_and_feature_settings_load(
     full["vision_feature_layer"] = serde_json::json!([-2, -1]);
     assert!(build(&full, weights).err().unwrap().to_string().contains("lists of layers are not supported"));
 }
+
+/// Bad values in a llava config fail the build naming the field, never panicking (the factory
+/// is called directly here, outside the engine's panic guard).
+#[test]
+fn bad_llava_config_values_name_the_field() {
+    let (_tmp, dir) = tiny_llava();
+    let (config, weights) = vision_parts(&dir);
+    let cases: [(&str, Value, &str); 7] = [
+        ("/vision_config/patch_size", 0.into(), "vision_config.patch_size must be positive"),
+        ("/vision_config/image_size", 30.into(), "image_size 30 is not a multiple of patch_size 8"),
+        ("/vision_config/hidden_act", "swish".into(), "hidden_act `swish`"),
+        ("/vision_config/model_type", Value::Null, "vision_config.model_type is missing"),
+        ("/vision_feature_layer", i64::MIN.into(), "vision_feature_layer -9223372036854775808"),
+        ("/vision_feature_select_strategy", "cls".into(), "vision_feature_select_strategy `cls`"),
+        ("/projector_hidden_act", "tanh".into(), "projector_hidden_act` `tanh`"),
+    ];
+    for (pointer, value, want) in cases {
+        let mut c = config.clone();
+        *c.pointer_mut(pointer).unwrap() = value;
+        let e = build(&c, weights.clone()).err().unwrap_or_else(|| panic!("{pointer} built")).to_string();
+        assert!(e.contains(want), "{pointer}: {e}");
+    }
+    let mut c = config.clone();
+    c["text_config"].as_object_mut().unwrap().remove("hidden_size");
+    assert!(build(&c, weights).err().unwrap().to_string().contains("text_config.hidden_size is missing"));
+}

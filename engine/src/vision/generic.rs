@@ -256,15 +256,16 @@ impl VisionAddOn for GenericVlm {
         let text = c.text_config.as_ref().and_then(|t| t.hidden_size).ok_or_else(|| {
             Error::Config("text_config.hidden_size is missing (the width image features must have)".into())
         })?;
-        let n = vc.patches_per_side() as usize;
         let (tower, extra) = if kind == "clip_vision_model" {
             (Tower::Clip(ClipVision::load(&mut w, TOWER, &vc)?), 1)
         } else {
             (Tower::Siglip(SiglipVision::load(&mut w, TOWER, &vc, None, None)?), 0)
         };
+        // After the load, which checked the sizes (a zero patch_size must not divide here).
+        let n = vc.patches_per_side() as usize;
         let layers = vc.num_hidden_layers as i64;
         let index = match c.vision_feature_layer.as_i64() {
-            Some(i) if i < 0 && -i <= layers + 1 => layers + 1 + i,
+            Some(i) if i < 0 && i >= -(layers + 1) => layers + 1 + i,
             Some(i) if (0..=layers).contains(&i) => i,
             _ => {
                 return Err(Error::Config(format!(
