@@ -314,8 +314,9 @@ fn a_linear_projector_the_transformers_v5_tower_names_and_feature_settings_load(
 fn bad_llava_config_values_name_the_field() {
     let (_tmp, dir) = tiny_llava();
     let (config, weights) = vision_parts(&dir);
-    let cases: [(&str, Value, &str); 7] = [
+    let cases: [(&str, Value, &str); 8] = [
         ("/vision_config/patch_size", 0.into(), "vision_config.patch_size must be positive"),
+        ("/vision_config/image_size", 2_000_000_000.into(), "too many"),
         ("/vision_config/image_size", 30.into(), "image_size 30 is not a multiple of patch_size 8"),
         ("/vision_config/hidden_act", "swish".into(), "hidden_act `swish`"),
         ("/vision_config/model_type", Value::Null, "vision_config.model_type is missing"),

@@ -71,7 +71,8 @@ impl VisionAddOn for Gemma3Vision {
         }
         let patches = v.image_size / v.patch_size;
         let tokens_per_side = (c.text_config.mm_tokens_per_image as f64).sqrt().round() as i32;
-        if tokens_per_side * tokens_per_side != c.text_config.mm_tokens_per_image
+        // In i64: the rounded root of a value near i32::MAX squares past it.
+        if i64::from(tokens_per_side) * i64::from(tokens_per_side) != i64::from(c.text_config.mm_tokens_per_image)
             || tokens_per_side == 0
             || patches % tokens_per_side != 0
         {

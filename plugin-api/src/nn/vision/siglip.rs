@@ -62,6 +62,18 @@ impl TowerConfig {
                 self.image_size, self.patch_size
             )));
         }
+        // Position tables are `[patches^2 (+1), D]` with i32 sizes: refuse a grid whose count
+        // (or table) does not fit, rather than overflow computing it.
+        let n = i64::from(self.image_size / self.patch_size);
+        if (n * n + 1).saturating_mul(i64::from(self.hidden_size)) > i64::from(i32::MAX) {
+            return Err(Error::Config(format!(
+                "vision_config: image_size {} / patch_size {} gives {} patches of width {}, too many",
+                self.image_size,
+                self.patch_size,
+                n * n,
+                self.hidden_size
+            )));
+        }
         if self.hidden_size % self.num_attention_heads != 0 {
             return Err(Error::Config(format!(
                 "vision_config: hidden_size {} is not divisible by num_attention_heads {}",
