@@ -286,6 +286,8 @@ fn a_linear_projector_the_transformers_v5_tower_names_and_feature_settings_load(
     // Fix 6: `vision_tower.embeddings.*` (transformers v5) loads as `vision_tower.vision_model.*`.
     let mut flat = weights.clone();
     flat.rename_prefix("vision_tower.vision_model.", "vision_tower.");
+    // A SigLIP-style pooling head is not llava's and is dropped.
+    flat.insert("vision_tower.head.probe", Array::zeros(&[1, 1, 32], Dtype::F32).unwrap());
     assert_eq!(build(&config, flat).unwrap().encode(&pixels).unwrap().to_vec_f32().unwrap(), nested);
     // A linear projector (`linear_1` to the text width) gives one row per patch.
     let mut linear = weights.clone();

@@ -232,13 +232,15 @@ impl VisionAddOn for GenericVlm {
 
     /// Fix 6 of the checkpoint notes: transformers v5 writes a CLIP/SigLIP tower as
     /// `vision_tower.{embeddings,encoder,...}`, hub llava checkpoints (and mlx-vlm) as
-    /// `vision_tower.vision_model.*`; both load. Precomputed `position_ids` buffers are dropped.
+    /// `vision_tower.vision_model.*`; both load. Precomputed `position_ids` buffers are dropped,
+    /// and so is a SigLIP pooling head (`head.*`, what SigLIP's own image embedding uses):
+    /// llava reads hidden states, never the head.
     fn sanitize(_config: &Config, mut weights: Weights, _format: WeightsFormat) -> Result<Weights> {
         let nested = weights.names().any(|n| n.starts_with("vision_tower.vision_model."));
         if !nested {
             weights.rename_prefix("vision_tower.", "vision_tower.vision_model.");
         }
-        weights.retain(|n| !n.ends_with(".position_ids"));
+        weights.retain(|n| !n.ends_with(".position_ids") && !n.starts_with("vision_tower.vision_model.head."));
         Ok(weights)
     }
 
