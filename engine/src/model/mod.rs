@@ -17,8 +17,7 @@ use mlx_engine_plugin_api::{Dtype, DtypePolicy, DynModel, LayerCache, Weights, W
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::plugin_host::PluginHost;
-use crate::plugin_host::{Provider, Via};
+use crate::plugin_host::{PluginHost, Provider, Via};
 use crate::tokenizer::Tokenizer;
 use crate::vision::{PreprocessorConfig, VisionModel, VisionPath};
 
