@@ -19,13 +19,15 @@ models: setup
 goldens: models
 	.venv/bin/python scripts/goldens/record.py --models-dir $(MODELS) --out tests/goldens
 
-# Re-record the mlx-vlm reference outputs of the tiny Gemma 3, Pixtral and Mistral 3 VLMs, in a venv of its own
+# Re-record the mlx-vlm reference outputs of the tiny VLMs (Gemma 3, Pixtral, Mistral 3; the
+# llava checkpoints of the generic fallback), in a venv of its own
 # (mlx-vlm's dependencies are heavy and nothing else needs them).
 goldens-vlm: setup
 	test -x .venv-vlm/bin/python || python3 -m venv .venv-vlm
 	.venv-vlm/bin/pip install -q --disable-pip-version-check -r scripts/goldens/vlm-constraints.txt
 	.venv-vlm/bin/python scripts/goldens/record_vlm.py --out tests/goldens
 	.venv-vlm/bin/python scripts/goldens/record_vlm_pixtral.py --out tests/goldens
+	.venv-vlm/bin/python scripts/goldens/record_vlm_llava.py --out tests/goldens
 
 # Release build of the engine, the CLI and every workspace plugin (target/release/lib<arch>.so,
 # where the engine finds them).

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the committed seed corpus, fuzz/corpus/<target>/ (run from the repository root after
+"""Writes the committed seed corpus, fuzz/corpus/<target>/ (run with .venv/bin/python from the repository root after
 `make models`; the seeds are committed, so `make fuzz` does not need this). Each target's input
 format is described at the top of its fuzz_targets/<target>.rs."""
 import json
@@ -89,6 +89,18 @@ def detokenizer_stop():
     w('detokenizer_stop', 'sp_stop.bin', bytes([0b0101, 0x02, 0x01]) + ids(bos, sp_hello_, sp_world_, end_of_turn, sp_hello_))
 
 
+def llava_seeds(cfg):
+    """The generic VLM fallback's configs: the tiny llava checkpoints' and two variants."""
+    import sys
+    sys.path.insert(0, 'scripts/goldens')
+    import tiny_models
+    cfg('config_llava', 'tiny_llava.json', 0, tiny_models.TINY_LLAVA)
+    cfg('config_llava', 'tiny_llava_qwen2.json', 1 << 1, tiny_models.TINY_LLAVA_QWEN2)
+    cfg('config_llava', 'layer_list_v5_names.json', 0, {
+        **tiny_models.TINY_LLAVA, 'image_token_id': 5, 'vision_feature_layer': [-2, -1],
+        'vision_config': {**tiny_models.TINY_LLAVA['vision_config'], 'model_type': 'dinov2'}})
+
+
 def configs():
     def cfg(target, name, flags, obj):
         w(target, name, bytes([flags]) + json.dumps(obj, indent=1).encode())
@@ -131,6 +143,7 @@ def configs():
     tiny_g = {'model_type': 'gemma3_text', 'hidden_size': 16, 'intermediate_size': 32, 'num_hidden_layers': 3,
               'num_attention_heads': 2, 'num_key_value_heads': 1, 'head_dim': 8, 'query_pre_attn_scalar': 8,
               'vocab_size': 32, 'sliding_window': 4, 'sliding_window_pattern': 2, 'max_position_embeddings': 64}
+    llava_seeds(cfg)
     cfg('config_gemma3', 'tiny_gemma3.json', 0, tiny_g)
     cfg('config_gemma3', 'tiny_gemma3_layer_types.json', 1 << 1, {
         **tiny_g, 'layer_types': ['sliding_attention', 'full_attention', 'sliding_attention'],

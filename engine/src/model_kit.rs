@@ -76,6 +76,9 @@ pub struct ModelInfo {
     pub attention_heads: Option<usize>,
     pub head_dim: Option<usize>,
     pub cache_config: CacheConfig,
+    /// Which vision path the model took: none (text only), a dedicated add-on, or the generic
+    /// VLM fallback (see `docs/vision.md` for what each keeps).
+    pub vision_path: crate::vision::VisionPath,
 }
 
 enum Job {
@@ -383,6 +386,7 @@ impl ModelKit {
                         attention_heads,
                         head_dim,
                         cache_config: options.cache.clone(),
+                        vision_path: loaded.vision_path.clone(),
                     };
                     let memo = FeatureMemo::new(FEATURE_MEMO_CAPACITY);
                     let worker = Worker { loaded, tokenizer, cache, attention_heads, memo, host, options, draft: None };

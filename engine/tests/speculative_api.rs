@@ -148,13 +148,27 @@ fn the_draft_prefill_is_reported_as_draft_and_can_cancel() {
 fn a_vlms_text_only_turn_uses_the_draft_and_an_image_turn_decodes_plainly() {
     let g = tiny_vlm::golden();
     let tmp = tiny_vlm::tiny_vlm(&g);
-    let dir = tmp.path().join("tiny-gemma3-vlm");
     let image = tmp.path().join("image0.png");
     tiny_vlm::image_of(&g["images"][0]).save(&image).unwrap();
+    text_only_turns_draft(&tmp.path().join("tiny-gemma3-vlm"), image);
+}
+
+/// The same on the generic VLM fallback (tiny-llava): speculative decoding of text-only turns
+/// is the engine's, not the vision path's.
+#[test]
+fn a_generic_fallback_vlms_text_only_turn_uses_the_draft() {
+    let g = tiny_vlm::llava_golden("tiny-llava");
+    let (tmp, dir) = tiny_vlm::tiny_model("tiny-llava", &g);
+    let image = tmp.path().join("image0.png");
+    tiny_vlm::image_rows(&g["images"][0]).save(&image).unwrap();
+    text_only_turns_draft(&dir, image);
+}
+
+fn text_only_turns_draft(dir: &Path, image: std::path::PathBuf) {
     let images = vec![ImageInput::Path(image)];
     // The VLM drafts for itself: the draft is its text model, which sees image tokens as ids.
-    let kit = with_draft(&dir, &dir, CacheConfig::default());
-    let reference = kit_with(&dir, CacheConfig::default());
+    let kit = with_draft(dir, dir, CacheConfig::default());
+    let reference = kit_with(dir, CacheConfig::default());
     let chat = |kit: &ModelKit, messages: &[ChatMessage]| {
         kit.tokenize_chat_with_images(messages, None, &Default::default(), &images, None).unwrap()
     };

@@ -7,23 +7,17 @@
 
 mod measured;
 mod tiny_vlm;
+#[path = "tiny_vlm/parity.rs"]
+mod vlm_parity;
 
 use std::path::Path;
 
-use mlx_engine::api::{Array, DynModel, DynVision, Input};
+use mlx_engine::api::{Array, DynVision};
 use mlx_engine::cache::{CacheConfig, KvCache};
-use mlx_engine::model::LoadedModel;
 use mlx_engine::vision::PreprocessorConfig;
 use serde_json::Value;
-use tiny_vlm::{floats, golden, image_of, load, tiny_vlm, u32s};
-
-/// Text parity's f32 bounds (engine/tests/parity.rs): logprob, near-tie margin.
-const LOGPROB: f32 = 1.5e-4;
-const TIE_MARGIN: f32 = 1e-3;
-/// Projected features of an image vs mlx-vlm's, `max |diff|` (the bound).
-const FEATURES: f32 = 1e-4;
-/// At least this many agreed greedy steps per prompt.
-const MIN_STEPS: usize = 16;
+use tiny_vlm::{floats, golden, image_of, load, tiny_vlm};
+use vlm_parity::{check_prompts, decode, merged, FEATURES};
 
 /// Each golden image through the checkpoint's preprocessing and the add-on's `encode`.
 fn features(dir: &Path, vision: &dyn DynVision, g: &Value) -> Vec<Array> {
@@ -37,46 +31,6 @@ fn features(dir: &Path, vision: &dyn DynVision, g: &Value) -> Vec<Array> {
             vision.encode(&pre.preprocess(&img).unwrap().to_array().unwrap()).unwrap()
         })
         .collect()
-}
-
-/// Greedy decoding from the merged embeddings of `ids`: tokens, logprobs, top-2 gaps.
-fn decode(model: &dyn DynModel, cache: &mut KvCache, merged: &Array, steps: usize) -> Vec<(u32, f32)> {
-    let last = |logits: Array| {
-        let l = logits.dim(1).unwrap();
-        let v = logits.slice_axis(1, l - 1, l).unwrap().reshape(&[-1]).unwrap().log_softmax(-1).unwrap();
-        v.to_vec_f32().unwrap()
-    };
-    let mut lp = last(model.forward(Input::Embeddings(merged), cache).unwrap());
-    let mut out = Vec::new();
-    for _ in 0..steps {
-        let (t, &p) = lp.iter().enumerate().fold((0, &f32::NEG_INFINITY), |b, (i, x)| if x > b.1 { (i, x) } else { b });
-        out.push((t as u32, p));
-        let ids = Array::from_slice(&[t as i32], &[1, 1]).unwrap();
-        lp = last(model.forward(Input::Tokens(&ids), cache).unwrap());
-    }
-    out
-}
-
-/// The merged prompt embeddings of golden prompt `p`.
-fn merged(m: &LoadedModel, vision: &dyn DynVision, feats: &[Array], p: &Value) -> Array {
-    let ids: Vec<i32> = u32s(&p["ids"]).into_iter().map(|t| t as i32).collect();
-    let ids = Array::from_slice(&ids, &[1, ids.len() as i32]).unwrap();
-    let order: Vec<Array> = u32s(&p["images"]).into_iter().map(|i| feats[i as usize].clone()).collect();
-    let text = m.model.embed_tokens(&ids).unwrap();
-    vision.merge(&ids, &text, &order, m.model.embeddings_scale().unwrap()).unwrap()
-}
-
-/// Compares a run with the golden prompt under the text parity rules; returns the agreed steps.
-fn agree(what: &str, got: &[(u32, f32)], p: &Value) -> usize {
-    let (want, lps, gaps) = (u32s(&p["tokens"]), floats(&p["logprobs"]), floats(&p["top2_gaps"]));
-    for (i, &(t, lp)) in got.iter().enumerate() {
-        if t != want[i] {
-            assert!(gaps[i] <= TIE_MARGIN, "{what}: step {i}: {t} instead of mlx-vlm's {} (gap {})", want[i], gaps[i]);
-            return i;
-        }
-        measured::check("tiny-gemma3-vlm/logprob", (lp - lps[i]).abs(), LOGPROB, format!("{what} step {i}"));
-    }
-    got.len()
 }
 
 #[test]
@@ -94,13 +48,7 @@ fn tiny_gemma3_vlm_matches_mlx_vlm_features_and_greedy_tokens() {
         let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         measured::check("tiny-gemma3-vlm/features", d, FEATURES, format!("image {i}"));
     }
-    for (k, p) in g["prompts"].as_array().unwrap().iter().enumerate() {
-        let emb = merged(&m, vision.addon.as_ref(), &feats, p);
-        let mut cache = KvCache::new(m.model.cache_layout());
-        let got = decode(m.model.as_ref(), &mut cache, &emb, u32s(&p["tokens"]).len());
-        let n = agree(&format!("prompt {k}"), &got, p);
-        assert!(n >= MIN_STEPS, "prompt {k}: only {n} steps agree with mlx-vlm");
-    }
+    check_prompts("tiny-gemma3-vlm", &m, vision.addon.as_ref(), &feats, &g);
 }
 
 /// KV-cache quantization and the rotating cache with images: mlx-engine refuses both for vision

@@ -237,7 +237,7 @@ fn the_cli_with_an_image_and_a_chat_message_matches_mlx_vlm() {
 }
 
 #[test]
-fn a_vision_model_type_no_add_on_supports_serves_text_and_refuses_images_listing_what_exists() {
+fn a_vision_model_type_no_add_on_claims_falls_back_to_the_generic_vlm_which_names_what_is_missing() {
     let g = golden();
     let tmp = tiny_vlm(&g);
     let dir = tmp.path().join("tiny-gemma3-vlm");
@@ -248,7 +248,16 @@ fn a_vision_model_type_no_add_on_supports_serves_text_and_refuses_images_listing
     std::fs::write(&path, config.to_string()).unwrap();
     let kit = kit(&dir);
     let e = kit.tokenize_with_images("<7>", &images[..1], None).unwrap_err().to_string();
-    assert!(e.contains("cannot take images") && e.contains("mystery_vlm") && e.contains("gemma3"), "{e}");
+    // No add-on claims `mystery_vlm`, so the generic llava fallback tries it: the SigLIP tower
+    // loads, but there is no llava projector; the text model still serves.
+    assert_eq!(kit.info().vision_path, mlx_engine::vision::VisionPath::Unavailable);
+    assert!(
+        e.contains("cannot take images")
+            && e.contains("mystery_vlm")
+            && e.contains("generic-vlm")
+            && e.contains("multi_modal_projector.linear_1.weight"),
+        "{e}"
+    );
     let plain = kit.tokenize("<2> <7> <8>").unwrap();
     assert_eq!(run(&kit, greedy(plain, Vec::new(), 3)).unwrap().0.len(), 3);
 }

@@ -2,12 +2,13 @@
 
 Usage:  .venv/bin/python scripts/goldens/tiny_models.py OUT_DIR [--check]
 
-Writes OUT_DIR/tiny-llama, OUT_DIR/tiny-llama-rope-llama3 and OUT_DIR/tiny-gemma3. No tokenizer:
-tests drive them with token ids. Also the tiny VLMs (tiny-gemma3-vlm, tiny-pixtral, tiny-mistral3),
-with word-level tokenizers, chat templates and image processor settings. Why they exist: exact f32
-parity tests against mlx-lm (mlx-vlm for the VLMs) that run in a second, cover every code path of
-an architecture (GQA, tied embeddings, llama3 RoPE scaling, Gemma 3 sliding + global layers, q/k
-norms, 1+w norms, embedding scale) and need no download.
+Writes OUT_DIR/tiny-llama, OUT_DIR/tiny-llama-rope-llama3 and OUT_DIR/tiny-gemma3 (no tokenizer:
+tests drive them with token ids), and the VLMs tiny-gemma3-vlm, tiny-pixtral, tiny-mistral3,
+tiny-llava (CLIP + llama) and tiny-llava-qwen2 (SigLIP + qwen2) with word-level tokenizers, chat
+templates and image-processor files. Why they exist: exact f32 parity tests against mlx-lm
+(mlx-vlm for the VLMs) that run in a second, cover every code path of an architecture (GQA, tied
+embeddings, llama3 RoPE scaling, Gemma 3 sliding + global layers, q/k norms, 1+w norms, embedding
+scale) and need no download.
 
 Determinism: every tensor comes from numpy's PCG64 `default_rng` seeded with a fixed seed plus a
 stable hash of the tensor name, in a fixed order, so the bytes do not depend on dict order or on
@@ -117,7 +118,28 @@ def normal(name: str, shape: tuple[int, ...], std: float, mean: float = 0.0) -> 
     return (mean + std * rng.standard_normal(shape)).astype(np.float32)
 
 
-def llama_weights(c: dict) -> dict[str, np.ndarray]:
+MIX = 0x9E3779B97F4A7C15
+
+
+def portable_normal(name: str, shape: tuple[int, ...], std: float, mean: float = 0.0) -> np.ndarray:
+    """About N(mean, std^2) f32, reproducible bit for bit outside numpy (the Rust tests write the
+    llava checkpoints themselves, engine/tests/tiny_vlm/llava.rs): splitmix64 from the seed and the
+    tensor name's crc32, 12 uniforms (53-bit) per value summed in order (Irwin-Hall), then
+    `(sum - 6) * std + mean`; only exactly rounded f64 operations, no library functions."""
+    n = int(np.prod(shape, dtype=np.int64))
+    seed = np.uint64((SEED << 32) | zlib.crc32(name.encode()))
+    z = seed + np.arange(1, 12 * n + 1, dtype=np.uint64) * np.uint64(MIX)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    u = ((z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53).reshape(n, 12)
+    acc = u[:, 0].copy()
+    for k in range(1, 12):
+        acc = acc + u[:, k]
+    return ((acc - 6.0) * std + mean).astype(np.float32).reshape(shape)
+
+
+def llama_weights(c: dict, normal=normal) -> dict[str, np.ndarray]:
     h, i, d = c["hidden_size"], c["intermediate_size"], c["head_dim"]
     nq, nkv = c["num_attention_heads"], c["num_key_value_heads"]
     w = {"model.embed_tokens.weight": normal("embed", (c["vocab_size"], h), EMBED_STD),
@@ -229,11 +251,150 @@ def gemma3_vlm_weights(c: dict) -> dict[str, np.ndarray]:
     return w
 
 
+# llava with a CLIP tower and the tiny-llama text model: 32x32 images in 8x8 patches, a class
+# token, features from the second-to-last layer (`vision_feature_layer` -2) without the class
+# token (`default`): 16 image tokens (id 300, `<image>`) per image. Written in the pre-4.52 VLM
+# layout (`language_model.model.*`) with the tower under `vision_tower.vision_model.*` (fix 6 of
+# ../shared/reference/models.md: what mlx-vlm and hub llava checkpoints use).
+TINY_LLAVA = {
+    "architectures": ["LlavaForConditionalGeneration"],
+    "model_type": "llava",
+    "image_token_index": 300,
+    "vision_feature_layer": -2,
+    "vision_feature_select_strategy": "default",
+    "projector_hidden_act": "gelu",
+    "tie_word_embeddings": True,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    # tiny-llama with 2 heads of 32 (1 KV head): KV-cache quantization needs a head dimension
+    # its group sizes (32, 64, 128) divide.
+    "text_config": {**{k: v for k, v in TINY_LLAMA.items() if k != "architectures"},
+                    "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32},
+    "vision_config": {
+        "model_type": "clip_vision_model",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 2,
+        "patch_size": 8,
+        "image_size": 32,
+        "num_channels": 3,
+        "projection_dim": 32,
+        "layer_norm_eps": 1e-5,
+        "hidden_act": "quick_gelu",
+    },
+    "torch_dtype": "float32",
+}
+
+# Composition: the same llava recipe over a qwen2 text model (q/k/v biases), with a SigLIP
+# tower (no class token), the last layer's states (`vision_feature_layer` -1) and every token
+# (`full`), as llava-interleave-qwen does. `hidden_act` is quick_gelu because mlx-vlm 0.7.10's
+# llava tower runs every MLP with the fast GELU whatever the config says (SigLIP checkpoints
+# say gelu_pytorch_tanh); the engine follows the config, so this keeps mlx-vlm a valid reference.
+TINY_QWEN2 = {
+    **{k: v for k, v in TINY_LLAMA.items() if k not in ("architectures", "rope_scaling", "attention_bias",
+                                                       "mlp_bias")},
+    "model_type": "qwen2",
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+TINY_LLAVA_QWEN2 = {
+    "architectures": ["LlavaForConditionalGeneration"],
+    "model_type": "llava",
+    "image_token_index": 300,
+    "vision_feature_layer": -1,
+    "vision_feature_select_strategy": "full",
+    "projector_hidden_act": "gelu",
+    "tie_word_embeddings": True,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "text_config": TINY_QWEN2,
+    "vision_config": {
+        "model_type": "siglip_vision_model",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "patch_size": 8,
+        "image_size": 32,
+        "num_channels": 3,
+        "layer_norm_eps": 1e-6,
+        "hidden_act": "quick_gelu",
+    },
+    "torch_dtype": "float32",
+}
+
+
+def qwen2_weights(c: dict, normal=normal) -> dict[str, np.ndarray]:
+    """tiny-llama's recipe plus qwen2's q/k/v biases (under their own seeds)."""
+    w = llama_weights(c, normal)
+    d = c["head_dim"]
+    for l in range(c["num_hidden_layers"]):
+        p = f"model.layers.{l}.self_attn."
+        w[p + "q_proj.bias"] = normal("q2." + p + "q_b", (c["num_attention_heads"] * d,), 0.1)
+        w[p + "k_proj.bias"] = normal("q2." + p + "k_b", (c["num_key_value_heads"] * d,), 0.1)
+        w[p + "v_proj.bias"] = normal("q2." + p + "v_b", (c["num_key_value_heads"] * d,), 0.1)
+    return w
+
+
+def tower_weights(v: dict, tag: str, normal=portable_normal) -> dict[str, np.ndarray]:
+    """A CLIP or SigLIP tower under `vision_tower.vision_model.*` (torch conv layout)."""
+    clip = v["model_type"] == "clip_vision_model"
+    d, f, p, ch = v["hidden_size"], v["intermediate_size"], v["patch_size"], v["num_channels"]
+    n = (v["image_size"] // p) ** 2 + (1 if clip else 0)
+    t = "vision_tower.vision_model."
+    w = {t + "embeddings.patch_embedding.weight": normal(tag + "patch", (d, ch, p, p), 0.05),
+         t + "embeddings.position_embedding.weight": normal(tag + "pos", (n, d), 0.3)}
+    if clip:
+        w[t + "embeddings.class_embedding"] = normal(tag + "cls", (d,), 0.5)
+        w[t + "pre_layrnorm.weight"] = normal(tag + "pre", (d,), 0.1, 1.0)
+        w[t + "pre_layrnorm.bias"] = normal(tag + "preb", (d,), 0.1)
+    else:
+        w[t + "embeddings.patch_embedding.bias"] = normal(tag + "patch_b", (d,), 0.1)
+    for l in range(v["num_hidden_layers"]):
+        q = f"{t}encoder.layers.{l}."
+        for nm in ("layer_norm1", "layer_norm2"):
+            w[q + nm + ".weight"] = normal(tag + q + nm, (d,), 0.1, 1.0)
+            w[q + nm + ".bias"] = normal(tag + q + nm + "b", (d,), 0.1)
+        for nm in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            w[q + "self_attn." + nm + ".weight"] = normal(tag + q + nm, (d, d), 0.2)
+            w[q + "self_attn." + nm + ".bias"] = normal(tag + q + nm + "b", (d,), 0.05)
+        w[q + "mlp.fc1.weight"] = normal(tag + q + "fc1", (f, d), 0.2)
+        w[q + "mlp.fc1.bias"] = normal(tag + q + "fc1b", (f,), 0.05)
+        w[q + "mlp.fc2.weight"] = normal(tag + q + "fc2", (d, f), 0.2)
+        w[q + "mlp.fc2.bias"] = normal(tag + q + "fc2b", (d,), 0.05)
+    w[t + "post_layernorm.weight"] = normal(tag + "post", (d,), 0.1, 1.0)
+    w[t + "post_layernorm.bias"] = normal(tag + "postb", (d,), 0.1)
+    return w
+
+
+def llava_weights(c: dict) -> dict[str, np.ndarray]:
+    """Every tensor from portable_normal, so the Rust tests can write the same bytes."""
+    normal = portable_normal
+    text = c["text_config"]
+    make = qwen2_weights if text["model_type"] == "qwen2" else llama_weights
+    tag = "l." if text["model_type"] == "llama" else "lq."
+    w = {"language_model." + k: v for k, v in make(text, normal).items()}
+    w.update(tower_weights(c["vision_config"], tag))
+    dv, dt = c["vision_config"]["hidden_size"], text["hidden_size"]
+    # Projected features land among token embeddings (std 0.1), a few times larger so that
+    # the image visibly steers the output.
+    w["multi_modal_projector.linear_1.weight"] = normal(tag + "mm1", (dt, dv), 0.2)
+    w["multi_modal_projector.linear_1.bias"] = normal(tag + "mm1b", (dt,), 0.05)
+    w["multi_modal_projector.linear_2.weight"] = normal(tag + "mm2", (dt, dt), 0.1)
+    w["multi_modal_projector.linear_2.bias"] = normal(tag + "mm2b", (dt,), 0.05)
+    return w
+
+
 MODELS = {
     "tiny-llama": (TINY_LLAMA, llama_weights),
     "tiny-llama-rope-llama3": (TINY_LLAMA_ROPE_LLAMA3, llama_weights),
     "tiny-gemma3": (TINY_GEMMA3, gemma3_weights),
     "tiny-gemma3-vlm": (TINY_GEMMA3_VLM, gemma3_vlm_weights),
+    "tiny-llava": (TINY_LLAVA, llava_weights),
+    "tiny-llava-qwen2": (TINY_LLAVA_QWEN2, llava_weights),
 }
 
 
@@ -277,6 +438,65 @@ TINY_VLM_TEMPLATE = (
 )
 
 
+def word_tokenizer(vocab: int, special: dict[int, str]) -> dict:
+    words = {special.get(i, f"<{i}>"): i for i in range(vocab)}
+    added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": True} for i, t in special.items()]
+    return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+            "normalizer": None, "pre_tokenizer": {"type": "WhitespaceSplit"},
+            "post_processor": None, "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": False},
+            "model": {"type": "WordLevel", "vocab": words, "unk_token": "<0>"}}
+
+
+# The llava checkpoints' tokenizer: the same word-level scheme with `<image>` (300) as the added
+# image token, BOS `<1>` / EOS `<2>` as in tiny-llama, and the turn template writing `<image>`
+# per image part.
+TINY_LLAVA_SPECIAL = {1: "<1>", 2: "<2>", 3: "<3>", 4: "<4>", 300: "<image>"}
+TINY_LLAVA_TEMPLATE = TINY_VLM_TEMPLATE.replace("<start_of_image>", "<image>").replace(
+    "<3> model ", "<3> assistant ")
+
+# CLIP's image processor (resize the short side, center crop, bicubic, CLIP's mean and std) at
+# the tiny size, and SigLIP's (resize to the square).
+TINY_LLAVA_PREPROCESSOR = {
+    "image_processor_type": "CLIPImageProcessor",
+    "processor_class": "LlavaProcessor",
+    "do_resize": True,
+    "size": {"shortest_edge": 32},
+    "resample": 3,
+    "do_center_crop": True,
+    "crop_size": {"height": 32, "width": 32},
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "do_convert_rgb": True,
+}
+TINY_SIGLIP_PREPROCESSOR = {
+    "image_processor_type": "SiglipImageProcessor",
+    "processor_class": "LlavaProcessor",
+    "do_resize": True,
+    "size": {"height": 32, "width": 32},
+    "resample": 3,
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+}
+
+
+def write_llava_files(out: Path, vocab: int, preprocessor: dict, image_tokens: int) -> None:
+    (out / "tokenizer.json").write_text(json.dumps(word_tokenizer(vocab, TINY_LLAVA_SPECIAL)) + "\n")
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<1>", "eos_token": "<2>",
+              "pad_token": "<0>", "chat_template": TINY_LLAVA_TEMPLATE, "image_token": "<image>"}
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
+    (out / "processor_config.json").write_text(json.dumps(
+        {"processor_class": "LlavaProcessor", "image_token": "<image>", "patch_size": 8,
+         "num_additional_image_tokens": image_tokens}, indent=2) + "\n")
+
+
 def write_vlm_tokenizer(out: Path, vocab: int) -> None:
     words = {TINY_VLM_SPECIAL.get(i, f"<{i}>"): i for i in range(vocab)}
     added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
@@ -302,6 +522,8 @@ def write_all(out_dir: Path) -> dict[str, Path]:
         json.dumps({"processor_class": "Gemma3Processor", "image_seq_length": 4}, indent=2) + "\n")
     (out_dir / "tiny-gemma3-vlm" / "preprocessor_config.json").write_text(
         json.dumps(TINY_GEMMA3_VLM_PREPROCESSOR, indent=2) + "\n")
+    write_llava_files(out_dir / "tiny-llava", TINY_LLAMA["vocab_size"], TINY_LLAVA_PREPROCESSOR, 1)
+    write_llava_files(out_dir / "tiny-llava-qwen2", TINY_QWEN2["vocab_size"], TINY_SIGLIP_PREPROCESSOR, 0)
     paths.update(write_pixtral_models(out_dir))
     return paths
 
@@ -491,6 +713,8 @@ def check(paths: dict[str, Path]) -> None:
     from mlx_lm.utils import load_model
 
     for name, path in paths.items():
+        if (path / "preprocessor_config.json").exists():
+            continue  # the VLMs: mlx-lm cannot load them; record_vlm*.py print their gaps instead
         model, _ = load_model(path)
         gaps, toks = [], []
         for tok, lp in generate_step(mx.array([1, 17, 254, 3, 99, 400, 12]), model, max_tokens=32,

@@ -44,6 +44,7 @@ inventory::submit! {
         vision_types: &[],
         model: Some(model_factory::<Fragile>),
         vision: None,
+        fallback: false,
     }
 }
 
@@ -60,8 +61,11 @@ fn builtins_resolve_after_plugins_and_contain_panics() {
     let err = model.forward(Input::Tokens(&tokens(&[1])), &mut TestContext::new()).unwrap_err();
     assert!(err.to_string().contains(PANIC), "{err}");
     assert!(model.embed_tokens(&tokens(&[1])).unwrap_err().to_string().contains(PANIC));
-    // The built-in has no vision add-on, so the vision lookup does not find it.
-    assert!(host.resolve_vision("fragile").is_err());
+    // The built-in has no vision add-on, so the vision lookup passes it by and ends at the
+    // generic VLM fallback (step 4).
+    let v = host.resolve_vision("fragile").unwrap();
+    assert_eq!(v.via, Via::Fallback);
+    assert!(matches!(v.provider, Provider::Builtin(b) if b.name == "generic-vlm"), "{v}");
 
     let listing = mlx_engine::cli::plugins::render(&host);
     assert!(listing.contains("fragile  model types: fragile, tiny  vision add-ons: -"), "{listing}");

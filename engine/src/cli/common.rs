@@ -326,7 +326,7 @@ pub fn load(args: &ModelArgs, cache: &CacheArgs) -> Result<ModelKit> {
     let kit = kit?;
     let info = kit.info();
     eprintln!(
-        "loaded {} in {:.2}s: model type `{}` via {}, {} layers, {:.1}M parameters, {} weights, {} compute",
+        "loaded {} in {:.2}s: model type `{}` via {}, {} layers, {:.1}M parameters, {} weights, {} compute, vision: {}",
         args.model.display(),
         t.elapsed().as_secs_f64(),
         info.model_type,
@@ -334,7 +334,8 @@ pub fn load(args: &ModelArgs, cache: &CacheArgs) -> Result<ModelKit> {
         info.cache_layout.len(),
         info.num_parameters as f64 / 1e6,
         info.storage,
-        info.dtype
+        info.dtype,
+        info.vision_path
     );
     Ok(kit)
 }

@@ -148,7 +148,10 @@ pub fn render(host: &PluginHost) -> String {
     }
     for b in builtins {
         let text: Vec<String> = b.types(Kind::Text).iter().map(|s| s.to_string()).collect();
-        let vision: Vec<String> = b.types(Kind::Vision).iter().map(|s| s.to_string()).collect();
+        let mut vision: Vec<String> = b.types(Kind::Vision).iter().map(|s| s.to_string()).collect();
+        if b.fallback && b.vision.is_some() {
+            vision.push("any other type with a vision_config (the generic VLM fallback)".into());
+        }
         let _ = writeln!(
             out,
             "  {}  model types: {}  vision add-ons: {}",

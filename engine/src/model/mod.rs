@@ -17,9 +17,9 @@ use mlx_engine_plugin_api::{Dtype, DtypePolicy, DynModel, LayerCache, Weights, W
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::plugin_host::PluginHost;
+use crate::plugin_host::{PluginHost, Provider, Via};
 use crate::tokenizer::Tokenizer;
-use crate::vision::{PreprocessorConfig, VisionModel};
+use crate::vision::{PreprocessorConfig, VisionModel, VisionPath};
 
 /// `torch_dtype` values of Hugging Face configs (the dtype the checkpoint was saved in).
 const KNOWN_DTYPES: [&str; 5] = ["float32", "float16", "bfloat16", "float", "half"];
@@ -83,6 +83,8 @@ pub struct LoadedModel {
     /// The vision add-on of a vision-language checkpoint, or why there is none (`None` for a
     /// text-only model).
     pub vision: Option<std::result::Result<VisionModel, String>>,
+    /// Which vision path the model took.
+    pub vision_path: VisionPath,
 }
 
 fn model_err(path: &Path, reason: impl Into<String>) -> Error {
@@ -315,6 +317,7 @@ pub fn load_with(path: &Path, host: &PluginHost, dtype: DtypeChoice, device: Dev
         return Err(model_err(path, "no such file or folder"));
     }
     let mut vision = None;
+    let mut vision_path = VisionPath::None;
     let mut gguf_storage = None;
     let (model_type, text_config, generation_config, weights, format, source) = match gguf_file(path)? {
         Some(file) => {
@@ -334,7 +337,7 @@ pub fn load_with(path: &Path, host: &PluginHost, dtype: DtypeChoice, device: Dev
             let (weights, format) = load_weights(&files)?;
             // The text plugin gets the text part only; the vision part is the add-on's.
             let parts = partition::partition(weights);
-            vision = load_vision(path, host, &config, parts.vision, format, dtype, device);
+            (vision, vision_path) = load_vision(path, host, &config, parts.vision, format, dtype, device);
             (model_type, text_config, generation_config, parts.text, format, Source::Folder)
         }
     };
@@ -378,6 +381,7 @@ pub fn load_with(path: &Path, host: &PluginHost, dtype: DtypeChoice, device: Dev
         storage,
         cache_layout,
         vision,
+        vision_path,
     })
 }
 
@@ -392,11 +396,19 @@ fn load_vision(
     format: WeightsFormat,
     dtype: DtypeChoice,
     device: Device,
-) -> Option<std::result::Result<VisionModel, String>> {
-    config.get("vision_config")?;
+) -> (Option<std::result::Result<VisionModel, String>>, VisionPath) {
+    if config.get("vision_config").is_none() {
+        return (None, VisionPath::None);
+    }
     let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or_default();
+    let mut path_taken = VisionPath::Unavailable;
     let build = || -> Result<VisionModel> {
         let resolved = host.resolve_vision(model_type)?;
+        let taken = match (&resolved.via, &resolved.provider) {
+            (Via::Fallback, _) => VisionPath::GenericFallback,
+            (_, Provider::Plugin(p)) => VisionPath::AddOn(p.name.clone()),
+            (_, Provider::Builtin(b)) => VisionPath::AddOn(b.name.to_string()),
+        };
         let preprocessor = PreprocessorConfig::load(path)?
             .ok_or_else(|| model_err(path, "no preprocessor_config.json (the image processor settings)"))?;
         let target = match (dtype, device) {
@@ -410,9 +422,11 @@ fn load_vision(
         mlx_engine_plugin_api::eval(&weights.iter().map(|(_, a)| a).collect::<Vec<_>>())
             .map_err(|e| model_err(path, format!("cannot read the vision weights: {e}")))?;
         let addon = resolved.create_vision(&config.to_string(), weights, format)?;
+        path_taken = taken;
         Ok(VisionModel { addon, preprocessor })
     };
-    Some(build().map_err(|e| format!("{}: vision add-on for model type `{model_type}`: {e}", path.display())))
+    let built = build().map_err(|e| format!("{}: vision add-on for model type `{model_type}`: {e}", path.display()));
+    (Some(built), path_taken)
 }
 
 /// Refuses token ids outside the model's embedding (`vocab_size` rows): MLX's gather would read

@@ -6,11 +6,12 @@
 //! ```ignore
 //! inventory::submit! {
 //!     mlx_engine::plugin_host::BuiltinArch {
-//!         name: "generic-vlm",
-//!         text_types: &[],
-//!         vision_types: &["llava"],
-//!         model: None,
-//!         vision: Some(mlx_engine::api::vision_factory::<GenericVlm>),
+//!         name: "my-arch",
+//!         text_types: &["my_arch"],
+//!         vision_types: &[],
+//!         model: Some(mlx_engine::api::model_factory::<MyArch>),
+//!         vision: None,
+//!         fallback: false,
 //!     }
 //! }
 //! ```
@@ -33,12 +34,22 @@ pub struct BuiltinArch {
     pub vision_types: &'static [&'static str],
     pub model: Option<ModelFactory>,
     pub vision: Option<VisionFactory>,
+    /// The vision fallback (step 4 of the resolution): its `vision` factory serves every
+    /// vision model type that nothing else claims. The engine's generic VLM
+    /// (`crate::vision::generic`) is the one; with two, the first by name is used.
+    pub fallback: bool,
 }
 
 inventory::collect!(BuiltinArch);
 
+/// The vision fallback, if one is registered.
+pub fn vision_fallback() -> Option<&'static BuiltinArch> {
+    builtins().into_iter().find(|b| b.fallback && b.vision.is_some())
+}
+
 /// Every registered built-in, sorted by name so resolution does not depend on link order.
 pub fn builtins() -> Vec<&'static BuiltinArch> {
+    std::hint::black_box(crate::vision::generic::anchor());
     let mut v: Vec<&'static BuiltinArch> = inventory::iter::<BuiltinArch>.into_iter().collect();
     v.sort_by_key(|b| b.name);
     v

@@ -4,7 +4,9 @@
 //! 2. else the plugins that declare the type, in the first folder that has any (two there is a
 //!    conflict only the registry can settle; a later folder is overridden, not in conflict);
 //! 3. else a built-in;
-//! 4. (vision only) else the generic VLM fallback, once it exists;
+//! 4. (vision only) else the generic VLM fallback (`crate::vision::generic`), unless a registry
+//!    entry names a plugin for the type that is not installed: the registry says a dedicated
+//!    add-on exists, and its "not installed" error helps more than the fallback's guess;
 //! 5. else an error naming the type and listing what is available.
 //!
 //! A registry entry whose plugin is installed but broken (or does not declare the type) is an
@@ -20,7 +22,7 @@ use std::sync::Arc;
 
 use mlx_engine_plugin_api::{DtypePolicy, DynModel, DynVision, Weights, WeightsFormat};
 
-use super::builtin::{builtins, BuiltinArch};
+use super::builtin::{builtins, vision_fallback, BuiltinArch};
 use super::folders::library_file_name;
 use super::library::LoadedPlugin;
 use super::registry::{Entry, Kind};
@@ -65,6 +67,8 @@ pub enum Via {
     /// The only plugin in its folder declaring the type.
     Declared,
     Builtin,
+    /// The generic VLM fallback (vision only): no add-on claims the type.
+    Fallback,
 }
 
 /// The answer to "who builds this model type".
@@ -83,6 +87,7 @@ impl fmt::Display for Resolved {
             Via::Registry { location } => write!(f, ", chosen by {location}"),
             Via::Declared => Ok(()),
             Via::Builtin => Ok(()),
+            Via::Fallback => write!(f, " (the generic VLM fallback: no add-on claims `{}`)", self.model_type),
         }
     }
 }
@@ -302,7 +307,16 @@ impl PluginHost {
                 via: Via::Builtin,
             });
         }
-        // Step 4 (vision only): the generic VLM fallback is not part of the engine yet.
+        if kind == Kind::Vision && missing.is_none() {
+            if let Some(b) = vision_fallback() {
+                return Outcome::Found(Resolved {
+                    kind,
+                    model_type: model_type.to_string(),
+                    provider: Provider::Builtin(b),
+                    via: Via::Fallback,
+                });
+            }
+        }
         Outcome::NotFound { missing }
     }
 

@@ -3,7 +3,9 @@
 //!
 //! The steps and their number types follow HF's PIL backend (`PilBackend._preprocess`, used by
 //! the Gemma 3 and SigLIP processors without torchvision) exactly:
-//! 1. resize the uint8 image with PIL (here [`resample::resize`], byte-exact);
+//! 1. resize the uint8 image with PIL (here [`resample::resize`], byte-exact), then, when
+//!    `do_center_crop` is set (CLIP's processor), center crop to `crop_size` with the offsets of
+//!    HF's numpy `center_crop` (`(size - crop) // 2`), zero-padding an image smaller than it;
 //! 2. rescale: `x.astype(float64) * rescale_factor`, then cast to float32;
 //! 3. normalize in float32: `(x - mean) / std` with `mean` and `std` cast to float32 (a uint8
 //!    image that was not rescaled is cast to float32 first).
@@ -13,7 +15,7 @@
 //! and then rounded *up* to whole patches (so any image size is taken, never refused), its
 //! default filter is BICUBIC, and it rescales in float32 (`x.astype(float32) * factor`).
 //!
-//! Steps this module does not implement (`do_center_crop`, `do_pan_and_scan`, `do_pad`) are
+//! Steps this module does not implement (`do_pan_and_scan`, `do_pad`) are
 //! refused when the config turns them on, rather than silently skipped.
 
 use std::fmt;
@@ -42,6 +44,12 @@ pub struct PreprocessorConfig {
     /// Target size. HF default (Gemma 3, SigLIP): 224 x 224.
     #[serde(default, deserialize_with = "image_size")]
     pub size: ImageSize,
+    /// Center crop after the resize (CLIP). HF default for the processors served here: false.
+    #[serde(default, deserialize_with = "bool_or_false")]
+    pub do_center_crop: bool,
+    /// The crop, `{"height": H, "width": W}` (or a bare number). HF's CLIP default: 224.
+    #[serde(default, deserialize_with = "image_size")]
+    pub crop_size: ImageSize,
     /// Resampling filter as a PIL code (0 NEAREST, 1 LANCZOS, 2 BILINEAR, 3 BICUBIC, 4 BOX,
     /// 5 HAMMING). `None`: the class default, see [`PreprocessorConfig::filter`].
     #[serde(default, deserialize_with = "filter_code")]
@@ -201,7 +209,10 @@ impl PreprocessorConfig {
         if let Some(i) = self.image_mean.iter().position(|m| !m.is_finite()) {
             return Err(format!("field `image_mean`: expected finite numbers, found {} at {i}", self.image_mean[i]));
         }
-        for key in ["do_center_crop", "do_pan_and_scan", "do_pad"] {
+        if self.do_center_crop && !matches!(self.crop_size, ImageSize::Exact { .. }) {
+            return Err(format!("field `crop_size`: expected {{\"height\", \"width\"}}, found {}", self.crop_size));
+        }
+        for key in ["do_pan_and_scan", "do_pad"] {
             if self.extra.get(key).and_then(Value::as_bool) == Some(true) {
                 return Err(format!("field `{key}`: true is not supported yet (only resize, rescale, normalize)"));
             }
@@ -279,6 +290,14 @@ impl PreprocessorConfig {
             img
         };
         let pixtral = self.is_pixtral();
+        let cropped;
+        let img = match self.crop_size {
+            ImageSize::Exact { height, width } if self.do_center_crop => {
+                cropped = center_crop(img, width, height);
+                &cropped
+            }
+            _ => img,
+        };
         let mean = self.image_mean.map(|m| m as f32);
         let std = self.image_std.map(|s| s as f32);
         let data = img
@@ -322,8 +341,24 @@ impl PreprocessorConfig {
         };
         let normalize =
             if self.do_normalize { format!("{:?}/{:?}", self.image_mean, self.image_std) } else { "none".into() };
-        format!("resize={resize};rescale={rescale};normalize={normalize}")
+        let crop = if self.do_center_crop { format!(";crop={}", self.crop_size) } else { String::new() };
+        format!("resize={resize}{crop};rescale={rescale};normalize={normalize}")
     }
+}
+
+/// HF's numpy `center_crop`: the `width x height` window at offsets `(size - crop) // 2`
+/// (floor division, so negative when the image is smaller), zeros where it leaves the image.
+pub fn center_crop(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+    let top = (i64::from(img.height()) - i64::from(height)).div_euclid(2);
+    let left = (i64::from(img.width()) - i64::from(width)).div_euclid(2);
+    RgbImage::from_fn(width, height, |x, y| {
+        let (sx, sy) = (i64::from(x) + left, i64::from(y) + top);
+        if sx >= 0 && sy >= 0 && sx < i64::from(img.width()) && sy < i64::from(img.height()) {
+            *img.get_pixel(sx as u32, sy as u32)
+        } else {
+            image::Rgb([0, 0, 0])
+        }
+    })
 }
 
 /// HF's `get_size_with_aspect_ratio((height, width), size, max_size)`, as `(height, width)`.
@@ -365,6 +400,10 @@ fn one_255th() -> f64 {
 
 fn halves() -> [f64; 3] {
     [0.5; 3]
+}
+
+fn bool_or_false<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
 }
 
 fn bool_or_true<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<bool, D::Error> {
@@ -478,7 +517,8 @@ mod tests {
             (r#"{"image_std": [0.5, 0, 0.5]}"#, "`image_std`"),
             (r#"{"size": {"height": 0, "width": 3}}"#, "`size`"),
             (r#"{"size": {"max_height": 3}}"#, "`size`"),
-            (r#"{"do_center_crop": true}"#, "`do_center_crop`"),
+            (r#"{"do_pad": true}"#, "`do_pad`"),
+            (r#"{"do_center_crop": true, "crop_size": {"shortest_edge": 3}}"#, "`crop_size`"),
         ] {
             let e = parse(json).unwrap_err().to_string();
             assert!(e.starts_with("m/preprocessor_config.json: field ") && e.contains(field), "{json}: {e}");
@@ -505,6 +545,31 @@ mod tests {
         assert!(e.unwrap_err().to_string().contains("field `size`"));
         let e = parse(r#"{"image_processor_type": "PixtralImageProcessor", "patch_size": {"height": 8, "width": 4}}"#);
         assert!(e.unwrap_err().to_string().contains("field `patch_size`"));
+    }
+
+    #[test]
+    fn center_crop_follows_hf_numpy_offsets_and_pads_with_zeros() {
+        let img = RgbImage::from_fn(5, 4, |x, y| image::Rgb([x as u8, y as u8, 9]));
+        // (5 - 2) // 2 = 1, (4 - 3) // 2 = 0.
+        let c = center_crop(&img, 2, 3);
+        assert_eq!((c.width(), c.height()), (2, 3));
+        assert_eq!(c.get_pixel(0, 0).0, [1, 0, 9]);
+        assert_eq!(c.get_pixel(1, 2).0, [2, 2, 9]);
+        // A larger crop: (5 - 8) // 2 = -2 columns of zeros on the left, one on the right.
+        let p = center_crop(&img, 8, 4);
+        assert_eq!(p.get_pixel(1, 0).0, [0, 0, 0]);
+        assert_eq!(p.get_pixel(2, 1).0, [0, 1, 9]);
+        assert_eq!(p.get_pixel(6, 3).0, [4, 3, 9]);
+        assert_eq!(p.get_pixel(7, 3).0, [0, 0, 0]);
+        let cfg = parse(
+            r#"{"do_resize": false, "do_center_crop": true, "crop_size": {"height": 3, "width": 2},
+                           "do_normalize": false, "do_rescale": false}"#,
+        )
+        .unwrap();
+        let px = cfg.preprocess(&img).unwrap();
+        assert_eq!((px.width, px.height), (2, 3));
+        assert_eq!(&px.data[..3], &[1.0, 0.0, 9.0]);
+        assert!(cfg.cache_key().contains("crop=2x3"), "{}", cfg.cache_key());
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! The tiny Gemma 3 VLM of `scripts/goldens/tiny_models.py` and its mlx-vlm golden, for the
-//! vision suites: the folder (checked against the golden's sha256), with the script's word-level
-//! tokenizer (`<i>` is token `i`; the image tokens under their Gemma 3 names) and chat template.
-//! The tiny Pixtral and Mistral 3 VLMs are in [`pixtral`] (written from Rust).
+//! The tiny VLMs of `scripts/goldens/tiny_models.py` and their mlx-vlm goldens, for the vision
+//! suites: the llava checkpoints written in Rust ([`llava`], [`tiny_model`]), the Pixtral and
+//! Mistral 3 ones also written from Rust ([`pixtral`]), and the Gemma 3 one written by the script
+//! into a folder (checked against the golden's sha256), with the script's word-level tokenizer
+//! (`<i>` is token `i`; the image tokens under their Gemma 3 names) and chat template.
 #![allow(dead_code)]
 
+pub mod llava;
 pub mod pixtral;
 
 use std::path::{Path, PathBuf};
@@ -74,4 +76,42 @@ pub fn image_of(rows: &Value) -> image::RgbImage {
         .flat_map(|r| r.as_array().unwrap().iter().flat_map(|px| u32s(px).into_iter().map(|c| c as u8)))
         .collect();
     image::RgbImage::from_raw(32, 32, bytes).unwrap()
+}
+
+/// The golden of one tiny llava checkpoint (`tests/goldens/<name>.json`, written by
+/// `scripts/goldens/record_vlm_llava.py`).
+pub fn llava_golden(name: &str) -> Value {
+    let path = root().join(format!("tests/goldens/{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A tiny llava checkpoint of golden `g` written by the tests in Rust ([`llava`]), checked to be
+/// byte for byte the one `tiny_models.py` wrote when the golden was recorded. Returns the
+/// temporary folder and the model's path in it.
+pub fn tiny_model(name: &str, g: &Value) -> (tempfile::TempDir, PathBuf) {
+    assert_eq!(g["model"], name);
+    let tmp = tempfile::TempDir::new().unwrap();
+    let dir = llava::write(g, tmp.path());
+    let sha = hex(&Sha256::digest(std::fs::read(dir.join("model.safetensors")).unwrap()));
+    assert_eq!(sha, g["safetensors_sha256"].as_str().unwrap(), "{name}: the Rust writer and tiny_models.py disagree");
+    (tmp, dir)
+}
+
+/// A golden image of any size (rows of `[r, g, b]`).
+pub fn image_rows(rows: &Value) -> image::RgbImage {
+    let rows = rows.as_array().unwrap();
+    let (h, w) = (rows.len() as u32, rows[0].as_array().unwrap().len() as u32);
+    let bytes: Vec<u8> = rows
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().flat_map(|px| u32s(px).into_iter().map(|c| c as u8)))
+        .collect();
+    image::RgbImage::from_raw(w, h, bytes).unwrap()
+}
+
+/// Nested JSON numbers, flattened in order.
+pub fn flat(v: &Value) -> Vec<f32> {
+    match v {
+        Value::Array(items) => items.iter().flat_map(flat).collect(),
+        x => vec![x.as_f64().unwrap() as f32],
+    }
 }

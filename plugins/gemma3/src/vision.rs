@@ -3,27 +3,10 @@
 //! `mm_tokens_per_image`, `(1 + w)` RMSNorm, project to the text width), and a merge that puts
 //! the features at the image-token positions.
 
-use mlx_engine_plugin_api::fast::{scaled_dot_product_attention, AttnMask};
-use mlx_engine_plugin_api::nn::{LayerNorm, Linear, RmsNorm};
-use mlx_engine_plugin_api::{
-    concatenate, Array, Dtype, Error, ImagePrompt, Result, VisionAddOn, Weights, WeightsFormat,
-};
+use mlx_engine_plugin_api::nn::vision::siglip::{SiglipVision, TowerActivation, TowerConfig};
+use mlx_engine_plugin_api::nn::RmsNorm;
+use mlx_engine_plugin_api::{concatenate, Array, Dtype, Error, ImagePrompt, Result, VisionAddOn, Weights};
 use serde::Deserialize;
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct VisionConfig {
-    pub hidden_size: i32,
-    pub num_hidden_layers: usize,
-    pub intermediate_size: i32,
-    pub num_attention_heads: i32,
-    pub patch_size: i32,
-    #[serde(default = "d_image_size")]
-    pub image_size: i32,
-    #[serde(default = "d_channels")]
-    pub num_channels: i32,
-    #[serde(default = "d_eps")]
-    pub layer_norm_eps: f32,
-}
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct TextPart {
@@ -34,7 +17,7 @@ pub struct TextPart {
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct Config {
-    pub vision_config: VisionConfig,
+    pub vision_config: TowerConfig,
     pub text_config: TextPart,
     #[serde(default = "d_image_token")]
     pub image_token_index: i32,
@@ -47,15 +30,6 @@ pub struct Config {
     pub hidden_size: Option<i32>,
 }
 
-fn d_image_size() -> i32 {
-    224
-}
-fn d_channels() -> i32 {
-    3
-}
-fn d_eps() -> f32 {
-    1e-6
-}
 fn d_mm_tokens() -> i32 {
     256
 }
@@ -68,65 +42,15 @@ const BOI: &str = "<start_of_image>";
 const EOI: &str = "<end_of_image>";
 const IMAGE_TOKEN: &str = "<image_soft_token>";
 
-struct EncoderLayer {
-    layer_norm1: LayerNorm,
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
-    layer_norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-    heads: i32,
-    scale: f32,
-}
-
-impl EncoderLayer {
-    fn load(w: &mut Weights, p: &str, c: &VisionConfig) -> Result<EncoderLayer> {
-        let (d, f) = (c.hidden_size, c.intermediate_size);
-        let lin = |w: &mut Weights, name: &str, shape| Linear::load(w, &format!("{p}.{name}"), shape, true, None);
-        Ok(EncoderLayer {
-            layer_norm1: LayerNorm::load(w, &format!("{p}.layer_norm1"), d, c.layer_norm_eps)?,
-            q_proj: lin(w, "self_attn.q_proj", (d, d))?,
-            k_proj: lin(w, "self_attn.k_proj", (d, d))?,
-            v_proj: lin(w, "self_attn.v_proj", (d, d))?,
-            out_proj: lin(w, "self_attn.out_proj", (d, d))?,
-            layer_norm2: LayerNorm::load(w, &format!("{p}.layer_norm2"), d, c.layer_norm_eps)?,
-            fc1: lin(w, "mlp.fc1", (d, f))?,
-            fc2: lin(w, "mlp.fc2", (f, d))?,
-            heads: c.num_attention_heads,
-            scale: ((d / c.num_attention_heads) as f32).powf(-0.5),
-        })
-    }
-
-    fn forward(&self, x: &Array) -> Result<Array> {
-        let h = self.layer_norm1.forward(x)?;
-        let heads = |a: Array| mlx_engine_plugin_api::nn::split_heads(&a, self.heads);
-        let (q, k, v) =
-            (heads(self.q_proj.forward(&h)?)?, heads(self.k_proj.forward(&h)?)?, heads(self.v_proj.forward(&h)?)?);
-        let attn = scaled_dot_product_attention(&q, &k, &v, self.scale, AttnMask::None)?;
-        let h = x.add(&self.out_proj.forward(&mlx_engine_plugin_api::nn::merge_heads(&attn)?)?)?;
-        // mlx-vlm's `GELU(approx="precise")` is the tanh approximation.
-        let r = self.fc2.forward(&self.fc1.forward(&self.layer_norm2.forward(&h)?)?.gelu_approx()?)?;
-        h.add(&r)
-    }
-}
-
 pub struct Gemma3Vision {
-    /// `[D, P, P, C]`, MLX's conv layout.
-    patch_embedding: Array,
-    patch_bias: Array,
-    position_embedding: Array,
-    layers: Vec<EncoderLayer>,
-    post_layernorm: LayerNorm,
+    /// The shared SigLIP tower (`plugin-api::nn::vision::siglip`).
+    tower: SiglipVision,
     soft_emb_norm: RmsNorm,
     /// `[vision hidden, text hidden]`.
     projection: Array,
-    patch_size: i32,
     /// Patches per side of the (square) image, and pooled tokens per side.
     patches: i32,
     tokens_per_side: i32,
-    image_size: i32,
     image_token: i32,
     pad_token: i32,
     feature_scale: f32,
@@ -136,17 +60,6 @@ const TOWER: &str = "vision_tower.vision_model";
 
 impl VisionAddOn for Gemma3Vision {
     type Config = Config;
-
-    /// Hugging Face checkpoints store the patch convolution as `[D, C, P, P]`.
-    fn sanitize(config: &Config, mut weights: Weights, _format: WeightsFormat) -> Result<Weights> {
-        let name = format!("{TOWER}.embeddings.patch_embedding.weight");
-        if let Some(w) = weights.remove(&name) {
-            let c = config.vision_config.num_channels;
-            let w = if w.ndim() == 4 && w.dim(1)? == c && w.dim(3)? != c { w.transpose(&[0, 2, 3, 1])? } else { w };
-            weights.insert(name, w);
-        }
-        Ok(weights)
-    }
 
     fn new(c: Config, mut w: Weights) -> Result<Gemma3Vision> {
         let v = &c.vision_config;
@@ -158,7 +71,8 @@ impl VisionAddOn for Gemma3Vision {
         }
         let patches = v.image_size / v.patch_size;
         let tokens_per_side = (c.text_config.mm_tokens_per_image as f64).sqrt().round() as i32;
-        if tokens_per_side * tokens_per_side != c.text_config.mm_tokens_per_image
+        // In i64: the rounded root of a value near i32::MAX squares past it.
+        if i64::from(tokens_per_side) * i64::from(tokens_per_side) != i64::from(c.text_config.mm_tokens_per_image)
             || tokens_per_side == 0
             || patches % tokens_per_side != 0
         {
@@ -168,33 +82,24 @@ impl VisionAddOn for Gemma3Vision {
             )));
         }
         let d = v.hidden_size;
-        let e = format!("{TOWER}.embeddings");
-        let patch_embedding =
-            w.take_shaped(&format!("{e}.patch_embedding.weight"), &[d, v.patch_size, v.patch_size, v.num_channels])?;
-        let patch_bias = w.take_shaped(&format!("{e}.patch_embedding.bias"), &[d])?;
-        let position_embedding = w.take_shaped(&format!("{e}.position_embedding.weight"), &[patches * patches, d])?;
-        let layers = (0..v.num_hidden_layers)
-            .map(|i| EncoderLayer::load(&mut w, &format!("{TOWER}.encoder.layers.{i}"), v))
-            .collect::<Result<Vec<_>>>()?;
-        // mlx-vlm builds this norm with LayerNorm's default eps, not `layer_norm_eps`.
-        let post_layernorm = LayerNorm::load(&mut w, &format!("{TOWER}.post_layernorm"), d, 1e-5)?;
-        let soft_emb_norm =
-            RmsNorm::load_one_plus(&mut w, "multi_modal_projector.mm_soft_emb_norm", d, v.layer_norm_eps)?;
+        // mlx-vlm's gemma3 tower runs the tanh GELU whatever `hidden_act` says, and builds the
+        // final norm with LayerNorm's default eps (1e-5), not `layer_norm_eps`.
+        let tower = SiglipVision::load(&mut w, TOWER, v, Some(TowerActivation::GeluTanh), Some(1e-5))?;
+        let soft_emb_norm = RmsNorm::load_one_plus(
+            &mut w,
+            "multi_modal_projector.mm_soft_emb_norm",
+            d,
+            v.layer_norm_eps.unwrap_or(1e-6),
+        )?;
         let projection =
             w.take_shaped("multi_modal_projector.mm_input_projection_weight", &[d, c.text_config.hidden_size])?;
         w.expect_consumed()?;
         Ok(Gemma3Vision {
-            patch_embedding,
-            patch_bias,
-            position_embedding,
-            layers,
-            post_layernorm,
+            tower,
             soft_emb_norm,
             projection,
-            patch_size: v.patch_size,
             patches,
             tokens_per_side,
-            image_size: v.image_size,
             image_token: c.image_token_index,
             pad_token: c.pad_token_id.unwrap_or(0),
             feature_scale: (c.hidden_size.unwrap_or(c.text_config.hidden_size) as f32).sqrt(),
@@ -209,22 +114,8 @@ impl VisionAddOn for Gemma3Vision {
     }
 
     fn encode(&self, pixels: &Array) -> Result<Array> {
-        let s = self.image_size;
-        if pixels.shape() != [1, s, s, 3] {
-            return Err(Error::Boundary(format!(
-                "gemma3 vision: pixel values have shape {:?}, expected [1, {s}, {s}, 3]",
-                pixels.shape()
-            )));
-        }
-        let x = pixels.astype(self.patch_embedding.dtype())?;
-        let p = self.patch_size;
-        let x = x.conv2d(&self.patch_embedding, [p, p], [0, 0], [1, 1], 1)?.add(&self.patch_bias)?;
-        let d = x.dim(-1)?;
-        let mut h = x.reshape(&[1, self.patches * self.patches, d])?.add(&self.position_embedding)?;
-        for layer in &self.layers {
-            h = layer.forward(&h)?;
-        }
-        let h = self.post_layernorm.forward(&h)?;
+        let h = self.tower.forward(pixels)?;
+        let d = h.dim(-1)?;
         // Average-pool the patch grid [n, n] to [t, t] in row-major order.
         let (n, t) = (self.patches, self.tokens_per_side);
         let k = n / t;
