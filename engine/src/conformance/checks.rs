@@ -1,6 +1,6 @@
 //! The checks that need nothing but the plugin and a checkpoint.
 
-use mlx_engine_plugin_api::{dequantize, quantize, Array, DynModel, Input, Weights};
+use mlx_engine_plugin_api::{dequantize, quantize, Array, DynModel, Input, Weights, WeightsFormat};
 use serde_json::{json, Value};
 
 use super::{kit_err, Outcome, Subject};
@@ -236,6 +236,24 @@ pub(crate) fn quantized_weights(s: &Subject) -> Result<String> {
     let x = ids(12, s.vocab()?, 6);
     let d = agree("8-bit weights vs their dequantized twin", &full(qmodel.as_ref(), &x)?, &full(dense.as_ref(), &x)?)?;
     Ok(format!("{count} tensors at 8 bits: {d}"))
+}
+
+/// Safetensors checkpoints say whether they are MLX conversions only through metadata that
+/// converters other than mlx-lm may leave out, so the same tensors can reach `sanitize` under
+/// either format. Sanitizing must then leave names it already produced alone: the model built
+/// with the other safetensors format gives the same logits.
+pub(crate) fn sanitize_round_trip(s: &Subject, model: &dyn DynModel) -> Result<Outcome> {
+    let other = match s.format {
+        WeightsFormat::Mlx => WeightsFormat::HuggingFace,
+        WeightsFormat::HuggingFace => WeightsFormat::Mlx,
+        WeightsFormat::Gguf => return Ok(Outcome::NotApplicable("a GGUF checkpoint has one naming".into())),
+    };
+    let again = s
+        .build_as(&s.config, s.weights(), other)
+        .map_err(|e| kit_err(format!("the same tensors declared as {other:?} do not load: {e}")))?;
+    let x = ids(12, s.vocab()?, 7);
+    let d = agree(&format!("{:?} vs {other:?}", s.format), &full(again.as_ref(), &x)?, &full(model, &x)?)?;
+    Ok(format!("the {:?} tensors declared as {other:?} give the same model ({d})", s.format).into())
 }
 
 /// The name a load error must mention, and whether it does.

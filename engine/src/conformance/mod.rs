@@ -119,7 +119,17 @@ impl Subject {
 
     /// Builds the model from `weights` and `config`.
     pub fn build(&self, config: &Value, weights: Weights) -> Result<Box<dyn mlx_engine_plugin_api::DynModel>> {
-        self.plugin.create_model(&self.model_type, &config.to_string(), weights, self.format)
+        self.build_as(config, weights, self.format)
+    }
+
+    /// [`Subject::build`] with the weights declared as coming from `format`.
+    pub fn build_as(
+        &self,
+        config: &Value,
+        weights: Weights,
+        format: WeightsFormat,
+    ) -> Result<Box<dyn mlx_engine_plugin_api::DynModel>> {
+        self.plugin.create_model(&self.model_type, &config.to_string(), weights, format)
     }
 }
 
@@ -233,6 +243,7 @@ pub fn check_plugin(opts: &CheckOptions) -> Result<Report> {
     report.record("rotating cache", checks::rotating_cache(&subject, model.as_ref()));
     report.record("quantized KV cache", checks::quantized_kv(&subject, model.as_ref()));
     report.record("quantized weights", checks::quantized_weights(&subject));
+    report.record("sanitize round trip", checks::sanitize_round_trip(&subject, model.as_ref()));
     report.record("missing tensor", checks::missing_tensor(&subject));
     report.record("wrong tensor shape", checks::wrong_shape(&subject));
     report.record("bad config", checks::bad_config(&subject));
