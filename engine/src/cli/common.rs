@@ -497,7 +497,8 @@ impl Drop for PrefillBar {
 pub struct ImageArgs {
     /// An image for the prompt: a PNG, JPEG or WebP file, or a `data:image/...;base64,` URL.
     /// Repeatable; images go in order to the prompt's image placeholders (a raw --prompt
-    /// without placeholders gets them at its start; --chat puts them before the message).
+    /// without placeholders gets them at its start; --chat lists them after the message's
+    /// text, where the chat template places them).
     #[arg(long = "image", value_name = "FILE")]
     pub images: Vec<String>,
     /// Scale images whose long side exceeds this many pixels down to it before preprocessing.
