@@ -11,6 +11,7 @@ pub mod forward;
 pub mod generate;
 pub mod interrupt;
 pub mod plugins;
+pub mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -41,9 +42,11 @@ impl Cli {
     /// Logs to stderr: warnings by default, without colour unless stderr is a terminal.
     pub fn init_logging(&self) {
         use std::io::IsTerminal;
+        // The server's request log is what it is run for: on by default.
+        let quiet_default = if matches!(self.command, Command::Serve(_)) { "info" } else { "warn" };
         let level = match (self.quiet, self.verbose) {
             (true, _) => "error",
-            (_, 0) => "warn",
+            (_, 0) => quiet_default,
             (_, 1) => "info",
             _ => "debug",
         };
@@ -72,10 +75,17 @@ pub enum Command {
     /// Measure time to first token with and without the prompt cache, peak memory vs prompt
     /// length with and without KV quantization, and decoding with and without speculation.
     Bench(bench::BenchArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (chat completions, completions,
+    /// models, health) with continuous batching.
+    Serve(serve::ServeArgs),
 }
 
 /// Runs the command; the binary maps an error to a message and a non-zero exit.
 pub fn run(cli: Cli) -> crate::Result<()> {
+    // The server handles SIGINT and SIGTERM itself (graceful shutdown).
+    if let Command::Serve(a) = &cli.command {
+        return serve::run(a);
+    }
     interrupt::install();
     match cli.command {
         Command::Generate(a) => generate::run(&a),
@@ -83,6 +93,7 @@ pub fn run(cli: Cli) -> crate::Result<()> {
         Command::Plugins(a) => plugins::run(&a),
         Command::Forward(a) => forward::run(&a),
         Command::Bench(a) => bench::run_bench(&a),
+        Command::Serve(a) => serve::run(&a),
     }
 }
 
