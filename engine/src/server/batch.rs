@@ -72,6 +72,13 @@ pub fn run(parts: WorkerParts<'_>, jobs: Receiver<Job>, limits: Limits, metrics:
             if let Some(row) = Row::start(&ctx, cache, job) {
                 metrics.prompt_tokens.fetch_add(row.prompt.len() as u64, Ordering::Relaxed);
                 metrics.cached_tokens.fetch_add(row.pos as u64, Ordering::Relaxed);
+                tracing::info!(
+                    id = %row.id,
+                    prompt_tokens = row.prompt.len(),
+                    cached_tokens = row.pos,
+                    active_rows = rows.len() + 1,
+                    "joined the batch"
+                );
                 rows.push(row);
             }
         }
@@ -96,6 +103,7 @@ pub fn run(parts: WorkerParts<'_>, jobs: Receiver<Job>, limits: Limits, metrics:
                 Err(e) => rows.remove(i).fail(e),
             }
         }
+        metrics.active_rows.store(rows.len(), Ordering::Relaxed);
         metrics.generated_tokens.fetch_add(decoded as u64, Ordering::Relaxed);
         if decoded > 0 {
             metrics.decode_micros.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -160,7 +168,6 @@ impl<'t> Row<'t> {
         })();
         match built {
             Ok(row) => {
-                tracing::info!(id = %id, prompt_tokens = row.prompt.len(), cached_tokens = row.pos, "joined the batch");
                 let _ = events.send(RowEvent::Started { prompt_tokens: row.prompt.len(), cached_tokens: row.pos });
                 Some(row)
             }
