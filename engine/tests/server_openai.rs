@@ -137,6 +137,7 @@ fn the_official_client_gets_the_librarys_greedy_outputs() {
         "base_url": server.base_url, "model": "smollm2", "api_key": KEY,
         "chat_prompt": CHAT_PROMPT, "completion_prompt": COMPLETION_PROMPT,
         "max_body_bytes": MAX_BODY, "batch_prompts": BATCH_PROMPTS,
+        "max_concurrency": 4, "queue": 4,
     });
     let t = Instant::now();
     let out = Command::new(&py)
@@ -186,4 +187,58 @@ fn the_official_client_gets_the_librarys_greedy_outputs() {
         "server_openai: the disconnected row generated {generated} tokens for {read} events read; \
          rows in the batch as each batched request joined: {joined:?}"
     ));
+}
+
+/// One raw HTTP/1.1 request with `Connection: close`; the whole response as text.
+fn http(base_url: &str, request_id: &str, path: &str, body: &Value) -> String {
+    use std::io::{Read, Write};
+    let addr = base_url.strip_prefix("http://").unwrap();
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let body = body.to_string();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\n\
+         authorization: Bearer {KEY}\r\nx-request-id: {request_id}\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read the response");
+    out
+}
+
+#[test]
+fn sigterm_lets_the_request_in_flight_finish_then_exits() {
+    let model = model_dir();
+    if !measured::have_models("server_openai", &[&model]) {
+        return;
+    }
+    let mut server = Server::start(&model);
+    let url = server.base_url.clone();
+    let body = json!({"model": "smollm2", "prompt": "1, 2, 3,", "temperature": 0, "max_tokens": 40});
+    let reply = std::thread::spawn(move || http(&url, "shutdown-test", "/v1/completions", &body));
+    let t = Instant::now();
+    while server.line("shutdown-test", "joined the batch").is_none() {
+        assert!(t.elapsed().as_secs() < 60, "the request never started:\n{}", server.log().join("\n"));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let reply = reply.join().unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let json: Value = serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).expect("JSON body");
+    assert_eq!(json["choices"][0]["finish_reason"], "length", "{json}");
+    assert_eq!(json["usage"]["completion_tokens"], 40, "{json}");
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed().as_secs() < 60, "the server did not exit after SIGTERM");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}:\n{}", server.log().join("\n"));
+    assert!(server.log().iter().any(|l| l.contains("shutting down")), "{}", server.log().join("\n"));
+    let addr = server.base_url.strip_prefix("http://").unwrap().to_string();
+    assert!(std::net::TcpStream::connect(addr).is_err(), "the port still accepts connections");
 }

@@ -72,6 +72,8 @@ pub fn run(parts: WorkerParts<'_>, jobs: Receiver<Job>, limits: Limits, metrics:
             if let Some(row) = Row::start(&ctx, cache, job) {
                 metrics.prompt_tokens.fetch_add(row.prompt.len() as u64, Ordering::Relaxed);
                 metrics.cached_tokens.fetch_add(row.pos as u64, Ordering::Relaxed);
+                metrics.cache_lookups.fetch_add(1, Ordering::Relaxed);
+                metrics.cache_hits.fetch_add(u64::from(row.pos > 0), Ordering::Relaxed);
                 tracing::info!(
                     id = %row.id,
                     prompt_tokens = row.prompt.len(),

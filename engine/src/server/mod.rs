@@ -2,6 +2,7 @@
 //!
 //! - `routes`: the endpoints; `openai`: the request and response shapes; `errors`: OpenAI
 //!   error objects and status codes; `auth`: the bearer key;
+//! - `metrics`: `/metrics` for Prometheus;
 //! - `scheduler`: admission to the bounded queue and the handle requests submit through;
 //!   `batch`: the continuous-batching loop on the model's worker thread.
 //!
@@ -12,6 +13,7 @@
 pub mod auth;
 pub mod batch;
 pub mod errors;
+pub mod metrics;
 pub mod openai;
 pub mod routes;
 pub mod scheduler;
@@ -96,6 +98,7 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .merge(v1)
         .route("/health", get(routes::health))
+        .route("/metrics", get(metrics::metrics))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn(with_request_id))

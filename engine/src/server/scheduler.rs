@@ -53,6 +53,9 @@ pub struct Metrics {
     pub rejected_total: AtomicU64,
     /// Microseconds the batch spent on decode steps (for tokens per second).
     pub decode_micros: AtomicU64,
+    /// Rows seeded from the shared prompt cache, and those that found a cached prefix.
+    pub cache_lookups: AtomicU64,
+    pub cache_hits: AtomicU64,
 }
 
 /// Scheduler sizes, from the command line.

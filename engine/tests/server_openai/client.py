@@ -233,6 +233,47 @@ while True:
 r = client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=24)
 check(r.choices[0].message.content == results["chat"], "answer after the disconnect differs")
 
+# --- a full queue answers 503 with Retry-After ---------------------------------------------
+
+
+def metric(name):
+    _, _, text = raw("GET", "/metrics", auth=False)
+    for line in text.splitlines():
+        if line.startswith(f"mlx_engine_{name} "):
+            return float(line.split()[1])
+    check(False, f"no metric {name} in {text}")
+
+
+def open_stream(i):
+    body = json.dumps({"model": model, "prompt": f"{i}, {i + 1}, {i + 2},", "temperature": 0,
+                       "max_tokens": 2000, "stream": True}).encode()
+    sk = socket.create_connection((url.hostname, url.port), timeout=300)
+    sk.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+               + f"authorization: Bearer {key}\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body)
+    return sk
+
+
+capacity = cfg["max_concurrency"] + cfg["queue"]
+holders = [open_stream(i) for i in range(capacity)]
+deadline = time.time() + 60
+# Admitted, then (after tokenizing) in the batch or its queue.
+while (metric("requests_in_flight"), metric("active_rows"), metric("queue_depth")) != (
+        capacity, cfg["max_concurrency"], cfg["queue"]):
+    check(time.time() < deadline, f"only {metric('requests_in_flight')} of {capacity} admitted")
+    time.sleep(0.05)
+s, h, d = raw("POST", "/v1/chat/completions", {"model": model, "messages": messages, "max_tokens": 2})
+error_object(s, d, 503, "full queue")
+check(h.get("retry-after", h.get("Retry-After")) == "1", f"Retry-After: {h}")
+for sk in holders:
+    sk.close()
+deadline = time.time() + 60
+while metric("requests_in_flight") > 0 or metric("active_rows") > 0:
+    check(time.time() < deadline, "abandoned requests still held")
+    time.sleep(0.05)
+check(metric("rejected_total") >= 1, "rejected_total")
+check(metric("prompt_cache_hits_total") >= 1, "prompt cache hits")
+check(metric("generated_tokens_total") > 0, "generated tokens")
+
 # --- continuous batching: requests sent at once share the batch -----------------------------
 prompts = cfg["batch_prompts"]
 together = [None] * len(prompts)
