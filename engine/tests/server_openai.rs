@@ -242,3 +242,48 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits() {
     let addr = server.base_url.strip_prefix("http://").unwrap().to_string();
     assert!(std::net::TcpStream::connect(addr).is_err(), "the port still accepts connections");
 }
+
+/// Tools reach the chat template as `tools`, and an assistant turn's `tool_calls` (arguments
+/// sent as a JSON string) as objects, as Hugging Face templates expect; a hermes-style model
+/// answer then parses into calls.
+#[test]
+fn tools_and_tool_calls_reach_the_template_and_calls_parse_back() {
+    use mlx_engine::server::openai::Message;
+    use mlx_engine::server::tools::{parse, ToolFormat};
+    use mlx_engine::tokenizer::{ChatTemplate, Tokenizer};
+    let model = model_dir();
+    if !measured::have_models("server_openai", &[&model]) {
+        return;
+    }
+    let tok = Tokenizer::from_dir(&model).expect("tokenizer");
+    let template = ChatTemplate::new(
+        "hermes-test",
+        "{% for t in tools %}<tools>{{ t | tojson }}</tools>{% endfor %}\
+         {% for m in messages %}<{{ m.role }}>{{ m.content }}\
+         {% for c in m.tool_calls or [] %}<tool_call>{\"name\": \"{{ c.function.name }}\", \
+         \"arguments\": {{ c.function.arguments | tojson }}}</tool_call>{% endfor %}\
+         {% if m.tool_call_id %}[{{ m.tool_call_id }}]{% endif %}{% endfor %}",
+    );
+    let messages: Vec<Message> = serde_json::from_value(json!([
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\": \"Paris\"}"}}
+        ]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]))
+    .unwrap();
+    let chat: Vec<ChatMessage> = messages.iter().enumerate().map(|(i, m)| m.to_chat(i).unwrap()).collect();
+    let tools = json!([{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]);
+    let mut args = serde_json::Map::new();
+    args.insert("tools".into(), tools);
+    let text = tok.apply_chat_template(&chat, false, &args, Some(&template)).expect("render");
+    assert!(text.contains(r#"<tools>{"function": {"name": "weather""#), "{text}");
+    let call = r#"<tool_call>{"name": "weather", "arguments": {"city": "Paris"}}</tool_call>"#;
+    assert!(text.contains(call), "{text}");
+    assert!(text.contains("<tool>sunny[call_1]"), "{text}");
+    // What a hermes model answers parses back into the call.
+    let parsed = parse(ToolFormat::Hermes, call);
+    assert_eq!(parsed.calls.len(), 1);
+    assert_eq!(parsed.calls[0].name, "weather");
+    assert_eq!(serde_json::from_str::<Value>(&parsed.calls[0].arguments).unwrap(), json!({"city": "Paris"}));
+}

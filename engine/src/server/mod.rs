@@ -2,7 +2,7 @@
 //!
 //! - `routes`: the endpoints; `openai`: the request and response shapes; `errors`: OpenAI
 //!   error objects and status codes; `auth`: the bearer key;
-//! - `metrics`: `/metrics` for Prometheus;
+//! - `metrics`: `/metrics` for Prometheus; `tools`: tool-call formats and their parsers;
 //! - `scheduler`: admission to the bounded queue and the handle requests submit through;
 //!   `batch`: the continuous-batching loop on the model's worker thread.
 //!
@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod openai;
 pub mod routes;
 pub mod scheduler;
+pub mod tools;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -69,6 +69,11 @@ pub struct ChatRequest {
 pub struct Message {
     pub role: String,
     pub content: Option<Content>,
+    /// An assistant turn's calls, for the template to render the conversation so far.
+    pub tool_calls: Option<Value>,
+    /// A tool result's call id and function name.
+    pub tool_call_id: Option<String>,
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,7 +150,17 @@ impl Message {
                 text
             }
         };
-        Ok(ChatMessage::new(self.role.clone(), text))
+        let mut m = ChatMessage::new(self.role.clone(), text);
+        if let Some(calls) = &self.tool_calls {
+            m.fields.insert("tool_calls".into(), super::tools::for_template(calls));
+        }
+        if let Some(id) = &self.tool_call_id {
+            m.fields.insert("tool_call_id".into(), Value::String(id.clone()));
+        }
+        if let Some(name) = &self.name {
+            m.fields.insert("name".into(), Value::String(name.clone()));
+        }
+        Ok(m)
     }
 }
 

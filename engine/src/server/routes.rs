@@ -26,6 +26,7 @@ use super::auth::ApiKey;
 use super::errors::ApiError;
 use super::openai::{self, ChatRequest, Common, CompletionRequest, Prompt};
 use super::scheduler::{Permit, RowEvent, RowGuard, Scheduler, Submitted};
+use super::tools::{self, ToolFormat};
 use super::RequestId;
 use crate::generate::{GenerateRequest, GenerationResult, StopReason, Token};
 use crate::model_kit::{CancelHandle, ModelKit};
@@ -95,6 +96,8 @@ struct Shape {
     model: String,
     logprobs: bool,
     include_usage: bool,
+    /// Tool calls are parsed out of the output in this format (chat with `tools`).
+    tools: Option<ToolFormat>,
 }
 
 pub async fn chat(
@@ -115,9 +118,35 @@ pub async fn chat(
             ));
         }
     }
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::bad_request("tools are not supported by this server yet", Some("tools")));
-    }
+    // `auto` (the default) renders the tools and parses calls out of the output; forcing a
+    // call (`required`, a named function) needs constrained decoding, which is not here yet.
+    let tool_choice_none = match &req.tool_choice {
+        None | Some(Value::Null) => false,
+        Some(Value::String(c)) if c == "auto" => false,
+        Some(Value::String(c)) if c == "none" => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                format!(
+                    "tool_choice {other} is not supported (it needs constrained decoding); use \"auto\" or \"none\""
+                ),
+                Some("tool_choice"),
+            ))
+        }
+    };
+    let tools = req.tools.clone().filter(|t| !t.is_empty() && !tool_choice_none);
+    let mut args = serde_json::Map::new();
+    // A model may ship a template for tool use besides its default one (as transformers picks).
+    let (template, tool_format) = match &tools {
+        None => (None, None),
+        Some(t) => {
+            args.insert("tools".into(), Value::Array(t.clone()));
+            let tok = s.kit.tokenizer();
+            let named = tok.named_chat_templates().get("tool_use").cloned();
+            let source = named.as_ref().or(tok.chat_template()).map(|t| t.text.as_str()).unwrap_or("");
+            let format = ToolFormat::of_template(source);
+            (named, Some(format))
+        }
+    };
     if req.messages.is_empty() {
         return Err(ApiError::bad_request("messages must not be empty", Some("messages")));
     }
@@ -132,7 +161,7 @@ pub async fn chat(
     let permit = s.scheduler.admit().ok_or_else(|| ApiError::overloaded(1))?;
     let kit = s.kit.clone();
     let prompt = tokio::task::spawn_blocking(move || {
-        kit.tokenize_chat_cancellable(&messages, None, &serde_json::Map::new(), &CancelHandle::new())
+        kit.tokenize_chat_cancellable(&messages, template.as_ref(), &args, &CancelHandle::new())
     })
     .await
     .map_err(|e| ApiError::internal(format!("the chat template task failed: {e}")))??;
@@ -143,6 +172,7 @@ pub async fn chat(
         model: s.model_id.clone(),
         logprobs,
         include_usage: common.include_usage(),
+        tools: tool_format,
     };
     respond(&s, &rid, shape, GenerateRequest { prompt_tokens: prompt, ..gen }, common.stream.unwrap_or(false), permit)
         .await
@@ -204,6 +234,7 @@ pub async fn completions(
         model: s.model_id.clone(),
         logprobs: req.logprobs.is_some(),
         include_usage: common.include_usage(),
+        tools: None,
     };
     respond(&s, &rid, shape, GenerateRequest { prompt_tokens: prompt, ..gen }, common.stream.unwrap_or(false), permit)
         .await
@@ -288,10 +319,19 @@ async fn collect(
         }
     }
     guard.finished = true;
-    let finish = openai::finish_reason(acc.reason);
+    let mut finish = openai::finish_reason(acc.reason);
     let choice = if shape.chat {
         let logprobs = if shape.logprobs { openai::chat_logprobs(&acc.tokens, &acc.top) } else { Value::Null };
-        json!({"index": 0, "message": {"role": "assistant", "content": acc.text}, "logprobs": logprobs, "finish_reason": finish})
+        let mut message = json!({"role": "assistant", "content": acc.text});
+        if let Some(format) = shape.tools {
+            let parsed = tools::parse(format, &acc.text);
+            if !parsed.calls.is_empty() {
+                message["content"] = json!(parsed.content);
+                message["tool_calls"] = tools::tool_calls_json(&parsed.calls, &shape.id, false);
+                finish = "tool_calls";
+            }
+        }
+        json!({"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish})
     } else {
         let logprobs = if shape.logprobs { openai::completion_logprobs(&acc.tokens, &acc.top, 0) } else { Value::Null };
         json!({"index": 0, "text": acc.text, "logprobs": logprobs, "finish_reason": finish})
@@ -340,6 +380,9 @@ impl StreamState {
     }
 
     fn on_result(&mut self, r: GenerationResult) {
+        if let Some(format) = self.shape.tools {
+            return self.on_tool_result(format, r);
+        }
         let offset = self.acc.text.chars().count();
         let logprobs = match (self.shape.logprobs, self.shape.chat) {
             (false, _) => Value::Null,
@@ -359,6 +402,31 @@ impl StreamState {
             let e = self.chunk(content, Value::Null, Some(openai::finish_reason(Some(reason))));
             self.out.push_back(e);
         }
+    }
+
+    /// With tools the text is held until the end, when it is known whether it is a call.
+    fn on_tool_result(&mut self, format: ToolFormat, r: GenerationResult) {
+        self.acc.add(r);
+        let Some(reason) = self.acc.reason else { return };
+        let parsed = tools::parse(format, &self.acc.text);
+        let logprobs =
+            if self.shape.logprobs { openai::chat_logprobs(&self.acc.tokens, &self.acc.top) } else { Value::Null };
+        if parsed.calls.is_empty() {
+            let e = self.chunk(json!({"content": self.acc.text}), logprobs, None);
+            self.out.push_back(e);
+            let e = self.chunk(json!({}), Value::Null, Some(openai::finish_reason(Some(reason))));
+            self.out.push_back(e);
+            return;
+        }
+        if let Some(c) = &parsed.content {
+            let e = self.chunk(json!({"content": c}), logprobs, None);
+            self.out.push_back(e);
+        }
+        let calls = tools::tool_calls_json(&parsed.calls, &self.shape.id, true);
+        let e = self.chunk(json!({"tool_calls": calls}), Value::Null, None);
+        self.out.push_back(e);
+        let e = self.chunk(json!({}), Value::Null, Some("tool_calls"));
+        self.out.push_back(e);
     }
 
     fn end(&mut self, error: Option<ApiError>) {
