@@ -185,7 +185,9 @@ fn the_official_client_gets_the_librarys_greedy_outputs() {
     assert!(generated < read + 16, "{generated} tokens generated after reading {read} events: {left}");
     measured::note(format_args!(
         "server_openai: the disconnected row generated {generated} tokens for {read} events read; \
-         rows in the batch as each batched request joined: {joined:?}"
+         rows in the batch as each batched request joined: {joined:?}; most rows in one batched \
+         decode step: {}",
+        results["max_batch_rows"]
     ));
 }
 

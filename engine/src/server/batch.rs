@@ -1,45 +1,56 @@
-//! The scheduler loop, on the model's worker thread: continuous batching at step granularity.
+//! The scheduler loop, on the model's worker thread: continuous batching.
 //!
-//! Each request is a *row* with its own KV cache (seeded from the longest prefix the shared
-//! prompt cache holds), sampler, logits processors, stop strings, text stream and cancel flag.
-//! Every turn of the loop first admits waiting requests up to `max_concurrency` rows, then
-//! gives each row one unit of work in order: one prefill chunk (at most `prefill_chunk`
-//! tokens) while it is prefilling, else one decode step. So new requests join between decode
-//! steps, a long prompt prefills interleaved with the others' decoding, finished or cancelled
-//! rows leave at once, and their caches go back into the shared prompt cache.
+//! Each request is a [`Row`] with its own sampler, logits processors, stop strings, text
+//! stream and cancel flag, and a KV cache seeded from the longest prefix the shared prompt
+//! cache holds. Every turn of the loop:
+//! 1. admits waiting requests, up to `max_concurrency` rows;
+//! 2. gives every row still prefilling one chunk (at most `prefill_chunk` tokens, in its own
+//!    cache), so a long prompt advances between the others' decode steps instead of freezing
+//!    them;
+//! 3. runs one decode step for all decoding rows together: each reads its pending token and
+//!    streams it, finished rows leave (their caches go back into the prompt cache), and the
+//!    rest feed their next token through the model in **one batched forward pass** over their
+//!    caches stacked into a left-padded batch (`KvCache::stack`), each row then sampling
+//!    from its own logits.
 //!
-//! Rows run their forward passes one after another at batch size 1 (the sampled token of one
-//! row is queued with `async_eval` while the next row builds its graph). That keeps a row's
-//! computation independent of its neighbours, so its greedy output is token-identical alone
-//! or in a batch. Stacking rows into one padded forward pass (the KV cache supports
-//! left-padded batches, `KvCache::batched`) is the next step; see docs/server.md.
+//! The stacked batch is rebuilt only when its membership changes (a row joins after its
+//! prefill or leaves); in between, decoding appends to it in place. Caches that cannot stack
+//! (sliding-window or `max_kv_size` rings, a quantized KV cache) decode one row at a time
+//! instead, with the same semantics.
+//!
+//! A row's numbers in a batch differ from its numbers alone only by BLAS rounding (other
+//! matmul shapes; `engine/tests/batch_positions.rs` bounds it), and padding is masked out, so
+//! its greedy output is the same alone or batched except at a near-tie of two tokens.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
-use std::sync::Arc;
 use std::time::Instant;
 
-use mlx_engine_plugin_api::{async_eval, eval, runtime, Array, Input};
-use tokio::sync::mpsc::UnboundedSender;
+use mlx_engine_plugin_api::{Array, Input};
 
-use super::scheduler::{Job, Limits, Metrics, RowEvent};
+use super::row::{panicked, Row};
+use super::scheduler::{Job, Limits, Metrics};
 use crate::cache::prompt_cache::PromptCache;
 use crate::cache::KvCache;
 use crate::error::{Error, Result};
-use crate::generate::prefill::{chunk_size, last_logits, token_ids};
-use crate::generate::step::read_sample;
-use crate::generate::stream::{Pushed, TextStream};
-use crate::generate::{self, GenContext, GenerationResult, StopCondition, StopReason};
+use crate::generate::prefill::last_logits;
+use crate::generate::GenContext;
 use crate::model_kit::WorkerParts;
-use crate::sample::{apply_processors, processors_for, LazySample, LogitsProcessor, Sampler};
-use crate::stop::StopStrings;
+
+/// The decoding rows' caches stacked into one batch, with the rows in batch order.
+struct Group {
+    cache: KvCache,
+    members: Vec<u64>,
+}
 
 /// Runs until `jobs` is closed (every scheduler handle dropped) and the last row is done.
 pub fn run(parts: WorkerParts<'_>, jobs: Receiver<Job>, limits: Limits, metrics: &Metrics) {
     let WorkerParts { ctx, cache, attention_heads } = parts;
     let mut waiting: VecDeque<Job> = VecDeque::new();
     let mut rows: Vec<Row<'_>> = Vec::new();
+    let mut group: Option<Group> = None;
+    let mut next_uid = 0u64;
     let mut open = true;
     loop {
         if rows.is_empty() && waiting.is_empty() {
@@ -69,7 +80,8 @@ pub fn run(parts: WorkerParts<'_>, jobs: Receiver<Job>, limits: Limits, metrics:
         });
         while rows.len() < limits.max_concurrency {
             let Some(job) = waiting.pop_front() else { break };
-            if let Some(row) = Row::start(&ctx, cache, job) {
+            next_uid += 1;
+            if let Some(row) = Row::start(&ctx, cache, job, next_uid) {
                 metrics.prompt_tokens.fetch_add(row.prompt.len() as u64, Ordering::Relaxed);
                 metrics.cached_tokens.fetch_add(row.pos as u64, Ordering::Relaxed);
                 metrics.cache_lookups.fetch_add(1, Ordering::Relaxed);
@@ -87,24 +99,28 @@ pub fn run(parts: WorkerParts<'_>, jobs: Receiver<Job>, limits: Limits, metrics:
         metrics.queued.store(waiting.len(), Ordering::Relaxed);
         metrics.active_rows.store(rows.len(), Ordering::Relaxed);
 
-        let t = Instant::now();
-        let mut decoded = 0;
+        // One prefill chunk for every row still prefilling.
         let mut i = 0;
         while i < rows.len() {
+            if rows[i].pending.is_some() {
+                i += 1;
+                continue;
+            }
             let row = &mut rows[i];
-            let decoding = row.pending.is_some();
-            // A panic in a plugin or built-in fails this row, not the batch or the worker.
             let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                row.advance(&ctx, cache, attention_heads, limits.prefill_chunk)
+                row.prefill_step(&ctx, cache, attention_heads, limits.prefill_chunk)
             }))
-            .unwrap_or_else(|p| Err(Error::Array(mlx_engine_plugin_api::Error::from_panic(p))));
-            decoded += usize::from(decoding);
+            .unwrap_or_else(|p| Err(panicked(p)));
             match out {
                 Ok(true) => i += 1,
                 Ok(false) => rows.remove(i).finish(cache),
                 Err(e) => rows.remove(i).fail(e),
             }
         }
+
+        // One decode step for every decoding row.
+        let t = Instant::now();
+        let decoded = decode_step(&ctx, cache, &mut rows, &mut group, metrics);
         metrics.active_rows.store(rows.len(), Ordering::Relaxed);
         metrics.generated_tokens.fetch_add(decoded as u64, Ordering::Relaxed);
         if decoded > 0 {
@@ -113,189 +129,125 @@ pub fn run(parts: WorkerParts<'_>, jobs: Receiver<Job>, limits: Limits, metrics:
     }
 }
 
-/// One request in the batch.
-struct Row<'t> {
-    id: String,
-    cancel: Arc<AtomicBool>,
-    events: UnboundedSender<RowEvent>,
-    prompt: Vec<u32>,
-    /// This row's own KV cache.
-    cache: KvCache,
-    /// Prompt tokens in `cache` (while prefilling).
-    pos: usize,
-    /// A prompt length at which to store a snapshot in the shared cache (see
-    /// `PromptCache::checkpoint_at`).
-    checkpoint: Option<usize>,
-    /// The sampled token not yet read; `None` while the prompt is prefilling.
-    pending: Option<LazySample>,
-    sampler: Sampler,
-    processors: Vec<Box<dyn LogitsProcessor>>,
-    /// The prompt, then every committed token (what the processors see).
-    history: Vec<u32>,
-    stream: TextStream<'t>,
-    started: Instant,
+/// What became of a decoding row's pending token.
+enum Taken {
+    Next(u32),
+    Done,
+    Failed(Error),
 }
 
-impl<'t> Row<'t> {
-    /// Checks the request and seeds the row's cache from the shared one; a bad request is
-    /// answered with its error and gives no row.
-    fn start(ctx: &GenContext<'t>, shared: &mut PromptCache, job: Job) -> Option<Row<'t>> {
-        let Job { id, request, cancel, events } = job;
-        let built = (|| -> Result<Row<'t>> {
-            if !request.images.is_empty() {
-                return Err(Error::Param { name: "images".into(), reason: "the server takes no images yet".into() });
-            }
-            let (prompt, budget, params) = generate::prepare(ctx, &request)?;
-            let stops = StopStrings::new(request.stop_strings.clone())?;
-            let processors = processors_for(&params)?;
-            let sampler = Sampler::new(&params)?;
-            let (cache, cached) = shared.lookup(&prompt, !request.ignore_prompt_cache)?;
-            let checkpoint = shared.checkpoint_at(prompt.len(), cached);
-            let stream = TextStream::new(ctx.tokenizer, stops, params.top_logprobs, request.ignore_eos, budget, false);
-            Ok(Row {
-                id: id.clone(),
-                cancel: cancel.clone(),
-                events: events.clone(),
-                history: prompt.clone(),
-                prompt,
-                cache,
-                pos: cached,
-                checkpoint,
-                pending: None,
-                sampler,
-                processors,
-                stream,
-                started: Instant::now(),
-            })
-        })();
-        match built {
-            Ok(row) => {
-                let _ = events.send(RowEvent::Started { prompt_tokens: row.prompt.len(), cached_tokens: row.pos });
-                Some(row)
-            }
-            Err(e) => {
-                tracing::info!(id = %id, "refused: {e}");
-                let _ = events.send(RowEvent::Done(Err(e)));
-                None
-            }
-        }
+/// Reads and streams every decoding row's token, lets finished rows leave, and queues the
+/// next token of the others. Returns how many tokens were read.
+fn decode_step(
+    ctx: &GenContext<'_>,
+    shared: &mut PromptCache,
+    rows: &mut Vec<Row<'_>>,
+    group: &mut Option<Group>,
+    metrics: &Metrics,
+) -> usize {
+    let mut taken: Vec<(u64, Taken)> = Vec::new();
+    for row in rows.iter_mut().filter(|r| r.pending.is_some()) {
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| row.take_token()))
+            .unwrap_or_else(|p| Err(panicked(p)));
+        let t = match out {
+            Ok(Some(id)) => Taken::Next(id),
+            Ok(None) => Taken::Done,
+            Err(e) => Taken::Failed(e),
+        };
+        taken.push((row.uid, t));
     }
+    let decoded = taken.len();
+    let going: Vec<(u64, u32)> =
+        taken.iter().filter_map(|(uid, t)| if let Taken::Next(id) = t { Some((*uid, *id)) } else { None }).collect();
+    let members: Vec<u64> = going.iter().map(|(uid, _)| *uid).collect();
 
-    /// One unit of work; `Ok(false)` when the row is done (finished, cancelled, or its client
-    /// is gone).
-    fn advance(
-        &mut self,
-        ctx: &GenContext<'_>,
-        shared: &mut PromptCache,
-        heads: Option<usize>,
-        chunk: usize,
-    ) -> Result<bool> {
-        if self.cancel.load(Ordering::Relaxed) || self.events.is_closed() {
-            let last = match self.pending {
-                Some(_) => self.stream.cancel()?,
-                None => cancelled(),
-            };
-            let _ = self.events.send(RowEvent::Chunk(last));
-            return Ok(false);
-        }
-        match self.pending.take() {
-            None => self.prefill_step(ctx, shared, heads, chunk),
-            Some(sample) => self.decode_step(ctx, sample),
-        }
-    }
-
-    /// One chunk of the prompt (all but its last token) into the cache, cut to end at the
-    /// checkpoint; then the last token, whose logits give the first sample.
-    fn prefill_step(
-        &mut self,
-        ctx: &GenContext<'_>,
-        shared: &mut PromptCache,
-        heads: Option<usize>,
-        chunk: usize,
-    ) -> Result<bool> {
-        let end = self.prompt.len() - 1;
-        if self.pos < end {
-            let mut n = chunk_size(chunk, self.pos, heads).min(end - self.pos);
-            if let Some(at) = self.checkpoint.filter(|&at| self.pos < at && at < self.pos + n) {
-                n = at - self.pos;
-            }
-            let ids = token_ids(&self.prompt[self.pos..self.pos + n])?;
-            let _unused_logits = ctx.model.forward(Input::Tokens(&ids), &mut self.cache)?;
-            // Only the cache is needed; then MLX's buffer cache goes back, as prefill does.
-            eval(&self.cache.state())?;
-            runtime::clear_cache();
-            self.pos += n;
-            if self.checkpoint == Some(self.pos) {
-                shared.store_snapshot(&self.prompt[..self.pos], self.cache.clone());
-            }
-            return Ok(true);
-        }
-        let logits = ctx.model.forward(Input::Tokens(&token_ids(&self.prompt[end..])?), &mut self.cache)?;
-        let logits = last_logits(&logits)?;
-        logits.eval()?;
-        self.pending = Some(self.sample(&logits)?);
-        Ok(true)
-    }
-
-    /// Reads the pending token, streams it, and queues the next one unless the stream ended.
-    fn decode_step(&mut self, ctx: &GenContext<'_>, sample: LazySample) -> Result<bool> {
-        let token = read_sample(sample, self.stream.generated() + 1, false)?;
-        let id = token.id;
-        self.history.push(id);
-        match self.stream.push(token)? {
-            Pushed::Held => {}
-            Pushed::Chunk(r) => {
-                if self.events.send(RowEvent::Chunk(r)).is_err() {
-                    return Ok(false);
+    // The batch changes: its rows take their caches back (those leaving need them to be
+    // stored; those staying are stacked again below).
+    if group.as_ref().is_some_and(|g| g.members != members) {
+        let g = group.take().expect("checked above");
+        match g.cache.unstack() {
+            Ok(caches) => {
+                for (uid, c) in g.members.iter().zip(caches) {
+                    if let Some(r) = rows.iter_mut().find(|r| r.uid == *uid) {
+                        r.cache = Some(c);
+                    }
                 }
             }
-            Pushed::Done(r) => {
-                let _ = self.events.send(RowEvent::Chunk(r));
-                return Ok(false);
+            Err(e) => fail_rows(rows, &g.members, &e),
+        }
+    }
+    for (uid, t) in taken {
+        let Some(i) = rows.iter().position(|r| r.uid == uid) else { continue };
+        match t {
+            Taken::Next(_) => {}
+            Taken::Done => rows.remove(i).finish(shared),
+            Taken::Failed(e) => rows.remove(i).fail(e),
+        }
+    }
+    let going: Vec<(u64, u32)> = going.into_iter().filter(|(uid, _)| rows.iter().any(|r| r.uid == *uid)).collect();
+    if going.is_empty() {
+        return decoded;
+    }
+    let stackable = group.is_some()
+        || going.iter().all(|(uid, _)| {
+            rows.iter().find(|r| r.uid == *uid).and_then(|r| r.cache.as_ref()).is_some_and(KvCache::is_stackable)
+        });
+    if !stackable {
+        // One row at a time, each with its own cache.
+        for (uid, id) in going {
+            let Some(i) = rows.iter().position(|r| r.uid == uid) else { continue };
+            let row = &mut rows[i];
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| row.step_alone(ctx, id)))
+                .unwrap_or_else(|p| Err(panicked(p)));
+            if let Err(e) = out {
+                rows.remove(i).fail(e);
             }
         }
-        let logits = ctx.model.forward(Input::Tokens(&token_ids(&[id])?), &mut self.cache)?;
-        self.pending = Some(self.sample(&last_logits(&logits)?)?);
-        Ok(true)
+        return decoded;
     }
-
-    /// Processors over the row's history, then its sampler; queued for evaluation so the next
-    /// row builds its graph while this one computes.
-    fn sample(&mut self, logits: &Array) -> Result<LazySample> {
-        let processed = apply_processors(&mut self.processors, &self.history, logits)?;
-        let s = self.sampler.sample_lazy(&processed)?;
-        async_eval(&[&s.token, &s.logprob, &s.logprobs])?;
-        Ok(s)
+    let members: Vec<u64> = going.iter().map(|(uid, _)| *uid).collect();
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<()> {
+        if group.is_none() {
+            let caches: Vec<KvCache> = members
+                .iter()
+                .filter_map(|uid| rows.iter_mut().find(|r| r.uid == *uid).and_then(|r| r.cache.take()))
+                .collect();
+            if caches.len() != members.len() {
+                return Err(Error::Server { reason: "a decoding row without a cache (engine bug)".into() });
+            }
+            let refs: Vec<&KvCache> = caches.iter().collect();
+            let cache = KvCache::stack(&refs)?;
+            tracing::debug!(rows = members.len(), padding = ?cache.left_padding(), "stacked the batch");
+            *group = Some(Group { cache, members: members.clone() });
+        }
+        let g = group.as_mut().expect("stacked above");
+        let ids: Vec<i32> = going.iter().map(|(_, id)| *id as i32).collect();
+        let tokens = Array::from_slice(&ids, &[ids.len() as i32, 1])?;
+        let logits = ctx.model.forward(Input::Tokens(&tokens), &mut g.cache)?;
+        metrics.batched_steps.fetch_add(1, Ordering::Relaxed);
+        metrics.batched_rows.fetch_add(ids.len() as u64, Ordering::Relaxed);
+        metrics.max_batch_rows.fetch_max(ids.len(), Ordering::Relaxed);
+        for (b, uid) in members.iter().enumerate() {
+            let row = rows.iter_mut().find(|r| r.uid == *uid).expect("a member row");
+            let b = b as i32;
+            row.pending = Some(row.sample(&last_logits(&logits.slice_axis(0, b, b + 1)?)?)?);
+        }
+        Ok(())
+    }))
+    .unwrap_or_else(|p| Err(panicked(p)));
+    if let Err(e) = out {
+        // The batch's cache may be half-updated: every row in it fails.
+        *group = None;
+        fail_rows(rows, &members, &e);
     }
-
-    /// The row is done: its cache (prompt and generated tokens) goes into the shared prompt
-    /// cache for later requests that share the prefix.
-    fn finish(self, shared: &mut PromptCache) {
-        tracing::info!(
-            id = %self.id,
-            generated_tokens = self.stream.generated(),
-            seconds = format!("{:.3}", self.started.elapsed().as_secs_f64()),
-            "left the batch"
-        );
-        let _ = self.events.send(RowEvent::Done(Ok(())));
-        shared.store(self.history, self.cache);
-    }
-
-    /// The row failed: its cache may be half-updated, so it is dropped, not shared.
-    fn fail(self, e: Error) {
-        tracing::warn!(id = %self.id, "failed: {e}");
-        let _ = self.events.send(RowEvent::Done(Err(e)));
-    }
+    decoded
 }
 
-/// The last result of a row cancelled before its first token.
-fn cancelled() -> GenerationResult {
-    GenerationResult {
-        stop_condition: Some(StopCondition {
-            reason: StopReason::UserCancelled,
-            stop_string: String::new(),
-            stop_tokens: Vec::new(),
-        }),
-        ..Default::default()
+/// Fails the rows `uids` with (a copy of) `e`.
+fn fail_rows(rows: &mut Vec<Row<'_>>, uids: &[u64], e: &Error) {
+    for uid in uids {
+        if let Some(i) = rows.iter().position(|r| r.uid == *uid) {
+            rows.remove(i).fail(Error::Server { reason: format!("the batched decode step failed: {e}") });
+        }
     }
 }

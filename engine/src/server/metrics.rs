@@ -21,7 +21,7 @@ pub fn render(m: &Metrics) -> String {
     let decode_s = get(&m.decode_micros) as f64 / 1e6;
     let lookups = get(&m.cache_lookups);
     let hits = get(&m.cache_hits);
-    let rows: [(&str, &str, &str, f64); 13] = [
+    let rows: [(&str, &str, &str, f64); 16] = [
         ("queue_depth", "gauge", "Requests waiting to join the batch", m.queued.load(Ordering::Relaxed) as f64),
         ("active_rows", "gauge", "Rows in the running batch", m.active_rows.load(Ordering::Relaxed) as f64),
         (
@@ -46,6 +46,19 @@ pub fn render(m: &Metrics) -> String {
             "gauge",
             "Generated tokens per second of decode steps since start",
             if decode_s > 0.0 { generated as f64 / decode_s } else { 0.0 },
+        ),
+        (
+            "batched_steps_total",
+            "counter",
+            "Decode steps run as one batched forward pass",
+            get(&m.batched_steps) as f64,
+        ),
+        ("batched_rows_total", "counter", "Rows carried by batched decode steps", get(&m.batched_rows) as f64),
+        (
+            "max_batch_rows",
+            "gauge",
+            "The most rows one batched decode step carried",
+            m.max_batch_rows.load(Ordering::Relaxed) as f64,
         ),
         ("prompt_cache_lookups_total", "counter", "Requests that looked up the prompt cache", lookups as f64),
         ("prompt_cache_hits_total", "counter", "Lookups that reused a cached prefix", hits as f64),
@@ -85,6 +98,6 @@ mod tests {
         assert!(text.contains("# TYPE mlx_engine_queue_depth gauge\nmlx_engine_queue_depth 0\n"), "{text}");
         assert!(text.contains("mlx_engine_decode_tokens_per_second 25\n"), "{text}");
         assert!(text.contains("mlx_engine_prompt_cache_hit_rate 0.25\n"), "{text}");
-        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 13);
+        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 16);
     }
 }

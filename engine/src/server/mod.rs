@@ -16,6 +16,7 @@ pub mod errors;
 pub mod metrics;
 pub mod openai;
 pub mod routes;
+pub mod row;
 pub mod scheduler;
 pub mod tools;
 

@@ -56,6 +56,11 @@ pub struct Metrics {
     /// Rows seeded from the shared prompt cache, and those that found a cached prefix.
     pub cache_lookups: AtomicU64,
     pub cache_hits: AtomicU64,
+    /// Batched decode steps (one forward pass over the stacked rows), the rows they carried,
+    /// and the most rows one of them carried.
+    pub batched_steps: AtomicU64,
+    pub batched_rows: AtomicU64,
+    pub max_batch_rows: AtomicUsize,
 }
 
 /// Scheduler sizes, from the command line.

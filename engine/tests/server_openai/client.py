@@ -293,5 +293,7 @@ for t in threads:
 for t in threads:
     t.join()
 results["together"] = together
+check(metric("max_batch_rows") >= 2, "no decode step ever carried two rows")
+results["max_batch_rows"] = metric("max_batch_rows")
 
 print(json.dumps(results))
