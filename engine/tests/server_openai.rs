@@ -289,3 +289,40 @@ fn tools_and_tool_calls_reach_the_template_and_calls_parse_back() {
     assert_eq!(parsed.calls[0].name, "weather");
     assert_eq!(serde_json::from_str::<Value>(&parsed.calls[0].arguments).unwrap(), json!({"city": "Paris"}));
 }
+
+/// Caches of different lengths stack into one left-padded batch and split back unchanged;
+/// a ring cannot stack.
+#[test]
+fn caches_stack_into_a_padded_batch_and_unstack_unchanged() {
+    use mlx_engine::api::{random, AttentionOptions, Dtype, ForwardContext, LayerCache};
+    use mlx_engine::cache::{CacheConfig, KvCache};
+    let _ = mlx_engine::mlx::ffi::ops_table();
+    let fill = |len: i32, seed: u64| {
+        let mut c = KvCache::new(vec![LayerCache::Full; 2]);
+        for layer in 0..2 {
+            let key = random::key(seed * 10 + layer as u64).unwrap();
+            let x = random::normal(&[1, 2, len, 4], 0.0, 1.0, Dtype::F32, Some(&key)).unwrap();
+            c.attention(layer, &x, &x, &x, 0.5, &AttentionOptions::default()).unwrap();
+        }
+        c
+    };
+    let (a, b, c) = (fill(3, 1), fill(7, 2), fill(5, 3));
+    assert!(a.is_stackable());
+    let batch = KvCache::stack(&[&a, &b, &c]).unwrap();
+    assert_eq!(batch.left_padding(), &[4, 0, 2]);
+    assert_eq!(batch.len(), 7);
+    let back = batch.unstack().unwrap();
+    for (orig, got) in [&a, &b, &c].into_iter().zip(&back) {
+        assert_eq!(orig.len(), got.len());
+        for layer in 0..2 {
+            let (k0, v0) = orig.layer_contents(layer).unwrap().unwrap();
+            let (k1, v1) = got.layer_contents(layer).unwrap().unwrap();
+            assert_eq!(k0.shape(), k1.shape());
+            assert_eq!(k0.to_vec_f32().unwrap(), k1.to_vec_f32().unwrap());
+            assert_eq!(v0.to_vec_f32().unwrap(), v1.to_vec_f32().unwrap());
+        }
+    }
+    let ring = KvCache::with_config(vec![LayerCache::SlidingWindow { window: 4 }], &CacheConfig::default()).unwrap();
+    assert!(!ring.is_stackable());
+    assert!(KvCache::stack(&[&ring]).is_err());
+}
