@@ -73,7 +73,13 @@ impl KvCache {
             let mut layers = Vec::with_capacity(dense.len());
             for (k, v) in &dense {
                 let t = k.dim(2)?;
-                let row = |a: &Array| a.slice_axis(0, b, b + 1)?.slice_axis(2, pad, t);
+                // Copied into buffers of its own: a slice would keep the whole batch's buffer
+                // alive behind it (in the prompt cache, for as long as the entry lives).
+                let row = |a: &Array| -> mlx_engine_plugin_api::Result<Array> {
+                    let slice = a.slice_axis(0, b, b + 1)?.slice_axis(2, pad, t)?;
+                    let s = slice.shape();
+                    Array::zeros(&s, slice.dtype())?.slice_update(&slice, &[0, 0, 0, 0], &s, &[1, 1, 1, 1])
+                };
                 layers.push(Layer::from_dense_full(row(k)?, row(v)?)?);
             }
             out.push(KvCache { layers, config: self.config.clone(), batch: None });
