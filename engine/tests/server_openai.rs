@@ -221,7 +221,7 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits() {
     let reply = std::thread::spawn(move || http(&url, "shutdown-test", "/v1/completions", &body));
     let t = Instant::now();
     while server.line("shutdown-test", "joined the batch").is_none() {
-        assert!(t.elapsed().as_secs() < 60, "the request never started:\n{}", server.log().join("\n"));
+        assert!(t.elapsed().as_secs() < 180, "the request never started:\n{}", server.log().join("\n"));
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let pid = server.child.id().to_string();
@@ -236,7 +236,7 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits() {
         if let Some(s) = server.child.try_wait().unwrap() {
             break s;
         }
-        assert!(t.elapsed().as_secs() < 60, "the server did not exit after SIGTERM");
+        assert!(t.elapsed().as_secs() < 180, "the server did not exit after SIGTERM");
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     assert!(status.success(), "exit status {status}:\n{}", server.log().join("\n"));
@@ -314,6 +314,7 @@ fn caches_stack_into_a_padded_batch_and_unstack_unchanged() {
     let back = batch.unstack().unwrap();
     for (orig, got) in [&a, &b, &c].into_iter().zip(&back) {
         assert_eq!(orig.len(), got.len());
+        let got = &got.detached().unwrap();
         for layer in 0..2 {
             let (k0, v0) = orig.layer_contents(layer).unwrap().unwrap();
             let (k1, v1) = got.layer_contents(layer).unwrap().unwrap();

@@ -52,7 +52,9 @@ impl KvCache {
         Ok(batch)
     }
 
-    /// The rows of a stacked batch as single-sequence caches, each without its padding.
+    /// The rows of a stacked batch as single-sequence caches, each without its padding. They
+    /// are views of the batch's buffers (cheap, for rows stacked again at once); a row that is
+    /// kept needs [`KvCache::detached`].
     pub fn unstack(&self) -> crate::Result<Vec<KvCache>> {
         let rows = match self.layers.first().map(Layer::dense_full).transpose()?.flatten() {
             Some((k, _)) => k.dim(0)? as usize,
@@ -73,18 +75,32 @@ impl KvCache {
             let mut layers = Vec::with_capacity(dense.len());
             for (k, v) in &dense {
                 let t = k.dim(2)?;
-                // Copied into buffers of its own: a slice would keep the whole batch's buffer
-                // alive behind it (in the prompt cache, for as long as the entry lives).
-                let row = |a: &Array| -> mlx_engine_plugin_api::Result<Array> {
-                    let slice = a.slice_axis(0, b, b + 1)?.slice_axis(2, pad, t)?;
-                    let s = slice.shape();
-                    Array::zeros(&s, slice.dtype())?.slice_update(&slice, &[0, 0, 0, 0], &s, &[1, 1, 1, 1])
-                };
+                let row = |a: &Array| a.slice_axis(0, b, b + 1)?.slice_axis(2, pad, t);
                 layers.push(Layer::from_dense_full(row(k)?, row(v)?)?);
             }
             out.push(KvCache { layers, config: self.config.clone(), batch: None });
         }
         Ok(out)
+    }
+}
+
+impl KvCache {
+    /// A stackable cache in buffers of its own: a row from [`KvCache::unstack`] would
+    /// otherwise keep the whole batch's buffers alive (in the prompt cache, for as long as its
+    /// entry lives).
+    pub fn detached(&self) -> crate::Result<KvCache> {
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            let (k, v) = l.dense_full()?.ok_or_else(|| bug("a layer without keys"))?;
+            let copy = |a: &Array| -> mlx_engine_plugin_api::Result<Array> {
+                let s = a.shape();
+                let start = vec![0; s.len()];
+                let strides = vec![1; s.len()];
+                Array::zeros(&s, a.dtype())?.slice_update(a, &start, &s, &strides)
+            };
+            layers.push(Layer::from_dense_full(copy(&k)?, copy(&v)?)?);
+        }
+        Ok(KvCache { layers, config: self.config.clone(), batch: self.batch.clone() })
     }
 }
 

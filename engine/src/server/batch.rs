@@ -168,8 +168,14 @@ fn decode_step(
         match g.cache.unstack() {
             Ok(caches) => {
                 for (uid, c) in g.members.iter().zip(caches) {
+                    let stays = members.contains(uid);
                     if let Some(r) = rows.iter_mut().find(|r| r.uid == *uid) {
-                        r.cache = Some(c);
+                        // A row that stays is stacked again right away (a copy then); one that
+                        // leaves keeps its cache for the prompt cache, in buffers of its own.
+                        match if stays { Ok(c) } else { c.detached() } {
+                            Ok(c) => r.cache = Some(c),
+                            Err(e) => tracing::warn!(id = %r.id, "its cache is not kept: {e}"),
+                        }
                     }
                 }
             }

@@ -221,7 +221,7 @@ while events < 4:
 f.close()
 sock.close()
 results["disconnect_events_read"] = events
-deadline = time.time() + 30
+deadline = time.time() + 120
 while True:
     _, _, h = raw("GET", "/health", auth=False)
     if h["active_rows"] == 0:
@@ -255,7 +255,7 @@ def open_stream(i):
 
 capacity = cfg["max_concurrency"] + cfg["queue"]
 holders = [open_stream(i) for i in range(capacity)]
-deadline = time.time() + 60
+deadline = time.time() + 180
 # Admitted, then (after tokenizing) in the batch or its queue.
 while (metric("requests_in_flight"), metric("active_rows"), metric("queue_depth")) != (
         capacity, cfg["max_concurrency"], cfg["queue"]):
@@ -266,7 +266,7 @@ error_object(s, d, 503, "full queue")
 check(h.get("retry-after", h.get("Retry-After")) == "1", f"Retry-After: {h}")
 for sk in holders:
     sk.close()
-deadline = time.time() + 60
+deadline = time.time() + 180
 while metric("requests_in_flight") > 0 or metric("active_rows") > 0:
     check(time.time() < deadline, "abandoned requests still held")
     time.sleep(0.05)
