@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Instant;
 
-use mlx_engine_plugin_api::{Array, Input};
+use mlx_engine_plugin_api::{runtime, Array, Input};
 
 use super::row::{panicked, Row};
 use super::scheduler::{Job, Limits, Metrics};
@@ -126,6 +126,8 @@ pub fn run(parts: WorkerParts<'_>, jobs: Receiver<Job>, limits: Limits, metrics:
         if decoded > 0 {
             metrics.decode_micros.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
+        metrics.mlx_active_bytes.store(runtime::active_memory() as u64, Ordering::Relaxed);
+        metrics.mlx_cache_bytes.store(runtime::cache_memory() as u64, Ordering::Relaxed);
     }
 }
 

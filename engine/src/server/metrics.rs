@@ -21,7 +21,7 @@ pub fn render(m: &Metrics) -> String {
     let decode_s = get(&m.decode_micros) as f64 / 1e6;
     let lookups = get(&m.cache_lookups);
     let hits = get(&m.cache_hits);
-    let rows: [(&str, &str, &str, f64); 16] = [
+    let rows: [(&str, &str, &str, f64); 18] = [
         ("queue_depth", "gauge", "Requests waiting to join the batch", m.queued.load(Ordering::Relaxed) as f64),
         ("active_rows", "gauge", "Rows in the running batch", m.active_rows.load(Ordering::Relaxed) as f64),
         (
@@ -60,6 +60,8 @@ pub fn render(m: &Metrics) -> String {
             "The most rows one batched decode step carried",
             m.max_batch_rows.load(Ordering::Relaxed) as f64,
         ),
+        ("mlx_active_bytes", "gauge", "Bytes in live MLX arrays", get(&m.mlx_active_bytes) as f64),
+        ("mlx_cache_bytes", "gauge", "Freed bytes MLX keeps for reuse", get(&m.mlx_cache_bytes) as f64),
         ("prompt_cache_lookups_total", "counter", "Requests that looked up the prompt cache", lookups as f64),
         ("prompt_cache_hits_total", "counter", "Lookups that reused a cached prefix", hits as f64),
         (
@@ -98,6 +100,6 @@ mod tests {
         assert!(text.contains("# TYPE mlx_engine_queue_depth gauge\nmlx_engine_queue_depth 0\n"), "{text}");
         assert!(text.contains("mlx_engine_decode_tokens_per_second 25\n"), "{text}");
         assert!(text.contains("mlx_engine_prompt_cache_hit_rate 0.25\n"), "{text}");
-        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 16);
+        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 18);
     }
 }

@@ -61,6 +61,10 @@ pub struct Metrics {
     pub batched_steps: AtomicU64,
     pub batched_rows: AtomicU64,
     pub max_batch_rows: AtomicUsize,
+    /// MLX's allocator: bytes in live arrays, and freed bytes it keeps for reuse (sampled by
+    /// the scheduler loop, on the model's thread).
+    pub mlx_active_bytes: AtomicU64,
+    pub mlx_cache_bytes: AtomicU64,
 }
 
 /// Scheduler sizes, from the command line.
