@@ -61,6 +61,11 @@ pub enum Error {
     #[error("conversation {}: {reason}", path.display())]
     Conversation { path: PathBuf, reason: String },
 
+    /// The HTTP server could not start or run (`mlx-engine serve`: binding the address, the
+    /// async runtime, the model's scheduler).
+    #[error("server: {reason}")]
+    Server { reason: String },
+
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
 

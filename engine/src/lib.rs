@@ -21,6 +21,7 @@ pub mod model;
 pub mod model_kit;
 pub mod plugin_host;
 pub mod sample;
+pub mod server;
 pub mod speculative;
 pub mod stop;
 pub mod tokenizer;

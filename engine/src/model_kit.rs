@@ -93,6 +93,8 @@ enum Job {
     LoadDraft(PathBuf, mpsc::Sender<Result<DraftInfo>>),
     CheckDraft(PathBuf, mpsc::Sender<Result<()>>),
     UnloadDraft(mpsc::Sender<bool>),
+    /// Runs a host's loop on the worker (the server's scheduler; see [`ModelKit::run_on_worker`]).
+    Run(Box<dyn FnOnce(WorkerParts<'_>) + Send>),
     /// Expands the image placeholders of `text` (rendered or raw) and tokenizes it.
     Tokenize {
         text: String,
@@ -101,6 +103,15 @@ enum Job {
         max_image_size: Option<u32>,
         tx: mpsc::Sender<Result<Vec<u32>>>,
     },
+}
+
+/// What a loop run by [`ModelKit::run_on_worker`] gets: the model and its prompt cache, on the
+/// thread that owns them.
+pub struct WorkerParts<'a> {
+    pub ctx: GenContext<'a>,
+    pub cache: &'a mut PromptCache,
+    /// The model's query heads, for [`generate::prefill::chunk_size`].
+    pub attention_heads: Option<usize>,
 }
 
 enum Event {
@@ -248,6 +259,23 @@ impl Worker {
                 }
                 Job::CacheInfo(tx) => {
                     let _ = tx.send(self.cache.info());
+                }
+                Job::Run(f) => {
+                    let ctx = GenContext {
+                        model: self.loaded.model.as_ref(),
+                        tokenizer: &self.tokenizer,
+                        generation_config: &self.loaded.generation_config,
+                        context_length: self.loaded.context_length,
+                        vocab_size: self.loaded.vocab_size,
+                        vision: self.loaded.vision.as_ref(),
+                    };
+                    let cache = &mut self.cache;
+                    let parts = WorkerParts { ctx, cache: &mut *cache, attention_heads: self.attention_heads };
+                    // The loop contains its own panics per request; one that escapes it must
+                    // not take the worker (and so the model kit) down with it.
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(parts))).is_err() {
+                        cache.discard_live();
+                    }
                 }
                 Job::Tokenize { text, add_special_tokens, images, max_image_size, tx } => {
                     let _ = tx.send(self.tokenize(&text, add_special_tokens, &images, max_image_size));
@@ -537,6 +565,14 @@ impl ModelKit {
         let (tx, rx) = mpsc::channel();
         self.send(Job::UnloadDraft(tx))?;
         rx.recv().map_err(|_| stopped())
+    }
+
+    /// Runs `f` on the model's worker thread with the model and its prompt cache, after the
+    /// jobs queued before it; jobs sent later wait until it returns. For hosts that schedule
+    /// requests themselves (the server's continuous batching), since every MLX call for this
+    /// model must happen on that thread.
+    pub fn run_on_worker(&self, f: impl FnOnce(WorkerParts<'_>) + Send + 'static) -> Result<()> {
+        self.send(Job::Run(Box::new(f)))
     }
 
     /// The prompt cache's state and counters (waits for queued generations to finish).

@@ -90,6 +90,35 @@ impl Layer {
         }
     }
 
+    /// Whether the layer can be stacked with others into a batch ([`Layer::dense_full`]): it
+    /// keeps every position, and densely.
+    pub fn is_stackable(&self) -> bool {
+        self.policy == Policy::Full && self.quant.is_none()
+    }
+
+    /// A stackable layer's valid keys and values (`[B, H, len, D]` each); `None` before its
+    /// first update.
+    pub fn dense_full(&self) -> Result<Option<(Array, Array)>> {
+        if !self.is_stackable() {
+            return Err(Error::Boundary("KV cache: only full, dense layers stack into a batch (engine bug)".into()));
+        }
+        match (&self.keys, &self.values) {
+            (Some(k), Some(v)) => Ok(Some((valid(k, self.len)?.dense()?, valid(v, self.len)?.dense()?))),
+            _ => Ok(None),
+        }
+    }
+
+    /// A full, dense layer holding `keys` and `values` (`[B, H, T, D]`) as positions `0..T`.
+    pub fn from_dense_full(keys: Array, values: Array) -> Result<Layer> {
+        let len = keys.dim(2)?;
+        let mut layer = Layer::new(Policy::Full, None);
+        layer.keys = Some(Tensor::Dense(keys));
+        layer.values = Some(Tensor::Dense(values));
+        layer.len = len;
+        layer.offset = len;
+        Ok(layer)
+    }
+
     /// Whether the last positions can be dropped so that the layer is exactly as if they had
     /// never been added: always for full layers; for rings only while nothing has been
     /// evicted yet (`offset <= size`), because an evicted position cannot be brought back.

@@ -21,6 +21,7 @@ mod attention;
 mod config;
 mod layer;
 pub mod prompt_cache;
+mod stack;
 mod tensor;
 
 use mlx_engine_plugin_api::{Array, AttentionOptions, Error, ForwardContext, LayerCache, Positions, Result};

@@ -175,6 +175,48 @@ impl PromptCache {
         Ok(cached)
     }
 
+    /// For hosts that run several sequences at once (the server's scheduler), each in a cache
+    /// of its own: a copy of the stored cache covering the longest part of `prompt` (at most
+    /// `prompt.len() - 1` tokens), or a fresh cache, with how many tokens it holds. The live
+    /// cache is not touched; counted in [`CacheEvents`] as [`Self::prepare`] counts.
+    pub fn lookup(&mut self, prompt: &[u32], reuse: bool) -> Result<(KvCache, usize)> {
+        self.events.requests += 1;
+        let limit = prompt.len().saturating_sub(1);
+        let found = if reuse && limit > 0 { self.fetch(prompt, limit) } else { None };
+        match found {
+            Some((cache, n)) => {
+                self.events.hits += 1;
+                self.events.cached_tokens += n;
+                Ok((cache, n))
+            }
+            None => {
+                self.events.fresh += 1;
+                Ok((self.fresh()?, 0))
+            }
+        }
+    }
+
+    /// Stores a sequence's cache from [`Self::lookup`] once it is done, keyed by `tokens` (the
+    /// prompt then the sampled tokens; cut to what the cache holds, as [`Self::flush`] does).
+    pub fn store(&mut self, mut tokens: Vec<u32>, cache: KvCache) {
+        let held = cache.len();
+        if held == 0 || tokens.len() < held {
+            return;
+        }
+        tokens.truncate(held);
+        self.events.flushes += 1;
+        self.insert(tokens, cache, EntryKind::Assistant);
+    }
+
+    /// Stores a checkpoint of a sequence from [`Self::lookup`]: `snapshot` holds `tokens`.
+    pub fn store_snapshot(&mut self, tokens: &[u32], snapshot: KvCache) {
+        if snapshot.len() != tokens.len() || tokens.is_empty() {
+            return;
+        }
+        self.events.checkpoints += 1;
+        self.insert(tokens.to_vec(), snapshot, EntryKind::User);
+    }
+
     /// The best stored cache for `prompt`, trimmed when needed, holding at most `limit`
     /// tokens: the entry that covers the most; on a tie one that needs no trim, then the most
     /// recently used. Entries whose trim does not go as asked are skipped.

@@ -13,6 +13,7 @@ pub mod generate;
 pub mod interrupt;
 pub mod new_plugin;
 pub mod plugins;
+pub mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -43,9 +44,11 @@ impl Cli {
     /// Logs to stderr: warnings by default, without colour unless stderr is a terminal.
     pub fn init_logging(&self) {
         use std::io::IsTerminal;
+        // The server's request log is what it is run for: on by default.
+        let quiet_default = if matches!(self.command, Command::Serve(_)) { "info" } else { "warn" };
         let level = match (self.quiet, self.verbose) {
             (true, _) => "error",
-            (_, 0) => "warn",
+            (_, 0) => quiet_default,
             (_, 1) => "info",
             _ => "debug",
         };
@@ -80,10 +83,17 @@ pub enum Command {
     /// Write a new out-of-tree plugin crate (from the llama or gemma3 plugin) with a
     /// conformance test.
     NewPlugin(new_plugin::NewPluginArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (chat completions, completions,
+    /// models, health) with continuous batching.
+    Serve(serve::ServeArgs),
 }
 
 /// Runs the command; the binary maps an error to a message and a non-zero exit.
 pub fn run(cli: Cli) -> crate::Result<()> {
+    // The server handles SIGINT and SIGTERM itself (graceful shutdown).
+    if let Command::Serve(a) = &cli.command {
+        return serve::run(a);
+    }
     interrupt::install();
     match cli.command {
         Command::Generate(a) => generate::run(&a),
@@ -93,6 +103,7 @@ pub fn run(cli: Cli) -> crate::Result<()> {
         Command::Bench(a) => bench::run_bench(&a),
         Command::CheckPlugin(a) => check_plugin::run(&a),
         Command::NewPlugin(a) => new_plugin::run(&a),
+        Command::Serve(a) => serve::run(&a),
     }
 }
 

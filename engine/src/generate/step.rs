@@ -105,26 +105,13 @@ impl<'a> Decoder<'a> {
         Ok(sample)
     }
 
-    /// Reads a sampled token back, refusing non-finite logprobs: NaN logits sample as token 0
-    /// or EOS, and saying so beats returning garbage. `ahead` counts the tokens between the
+    /// Reads a sampled token back (see [`read_sample`]). `ahead` counts the tokens between the
     /// last committed one and this one (for the step named in the error).
     pub fn read(&mut self, sample: LazySample, ahead: usize, from_draft: bool) -> Result<StepToken> {
         let t = Instant::now();
-        let token = sample.token.item::<u32>()?;
-        let logprob = sample.logprob.item::<f32>()?;
+        let read = read_sample(sample, self.generated + ahead + 1, from_draft);
         self.times.wait_seconds += t.elapsed().as_secs_f64();
-        let logprobs = sample.logprobs;
-        if logprob.is_nan() || logprob == f32::INFINITY {
-            return Err(Error::Param {
-                name: "model".into(),
-                reason: format!(
-                    "the model's logits are not finite (NaN or inf) at generated token {}: its weights or \
-                     config (e.g. a norm eps, rope_theta or softcap of 0) give no usable output",
-                    self.generated + ahead + 1
-                ),
-            });
-        }
-        Ok(StepToken { id: token, logprob, logprobs, from_draft })
+        read
     }
 
     /// Adds a token to the sequence: the processors' history and the prompt cache's record
@@ -139,6 +126,25 @@ impl<'a> Decoder<'a> {
     pub fn last(&self) -> u32 {
         self.history.last().copied().unwrap_or(0)
     }
+}
+
+/// Reads a sampled token back, refusing non-finite logprobs: NaN logits sample as token 0 or
+/// EOS, and saying so beats returning garbage. `step` is the generated token's number (from 1),
+/// for the error.
+pub fn read_sample(sample: LazySample, step: usize, from_draft: bool) -> Result<StepToken> {
+    let token = sample.token.item::<u32>()?;
+    let logprob = sample.logprob.item::<f32>()?;
+    let logprobs = sample.logprobs;
+    if logprob.is_nan() || logprob == f32::INFINITY {
+        return Err(Error::Param {
+            name: "model".into(),
+            reason: format!(
+                "the model's logits are not finite (NaN or inf) at generated token {step}: its weights or \
+                 config (e.g. a norm eps, rope_theta or softcap of 0) give no usable output"
+            ),
+        });
+    }
+    Ok(StepToken { id: token, logprob, logprobs, from_draft })
 }
 
 /// One forward pass per token. Without processors the next token needs no host-side history,

@@ -25,16 +25,20 @@ pub struct ChatMessage {
     pub content: String,
     #[serde(default)]
     pub images: usize,
+    /// Other fields templates read from a turn, passed through as given (OpenAI tool calling:
+    /// an assistant turn's `tool_calls`, a tool result's `tool_call_id` and `name`).
+    #[serde(default)]
+    pub fields: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> ChatMessage {
-        ChatMessage { role: role.into(), content: content.into(), images: 0 }
+        ChatMessage { role: role.into(), content: content.into(), images: 0, fields: Default::default() }
     }
 
     /// A turn with `images` images after its text.
     pub fn with_images(role: impl Into<String>, content: impl Into<String>, images: usize) -> ChatMessage {
-        ChatMessage { role: role.into(), content: content.into(), images }
+        ChatMessage { role: role.into(), content: content.into(), images, fields: Default::default() }
     }
 }
 
@@ -45,7 +49,7 @@ impl ChatMessage {
 impl Serialize for ChatMessage {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let mut m = serializer.serialize_map(Some(2))?;
+        let mut m = serializer.serialize_map(None)?;
         m.serialize_entry("role", &self.role)?;
         if self.images == 0 {
             m.serialize_entry("content", &self.content)?;
@@ -53,6 +57,9 @@ impl Serialize for ChatMessage {
             let mut parts = vec![serde_json::json!({"type": "text", "text": self.content})];
             parts.extend(std::iter::repeat_n(serde_json::json!({"type": "image"}), self.images));
             m.serialize_entry("content", &parts)?;
+        }
+        for (k, v) in self.fields.iter().filter(|(k, _)| *k != "role" && *k != "content") {
+            m.serialize_entry(k, v)?;
         }
         m.end()
     }

@@ -1,0 +1,74 @@
+//! `mlx-engine serve`: the OpenAI-compatible HTTP server (see `crate::server`).
+
+use std::path::PathBuf;
+
+use super::common::{load, param, CacheArgs, ModelArgs};
+use crate::error::Result;
+use crate::server::scheduler::Limits;
+use crate::server::{self, ServeConfig};
+
+/// Prefill chunk of the server when `--prefill-step-size` is not given: small enough that a
+/// long prompt lets the other rows decode between its chunks.
+pub const SERVE_PREFILL_CHUNK: usize = 256;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    /// A draft model for speculative decoding (not yet supported by the batching scheduler).
+    #[arg(long, value_name = "PATH")]
+    pub draft_model: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// 0 picks a free port; the address is printed on stdout (`listening on http://...`).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY`, with KEY read from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub api_key_env: Option<String>,
+    /// Rows decoding at once (the batch).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub max_concurrency: usize,
+    /// Requests waiting for a row; beyond it requests get 503 with Retry-After.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub queue: usize,
+    /// Request bodies larger than this get 413.
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+    /// The model id clients pass as `model` (default: the --model argument as given).
+    #[arg(long, value_name = "NAME")]
+    pub served_model_name: Option<String>,
+}
+
+pub fn run(args: &ServeArgs) -> Result<()> {
+    // Cheap checks before the model loads.
+    if args.draft_model.is_some() {
+        return Err(param(
+            "--draft-model",
+            "speculative decoding is not supported by the server's batching scheduler yet; serve without it",
+        ));
+    }
+    if args.max_concurrency == 0 {
+        return Err(param("--max-concurrency", "must be at least 1"));
+    }
+    let api_key = match &args.api_key_env {
+        None => None,
+        Some(var) => match std::env::var(var) {
+            Ok(k) if !k.is_empty() => Some(k),
+            _ => return Err(param("--api-key-env", format!("the environment variable `{var}` is not set or empty"))),
+        },
+    };
+    let prefill_chunk = args.cache.prefill_step_size()?.unwrap_or(SERVE_PREFILL_CHUNK);
+    let kit = load(&args.model, &args.cache)?;
+    let config = ServeConfig {
+        host: args.host.clone(),
+        port: args.port,
+        model_id: args.served_model_name.clone().unwrap_or_else(|| args.model.model.display().to_string()),
+        api_key,
+        limits: Limits { max_concurrency: args.max_concurrency, queue: args.queue, prefill_chunk },
+        max_body_bytes: args.max_body_bytes,
+    };
+    server::run(kit, config)
+}
