@@ -16,13 +16,13 @@
 use std::ffi::c_void;
 
 use crate::error::{Error, Result};
-use crate::ops_table::{Handle, OpsTable, Status};
+use crate::ops_table::{GroupHandle, Handle, OpsTable, Status};
 
 /// Incompatible changes bump the major; the engine refuses any other major.
 pub const ABI_MAJOR: u32 = 1;
 /// Additions (entries appended to a table) bump the minor; a plugin built for minor `m` loads
 /// into an engine of minor `>= m`.
-pub const ABI_MINOR: u32 = 1;
+pub const ABI_MINOR: u32 = 2;
 
 /// The symbol every plugin exports: `extern "C" fn() -> *const PluginDescriptor`.
 pub const DESCRIPTOR_SYMBOL: &str = "mlx_engine_plugin_descriptor";
@@ -218,6 +218,12 @@ pub struct ModelVTable {
     /// [`ModelArch::embeddings_scale`](crate::ModelArch::embeddings_scale). A 1.0 plugin has
     /// no entry and declares no scale (1).
     pub embeddings_scale: unsafe extern "C" fn(this: *mut c_void, out: *mut f32, err: *const ErrSink) -> Status,
+    // --- 1.2 ---
+    /// [`ModelArch::shard`](crate::ModelArch::shard): splits the model's weights for tensor
+    /// parallelism over `group` (borrowed for the call; the plugin clones what it keeps). Called
+    /// at most once, after creation and before any other call but the layout queries, which
+    /// the engine repeats after it. A 1.0/1.1 plugin has no entry and cannot be sharded.
+    pub shard: unsafe extern "C" fn(this: *mut c_void, group: GroupHandle, err: *const ErrSink) -> Status,
 }
 
 /// A plugin's vision add-on as seen by the engine. The engine calls `destroy` exactly once.
@@ -359,6 +365,7 @@ crate::abi_layout!(PluginDescriptor {
 crate::abi_layout!(ModelVTable {
     0 => [size, destroy, num_layers, layer_cache, forward, embed_tokens],
     1 => [try_num_layers, try_layer_cache, embeddings_scale],
+    2 => [shard],
 });
 crate::abi_layout!(VisionVTable { 0 => [size, destroy, merge], 1 => [image_prompt, encode, merge_features] });
 crate::abi_layout!(ForwardCtxVTable { 0 => [size, offset, attention], 1 => [positions] });
@@ -417,5 +424,8 @@ mod tests {
         assert_eq!(ModelVTable::size_at_minor(0), std::mem::offset_of!(ModelVTable, try_num_layers));
         assert!(!crate::has_entry!(ModelVTable::size_at_minor(0), ModelVTable, try_num_layers));
         assert!(crate::has_entry!(ModelVTable::size_at_minor(1), ModelVTable, try_layer_cache));
+        assert!(ModelVTable::size_at_minor(1) < ModelVTable::size_at_minor(2));
+        assert!(!crate::has_entry!(ModelVTable::size_at_minor(1), ModelVTable, shard));
+        assert_ne!(layout_fingerprint(1), layout_fingerprint(2));
     }
 }
