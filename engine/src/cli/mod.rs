@@ -11,6 +11,7 @@ pub mod common;
 pub mod forward;
 pub mod generate;
 pub mod interrupt;
+pub mod launch;
 pub mod new_plugin;
 pub mod plugins;
 
@@ -80,6 +81,9 @@ pub enum Command {
     /// Write a new out-of-tree plugin crate (from the llama or gemma3 plugin) with a
     /// conformance test.
     NewPlugin(new_plugin::NewPluginArgs),
+    /// Run an mlx-engine command as N tensor-parallel ranks on this machine (MLX's ring
+    /// backend, set up as `mlx.launch` does): `launch -n 2 -- generate -m DIR -p TEXT`.
+    Launch(launch::LaunchArgs),
 }
 
 /// Runs the command; the binary maps an error to a message and a non-zero exit.
@@ -93,6 +97,7 @@ pub fn run(cli: Cli) -> crate::Result<()> {
         Command::Bench(a) => bench::run_bench(&a),
         Command::CheckPlugin(a) => check_plugin::run(&a),
         Command::NewPlugin(a) => new_plugin::run(&a),
+        Command::Launch(a) => launch::run(&a),
     }
 }
 
