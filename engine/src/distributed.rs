@@ -18,6 +18,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use mlx_engine_plugin_api::distributed::all_sum;
 pub use mlx_engine_plugin_api::distributed::{Backend, Group};
@@ -38,6 +39,30 @@ pub fn init(backend: Backend) -> Result<Group> {
     })
 }
 
+/// How long a rank waits for the next forward pass of a running request before it gives the
+/// group up (seconds; `MLX_ENGINE_RANK_TIMEOUT` overrides). MLX's ring backend reports a lost
+/// peer as an error when the socket closes cleanly, but a peer killed while data was in
+/// flight (ECONNRESET) can leave the other ranks waiting on a collective forever; the watchdog
+/// bounds that. It must exceed the slowest legitimate gap between passes (one prefill chunk).
+pub const DEFAULT_RANK_TIMEOUT_SECS: u64 = 120;
+
+/// The environment variable that overrides [`DEFAULT_RANK_TIMEOUT_SECS`].
+pub const RANK_TIMEOUT_ENV: &str = "MLX_ENGINE_RANK_TIMEOUT";
+
+/// [`RANK_TIMEOUT_ENV`] or the default.
+fn rank_timeout() -> Result<Duration> {
+    match std::env::var(RANK_TIMEOUT_ENV) {
+        Err(_) => Ok(Duration::from_secs(DEFAULT_RANK_TIMEOUT_SECS)),
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(n) if n > 0 => Ok(Duration::from_secs(n)),
+            _ => Err(Error::Param {
+                name: RANK_TIMEOUT_ENV.into(),
+                reason: format!("`{v}` is not a positive number of seconds"),
+            }),
+        },
+    }
+}
+
 /// The cancel flags of the request a [`Lockstep`] model is serving.
 #[derive(Default)]
 struct Flags {
@@ -45,6 +70,8 @@ struct Flags {
     requested: Arc<AtomicBool>,
     /// What the generation loop reads: set once the ranks agreed to stop.
     agreed: Arc<AtomicBool>,
+    /// While a request runs: when its last forward pass started (the watchdog's clock).
+    progress: Option<Instant>,
 }
 
 /// Shared between a [`Lockstep`] model and the worker that starts requests on it.
@@ -57,9 +84,48 @@ impl CancelRelay {
     pub fn begin(&self, requested: Arc<AtomicBool>) -> Arc<AtomicBool> {
         let agreed = Arc::new(AtomicBool::new(false));
         if let Ok(mut f) = self.0.lock() {
-            *f = Flags { requested, agreed: agreed.clone() };
+            *f = Flags { requested, agreed: agreed.clone(), progress: Some(Instant::now()) };
         }
         agreed
+    }
+
+    /// The request ended: the ranks may now idle for as long as they like.
+    pub fn end(&self) {
+        if let Ok(mut f) = self.0.lock() {
+            f.progress = None;
+        }
+    }
+
+    fn tick(&self) {
+        if let Ok(mut f) = self.0.lock() {
+            if f.progress.is_some() {
+                f.progress = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Ends the process when a running request makes no progress for `timeout` (see
+    /// [`DEFAULT_RANK_TIMEOUT_SECS`]); the thread ends with the relay.
+    fn watch(&self, rank: i32, timeout: Duration) {
+        let weak = Arc::downgrade(&self.0);
+        let spawned = std::thread::Builder::new().name("mlx-engine-rank-watchdog".into()).spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let Some(flags) = weak.upgrade() else { return };
+            let stalled = flags.lock().ok().and_then(|f| f.progress).is_some_and(|t| t.elapsed() > timeout);
+            if stalled {
+                eprintln!(
+                    "error: rank {rank}: no progress for {}s: another rank died or stopped answering (set \
+                     {RANK_TIMEOUT_ENV} to wait longer)",
+                    timeout.as_secs()
+                );
+                // The worker is stuck inside MLX, so nothing can unwind it: leave now.
+                // SAFETY: `_exit` ends the process at once; nothing runs after it.
+                unsafe { libc::_exit(1) }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!("rank {rank}: no watchdog ({e}): a lost peer may hang this rank");
+        }
     }
 
     fn current(&self) -> (Arc<AtomicBool>, Arc<AtomicBool>) {
@@ -81,6 +147,7 @@ impl Lockstep {
     /// Shards `model` over `group` and wraps it; requests must start through `relay`.
     pub fn shard(mut model: Box<dyn DynModel>, group: Group, relay: CancelRelay) -> Result<Lockstep> {
         model.shard(&group)?;
+        relay.watch(group.rank(), rank_timeout()?);
         Ok(Lockstep { inner: model, group, relay })
     }
 
@@ -99,6 +166,7 @@ impl DynModel for Lockstep {
     }
 
     fn forward(&self, input: Input<'_>, ctx: &mut dyn ForwardContext) -> mlx_engine_plugin_api::Result<Array> {
+        self.relay.tick();
         let (requested, agreed) = self.relay.current();
         let stop = self.any_requested(&requested)?;
         let out = self.inner.forward(input, ctx);

@@ -247,6 +247,9 @@ impl Worker {
                         }
                         Err(Error::Array(mlx_engine_plugin_api::Error::from_panic(p)))
                     });
+                    if let Some(relay) = &self.relay {
+                        relay.end();
+                    }
                     // The reporter (a progress bar) goes before the stream ends.
                     drop(progress);
                     let _ = tx.send(Event::Done(out));

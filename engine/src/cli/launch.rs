@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mlx_engine_plugin_api::distributed::{all_sum, Backend, Group};
@@ -45,12 +46,32 @@ pub struct LaunchArgs {
     pub command: Vec<String>,
 }
 
+/// Set once this process joined a group (see [`joined_a_group`]).
+static JOINED: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process joined a distributed group. Such a process must leave with `_exit`:
+/// seen here, its exit handlers can hang for good (OpenBLAS's thread shutdown waits on a worker
+/// that never wakes while MLX's ring backend still holds its sockets and threads), which would
+/// turn a finished rank into a hung one.
+pub fn joined_a_group() -> bool {
+    JOINED.load(Ordering::SeqCst)
+}
+
 /// The group `generate --distributed BACKEND` (or [`BACKEND_ENV`]) asks for; `None` without.
 pub fn group_from(flag: Option<&str>) -> Result<Option<Group>> {
     let env = std::env::var(BACKEND_ENV).ok().filter(|v| !v.is_empty());
     let Some(name) = flag.map(str::to_string).or(env) else { return Ok(None) };
     let backend = Backend::parse(&name).map_err(|e| param("distributed", e.to_string()))?;
+    // A write to the socket of a peer that died must fail as an error MLX reports ("connection
+    // to a peer was lost"), not kill this rank with SIGPIPE (which `main` restores for stdout's
+    // sake; a closed stdout still ends the command, as a BrokenPipe error).
+    #[cfg(unix)]
+    // SAFETY: changing a signal's disposition; no handler code is involved.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
     let group = crate::distributed::init(backend)?;
+    JOINED.store(true, Ordering::SeqCst);
     tracing::info!("rank {} of {} ({} backend)", group.rank(), group.size(), backend.name());
     Ok(Some(group))
 }
