@@ -398,6 +398,9 @@ pub const fn layout_fingerprint(minor: u32) -> u64 {
 /// plugins record (checked against it by a test, and by loading a real 1.0 plugin).
 pub const ABI_1_0_FINGERPRINT_64: u64 = 0x6bc6_f62a_0ca2_cf79;
 
+/// `layout_fingerprint(1)` on 64-bit targets: what ABI 1.1 plugins record.
+pub const ABI_1_1_FINGERPRINT_64: u64 = 0xe706_242e_0dce_d26f;
+
 /// The fingerprint of this crate's own minor, which its plugins record in their descriptor.
 pub const LAYOUT_FINGERPRINT: u64 = layout_fingerprint(ABI_MINOR);
 
@@ -413,6 +416,10 @@ mod tests {
             assert_eq!(layout_fingerprint(0), ABI_1_0_FINGERPRINT_64);
         }
         assert_ne!(layout_fingerprint(0), layout_fingerprint(1));
+        // 1.1 plugins record this one: 1.2 only appended, so it must not move either.
+        if std::mem::size_of::<usize>() == 8 {
+            assert_eq!(layout_fingerprint(1), ABI_1_1_FINGERPRINT_64);
+        }
     }
 
     #[test]
