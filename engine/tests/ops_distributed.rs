@@ -74,7 +74,7 @@ fn rank_worker() {
 /// all-to-sharded then sharded-to-all (an MLP's shape), dense and 4-bit quantized.
 fn sharded_linears_sum_to_the_whole_layer(g: &Group) {
     let (d, h) = (64, 128);
-    let vals = |n: usize, k: f32| (0..n).map(|i| ((i as f32 * k).sin() * 0.3)).collect::<Vec<f32>>();
+    let vals = |n: usize, k: f32| (0..n).map(|i| (i as f32 * k).sin() * 0.3).collect::<Vec<f32>>();
     let x = arr(&vals(2 * d as usize, 0.37), &[2, d]);
     for quantized in [false, true] {
         let weight = |n: i32, m: i32, k: f32| {

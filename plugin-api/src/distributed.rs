@@ -76,6 +76,7 @@ struct Owned(NonNull<std::ffi::c_void>);
 // SAFETY: the handle is a copy of MLX's `Group` (a shared_ptr to the backend), which MLX's own
 // scheduler threads use concurrently; nothing here mutates it.
 unsafe impl Send for Owned {}
+// SAFETY: as for Send: the handle is only read (rank, size, collectives take it by const ref).
 unsafe impl Sync for Owned {}
 
 impl Drop for Owned {
