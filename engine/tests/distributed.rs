@@ -282,3 +282,46 @@ fn a_model_that_does_not_split_over_the_ranks_is_refused_naming_the_field() {
     assert!(!st.success());
     assert!(err.contains("num_key_value_heads") && err.contains("3 ranks"), "{err}");
 }
+
+#[test]
+fn ctrl_c_to_the_launcher_stops_every_rank_and_exits_130() {
+    let Some(m) = smollm2() else { return };
+    let port = free_ports(2).to_string();
+    let mut launcher = Command::new(EXE)
+        .args(["launch", "-n", "2", "-p", &port, "--", "generate", "-m", &m, "-p", "Count:", "-n", "5000"])
+        .args(["--ignore-eos", "--output", "jsonl"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = launcher.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(120)).expect("rank 0 streams tokens through the launcher");
+    // The ranks run in their own process group: only the launcher gets this, as from a terminal.
+    // SAFETY: a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(launcher.id() as i32, libc::SIGINT) }, 0);
+    let t = Instant::now();
+    while launcher.try_wait().unwrap().is_none() {
+        if t.elapsed() > Duration::from_secs(30) {
+            let _ = launcher.kill();
+            panic!("the launch still runs 30 s after Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let st = launcher.wait().unwrap();
+    let mut err = String::new();
+    launcher.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(st.code(), Some(130), "{err}");
+    std::thread::sleep(Duration::from_millis(200));
+    let rest: Vec<String> = rx.try_iter().collect();
+    let last: Value = serde_json::from_str(rest.last().expect("rank 0's final record")).unwrap();
+    assert_eq!(last["stop_condition"]["reason"], "user_cancelled", "{last}");
+}
