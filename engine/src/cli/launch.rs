@@ -139,6 +139,13 @@ pub fn run(args: &LaunchArgs) -> Result<()> {
     let hostfile = TempFile(path);
     let exe = std::env::current_exe().map_err(|e| Error::Io { path: "<current exe>".into(), source: e })?;
 
+    // The ranks share this machine's cores: without a setting of the user's, each rank's BLAS
+    // gets its share (on 2 cores, 2 ranks with 2 BLAS threads each decode at half the speed of
+    // 1 thread each; docs/distributed.md).
+    let blas_threads = std::env::var_os("OPENBLAS_NUM_THREADS").is_none().then(|| {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        (cores / hosts.len()).max(1).to_string()
+    });
     let mut children: Vec<Child> = Vec::new();
     for rank in 0..hosts.len() {
         let mut cmd = Command::new(&exe);
@@ -148,6 +155,9 @@ pub fn run(args: &LaunchArgs) -> Result<()> {
             .env(BACKEND_ENV, &args.backend);
         if args.ring_verbose {
             cmd.env("MLX_RING_VERBOSE", "1");
+        }
+        if let Some(n) = &blas_threads {
+            cmd.env("OPENBLAS_NUM_THREADS", n);
         }
         // Their own process group: a Ctrl-C at the terminal reaches this launcher only, which
         // hands it to rank 0, and the ranks then stop together (see `distributed`).
