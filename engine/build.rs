@@ -188,7 +188,8 @@ fn c_type(rust: &str) -> String {
         return format!("{}*", c_type(rest));
     }
     match t {
-        "Handle" | "BundleHandle" | "CompiledHandle" | "CompileFn" | "FreePayloadFn" | "Status" | "bool" => t,
+        "Handle" | "BundleHandle" | "CompiledHandle" | "GroupHandle" | "CompileFn" | "FreePayloadFn" | "Status"
+        | "bool" => t,
         "c_char" => "char",
         "c_void" => "void",
         "u32" => "uint32_t",
@@ -238,7 +239,7 @@ fn write_shim_header(ops_list: &Path, out: &Path) {
          // One exported entry point per field of `OpsTable`, in table order.\n\
          #pragma once\n\n#include <cstddef>\n#include <cstdint>\n\n#include \"shim.h\"\n\n\
          using mlxe::BundleHandle;\nusing mlxe::CompiledHandle;\nusing mlxe::CompileFn;\n\
-         using mlxe::FreePayloadFn;\nusing mlxe::Handle;\nusing mlxe::Status;\n",
+         using mlxe::FreePayloadFn;\nusing mlxe::GroupHandle;\nusing mlxe::Handle;\nusing mlxe::Status;\n",
     );
     let mut stmt = String::new();
     for line in text.lines().map(str::trim) {

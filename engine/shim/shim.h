@@ -34,6 +34,7 @@ using Handle = void*;
 using BundleHandle = void*;
 using Status = int32_t;
 using CompiledHandle = void*;
+using GroupHandle = void*;
 // See `CompileFn` / `FreePayloadFn` in plugin-api/src/ops_table.rs.
 using CompileFn = Status (*)(void* payload, const Handle* inputs, size_t n_inputs, Handle* outputs,
                              size_t n_outputs, char* msg, size_t msg_cap, size_t* msg_len);

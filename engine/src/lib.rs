@@ -14,6 +14,7 @@ pub mod cache;
 pub mod cli;
 pub mod conformance;
 pub mod diagnostics;
+pub mod distributed;
 pub mod error;
 pub mod generate;
 pub mod mlx;

@@ -9,8 +9,17 @@ fn main() -> std::process::ExitCode {
     }
     let cli = mlx_engine::cli::Cli::parse();
     cli.init_logging();
-    match mlx_engine::cli::run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => std::process::ExitCode::from(mlx_engine::cli::exit_code(&e)),
+    let code = match mlx_engine::cli::run(cli) {
+        Ok(()) => 0,
+        Err(e) => mlx_engine::cli::exit_code(&e),
+    };
+    if mlx_engine::cli::launch::joined_a_group() {
+        // A rank leaves without exit handlers (see `joined_a_group`), output flushed first.
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        // SAFETY: `_exit` ends the process at once; nothing runs after it.
+        unsafe { libc::_exit(i32::from(code)) }
     }
+    std::process::ExitCode::from(code)
 }

@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use crate::cache::prompt_cache::{PromptCache, PromptCacheInfo, DEFAULT_CAPACITY};
 use crate::cache::CacheConfig;
+use crate::distributed::{self, CancelRelay, Lockstep};
 use crate::error::{Error, Result};
 use crate::generate::{
     self, GenContext, GenerateRequest, GenerationResult, GenerationStats, NoProgress, PromptProgress, Session,
@@ -43,6 +44,9 @@ pub struct LoadOptions {
     /// Prompt-cache snapshots kept for reuse across requests ([`DEFAULT_CAPACITY`]; 0 turns
     /// reuse off).
     pub prompt_cache_capacity: usize,
+    /// Tensor parallelism: the group of ranks (from [`distributed::init`]) this model is
+    /// sharded over. Every rank must load the same model and run the same requests.
+    pub group: Option<distributed::Group>,
 }
 
 impl Default for LoadOptions {
@@ -53,6 +57,7 @@ impl Default for LoadOptions {
             plugins: HostOptions::standard(Vec::new(), None),
             cache: CacheConfig::default(),
             prompt_cache_capacity: DEFAULT_CAPACITY,
+            group: None,
         }
     }
 }
@@ -211,6 +216,8 @@ struct Worker {
     host: PluginHost,
     options: LoadOptions,
     draft: Option<DraftModel>,
+    /// Set when the model is sharded: requests then cancel through the ranks' agreement.
+    relay: Option<CancelRelay>,
 }
 
 impl Worker {
@@ -218,6 +225,10 @@ impl Worker {
         for job in jobs {
             match job {
                 Job::Generate { req, mut progress, cancel, tx } => {
+                    let cancel = match &self.relay {
+                        Some(relay) => relay.begin(cancel),
+                        None => cancel,
+                    };
                     let ctx = GenContext {
                         model: self.loaded.model.as_ref(),
                         tokenizer: &self.tokenizer,
@@ -253,6 +264,9 @@ impl Worker {
                         }
                         Err(Error::Array(mlx_engine_plugin_api::Error::from_panic(p)))
                     });
+                    if let Some(relay) = &self.relay {
+                        relay.end();
+                    }
                     // The reporter (a progress bar) goes before the stream ends.
                     drop(progress);
                     let _ = tx.send(Event::Done(out));
@@ -388,7 +402,16 @@ impl ModelKit {
                     // Cheap checks first, before any weight is read.
                     options.cache.validate()?;
                     let host = PluginHost::new(&options.plugins)?;
-                    let loaded = model::load_with(&path, &host, options.dtype, options.device)?;
+                    let mut loaded = model::load_with(&path, &host, options.dtype, options.device)?;
+                    let relay = match &options.group {
+                        Some(group) if group.size() > 1 => {
+                            let relay = CancelRelay::default();
+                            loaded.model = Box::new(Lockstep::shard(loaded.model, group.clone(), relay.clone())?);
+                            loaded.cache_layout = loaded.model.cache_layout();
+                            Some(relay)
+                        }
+                        _ => None,
+                    };
                     let (attention_heads, head_dim) = attention_dims(&loaded.text_config);
                     if let Some(d) = head_dim {
                         options.cache.check_head_dim(i32::try_from(d).unwrap_or(i32::MAX))?;
@@ -417,7 +440,8 @@ impl ModelKit {
                         vision_path: loaded.vision_path.clone(),
                     };
                     let memo = FeatureMemo::new(FEATURE_MEMO_CAPACITY);
-                    let worker = Worker { loaded, tokenizer, cache, attention_heads, memo, host, options, draft: None };
+                    let worker =
+                        Worker { loaded, tokenizer, cache, attention_heads, memo, host, options, draft: None, relay };
                     Ok((worker, info))
                 };
                 match setup() {

@@ -16,13 +16,13 @@
 use std::ffi::c_void;
 
 use crate::error::{Error, Result};
-use crate::ops_table::{Handle, OpsTable, Status};
+use crate::ops_table::{GroupHandle, Handle, OpsTable, Status};
 
 /// Incompatible changes bump the major; the engine refuses any other major.
 pub const ABI_MAJOR: u32 = 1;
 /// Additions (entries appended to a table) bump the minor; a plugin built for minor `m` loads
 /// into an engine of minor `>= m`.
-pub const ABI_MINOR: u32 = 1;
+pub const ABI_MINOR: u32 = 2;
 
 /// The symbol every plugin exports: `extern "C" fn() -> *const PluginDescriptor`.
 pub const DESCRIPTOR_SYMBOL: &str = "mlx_engine_plugin_descriptor";
@@ -218,6 +218,12 @@ pub struct ModelVTable {
     /// [`ModelArch::embeddings_scale`](crate::ModelArch::embeddings_scale). A 1.0 plugin has
     /// no entry and declares no scale (1).
     pub embeddings_scale: unsafe extern "C" fn(this: *mut c_void, out: *mut f32, err: *const ErrSink) -> Status,
+    // --- 1.2 ---
+    /// [`ModelArch::shard`](crate::ModelArch::shard): splits the model's weights for tensor
+    /// parallelism over `group` (borrowed for the call; the plugin clones what it keeps). Called
+    /// at most once, after creation and before any other call but the layout queries, which
+    /// the engine repeats after it. A 1.0/1.1 plugin has no entry and cannot be sharded.
+    pub shard: unsafe extern "C" fn(this: *mut c_void, group: GroupHandle, err: *const ErrSink) -> Status,
 }
 
 /// A plugin's vision add-on as seen by the engine. The engine calls `destroy` exactly once.
@@ -359,6 +365,7 @@ crate::abi_layout!(PluginDescriptor {
 crate::abi_layout!(ModelVTable {
     0 => [size, destroy, num_layers, layer_cache, forward, embed_tokens],
     1 => [try_num_layers, try_layer_cache, embeddings_scale],
+    2 => [shard],
 });
 crate::abi_layout!(VisionVTable { 0 => [size, destroy, merge], 1 => [image_prompt, encode, merge_features] });
 crate::abi_layout!(ForwardCtxVTable { 0 => [size, offset, attention], 1 => [positions] });
@@ -391,6 +398,9 @@ pub const fn layout_fingerprint(minor: u32) -> u64 {
 /// plugins record (checked against it by a test, and by loading a real 1.0 plugin).
 pub const ABI_1_0_FINGERPRINT_64: u64 = 0x6bc6_f62a_0ca2_cf79;
 
+/// `layout_fingerprint(1)` on 64-bit targets: what ABI 1.1 plugins record.
+pub const ABI_1_1_FINGERPRINT_64: u64 = 0xe706_242e_0dce_d26f;
+
 /// The fingerprint of this crate's own minor, which its plugins record in their descriptor.
 pub const LAYOUT_FINGERPRINT: u64 = layout_fingerprint(ABI_MINOR);
 
@@ -406,6 +416,10 @@ mod tests {
             assert_eq!(layout_fingerprint(0), ABI_1_0_FINGERPRINT_64);
         }
         assert_ne!(layout_fingerprint(0), layout_fingerprint(1));
+        // 1.1 plugins record this one: 1.2 only appended, so it must not move either.
+        if std::mem::size_of::<usize>() == 8 {
+            assert_eq!(layout_fingerprint(1), ABI_1_1_FINGERPRINT_64);
+        }
     }
 
     #[test]
@@ -417,5 +431,8 @@ mod tests {
         assert_eq!(ModelVTable::size_at_minor(0), std::mem::offset_of!(ModelVTable, try_num_layers));
         assert!(!crate::has_entry!(ModelVTable::size_at_minor(0), ModelVTable, try_num_layers));
         assert!(crate::has_entry!(ModelVTable::size_at_minor(1), ModelVTable, try_layer_cache));
+        assert!(ModelVTable::size_at_minor(1) < ModelVTable::size_at_minor(2));
+        assert!(!crate::has_entry!(ModelVTable::size_at_minor(1), ModelVTable, shard));
+        assert_ne!(layout_fingerprint(1), layout_fingerprint(2));
     }
 }

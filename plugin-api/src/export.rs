@@ -385,6 +385,21 @@ unsafe extern "C" fn model_embeddings_scale(this: *mut c_void, out: *mut f32, er
     }
 }
 
+unsafe extern "C" fn model_shard(
+    this: *mut c_void,
+    group: crate::ops_table::GroupHandle,
+    err: *const ErrSink,
+) -> Status {
+    // SAFETY: the engine passes a live model (not in use by any other call: it shards before
+    // anything else) and a group handle borrowed for the call.
+    unsafe {
+        guard(err, || {
+            let group = crate::distributed::Group::clone_raw(group)?;
+            (**(this as *mut Box<dyn DynModel>)).shard(&group)
+        })
+    }
+}
+
 static MODEL_VTABLE: ModelVTable = ModelVTable {
     size: std::mem::size_of::<ModelVTable>(),
     destroy: model_destroy,
@@ -395,6 +410,7 @@ static MODEL_VTABLE: ModelVTable = ModelVTable {
     try_num_layers: model_try_num_layers,
     try_layer_cache: model_try_layer_cache,
     embeddings_scale: model_embeddings_scale,
+    shard: model_shard,
 };
 
 unsafe extern "C" fn vision_destroy(this: *mut c_void) {

@@ -144,6 +144,27 @@ impl DynModel for ForeignModel {
         Ok(scale)
     }
 
+    /// Shards through the 1.2 entry, then reads the cache layout again (a sharded model keeps
+    /// its layers, but the plugin is its authority).
+    fn shard(&mut self, group: &crate::distributed::Group) -> Result<()> {
+        let vt = self.vt();
+        if !crate::has_entry!(vt.size, ModelVTable, shard) {
+            return Err(Error::Boundary(format!(
+                "the plugin was built for ABI {ABI_MAJOR}.{}, tensor parallelism needs ABI {ABI_MAJOR}.2 (rebuild it \
+                 against a newer plugin-api and implement ModelArch::shard)",
+                self.plugin_minor
+            )));
+        }
+        let mut slot = ErrorSlot::default();
+        let sink = slot.sink();
+        // SAFETY: live object, a group borrowed for the call, a sink.
+        if unsafe { (vt.shard)(self.obj.this, group.as_raw(), &sink) } != 0 {
+            return Err(slot.into_error("shard"));
+        }
+        self.layout = self.read_layout()?;
+        Ok(())
+    }
+
     fn embed_tokens(&self, ids: &Array) -> Result<Array> {
         let mut slot = ErrorSlot::default();
         let sink = slot.sink();

@@ -10,6 +10,7 @@ pub mod array;
 pub mod compile;
 pub mod config_check;
 pub mod declare;
+pub mod distributed;
 pub mod dtype;
 pub mod error;
 pub mod export;

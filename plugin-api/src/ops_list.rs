@@ -7,7 +7,7 @@
 //! Format (parsed by `engine/build.rs` too, so keep to it): groups `MINOR => { ... }` in
 //! increasing minor, each a sequence of `fn name(arg: Type, ...) -> Ret;` with `///` docs; the
 //! types are the ones `c_type` in `engine/build.rs` knows (`Handle`, `BundleHandle`,
-//! `CompiledHandle`, `CompileFn`, `FreePayloadFn`, `Status`, `c_char`, `c_void`, `bool`, `u32`,
+//! `CompiledHandle`, `GroupHandle`, `CompileFn`, `FreePayloadFn`, `Status`, `c_char`, `c_void`, `bool`, `u32`,
 //! `i32`, `u64`, `usize`, `f32`, `f64`, and raw pointers to those). The shim exports each entry as `mlxe_<name>`.
 
 /// Invokes `$callback!` with the whole list (see the module docs for its shape).
@@ -353,6 +353,29 @@ macro_rules! for_each_op {
             /// The number of primitives (kernels) evaluating `arrays` would run: unevaluated nodes
             /// reachable from them, siblings counted once.
             fn graph_primitives(arrays: *const Handle, n: usize, out: *mut usize) -> Status;
+        }
+        2 => {
+            // --- distributed (mlx::core::distributed) --------------------------------------------------
+            /// Whether MLX in this process can initialise `backend` (`any`, `ring`, `mpi`, `nccl`,
+            /// `jaccl`; UTF-8, not NUL-terminated).
+            fn dist_is_available(backend: *const c_char, len: usize, out: *mut bool) -> Status;
+            /// MLX's `distributed::init(strict, backend)`: the group of every process the backend
+            /// finds from its environment (`MLX_RANK` / `MLX_HOSTFILE` for ring, ...). With `strict`
+            /// false, a backend that cannot start gives the singleton group (rank 0 of 1).
+            fn dist_init(backend: *const c_char, len: usize, strict: bool, out: *mut GroupHandle) -> Status;
+            /// A second handle to the same group.
+            fn dist_group_clone(g: GroupHandle, out: *mut GroupHandle) -> Status;
+            fn dist_group_free(g: GroupHandle);
+            fn dist_group_rank(g: GroupHandle, out: *mut i32) -> Status;
+            fn dist_group_size(g: GroupHandle, out: *mut i32) -> Status;
+            /// Element-wise sum of `x` over the group's ranks (every rank gets the same result).
+            fn all_sum(x: Handle, g: GroupHandle, out: *mut Handle) -> Status;
+            /// The ranks' `x` concatenated along axis 0, in rank order.
+            fn all_gather(x: Handle, g: GroupHandle, out: *mut Handle) -> Status;
+            /// Sends `x` to rank `dst`; the result (a copy of `x`) must be evaluated for the send to happen.
+            fn send(x: Handle, dst: i32, g: GroupHandle, out: *mut Handle) -> Status;
+            /// Receives an array of `shape` and `dtype` from rank `src`.
+            fn recv(shape: *const i32, ndim: usize, dtype: u32, src: i32, g: GroupHandle, out: *mut Handle) -> Status;
         }
         }
     };

@@ -27,6 +27,8 @@ pub type BundleHandle = *mut c_void;
 pub type Status = i32;
 /// Opaque compiled function ([`OpsTable::compile`]), released with `compiled_free`.
 pub type CompiledHandle = *mut c_void;
+/// Opaque distributed group ([`OpsTable::dist_init`], ABI 1.2), released with `dist_group_free`.
+pub type GroupHandle = *mut c_void;
 
 /// A plugin-side function that MLX traces for [`OpsTable::compile`] (ABI 1.1).
 ///

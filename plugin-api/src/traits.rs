@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::array::Array;
+use crate::distributed::Group;
 use crate::error::{Error, Result};
 use crate::gguf::GgufInfo;
 
@@ -284,6 +285,20 @@ pub trait ModelArch: Sized + Send + 'static {
     fn embeddings_scale(&self) -> f32 {
         1.0
     }
+
+    /// Splits the model for tensor parallelism over `group` (ABI 1.2), as mlx-lm's `shard`:
+    /// each rank keeps its slice of the attention heads and MLP features
+    /// ([`nn::shard`](crate::nn::shard)), and the layers that gather the slices back sum over
+    /// the group in `forward`. Afterwards every rank's `forward` returns the whole logits, and
+    /// the engine-owned cache holds the rank's own KV heads only (it is shaped by what
+    /// `attention` receives). Called at most once, before any forward. By default the
+    /// architecture cannot be sharded.
+    fn shard(&mut self, group: &Group) -> Result<()> {
+        Err(Error::Config(format!(
+            "this architecture does not support tensor parallelism (asked to shard over {} ranks)",
+            group.size()
+        )))
+    }
 }
 
 /// How images enter a prompt: the text the chat template writes for each image, and the text
@@ -337,6 +352,11 @@ pub trait DynModel: Send {
     fn embed_tokens(&self, ids: &Array) -> Result<Array>;
     /// [`ModelArch::embeddings_scale`]; fails only when a plugin's call fails.
     fn embeddings_scale(&self) -> Result<f32>;
+    /// [`ModelArch::shard`]. A wrapper must forward it; the default refuses, as an
+    /// architecture that does not implement it does.
+    fn shard(&mut self, group: &Group) -> Result<()> {
+        Err(Error::Config(format!("this model cannot be sharded (asked for {} ranks)", group.size())))
+    }
 }
 
 impl<M: ModelArch> DynModel for M {
@@ -351,6 +371,9 @@ impl<M: ModelArch> DynModel for M {
     }
     fn embeddings_scale(&self) -> Result<f32> {
         Ok(ModelArch::embeddings_scale(self))
+    }
+    fn shard(&mut self, group: &Group) -> Result<()> {
+        ModelArch::shard(self, group)
     }
 }
 

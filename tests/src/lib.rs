@@ -21,7 +21,7 @@ pub enum Variant {
     NoDescriptor,
     /// Plugin `tiny2`, declaring the same model type `tiny`.
     AltName,
-    /// Claims ABI 1.2 (newer than the engine).
+    /// Claims ABI 1.(ABI_MINOR + 1), newer than the engine.
     AbiMinor2,
     /// Claims ABI 1.1 with a descriptor only as large as 1.0's.
     SmallDescriptor,

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use mlx_engine::cli::plugins::render;
 use mlx_engine::plugin_host::{HostOptions, LoadedPlugin, PluginHost, Via};
 use mlx_engine::Error;
+use mlx_engine_plugin_api::abi::ABI_MINOR;
 use mlx_engine_plugin_api::{Input, LayerCache, WeightsFormat};
 use mlx_engine_tests::{
     fixture, install, lib_name, tiny_config, tiny_weights, tokens, TestContext, Variant, PANIC_MESSAGE,
@@ -41,14 +42,15 @@ fn good_plugin_loads_and_is_listed() {
     let plugins: Vec<_> = host.plugins().collect();
     assert_eq!(plugins.len(), 1);
     let p = plugins[0];
-    assert_eq!((p.name.as_str(), p.version.as_str(), p.abi), ("tiny", "0.3.1", (1, 1)));
+    assert_eq!((p.name.as_str(), p.version.as_str(), p.abi), ("tiny", "0.3.1", (1, ABI_MINOR)));
     assert_eq!(p.text_types, vec!["tiny".to_string()]);
     assert!(p.vision_types.is_empty());
     assert_eq!(p.path, paths[0]);
 
     let listing = render(&host);
     let row = listing.lines().find(|l| l.contains(&paths[0].display().to_string())).expect(&listing);
-    for cell in ["tiny", "0.3.1", "1.1"] {
+    let abi = format!("1.{ABI_MINOR}");
+    for cell in ["tiny", "0.3.1", abi.as_str()] {
         assert!(row.split_whitespace().any(|c| c == cell), "missing {cell} in row {row:?}");
     }
     assert!(listing.contains("NAME") && listing.contains("VISION ADD-ONS"), "{listing}");

@@ -3,11 +3,12 @@
 use std::io::{Read, Write};
 
 use super::common::{
-    load, param, print_stats, CacheArgs, DraftArgs, ImageArgs, ModelArgs, PrefillBar, SamplingArgs, Summary,
+    load_in, load_quietly_in, param, print_stats, CacheArgs, DraftArgs, ImageArgs, ModelArgs, PrefillBar, SamplingArgs,
+    Summary,
 };
 use super::interrupt;
 use crate::error::{Error, Result};
-use crate::generate::{GenerateRequest, StopReason};
+use crate::generate::{GenerateRequest, NoProgress, PromptProgress, StopReason};
 use crate::tokenizer::ChatMessage;
 
 #[derive(clap::Args)]
@@ -36,6 +37,11 @@ pub struct GenerateArgs {
     /// one, with the stop condition, also carries the generation's `stats`).
     #[arg(long, default_value = "text", value_parser = ["text", "jsonl"])]
     pub output: String,
+    /// Run as one rank of a tensor-parallel group over MLX's distributed backend BACKEND (any,
+    /// ring, mpi, nccl, jaccl), started by `mlx-engine launch` or `mlx.launch`; default: the
+    /// MLX_ENGINE_DISTRIBUTED environment variable. Rank 0 prints; the others stay silent.
+    #[arg(long, value_name = "BACKEND")]
+    pub distributed: Option<String>,
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Result<String> {
@@ -73,7 +79,17 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let template_args = args.sampling.template_args()?;
     let step = args.cache.prefill_step_size()?;
     let (speculation, num_draft_tokens) = args.draft.speculation()?;
-    let kit = load(&args.model, &args.cache)?;
+    let group = super::launch::group_from(args.distributed.as_deref())?;
+    if group.is_some() && args.draft.draft_model.is_some() {
+        return Err(param("draft-model", "speculative decoding does not run under --distributed"));
+    }
+    // Rank 0 owns the output; the others run the same request silently.
+    let rank0 = group.as_ref().is_none_or(|g| g.rank() == 0);
+    let kit = if rank0 {
+        load_in(&args.model, &args.cache, group.clone())?
+    } else {
+        load_quietly_in(&args.model, &args.cache, group.clone())?
+    };
     args.draft.load_into(&kit)?;
     let images = args.images.inputs();
     let max_size = args.images.max_image_size;
@@ -89,9 +105,14 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         }
         (None, None) => return Err(param("prompt", "pass --prompt TEXT or --chat TEXT")),
     };
+    let mut sampling = args.sampling.overrides();
+    if let Some(g) = &group {
+        // Every rank samples, so they must draw the same random numbers.
+        sampling.seed = Some(super::launch::shared_seed(g, sampling.seed)?);
+    }
     let req = GenerateRequest {
         prompt_tokens,
-        sampling: args.sampling.overrides(),
+        sampling,
         max_tokens: args.sampling.max_tokens,
         stop_strings: args.sampling.stop.clone(),
         ignore_eos: args.sampling.ignore_eos,
@@ -102,10 +123,11 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         speculation,
         num_draft_tokens,
     };
-    let mut generation = kit.generate_with_progress(req, Box::new(PrefillBar::new(step)))?;
+    let progress: Box<dyn PromptProgress> = if rank0 { Box::new(PrefillBar::new(step)) } else { Box::new(NoProgress) };
+    let mut generation = kit.generate_with_progress(req, progress)?;
     let _watch = interrupt::watch(generation.cancel_handle());
     let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    let mut out: Box<dyn Write> = if rank0 { Box::new(stdout.lock()) } else { Box::new(std::io::sink()) };
     let mut reason = None;
     // In jsonl the last result waits for the stats, which arrive once the stream has ended.
     let mut last = None;
@@ -141,10 +163,10 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         Some(StopReason::TokenLimit) if args.output == "text" => Some("stopped at --max-tokens"),
         _ => None,
     };
-    if let Some(why) = cut {
+    if let Some(why) = cut.filter(|_| rank0) {
         eprintln!("({why})");
     }
-    if let Some(stats) = generation.stats() {
+    if let Some(stats) = generation.stats().filter(|_| rank0) {
         print_stats(stats);
     }
     if reason == Some(StopReason::UserCancelled) {

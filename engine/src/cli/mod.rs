@@ -11,6 +11,7 @@ pub mod common;
 pub mod forward;
 pub mod generate;
 pub mod interrupt;
+pub mod launch;
 pub mod new_plugin;
 pub mod plugins;
 pub mod serve;
@@ -86,6 +87,9 @@ pub enum Command {
     /// Serve the model over an OpenAI-compatible HTTP API (chat completions, completions,
     /// models, health) with continuous batching.
     Serve(serve::ServeArgs),
+    /// Run an mlx-engine command as N tensor-parallel ranks on this machine (MLX's ring
+    /// backend, set up as `mlx.launch` does): `launch -n 2 -- generate -m DIR -p TEXT`.
+    Launch(launch::LaunchArgs),
 }
 
 /// Runs the command; the binary maps an error to a message and a non-zero exit.
@@ -104,6 +108,7 @@ pub fn run(cli: Cli) -> crate::Result<()> {
         Command::CheckPlugin(a) => check_plugin::run(&a),
         Command::NewPlugin(a) => new_plugin::run(&a),
         Command::Serve(a) => serve::run(&a),
+        Command::Launch(a) => launch::run(&a),
     }
 }
 

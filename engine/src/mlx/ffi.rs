@@ -13,7 +13,9 @@ use std::ffi::{c_char, c_void};
 
 use mlx_engine_plugin_api::ops_table::OpsTable;
 #[allow(unused_imports)]
-use mlx_engine_plugin_api::ops_table::{BundleHandle, CompileFn, CompiledHandle, FreePayloadFn, Handle, Status};
+use mlx_engine_plugin_api::ops_table::{
+    BundleHandle, CompileFn, CompiledHandle, FreePayloadFn, GroupHandle, Handle, Status,
+};
 
 macro_rules! bind_shim {
     ($($minor:literal => { $($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?;)* })+) => {

@@ -136,6 +136,12 @@ impl DynModel for BuiltinModel {
     fn embeddings_scale(&self) -> mlx_engine_plugin_api::Result<f32> {
         catch_panics(|| self.inner.embeddings_scale())
     }
+
+    fn shard(&mut self, group: &mlx_engine_plugin_api::distributed::Group) -> mlx_engine_plugin_api::Result<()> {
+        catch_panics(|| self.inner.shard(group))?;
+        self.layout = catch_panics(|| Ok(self.inner.cache_layout()))?;
+        Ok(())
+    }
 }
 
 struct BuiltinVision {

@@ -429,6 +429,11 @@ impl DynModel for PluginModel {
     fn embeddings_scale(&self) -> mlx_engine_plugin_api::Result<f32> {
         self.model.embeddings_scale().map_err(|e| self.blame("embeddings_scale", e))
     }
+
+    fn shard(&mut self, group: &mlx_engine_plugin_api::distributed::Group) -> mlx_engine_plugin_api::Result<()> {
+        let r = self.model.shard(group);
+        r.map_err(|e| self.blame("shard", e))
+    }
 }
 
 /// A plugin's vision add-on plus its library (same drop order as [`PluginModel`]).

@@ -402,6 +402,7 @@ pub fn load_kit_with(path: &Path, cache: CacheConfig, capacity: usize) -> mlx_en
         plugins: HostOptions::standard(vec![], None),
         cache,
         prompt_cache_capacity: capacity,
+        ..Default::default()
     };
     ModelKit::load(path, options)
 }

@@ -10,9 +10,11 @@
 
 pub mod moe;
 pub mod rope;
+pub mod shard;
 pub mod vision;
 pub use moe::{SwitchGlu, SwitchLinear};
 pub use rope::{Rope, RopeScaling};
+pub use shard::{balanced_range, HeadShard, ShardedToAllLinear};
 
 use std::sync::OnceLock;
 
@@ -333,7 +335,8 @@ pub enum Activation {
 pub struct GatedMlp {
     pub gate: Linear,
     pub up: Linear,
-    pub down: Linear,
+    /// Whole until [`GatedMlp::shard`] (tensor parallelism) makes it sharded-to-all.
+    pub down: ShardedToAllLinear,
     pub act: Activation,
 }
 
@@ -352,7 +355,7 @@ impl GatedMlp {
         Ok(GatedMlp {
             gate: lin(w, "gate_proj", (dim, hidden))?,
             up: lin(w, "up_proj", (dim, hidden))?,
-            down: lin(w, "down_proj", (hidden, dim))?,
+            down: lin(w, "down_proj", (hidden, dim))?.into(),
             act,
         })
     }

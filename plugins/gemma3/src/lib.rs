@@ -4,9 +4,11 @@
 //! MLP, GeGLU, embeddings scaled by `sqrt(hidden_size)` (rounded to bf16, as the reference does).
 
 use mlx_engine_plugin_api::config_check::ConfigCheck;
+use mlx_engine_plugin_api::distributed::Group;
 use mlx_engine_plugin_api::gguf::{rename_llama_cpp_parts, GgufInfo};
 use mlx_engine_plugin_api::nn::{
-    merge_heads, split_heads, Activation, Embedding, GatedMlp, Linear, Quantization, RmsNorm, Rope, RopeScaling,
+    merge_heads, split_heads, Activation, Embedding, GatedMlp, HeadShard, Linear, Quantization, RmsNorm, Rope,
+    RopeScaling, ShardedToAllLinear,
 };
 use mlx_engine_plugin_api::serde_json::{json, Map, Value};
 use mlx_engine_plugin_api::{
@@ -94,12 +96,14 @@ struct Attention {
     q_proj: Linear,
     k_proj: Linear,
     v_proj: Linear,
-    o_proj: Linear,
+    /// Sharded-to-all under tensor parallelism (sums the ranks' heads).
+    o_proj: ShardedToAllLinear,
     q_norm: RmsNorm,
     k_norm: RmsNorm,
     rope: Rope,
     n_heads: i32,
     n_kv_heads: i32,
+    head_dim: i32,
     scale: f32,
 }
 
@@ -119,12 +123,13 @@ impl Attention {
             q_proj: lin(w, "q_proj", (d, q_out))?,
             k_proj: lin(w, "k_proj", (d, kv_out))?,
             v_proj: lin(w, "v_proj", (d, kv_out))?,
-            o_proj: lin(w, "o_proj", (q_out, d))?,
+            o_proj: lin(w, "o_proj", (q_out, d))?.into(),
             q_norm: norm(w, "q_norm")?,
             k_norm: norm(w, "k_norm")?,
             rope,
             n_heads: c.num_attention_heads,
             n_kv_heads: c.num_key_value_heads,
+            head_dim: hd,
             scale: c.query_pre_attn_scalar.powf(-0.5),
         })
     }
@@ -137,6 +142,16 @@ impl Attention {
         let (q, k) = (self.rope.apply_at(&q, &positions)?, self.rope.apply_at(&k, &positions)?);
         let out = ctx.attention(layer, &q, &k, &v, self.scale, &AttentionOptions::default())?;
         self.o_proj.forward(&merge_heads(&out)?)
+    }
+
+    /// Keeps this rank's heads of q/k/v and the matching columns of o (q/k norms act per head
+    /// and stay whole).
+    fn shard(&mut self, group: &Group, prefix: &str) -> Result<()> {
+        let s = HeadShard::new(group, self.n_heads, self.n_kv_heads, self.head_dim)?;
+        s.apply(group, (&mut self.q_proj, &mut self.k_proj, &mut self.v_proj), &mut self.o_proj, prefix)?;
+        self.n_heads = s.n_heads;
+        self.n_kv_heads = s.n_kv_heads;
+        Ok(())
     }
 }
 
@@ -379,6 +394,17 @@ impl ModelArch for Gemma3 {
 
     fn embeddings_scale(&self) -> f32 {
         self.embed_scale
+    }
+
+    /// As mlx-lm's llama `shard`: per block, attention heads and MLP features split over the
+    /// ranks; embedding, norms and head stay whole.
+    fn shard(&mut self, group: &Group) -> Result<()> {
+        for (i, block) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            block.attn.shard(group, &format!("{p}.self_attn"))?;
+            block.mlp.shard(group, &format!("{p}.mlp"))?;
+        }
+        Ok(())
     }
 }
 

@@ -2,9 +2,11 @@
 //! Follows mlx-lm's `models/llama.py` (and `qwen2.py` / `qwen3.py` for their differences).
 
 use mlx_engine_plugin_api::config_check::ConfigCheck;
+use mlx_engine_plugin_api::distributed::Group;
 use mlx_engine_plugin_api::gguf::{rename_llama_cpp_parts, unpermute_qk_rows, GgufInfo};
 use mlx_engine_plugin_api::nn::{
-    merge_heads, split_heads, Activation, Embedding, GatedMlp, Linear, Quantization, RmsNorm, Rope, RopeScaling,
+    merge_heads, split_heads, Activation, Embedding, GatedMlp, HeadShard, Linear, Quantization, RmsNorm, Rope,
+    RopeScaling, ShardedToAllLinear,
 };
 use mlx_engine_plugin_api::serde_json::{json, Map, Value};
 use mlx_engine_plugin_api::{
@@ -65,13 +67,15 @@ struct Attention {
     q_proj: Linear,
     k_proj: Linear,
     v_proj: Linear,
-    o_proj: Linear,
+    /// Sharded-to-all under tensor parallelism (sums the ranks' heads).
+    o_proj: ShardedToAllLinear,
     /// qwen3 normalises each head's queries and keys before RoPE.
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
     rope: Rope,
     n_heads: i32,
     n_kv_heads: i32,
+    head_dim: i32,
     scale: f32,
 }
 
@@ -88,7 +92,7 @@ impl Attention {
             q_proj: lin(w, "q_proj", (d, q_out), qkv_bias)?,
             k_proj: lin(w, "k_proj", (d, kv_out), qkv_bias)?,
             v_proj: lin(w, "v_proj", (d, kv_out), qkv_bias)?,
-            o_proj: lin(w, "o_proj", (q_out, d), c.attention_bias)?,
+            o_proj: lin(w, "o_proj", (q_out, d), c.attention_bias)?.into(),
             q_norm: if qk_norm { Some(norm(w, "q_norm")?) } else { None },
             k_norm: if qk_norm { Some(norm(w, "k_norm")?) } else { None },
             rope: {
@@ -100,6 +104,7 @@ impl Attention {
             },
             n_heads: c.num_attention_heads,
             n_kv_heads: c.kv_heads(),
+            head_dim: hd,
             scale: (c.head_dim() as f32).powf(-0.5),
         })
     }
@@ -117,6 +122,15 @@ impl Attention {
         let k = self.rope.apply_at(&k, &positions)?;
         let out = ctx.attention(layer, &q, &k, &v, self.scale, &AttentionOptions::default())?;
         self.o_proj.forward(&merge_heads(&out)?)
+    }
+
+    /// Keeps this rank's heads (whole KV groups) of q/k/v and the matching columns of o.
+    fn shard(&mut self, group: &Group, prefix: &str) -> Result<()> {
+        let s = HeadShard::new(group, self.n_heads, self.n_kv_heads, self.head_dim)?;
+        s.apply(group, (&mut self.q_proj, &mut self.k_proj, &mut self.v_proj), &mut self.o_proj, prefix)?;
+        self.n_heads = s.n_heads;
+        self.n_kv_heads = s.n_kv_heads;
+        Ok(())
     }
 }
 
@@ -294,6 +308,17 @@ impl ModelArch for Llama {
 
     fn embed_tokens(&self, ids: &Array) -> Result<Array> {
         self.embed_tokens.forward(ids)
+    }
+
+    /// mlx-lm's `Model.shard`: per block, attention heads and MLP features split over the
+    /// ranks; embedding, norms and head stay whole.
+    fn shard(&mut self, group: &Group) -> Result<()> {
+        for (i, block) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            block.attn.shard(group, &format!("{p}.self_attn"))?;
+            block.mlp.shard(group, &format!("{p}.mlp"))?;
+        }
+        Ok(())
     }
 }
 

@@ -254,7 +254,7 @@ mod tampered {
                 d.abi_minor = ABI_MINOR + 1;
             }
             if cfg!(feature = "small_descriptor") {
-                d.size = PluginDescriptor::size_at_minor(ABI_MINOR - 1);
+                d.size = PluginDescriptor::size_at_minor(0);
             }
             if cfg!(feature = "bad_fingerprint") {
                 d.layout_fingerprint ^= 1;

@@ -1,0 +1,327 @@
+//! Tensor parallelism on the CPU: ranks are real processes of the engine binary talking over
+//! MLX's ring backend on loopback, started by `mlx-engine launch` or by hand with the
+//! environment `mlx.launch` sets (MLX_RANK, MLX_HOSTFILE). Greedy tokens of 2 ranks must equal
+//! 1 rank's; a dead rank must fail the others with a clear error, in bounded time; a cancel on
+//! any one rank must stop them all at the same token.
+
+mod common_models;
+mod measured;
+mod tokenizer_fixtures;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common_models::{Arch, TinyModel};
+use serde_json::Value;
+
+const EXE: &str = env!("CARGO_BIN_EXE_mlx-engine");
+
+/// A base port whose next `n - 1` ports are free too (the ring backend listens on one per
+/// rank), so parallel tests and other programs on the machine do not collide.
+fn free_ports(n: u16) -> u16 {
+    for _ in 0..200 {
+        let Ok(first) = TcpListener::bind("127.0.0.1:0") else { continue };
+        let base = first.local_addr().unwrap().port();
+        if base > u16::MAX - n {
+            continue;
+        }
+        drop(first);
+        if (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no {n} consecutive free ports on 127.0.0.1");
+}
+
+/// `mlx-engine ARGS`: exit status, stdout, stderr.
+fn run(args: &[&str]) -> (ExitStatus, String, String) {
+    let out = Command::new(EXE).args(args).output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status, text(&out.stdout), text(&out.stderr))
+}
+
+/// The token ids of a `--output jsonl` run, and the seed its stats report.
+fn tokens_of(jsonl: &str) -> (Vec<u64>, Option<u64>) {
+    let mut ids = Vec::new();
+    let mut seed = None;
+    for line in jsonl.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        for t in v["tokens"].as_array().into_iter().flatten() {
+            ids.push(t["id"].as_u64().unwrap());
+        }
+        if let Some(s) = v["stats"]["seed"].as_u64() {
+            seed = Some(s);
+        }
+    }
+    (ids, seed)
+}
+
+/// `generate ARGS --output jsonl` on one rank.
+fn one_rank(args: &[&str]) -> (Vec<u64>, Option<u64>) {
+    let mut all = vec!["generate", "--output", "jsonl"];
+    all.extend_from_slice(args);
+    let (st, out, err) = run(&all);
+    assert!(st.success(), "1 rank: {err}");
+    tokens_of(&out)
+}
+
+/// The same through `mlx-engine launch -n 2` (rank 0's output).
+fn two_ranks(args: &[&str]) -> (Vec<u64>, Option<u64>, String) {
+    let port = free_ports(2).to_string();
+    let mut all = vec!["launch", "-n", "2", "-p", &port, "--", "generate", "--output", "jsonl"];
+    all.extend_from_slice(args);
+    let (st, out, err) = run(&all);
+    assert!(st.success(), "2 ranks: {err}");
+    let (ids, seed) = tokens_of(&out);
+    (ids, seed, err)
+}
+
+/// Ranks started by hand, as `mlx.launch` would: rank `i` gets MLX_RANK=i and the hostfile.
+struct Ranks {
+    children: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Ranks {
+    fn spawn(n: usize, args: &[&str]) -> Ranks {
+        Ranks::spawn_with(n, args, &[])
+    }
+
+    fn spawn_with(n: usize, args: &[&str], env: &[(&str, &str)]) -> Ranks {
+        let dir = tempfile::tempdir().unwrap();
+        let base = free_ports(n as u16);
+        let hosts: Vec<Value> = (0..n).map(|i| serde_json::json!([format!("127.0.0.1:{}", base + i as u16)])).collect();
+        let hostfile = dir.path().join("hosts.json");
+        std::fs::write(&hostfile, Value::Array(hosts).to_string()).unwrap();
+        let children = (0..n)
+            .map(|rank| {
+                Command::new(EXE)
+                    .args(args)
+                    .args(["--distributed", "ring"])
+                    .env("MLX_RANK", rank.to_string())
+                    .env("MLX_HOSTFILE", &hostfile)
+                    .envs(env.iter().copied())
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        Ranks { children, _dir: dir }
+    }
+
+    /// Waits for rank `i` at most `limit`; its status and stderr (killing it on timeout).
+    fn wait(&mut self, i: usize, limit: Duration) -> (ExitStatus, String) {
+        let child = &mut self.children[i];
+        let t = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+                return (st, err);
+            }
+            if t.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                let mut err = String::new();
+                child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+                panic!("rank {i} still running {limit:?} later: {err}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Rank 0's stdout, line by line, read on a thread.
+    fn stdout_lines(&mut self) -> std::sync::mpsc::Receiver<String> {
+        let out = self.children[0].stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    }
+}
+
+impl Drop for Ranks {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn smollm2() -> Option<String> {
+    let dir = measured::models_dir().join("smollm2-135m-instruct/f32");
+    measured::have_models("distributed (SmolLM2)", &[&dir.join("config.json")]).then(|| dir.display().to_string())
+}
+
+fn tiny(arch: Arch, seed: u64) -> tempfile::TempDir {
+    TinyModel::new(arch, seed).write_temp()
+}
+
+#[test]
+fn two_ranks_give_the_greedy_tokens_of_one_on_a_tiny_llama() {
+    let dir = tiny(Arch::Llama, 11);
+    let m = dir.path().to_str().unwrap();
+    let args = ["-m", m, "-p", "hello world", "-n", "24", "--temp", "0", "--ignore-eos"];
+    let (want, _) = one_rank(&args);
+    let (got, _, err) = two_ranks(&args);
+    assert_eq!(want.len(), 24);
+    assert_eq!(got, want, "{err}");
+}
+
+#[test]
+fn two_ranks_give_the_greedy_tokens_of_one_on_tiny_gemma3_and_qwen2() {
+    // Gemma 3: sliding-window layers, q/k norms; qwen2: q/k/v biases (sliced with their rows).
+    for (arch, seed) in [(Arch::Gemma3, 12), (Arch::Qwen2, 13)] {
+        let dir = tiny(arch, seed);
+        let m = dir.path().to_str().unwrap();
+        let args = ["-m", m, "-p", "hello world", "-n", "16", "--temp", "0", "--ignore-eos"];
+        let (want, _) = one_rank(&args);
+        let (got, _, err) = two_ranks(&args);
+        assert_eq!(got, want, "{arch:?}: {err}");
+    }
+}
+
+#[test]
+fn two_ranks_give_the_greedy_tokens_of_one_on_smollm2_f32() {
+    let Some(m) = smollm2() else { return };
+    // 9 heads and 3 KV heads over 2 ranks: rank 0 keeps 2 KV groups, rank 1 one.
+    let args = ["-m", &m, "--chat", "What is the capital of France?", "-n", "16", "--temp", "0"];
+    let (want, _) = one_rank(&args);
+    let (got, _, err) = two_ranks(&args);
+    assert!(want.len() >= 8, "{want:?}");
+    assert_eq!(got, want, "{err}");
+}
+
+#[test]
+fn sampling_ranks_share_the_seed_rank_0_draws() {
+    let dir = tiny(Arch::Llama, 14);
+    let m = dir.path().to_str().unwrap();
+    // No --seed: rank 0 draws one and the ranks sum it in. Had rank 1 sampled with another
+    // seed, its tokens (and so its half of every layer) would differ and rank 0's tokens would
+    // not be those of one rank with the reported seed.
+    let args = ["-m", m, "-p", "hello world", "-n", "24", "--temp", "1.5", "--ignore-eos"];
+    let (got, seed, err) = two_ranks(&args);
+    let seed = seed.unwrap_or_else(|| panic!("no seed in the stats: {err}")).to_string();
+    let mut seeded = args.to_vec();
+    seeded.extend(["--seed", &seed]);
+    let (want, _) = one_rank(&seeded);
+    assert_eq!(got, want, "seed {seed}: {err}");
+}
+
+#[test]
+fn a_rank_that_dies_fails_the_others_with_a_clear_error_within_seconds() {
+    let Some(m) = smollm2() else { return };
+    let args = ["generate", "-m", &m, "-p", "Count:", "-n", "5000", "--ignore-eos", "--output", "jsonl"];
+    // MLX reports most lost peers at once; the watchdog (10 s here) bounds the rest.
+    let mut ranks = Ranks::spawn_with(2, &args, &[("MLX_ENGINE_RANK_TIMEOUT", "10")]);
+    let lines = ranks.stdout_lines();
+    // Decoding has started once rank 0 streams a token.
+    lines.recv_timeout(Duration::from_secs(120)).expect("rank 0 streams tokens");
+    ranks.children[1].kill().unwrap();
+    let t = Instant::now();
+    let (st, err) = ranks.wait(0, Duration::from_secs(30));
+    assert!(!st.success(), "{st:?}: {err}");
+    let clear = err.contains("connection to a peer was lost") || err.contains("another rank died or stopped answering");
+    assert!(clear, "{st:?}: {err}");
+    assert!(t.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn a_cancel_on_one_rank_stops_every_rank_at_the_same_token() {
+    let Some(m) = smollm2() else { return };
+    let args = ["generate", "-m", &m, "-p", "Count:", "-n", "5000", "--ignore-eos", "--output", "jsonl"];
+    let mut ranks = Ranks::spawn(2, &args);
+    let lines = ranks.stdout_lines();
+    lines.recv_timeout(Duration::from_secs(120)).expect("rank 0 streams tokens");
+    // Ctrl-C reaches rank 1 only: rank 0 learns it at the next forward pass.
+    // SAFETY: a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(ranks.children[1].id() as i32, libc::SIGINT) }, 0);
+    let (st1, err1) = ranks.wait(1, Duration::from_secs(20));
+    let (st0, err0) = ranks.wait(0, Duration::from_secs(20));
+    assert_eq!(st1.code(), Some(130), "rank 1: {err1}");
+    assert_eq!(st0.code(), Some(130), "rank 0: {err0}");
+    let rest: Vec<String> = lines.try_iter().collect();
+    let last: Value = serde_json::from_str(rest.last().expect("rank 0's final record")).unwrap();
+    assert_eq!(last["stop_condition"]["reason"], "user_cancelled", "{last}");
+}
+
+#[test]
+fn without_a_launcher_the_ring_backend_fails_naming_what_to_set() {
+    let dir = tiny(Arch::Llama, 15);
+    let m = dir.path().to_str().unwrap();
+    let out = Command::new(EXE)
+        .args(["generate", "-m", m, "-p", "x", "-n", "1", "--distributed", "ring"])
+        .env_remove("MLX_RANK")
+        .env_remove("MLX_HOSTFILE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("cannot start MLX's `ring` backend") && err.contains("MLX_HOSTFILE"), "{err}");
+    let (st, _, err) = run(&["generate", "-m", m, "-p", "x", "--distributed", "tcp"]);
+    assert!(!st.success() && err.contains("unknown distributed backend `tcp`"), "{err}");
+}
+
+#[test]
+fn a_model_that_does_not_split_over_the_ranks_is_refused_naming_the_field() {
+    let dir = tiny(Arch::Llama, 16);
+    let m = dir.path().to_str().unwrap();
+    // The tiny llama has 2 KV heads: 3 ranks cannot share them.
+    let port = free_ports(3).to_string();
+    let (st, _, err) = run(&["launch", "-n", "3", "-p", &port, "--", "generate", "-m", m, "-p", "x", "-n", "1"]);
+    assert!(!st.success());
+    assert!(err.contains("num_key_value_heads") && err.contains("3 ranks"), "{err}");
+}
+
+#[test]
+fn ctrl_c_to_the_launcher_stops_every_rank_and_exits_130() {
+    let Some(m) = smollm2() else { return };
+    let port = free_ports(2).to_string();
+    let mut launcher = Command::new(EXE)
+        .args(["launch", "-n", "2", "-p", &port, "--", "generate", "-m", &m, "-p", "Count:", "-n", "5000"])
+        .args(["--ignore-eos", "--output", "jsonl"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = launcher.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(120)).expect("rank 0 streams tokens through the launcher");
+    // The ranks run in their own process group: only the launcher gets this, as from a terminal.
+    // SAFETY: a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(launcher.id() as i32, libc::SIGINT) }, 0);
+    let t = Instant::now();
+    while launcher.try_wait().unwrap().is_none() {
+        if t.elapsed() > Duration::from_secs(30) {
+            let _ = launcher.kill();
+            panic!("the launch still runs 30 s after Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let st = launcher.wait().unwrap();
+    let mut err = String::new();
+    launcher.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(st.code(), Some(130), "{err}");
+    std::thread::sleep(Duration::from_millis(200));
+    let rest: Vec<String> = rx.try_iter().collect();
+    let last: Value = serde_json::from_str(rest.last().expect("rank 0's final record")).unwrap();
+    assert_eq!(last["stop_condition"]["reason"], "user_cancelled", "{last}");
+}
