@@ -13,6 +13,12 @@ both sides. Sides alternate for --rounds rounds; each cell keeps the best round'
 
 On the CPU the mlx-lm side preloads the OpenBLAS the engine links, so both use the same BLAS
 (--stock-blas leaves mlx-lm on the wheel's reference BLAS).
+
+--llamacpp-python PY --gguf FILE (one per --model) adds llama.cpp and the engine on that GGUF as
+two more sides: the prebuilt
+`xllamacpp` wheel in PY's environment (pip install xllamacpp; not in the project venv), the same
+prompt ids, in-process through its server API with the prompt cache off, --threads threads. Its
+rates are llama.cpp's own timings (prompt_per_second, predicted_per_second).
 """
 import argparse
 import json
@@ -68,6 +74,62 @@ for k in lengths:
 """
 
 
+LLAMACPP_SIDE = r"""
+import json, sys
+import xllamacpp as x
+gguf, ids_file, n, runs, threads = sys.argv[1:6]
+n, runs, threads = int(n), int(runs), int(threads)
+lengths = json.load(open(ids_file))
+p = x.CommonParams()
+p.model.path = gguf
+p.n_ctx = max(len(ids) for ids in lengths) + n + 16
+p.cpuparams.n_threads = threads
+p.cpuparams_batch.n_threads = threads
+p.n_parallel = 1
+server = x.Server(p)
+def once(ids):
+    r = server.handle_completions({"prompt": ids, "n_predict": n, "ignore_eos": True, "temperature": 0,
+                                   "cache_prompt": False, "add_special": False})
+    t = r["timings"]
+    assert t["predicted_n"] == n and t["prompt_n"] == len(ids), t
+    return dict(prompt_tps=t["prompt_per_second"], decode_tps=t["predicted_per_second"], ttft_s=t["prompt_ms"] / 1e3)
+med = lambda v: sorted(v)[len(v) // 2] if len(v) % 2 else sum(sorted(v)[len(v) // 2 - 1:len(v) // 2 + 1]) / 2
+for ids in lengths:
+    once(ids)
+    rs = [once(ids) for _ in range(runs)]
+    print(json.dumps({"part": "speed", "runtime": "llama.cpp", "model": gguf, "device": "cpu", "prompt_tokens": len(ids),
+                      "gen_tokens": n, "runs": runs, "prompt_tps": med([r["prompt_tps"] for r in rs]),
+                      "decode_tps": med([r["decode_tps"] for r in rs]), "ttft_s": med([r["ttft_s"] for r in rs]),
+                      "peak_mb": 0.0, "decode_tps_runs": [r["decode_tps"] for r in rs]}), flush=True)
+"""
+
+
+def prompt_ids(model: Path, lengths: str):
+    """The prompts both other sides build (BOS, then the passage repeated), from tokenizer.json."""
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(model / "tokenizer.json"))
+    passage = tok.encode(PASSAGE.read_text(), add_special_tokens=False).ids
+    bos = tok.encode("", add_special_tokens=True).ids[:1]
+    out = []
+    for k in (int(x) for x in lengths.split(",")):
+        ids = list(bos)
+        while len(ids) < k:
+            ids += passage[: k - len(ids)]
+        out.append(ids)
+    return out
+
+
+def run_llamacpp(a, model, gguf):
+    ids_file = Path(os.environ.get("TMPDIR", "/tmp")) / "compare-llamacpp-ids.json"
+    ids_file.write_text(json.dumps(prompt_ids(model, a.prompt_tokens)))
+    cmd = [str(a.llamacpp_python), "-c", LLAMACPP_SIDE, str(gguf), str(ids_file), str(a.gen_tokens), str(a.runs),
+           str(a.threads)]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"llama.cpp failed on {gguf}:\n{p.stderr[-4000:]}")
+    return rows(p.stdout)
+
+
 def rows(out: str):
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
@@ -95,7 +157,18 @@ def run_mlx_lm(a, model):
     return rows(p.stdout)
 
 
+def print_table(title, header, rows):
+    print(title)
+    print("| " + " | ".join(header) + " |")
+    print("|---" * len(header) + "|")
+    for r in rows:
+        print("| " + " | ".join(str(c) for c in r) + " |")
+
+
 def main():
+    if sys.argv[1:] == ["--print-mlx-lm-side"]:  # for bench/gpu/run.sh profile, which runs it under ncu
+        print(MLX_LM_SIDE)
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, action="append", required=True, help="repeat for several models")
     ap.add_argument("--prompt-tokens", default="512", help="comma-separated prompt lengths")
@@ -108,14 +181,25 @@ def main():
     ap.add_argument("--python", type=Path, default=ROOT / ".venv/bin/python")
     ap.add_argument("--stock-blas", action="store_true", help="mlx-lm on the wheel's own BLAS (CPU)")
     ap.add_argument("--label", action="append", help="a name per --model for the table")
+    ap.add_argument("--llamacpp-python", type=Path, help="a Python with xllamacpp: adds llama.cpp as a side")
+    ap.add_argument("--gguf", action="append", help="the GGUF llama.cpp runs, one per --model ('-' for none)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="llama.cpp's threads")
     ap.add_argument("--json", type=Path, help="write every row here")
     a = ap.parse_args()
     labels = a.label or [m.name if m.name not in ("f32", "bf16") else f"{m.parent.name}/{m.name}" for m in a.model]
-    table = []
-    for model, label in zip(a.model, labels):
+    ggufs = a.gguf or []
+    if a.llamacpp_python and len(ggufs) != len(a.model):
+        sys.exit("--llamacpp-python needs one --gguf per --model ('-' for none)")
+    table, peers = [], []
+    for i, (model, label) in enumerate(zip(a.model, labels)):
         best = {}
+        sides = [("mlx-engine", run_engine), ("mlx-lm", run_mlx_lm)]
+        if a.llamacpp_python and ggufs[i] != "-":
+            # The engine reads the same GGUF, so the peer rows compare one file's weights.
+            sides.append(("mlx-engine-gguf", lambda a, m, g=ggufs[i]: run_engine(a, Path(g))))
+            sides.append(("llama.cpp", lambda a, m, g=ggufs[i]: run_llamacpp(a, m, g)))
         for _ in range(a.rounds):
-            for side, fn in (("mlx-engine", run_engine), ("mlx-lm", run_mlx_lm)):
+            for side, fn in sides:
                 for r in fn(a, model):
                     key = (side, r["prompt_tokens"])
                     if key not in best or r["decode_tps"] > best[key]["decode_tps"]:
@@ -129,18 +213,29 @@ def main():
                           "decode_ratio": e["decode_tps"] / m["decode_tps"],
                           "prompt_ratio": e["prompt_tps"] / m["prompt_tps"],
                           "ttft_ratio": m["ttft_s"] / e["ttft_s"]})
-    print(f"device {a.device}, greedy, {a.gen_tokens} tokens generated, kv_bits {a.kv_bits}; "
-          f"ratios engine / mlx-lm (TTFT: mlx-lm / engine, higher is better for the engine)")
-    print(f"| model | prompt | engine decode tok/s | mlx-lm | ratio | engine prompt tok/s | mlx-lm | ratio "
-          f"| engine TTFT s | mlx-lm | engine peak MB | mlx-lm |")
-    print("|---" * 12 + "|")
-    for t in table:
-        e, m = t["engine"], t["mlx_lm"]
-        print(f"| {t['model']} | {t['prompt_tokens']} | {e['decode_tps']:.1f} | {m['decode_tps']:.1f} | "
-              f"{t['decode_ratio']:.2f} | {e['prompt_tps']:.0f} | {m['prompt_tps']:.0f} | {t['prompt_ratio']:.2f} | "
-              f"{e['ttft_s']:.3f} | {m['ttft_s']:.3f} | {e['peak_mb']:.0f} | {m['peak_mb']:.0f} |")
+            p, e = best.get(("llama.cpp", n)), best.get(("mlx-engine-gguf", n))
+            if p is not None and e is not None:
+                peers.append({"model": label, "prompt_tokens": n, "gguf": ggufs[i], "engine": e, "llama_cpp": p,
+                              "decode_ratio": e["decode_tps"] / p["decode_tps"],
+                              "prompt_ratio": e["prompt_tps"] / p["prompt_tps"]})
+    print_table(f"device {a.device}, greedy, {a.gen_tokens} tokens generated, kv_bits {a.kv_bits}; "
+                f"ratios engine / mlx-lm (TTFT: mlx-lm / engine, higher is better for the engine)",
+                ["model", "prompt", "engine decode tok/s", "mlx-lm", "ratio", "engine prompt tok/s", "mlx-lm", "ratio",
+                 "engine TTFT s", "mlx-lm", "engine peak MB", "mlx-lm"],
+                [[t["model"], t["prompt_tokens"], f"{t['engine']['decode_tps']:.1f}", f"{t['mlx_lm']['decode_tps']:.1f}",
+                  f"{t['decode_ratio']:.2f}", f"{t['engine']['prompt_tps']:.0f}", f"{t['mlx_lm']['prompt_tps']:.0f}",
+                  f"{t['prompt_ratio']:.2f}", f"{t['engine']['ttft_s']:.3f}", f"{t['mlx_lm']['ttft_s']:.3f}",
+                  f"{t['engine']['peak_mb']:.0f}", f"{t['mlx_lm']['peak_mb']:.0f}"] for t in table])
+    if peers:
+        print_table(f"\nllama.cpp (xllamacpp, {a.threads} threads) on the GGUF; ratios engine / llama.cpp",
+                    ["model", "gguf", "prompt", "engine decode tok/s", "llama.cpp", "ratio", "engine prompt tok/s",
+                     "llama.cpp", "ratio"],
+                    [[t["model"], Path(t["gguf"]).name, t["prompt_tokens"], f"{t['engine']['decode_tps']:.1f}",
+                      f"{t['llama_cpp']['decode_tps']:.1f}", f"{t['decode_ratio']:.2f}",
+                      f"{t['engine']['prompt_tps']:.0f}", f"{t['llama_cpp']['prompt_tps']:.0f}",
+                      f"{t['prompt_ratio']:.2f}"] for t in peers])
     if a.json:
-        a.json.write_text(json.dumps(table, indent=1))
+        a.json.write_text(json.dumps({"rows": table, "llama_cpp": peers} if peers else table, indent=1))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@
 #   bench/gpu/run.sh speculative  decode with and without speculation ($OUT/speculative.jsonl)
 #   bench/gpu/run.sh compare NAME [LENGTHS]   engine vs mlx-lm on one model ($OUT/compare-NAME.json)
 #   bench/gpu/run.sh ttft NAME    cold-process time to first token through the CLI ($OUT/ttft-NAME.txt)
+#   bench/gpu/run.sh profile NAME [LEN]   every kernel of a warm prefill + decode, both sides,
+#                                 under Nsight Compute ($OUT/ncu-{engine,mlx-lm}-NAME.csv; read
+#                                 them with bench/gpu/kernels.py)
 # /tmp survives only while the machine stays warm (30 s between calls).
 set -euo pipefail
 S=/tmp/gpu
@@ -76,8 +79,20 @@ ttft)
         echo "process $i wall $(python3 -c "import time; print(round(time.time() - $t0, 3))") s" | tee -a "$f"
     done
     ;;
+profile)
+    # One untimed and one timed run of LEN prompt tokens + 4 decoded, each side in its own process,
+    # every kernel's duration read by ncu (one metric: one pass, no replay). The clocks are left
+    # alone (the machine's notes say so).
+    env_setup
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu | head -1)
+    len=${3:-512}
+    ncu_run() { "$NCU" --clock-control none --metrics gpu__time_duration.sum --csv --print-units base --log-file "$1" "${@:2}"; }
+    ncu_run "$OUT/ncu-engine-$2.csv" "$ENGINE" bench --device gpu -m "$M/$2" --only speed --prompt-tokens "$len" --gen-tokens 4 --runs 1 --json
+    ncu_run "$OUT/ncu-mlx-lm-$2.csv" python3 -c "$(python3 bench/compare.py --print-mlx-lm-side)" "$M/$2" engine/src/cli/bench_passage.txt "$len" 4 1 gpu none
+    ls -la "$OUT"
+    ;;
 *)
-    sed -n 2,8p "$0"
+    sed -n 2,11p "$0"
     exit 2
     ;;
 esac

@@ -267,6 +267,52 @@ fn presence_and_frequency_penalties_count_generated_tokens() {
     assert_eq!(read(&out), vec![0.0, 0.0, 0.0, -0.75, -0.75, 0.0]);
 }
 
+/// Running ahead (the last token still on the device) gives exactly what the host path gives on
+/// the full history, for every processor, window and history shape, repeated ids included.
+#[test]
+fn processors_run_ahead_as_on_the_host() {
+    init();
+    let vocab = 7u32;
+    let logits = arr(&[1.5, -0.5, 2.0, -3.0, 0.25, 0.0, -1.0]);
+    // A small deterministic generator: histories of 1-12 ids over a 7-token vocabulary (many repeats).
+    let mut state = 12345u64;
+    let mut next = || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as u32
+    };
+    let bias = BTreeMap::from([(2u32, 1.5f32), (5, -4.0)]);
+    for case in 0..60 {
+        let len = 1 + (next() % 12) as usize;
+        let history: Vec<u32> = (0..len).map(|_| next() % vocab).collect();
+        let prompt_len = (next() as usize) % len;
+        let window = (next() % 5) as usize;
+        let (before, last) = history.split_at(len - 1);
+        let pending = Array::from_slice(last, &[1]).unwrap();
+        let mut host: Vec<Box<dyn LogitsProcessor>> = vec![
+            Box::new(LogitBias::new(&bias).unwrap()),
+            Box::new(RepetitionPenalty::new(1.7, window)),
+            Box::new(PresenceFrequencyPenalty::new(0.5, 0.3, window).with_prompt_len(prompt_len)),
+        ];
+        let mut ahead: Vec<Box<dyn LogitsProcessor>> = vec![
+            Box::new(LogitBias::new(&bias).unwrap()),
+            Box::new(RepetitionPenalty::new(1.7, window)),
+            Box::new(PresenceFrequencyPenalty::new(0.5, 0.3, window).with_prompt_len(prompt_len)),
+        ];
+        assert!(all_run_ahead(&ahead));
+        for shape in [vec![7], vec![1, 7]] {
+            let l = logits.reshape(&shape).unwrap();
+            let want = apply_processors(&mut host, &history, &l).unwrap();
+            let got = apply_processors_ahead(&mut ahead, before, &pending, &l).unwrap();
+            assert_eq!(got.shape(), want.shape());
+            assert_eq!(
+                read(&got),
+                read(&want),
+                "case {case}: history {history:?}, prompt {prompt_len}, window {window}"
+            );
+        }
+    }
+}
+
 #[test]
 fn processors_for_builds_only_enabled_ones() {
     init();

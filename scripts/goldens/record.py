@@ -99,6 +99,13 @@ GOLDENS = {
     "gemma3-270m-f32": ("gemma3-270m/f32", GEMMA3_PROMPTS + [LONG_PROMPT], 64),
     "gemma3-270m-bf16": ("gemma3-270m/bf16", GEMMA3_PROMPTS + GEMMA3_BF16_EXTRA, 32),
     "smollm2-135m-instruct-f32-kv8": ("smollm2-135m-instruct/f32", SMOLLM2_PROMPTS, 32),
+    "smollm2-135m-instruct-f32-reppen": ("smollm2-135m-instruct/f32", SMOLLM2_PROMPTS, 32),
+}
+
+# Goldens recorded through logits processors: name -> make_logits_processors' arguments (the
+# engine's `repetition_penalty` / `repetition_context_size` take the same values).
+PROCESSORS = {
+    "smollm2-135m-instruct-f32-reppen": {"repetition_penalty": 1.3, "repetition_context_size": 20},
 }
 
 # Goldens recorded with a quantized KV cache: name -> generate_step's KV arguments. mlx-lm
@@ -164,12 +171,14 @@ def prompt_ids(prompt: dict, tokenizer) -> tuple[list[int], str | None]:
     return tokenizer.encode(prompt["text"]), prompt["text"]
 
 
-def greedy(model, ids: list[int], steps: int, kv: dict) -> dict:
+def greedy(model, ids: list[int], steps: int, kv: dict, processors: dict) -> dict:
     from mlx_lm.generate import generate_step
+    from mlx_lm.sample_utils import make_logits_processors
 
     tokens, logprobs, gaps = [], [], []
+    extra = {"logits_processors": make_logits_processors(**processors)} if processors else {}
     for tok, lp in generate_step(mx.array(ids), model, max_tokens=steps,
-                                 sampler=lambda x: mx.argmax(x, axis=-1), **kv):
+                                 sampler=lambda x: mx.argmax(x, axis=-1), **kv, **extra):
         lp32 = np.array(lp.astype(mx.float32))
         top2 = np.partition(lp32, -2)[-2:]
         tokens.append(int(tok))
@@ -197,7 +206,7 @@ def prompt_logits(model, ids: list[int], fixed: list[int]) -> dict:
 
 
 def record(name: str, folder: Path, prompts: list[dict], steps: int, command: str,
-           kv: dict) -> dict:
+           kv: dict, processors: dict) -> dict:
     import mlx_lm
     from mlx_lm import load
     from mlx_lm.utils import load_model
@@ -243,13 +252,17 @@ def record(name: str, folder: Path, prompts: list[dict], steps: int, command: st
     }
     if kv:
         out["header"]["kv_cache"] = kv
+    if processors:
+        out["header"]["logits_processors"] = processors
+        out["header"]["semantics"] += (" Through make_logits_processors(**logits_processors): each step's "
+                                       "logits pass them with every token so far, prompt included.")
     for p in prompts:
         ids, text = prompt_ids(p, tokenizer)
         entry = {"name": p["name"], "chat": "chat" in p}
         if "chat" in p:
             entry["messages"] = [{"role": "user", "content": p["chat"]}]
         entry.update(text=text, prompt_ids=ids)
-        g = greedy(model, ids, steps, kv)
+        g = greedy(model, ids, steps, kv, processors)
         entry.update(g)
         entry["eos_index"] = next((i for i, t in enumerate(g["generated_ids"]) if t in eos), None)
         if tokenizer is not None:
@@ -296,7 +309,7 @@ def main() -> None:
                 continue
             raise SystemExit(f"{folder} missing: run `make models` first")
         print(f"{name} ({folder})", flush=True)
-        golden = record(name, folder, prompts, steps, command, KV_QUANT.get(name, {}))
+        golden = record(name, folder, prompts, steps, command, KV_QUANT.get(name, {}), PROCESSORS.get(name, {}))
         path = args.out / f"{name}.json"
         path.write_text(to_json(golden), encoding="utf-8")
 

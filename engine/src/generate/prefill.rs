@@ -201,8 +201,18 @@ pub fn prefill_from(
             return Ok(out);
         }
         let mut n = chunk_size(step, pos, plan.attention_heads).min(end - pos);
+        // A checkpoint inside this chunk: when the cache can drop positions exactly after it
+        // (no ring evicts on the way), the chunk runs whole and the snapshot is the cache
+        // trimmed back to the checkpoint, since causal attention leaves earlier positions'
+        // keys and values unchanged. Cutting the chunk there instead would cost a second pass
+        // over the weights for the ~10 tokens after it (a decode step's worth on a GPU).
+        let mut trim_to = None;
         if let Some(at) = plan.checkpoint.filter(|&at| pos < at && at < pos + n) {
-            n = at - pos;
+            if cache.is_trimmable_after(n) {
+                trim_to = Some(at);
+            } else {
+                n = at - pos;
+            }
         }
         let t = std::time::Instant::now();
         if n > MIN_CHUNK && last_chunk_seconds > LAYERWISE_AFTER_SECONDS {
@@ -221,6 +231,11 @@ pub fn prefill_from(
         out.processed += n;
         if plan.checkpoint == Some(pos) {
             out.checkpoint = Some(cache.clone());
+        } else if let Some(at) = trim_to {
+            let mut snapshot = cache.clone();
+            if snapshot.trim(pos - at) == pos - at {
+                out.checkpoint = Some(snapshot);
+            }
         }
         if !progress.update(out.processed) {
             return Ok(out);

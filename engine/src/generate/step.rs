@@ -15,7 +15,7 @@ use mlx_engine_plugin_api::{async_eval, Array, DynModel, Input};
 use super::prefill::{last_logits, token_ids};
 use crate::cache::prompt_cache::PromptCache;
 use crate::error::{Error, Result};
-use crate::sample::{apply_processors, LazySample, LogitsProcessor, Sampler};
+use crate::sample::{all_run_ahead, apply_processors, apply_processors_ahead, LazySample, LogitsProcessor, Sampler};
 
 /// One token a stepper committed to the sequence.
 #[derive(Debug)]
@@ -97,8 +97,17 @@ impl<'a> Decoder<'a> {
     /// Processors (over the committed history) and the sampler's next key on one position's
     /// logits, queued for evaluation.
     pub fn sample(&mut self, logits: &Array) -> Result<LazySample> {
+        self.sample_after(logits, None)
+    }
+
+    /// [`sample`](Self::sample) for the position after `pending`, a sampled token not yet read
+    /// back and not yet committed (the processors must all run ahead).
+    pub fn sample_after(&mut self, logits: &Array, pending: Option<&Array>) -> Result<LazySample> {
         let t = Instant::now();
-        let processed = apply_processors(&mut self.processors, &self.history, logits)?;
+        let processed = match pending {
+            Some(p) => apply_processors_ahead(&mut self.processors, &self.history, p, logits)?,
+            None => apply_processors(&mut self.processors, &self.history, logits)?,
+        };
         let sample = self.sampler.sample_lazy(&processed)?;
         async_eval(&[&sample.token, &sample.logprob, &sample.logprobs])?;
         self.times.sample_seconds += t.elapsed().as_secs_f64();
@@ -147,10 +156,10 @@ pub fn read_sample(sample: LazySample, step: usize, from_draft: bool) -> Result<
     Ok(StepToken { id: token, logprob, logprobs, from_draft })
 }
 
-/// One forward pass per token. Without processors the next token needs no host-side history,
-/// so it runs mlx-lm's pipeline: step n+1's graph is built and queued (async_eval) before step
-/// n's token is read, keeping the device busy while the host handles text. With processors
-/// each step waits for the previous token.
+/// One forward pass per token, run as mlx-lm's pipeline: step n+1's graph is built and queued
+/// (async_eval) before step n's token is read, keeping the device busy while the host handles
+/// text. The processors see token n as a device array then (`process_ahead`); one that needs
+/// every token on the host makes each step wait for the previous token instead.
 pub struct PlainStepper<'a> {
     dec: Decoder<'a>,
     /// The sampled token not yet handed out; `None` when the next one must be computed from
@@ -163,7 +172,7 @@ impl<'a> PlainStepper<'a> {
     /// Starts from the last prompt token's logits (`[vocab]`, from the prefill).
     pub fn new(mut dec: Decoder<'a>, first_logits: &Array) -> Result<PlainStepper<'a>> {
         let current = dec.sample(first_logits)?;
-        let pipelined = dec.processors.is_empty();
+        let pipelined = all_run_ahead(&dec.processors);
         Ok(PlainStepper { dec, current: Some(current), pipelined })
     }
 }
@@ -179,8 +188,7 @@ impl TokenStepper for PlainStepper<'_> {
         };
         if self.pipelined && remaining > 1 {
             let logits = self.dec.forward(&current.token.reshape(&[1, 1])?)?;
-            // No processors, so the history this sample would see does not matter.
-            self.current = Some(self.dec.sample(&last_logits(&logits)?)?);
+            self.current = Some(self.dec.sample_after(&last_logits(&logits)?, Some(&current.token))?);
         }
         let token = self.dec.read(current, 0, false)?;
         self.dec.commit(token.id);

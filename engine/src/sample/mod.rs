@@ -16,6 +16,7 @@ mod sampler;
 
 pub use params::{SamplingOverrides, SamplingParams, DEFAULT_REPETITION_CONTEXT_SIZE, MAX_TOP_LOGPROBS};
 pub use processors::{
-    apply_processors, processors_for, LogitBias, LogitsProcessor, PresenceFrequencyPenalty, RepetitionPenalty,
+    all_run_ahead, apply_processors, apply_processors_ahead, processors_for, LogitBias, LogitsProcessor,
+    PresenceFrequencyPenalty, RepetitionPenalty,
 };
 pub use sampler::{apply_min_p, apply_top_k, apply_top_p, top_logprobs, KeyPlan, LazySample, SampleOutput, Sampler};

@@ -14,6 +14,12 @@
 //!   processor learns where the prompt ends from its first call, whose history is the prompt.
 //!
 //! A window size of 0 means "no limit" for both.
+//!
+//! Running ahead: on a pipelined decode, step n+1's graph is built before token n is read back,
+//! so token n exists only on the device. [`LogitsProcessor::process_ahead`] takes it as a
+//! `pending` array and folds it in with device ops (a repeated id is harmless: every copy of an
+//! index is written the same value), so the penalties keep the pipeline instead of waiting for
+//! each token.
 
 use std::collections::BTreeMap;
 
@@ -27,6 +33,18 @@ use crate::sample::params::SamplingParams;
 pub trait LogitsProcessor: Send {
     /// `logits` is `[vocab]` or `[1, vocab]`; the result has the same shape.
     fn process(&mut self, history: &[u32], logits: &Array) -> Result<Array>;
+
+    /// What `process` gives for the history `history` followed by `pending`, a uint32 `[1]`
+    /// token still on the device, without reading it back. `None`: this processor needs every
+    /// token on the host, and a decode using it waits for each token.
+    fn process_ahead(&mut self, _history: &[u32], _pending: &Array, _logits: &Array) -> Result<Option<Array>> {
+        Ok(None)
+    }
+
+    /// Whether [`process_ahead`](Self::process_ahead) answers (it must then always answer).
+    fn runs_ahead(&self) -> bool {
+        false
+    }
 }
 
 /// The processors a request asks for, in mlx-lm's order: logit bias, repetition penalty,
@@ -60,6 +78,28 @@ pub fn apply_processors(processors: &mut [Box<dyn LogitsProcessor>], history: &[
     Ok(x)
 }
 
+/// [`apply_processors`] for a history ending in the device-side token `pending` (see
+/// [`LogitsProcessor::process_ahead`]); an error if one of them cannot run ahead.
+pub fn apply_processors_ahead(
+    processors: &mut [Box<dyn LogitsProcessor>],
+    history: &[u32],
+    pending: &Array,
+    logits: &Array,
+) -> Result<Array> {
+    let mut x = logits.clone();
+    for p in processors.iter_mut() {
+        x = p.process_ahead(history, pending, &x)?.ok_or_else(|| {
+            Error::Array(crate::api::Error::Array("a logits processor that cannot run ahead was asked to".into()))
+        })?;
+    }
+    Ok(x)
+}
+
+/// Whether every processor runs ahead, so a decode with them can be pipelined.
+pub fn all_run_ahead(processors: &[Box<dyn LogitsProcessor>]) -> bool {
+    processors.iter().all(|p| p.runs_ahead())
+}
+
 /// The last `size` items of `tokens` (all of them when `size` is 0).
 fn window(tokens: &[u32], size: usize) -> &[u32] {
     if size == 0 || size >= tokens.len() {
@@ -85,6 +125,29 @@ fn index_array(ids: &[u32], logits: &Array) -> Result<Array> {
     let mut shape = vec![1i32; logits.ndim().saturating_sub(1)];
     shape.push(ids.len() as i32);
     Ok(Array::from_slice(ids, &shape)?)
+}
+
+/// The window of `size` that ends in a pending token: its host part, the last `size - 1` of
+/// `tokens` (all of them when `size` is 0).
+fn window_before_pending(tokens: &[u32], size: usize) -> &[u32] {
+    match size {
+        0 => tokens,
+        1 => &[],
+        n => window(tokens, n - 1),
+    }
+}
+
+/// `ids` (host) then `pending` (device, uint32 `[1]`), shaped like [`index_array`]'s result.
+fn index_with_pending(ids: &[u32], pending: &Array, logits: &Array) -> Result<Array> {
+    let pending = pending.reshape(&[1])?.astype(Dtype::U32)?;
+    let all = if ids.is_empty() {
+        pending
+    } else {
+        crate::api::concatenate(&[&Array::from_slice(ids, &[ids.len() as i32])?, &pending], 0)?
+    };
+    let mut shape = vec![1i32; logits.ndim().saturating_sub(1)];
+    shape.push(ids.len() as i32 + 1);
+    Ok(all.reshape(&shape)?)
 }
 
 /// Replaces the logits at `ids` by `update(their current values)`: one gather and one scatter.
@@ -141,6 +204,15 @@ impl LogitsProcessor for LogitBias {
         let bias = self.bias.reshape(&idx.shape())?;
         update_at(logits, &idx, |cur| Ok(cur.astype(Dtype::F32)?.add(&bias)?))
     }
+
+    /// The bias never looks at the history.
+    fn process_ahead(&mut self, history: &[u32], _pending: &Array, logits: &Array) -> Result<Option<Array>> {
+        self.process(history, logits).map(Some)
+    }
+
+    fn runs_ahead(&self) -> bool {
+        true
+    }
 }
 
 /// mlx-lm's repetition penalty: each distinct token of the window has a negative logit
@@ -149,11 +221,27 @@ impl LogitsProcessor for LogitBias {
 pub struct RepetitionPenalty {
     penalty: f32,
     context_size: usize,
+    /// The penalty and 0 as f32 scalars, made on first use and kept (not rebuilt per step).
+    scalars: Option<(Array, Array)>,
 }
 
 impl RepetitionPenalty {
     pub fn new(penalty: f32, context_size: usize) -> RepetitionPenalty {
-        RepetitionPenalty { penalty, context_size }
+        RepetitionPenalty { penalty, context_size, scalars: None }
+    }
+
+    fn penalise(&mut self, logits: &Array, idx: &Array) -> Result<Array> {
+        let (p, zero) = match &self.scalars {
+            Some(s) => s.clone(),
+            None => {
+                let s = (Array::scalar(self.penalty as f64, Dtype::F32)?, Array::scalar(0.0, Dtype::F32)?);
+                self.scalars.insert(s).clone()
+            }
+        };
+        update_at(logits, idx, |cur| {
+            let cur = cur.astype(Dtype::F32)?;
+            Ok(crate::api::where_(&cur.less(&zero)?, &cur.multiply(&p)?, &cur.divide(&p)?)?)
+        })
     }
 }
 
@@ -165,13 +253,19 @@ impl LogitsProcessor for RepetitionPenalty {
             return Ok(logits.clone());
         }
         let idx = index_array(&ids, logits)?;
-        let penalty = self.penalty;
-        update_at(logits, &idx, |cur| {
-            let cur = cur.astype(Dtype::F32)?;
-            let p = Array::scalar(penalty as f64, Dtype::F32)?;
-            let zero = Array::scalar(0.0, Dtype::F32)?;
-            Ok(crate::api::where_(&cur.less(&zero)?, &cur.multiply(&p)?, &cur.divide(&p)?)?)
-        })
+        self.penalise(logits, &idx)
+    }
+
+    /// A sampled token is always below the vocabulary, so `pending` needs no range check.
+    fn process_ahead(&mut self, history: &[u32], pending: &Array, logits: &Array) -> Result<Option<Array>> {
+        let vocab = vocab_of(logits)?;
+        let ids: Vec<u32> = counts(window_before_pending(history, self.context_size), vocab).into_keys().collect();
+        let idx = index_with_pending(&ids, pending, logits)?;
+        self.penalise(logits, &idx).map(Some)
+    }
+
+    fn runs_ahead(&self) -> bool {
+        true
     }
 }
 
@@ -213,5 +307,39 @@ impl LogitsProcessor for PresenceFrequencyPenalty {
         let idx = index_array(&ids, logits)?;
         let amounts = Array::from_slice(&amounts, &idx.shape())?;
         update_at(logits, &idx, |cur| Ok(cur.astype(Dtype::F32)?.subtract(&amounts)?))
+    }
+
+    /// The host counts, with `pending` added on the device: it raises its own id's count by one,
+    /// whether that id is among the counted ones (`hit`) or new.
+    fn process_ahead(&mut self, history: &[u32], pending: &Array, logits: &Array) -> Result<Option<Array>> {
+        let vocab = vocab_of(logits)?;
+        let prompt_len = *self.prompt_len.get_or_insert(history.len());
+        let start = prompt_len.min(history.len());
+        let counts = counts(window_before_pending(&history[start..], self.context_size), vocab);
+        let f32s = |v: f32| Array::scalar(v as f64, Dtype::F32);
+        let (presence, frequency) = (f32s(self.presence)?, f32s(self.frequency)?);
+        let ids: Vec<u32> = counts.keys().copied().collect();
+        let n = ids.len() as i32;
+        let pending_count = if ids.is_empty() {
+            f32s(1.0)?.reshape(&[1])?
+        } else {
+            let host_ids = Array::from_slice(&ids, &[n])?;
+            let host_counts = Array::from_slice(&counts.values().map(|&c| c as f32).collect::<Vec<_>>(), &[n])?;
+            let hit = host_ids.equal(&pending.reshape(&[1])?.astype(Dtype::U32)?)?;
+            let raised = host_counts.add(&hit.astype(Dtype::F32)?)?;
+            let own = crate::api::where_(&hit, &host_counts, &f32s(0.0)?)?
+                .sum(&[0], false)?
+                .reshape(&[1])?
+                .add(&f32s(1.0)?)?;
+            crate::api::concatenate(&[&raised, &own], 0)?
+        };
+        let amounts = presence.add(&frequency.multiply(&pending_count)?)?;
+        let idx = index_with_pending(&ids, pending, logits)?;
+        let amounts = amounts.reshape(&idx.shape())?;
+        update_at(logits, &idx, |cur| Ok(cur.astype(Dtype::F32)?.subtract(&amounts)?)).map(Some)
+    }
+
+    fn runs_ahead(&self) -> bool {
+        true
     }
 }
