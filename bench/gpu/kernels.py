@@ -10,13 +10,14 @@ lies between them and the previous run's last decode step (with the first token'
 """
 import argparse
 import csv
+import gzip
 import re
 from collections import defaultdict
 
 
 def load(path):
     rows = []
-    with open(path) as f:
+    with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as f:
         lines = [l for l in f if l.startswith('"')]
     for r in csv.DictReader(lines):
         if r.get("Metric Name") != "gpu__time_duration.sum":

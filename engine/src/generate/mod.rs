@@ -361,7 +361,8 @@ pub fn generate_in(
         stats.prompt_seconds = t0.elapsed().as_secs_f64();
         let t1 = std::time::Instant::now();
 
-        let decoder = Decoder::new(ctx.model, &mut *cache, sampler, processors, &prompt);
+        let mut decoder = Decoder::new(ctx.model, &mut *cache, sampler, processors, &prompt);
+        decoder.top_logprobs = params.top_logprobs;
         let speculative = how != How::Plain;
         let mut stream =
             TextStream::new(ctx.tokenizer, stops, params.top_logprobs, req.ignore_eos, budget, speculative);

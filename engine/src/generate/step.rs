@@ -15,7 +15,10 @@ use mlx_engine_plugin_api::{async_eval, Array, DynModel, Input};
 use super::prefill::{last_logits, token_ids};
 use crate::cache::prompt_cache::PromptCache;
 use crate::error::{Error, Result};
-use crate::sample::{all_run_ahead, apply_processors, apply_processors_ahead, LazySample, LogitsProcessor, Sampler};
+use crate::sample::{
+    all_run_ahead, apply_processors, apply_processors_ahead, top_candidates, LazySample, LogitsProcessor, Sampler,
+    TopCandidates,
+};
 
 /// One token a stepper committed to the sequence.
 #[derive(Debug)]
@@ -27,6 +30,8 @@ pub struct StepToken {
     pub logprobs: Array,
     /// Whether a drafter proposed it and the main model agreed (speculative decoding).
     pub from_draft: bool,
+    /// Its top-logprobs candidates, evaluated with it (when the decoder was asked for them).
+    pub top: Option<TopCandidates>,
 }
 
 /// Where the host's time went while decoding: building the model's graph (its forward through
@@ -64,6 +69,8 @@ pub struct Decoder<'a> {
     pub history: Vec<u32>,
     /// Tokens committed so far (for error messages that name the step).
     pub generated: usize,
+    /// Top-logprobs candidates to build into each sample's graph (0: none).
+    pub top_logprobs: usize,
     pub times: HostTimes,
 }
 
@@ -82,6 +89,7 @@ impl<'a> Decoder<'a> {
             processors,
             history: prompt.to_vec(),
             generated: 0,
+            top_logprobs: 0,
             times: HostTimes::default(),
         }
     }
@@ -108,8 +116,13 @@ impl<'a> Decoder<'a> {
             Some(p) => apply_processors_ahead(&mut self.processors, &self.history, p, logits)?,
             None => apply_processors(&mut self.processors, &self.history, logits)?,
         };
-        let sample = self.sampler.sample_lazy(&processed)?;
-        async_eval(&[&sample.token, &sample.logprob, &sample.logprobs])?;
+        let mut sample = self.sampler.sample_lazy(&processed)?;
+        sample.top = top_candidates(&sample.logprobs, self.top_logprobs)?;
+        let mut outputs = vec![&sample.token, &sample.logprob, &sample.logprobs];
+        if let Some(top) = &sample.top {
+            outputs.extend(top.arrays());
+        }
+        async_eval(&outputs)?;
         self.times.sample_seconds += t.elapsed().as_secs_f64();
         Ok(sample)
     }
@@ -143,7 +156,7 @@ impl<'a> Decoder<'a> {
 pub fn read_sample(sample: LazySample, step: usize, from_draft: bool) -> Result<StepToken> {
     let token = sample.token.item::<u32>()?;
     let logprob = sample.logprob.item::<f32>()?;
-    let logprobs = sample.logprobs;
+    let LazySample { logprobs, top, .. } = sample;
     if logprob.is_nan() || logprob == f32::INFINITY {
         return Err(Error::Param {
             name: "model".into(),
@@ -153,7 +166,7 @@ pub fn read_sample(sample: LazySample, step: usize, from_draft: bool) -> Result<
             ),
         });
     }
-    Ok(StepToken { id: token, logprob, logprobs, from_draft })
+    Ok(StepToken { id: token, logprob, logprobs, from_draft, top })
 }
 
 /// One forward pass per token, run as mlx-lm's pipeline: step n+1's graph is built and queued

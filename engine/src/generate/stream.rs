@@ -74,7 +74,11 @@ impl<'a> TextStream<'a> {
         let id = t.id;
         let token = self.token(id, t.logprob, t.from_draft)?;
         if self.top_logprobs > 0 {
-            let alts = top_logprobs(&t.logprobs, self.top_logprobs)?
+            let alts = match &t.top {
+                Some(candidates) => candidates.resolve(&t.logprobs)?,
+                None => top_logprobs(&t.logprobs, self.top_logprobs)?,
+            };
+            let alts = alts
                 .into_iter()
                 .map(|(alt, lp)| Ok(Token { from_draft: None, ..self.token(alt, lp, false)? }))
                 .collect::<Result<Vec<_>>>()?;

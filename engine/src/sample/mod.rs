@@ -19,4 +19,7 @@ pub use processors::{
     all_run_ahead, apply_processors, apply_processors_ahead, processors_for, LogitBias, LogitsProcessor,
     PresenceFrequencyPenalty, RepetitionPenalty,
 };
-pub use sampler::{apply_min_p, apply_top_k, apply_top_p, top_logprobs, KeyPlan, LazySample, SampleOutput, Sampler};
+pub use sampler::{
+    apply_min_p, apply_top_k, apply_top_p, top_candidates, top_logprobs, KeyPlan, LazySample, SampleOutput, Sampler,
+    TopCandidates,
+};

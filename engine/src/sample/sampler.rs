@@ -31,6 +31,9 @@ pub struct LazySample {
     /// `[1]` f32: the token's entry of `logprobs`, part of the same graph, so reading it once
     /// the token is evaluated queues no new work behind a step computed ahead.
     pub logprob: Array,
+    /// The top-logprobs candidates, when the request asks for them, in the same graph for the
+    /// same reason (see [`top_candidates`]).
+    pub top: Option<TopCandidates>,
 }
 
 /// Turns logits into tokens for one request.
@@ -213,7 +216,7 @@ impl Sampler {
             crate::api::random::categorical(&self.sampling_logits(&logprobs)?, -1, Some(key))?
         };
         let logprob = logprobs.take(&token.reshape(&[1])?, 0)?;
-        Ok(LazySample { token, logprobs, logprob })
+        Ok(LazySample { token, logprobs, logprob, top: None })
     }
 
     /// Uses up the first `n` keys of `plan` (the draws whose tokens were kept).
@@ -246,6 +249,33 @@ impl KeyPlan {
 /// last place is tied with tokens left out (common with -inf from masks), the lowest ids among
 /// the tied ones are fetched in a second pass, so the answer never depends on partition order.
 pub fn top_logprobs(logprobs: &Array, n: usize) -> Result<Vec<(u32, f32)>> {
+    match top_candidates(logprobs, n)? {
+        None => Ok(Vec::new()),
+        Some(c) => {
+            eval(&c.arrays())?;
+            c.resolve(logprobs)
+        }
+    }
+}
+
+/// The first, lazy pass of [`top_logprobs`]: the `n` candidates found by `argpartition`, their
+/// values, the smallest of them and how many entries share it. Built into a decode step's graph
+/// and evaluated with its token, so reading them later waits for nothing queued behind it.
+pub struct TopCandidates {
+    ids: Array,
+    values: Array,
+    last: Array,
+    tied_total: Array,
+}
+
+impl std::fmt::Debug for TopCandidates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopCandidates").field("n", &self.ids.size()).finish()
+    }
+}
+
+/// See [`TopCandidates`]; `None` for `n == 0`. `n` is at most [`MAX_TOP_LOGPROBS`].
+pub fn top_candidates(logprobs: &Array, n: usize) -> Result<Option<TopCandidates>> {
     if n > MAX_TOP_LOGPROBS {
         return Err(Error::Param {
             name: "top_logprobs".into(),
@@ -256,26 +286,40 @@ pub fn top_logprobs(logprobs: &Array, n: usize) -> Result<Vec<(u32, f32)>> {
     let vocab = lp.dim(-1)?;
     let k = n.min(vocab as usize) as i32;
     if k == 0 {
-        return Ok(Vec::new());
+        return Ok(None);
     }
     let ids = lp.neg()?.argpartition(k - 1, -1)?.slice_axis(-1, 0, k)?;
     let values = lp.take(&ids, -1)?;
     let last = values.min(&[], false)?;
     let tied_total = lp.equal(&last)?.astype(Dtype::I32)?.sum(&[], false)?;
-    eval(&[&ids, &values, &last, &tied_total])?;
-    let mut out: Vec<(u32, f32)> = ids.to_vec::<u32>()?.into_iter().zip(values.to_vec::<f32>()?).collect();
-    let last_value = last.item::<f32>()?;
-    let tied_kept = out.iter().filter(|(_, v)| *v == last_value).count();
-    if (tied_total.item::<i32>()? as usize) > tied_kept {
-        // Keep the strictly better ones and refill the tied places with the lowest tied ids.
-        out.retain(|(_, v)| *v != last_value);
-        let position = Array::arange(0.0, vocab as f64, 1.0, Dtype::I32)?;
-        let beyond = Array::scalar(vocab as f64, Dtype::I32)?;
-        let tied_ids = where_(&lp.equal(&last)?, &position, &beyond)?;
-        let lowest = tied_ids.argpartition(tied_kept as i32 - 1, -1)?.slice_axis(-1, 0, tied_kept as i32)?;
-        let lowest = tied_ids.take(&lowest, -1)?.astype(Dtype::U32)?;
-        out.extend(lowest.to_vec::<u32>()?.into_iter().map(|id| (id, last_value)));
+    Ok(Some(TopCandidates { ids, values, last, tied_total }))
+}
+
+impl TopCandidates {
+    /// The arrays to evaluate.
+    pub fn arrays(&self) -> [&Array; 4] {
+        [&self.ids, &self.values, &self.last, &self.tied_total]
     }
-    out.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(Ordering::Equal).then(a.0.cmp(&b.0)));
-    Ok(out)
+
+    /// The answer of [`top_logprobs`] from the evaluated candidates of `logprobs`.
+    pub fn resolve(&self, logprobs: &Array) -> Result<Vec<(u32, f32)>> {
+        let mut out: Vec<(u32, f32)> =
+            self.ids.to_vec::<u32>()?.into_iter().zip(self.values.to_vec::<f32>()?).collect();
+        let last_value = self.last.item::<f32>()?;
+        let tied_kept = out.iter().filter(|(_, v)| *v == last_value).count();
+        if (self.tied_total.item::<i32>()? as usize) > tied_kept {
+            // Keep the strictly better ones and refill the tied places with the lowest tied ids.
+            let lp = flat_f32(logprobs)?;
+            let vocab = lp.dim(-1)?;
+            out.retain(|(_, v)| *v != last_value);
+            let position = Array::arange(0.0, vocab as f64, 1.0, Dtype::I32)?;
+            let beyond = Array::scalar(vocab as f64, Dtype::I32)?;
+            let tied_ids = where_(&lp.equal(&self.last)?, &position, &beyond)?;
+            let lowest = tied_ids.argpartition(tied_kept as i32 - 1, -1)?.slice_axis(-1, 0, tied_kept as i32)?;
+            let lowest = tied_ids.take(&lowest, -1)?.astype(Dtype::U32)?;
+            out.extend(lowest.to_vec::<u32>()?.into_iter().map(|id| (id, last_value)));
+        }
+        out.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(Ordering::Equal).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
 }
