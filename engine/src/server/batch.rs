@@ -32,7 +32,7 @@ use mlx_engine_plugin_api::{runtime, Array, Input};
 use super::row::{panicked, Row};
 use super::scheduler::{Job, Limits, Metrics};
 use crate::cache::prompt_cache::PromptCache;
-use crate::cache::KvCache;
+use crate::cache::{KvCache, Mark};
 use crate::error::{Error, Result};
 use crate::generate::prefill::last_logits;
 use crate::generate::GenContext;
@@ -214,21 +214,26 @@ fn decode_step(
         return decoded;
     }
     let members: Vec<u64> = going.iter().map(|(uid, _)| *uid).collect();
+    // Where the batch's cache stood before this step, to undo a step that failed part-way.
+    let mut mark = None;
     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<()> {
         if group.is_none() {
-            let caches: Vec<KvCache> = members
+            let caches: Vec<&KvCache> = members
                 .iter()
-                .filter_map(|uid| rows.iter_mut().find(|r| r.uid == *uid).and_then(|r| r.cache.take()))
+                .filter_map(|uid| rows.iter().find(|r| r.uid == *uid).and_then(|r| r.cache.as_ref()))
                 .collect();
             if caches.len() != members.len() {
                 return Err(Error::Server { reason: "a decoding row without a cache (engine bug)".into() });
             }
-            let refs: Vec<&KvCache> = caches.iter().collect();
-            let cache = KvCache::stack(&refs)?;
+            let cache = KvCache::stack(&caches)?;
             tracing::debug!(rows = members.len(), padding = ?cache.left_padding(), "stacked the batch");
+            for r in rows.iter_mut().filter(|r| members.contains(&r.uid)) {
+                r.cache = None;
+            }
             *group = Some(Group { cache, members: members.clone() });
         }
         let g = group.as_mut().expect("stacked above");
+        mark = Some(g.cache.mark());
         let ids: Vec<i32> = going.iter().map(|(_, id)| *id as i32).collect();
         let tokens = Array::from_slice(&ids, &[ids.len() as i32, 1])?;
         let logits = ctx.model.forward(Input::Tokens(&tokens), &mut g.cache)?;
@@ -244,11 +249,55 @@ fn decode_step(
     }))
     .unwrap_or_else(|p| Err(panicked(p)));
     if let Err(e) = out {
-        // The batch's cache may be half-updated: every row in it fails.
-        *group = None;
-        fail_rows(rows, &members, &e);
+        tracing::warn!(rows = members.len(), "the batched decode step failed, retrying its rows one by one: {e}");
+        metrics.failed_batch_rows.fetch_add(members.len() as u64, Ordering::Relaxed);
+        recover(ctx, rows, group, mark, &going, &e);
     }
     decoded
+}
+
+/// After a batched step failed (a plugin error or panic, perhaps caused by one row's input):
+/// the batch's cache goes back to where it stood before the step, its rows take their own
+/// caches back, and each runs the step alone, so that only a row whose own step fails fails.
+fn recover(
+    ctx: &GenContext<'_>,
+    rows: &mut Vec<Row<'_>>,
+    group: &mut Option<Group>,
+    mark: Option<Mark>,
+    going: &[(u64, u32)],
+    e: &Error,
+) {
+    if let Some(mut g) = group.take() {
+        let back = match mark {
+            Some(mark) => {
+                g.cache.rewind(mark);
+                g.cache.unstack()
+            }
+            None => Err(Error::Server { reason: "the batch failed before its step began".into() }),
+        };
+        match back {
+            Ok(caches) => {
+                for (uid, c) in g.members.iter().zip(caches) {
+                    if let Some(r) = rows.iter_mut().find(|r| r.uid == *uid) {
+                        r.cache = c.detached().ok();
+                    }
+                }
+            }
+            Err(e2) => {
+                fail_rows(rows, &g.members, &Error::Server { reason: format!("{e} (and the batch is lost: {e2})") });
+                return;
+            }
+        }
+    }
+    for (uid, id) in going {
+        let Some(i) = rows.iter().position(|r| r.uid == *uid) else { continue };
+        let row = &mut rows[i];
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| row.step_alone(ctx, *id)))
+            .unwrap_or_else(|p| Err(panicked(p)));
+        if let Err(e) = out {
+            rows.remove(i).fail(e);
+        }
+    }
 }
 
 /// Fails the rows `uids` with (a copy of) `e`.

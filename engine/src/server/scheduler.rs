@@ -61,6 +61,8 @@ pub struct Metrics {
     pub batched_steps: AtomicU64,
     pub batched_rows: AtomicU64,
     pub max_batch_rows: AtomicUsize,
+    /// Rows of batched steps that failed and were retried one by one.
+    pub failed_batch_rows: AtomicU64,
     /// MLX's allocator: bytes in live arrays, and freed bytes it keeps for reuse (sampled by
     /// the scheduler loop, on the model's thread).
     pub mlx_active_bytes: AtomicU64,
