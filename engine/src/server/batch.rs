@@ -37,6 +37,7 @@ use crate::error::{Error, Result};
 use crate::generate::prefill::last_logits;
 use crate::generate::GenContext;
 use crate::model_kit::WorkerParts;
+use crate::vision::{FeatureMemo, FEATURE_MEMO_CAPACITY};
 
 /// The decoding rows' caches stacked into one batch, with the rows in batch order.
 struct Group {
@@ -51,13 +52,20 @@ pub fn run(parts: WorkerParts<'_>, jobs: Receiver<Job>, limits: Limits, metrics:
     let mut rows: Vec<Row<'_>> = Vec::new();
     let mut group: Option<Group> = None;
     let mut next_uid = 0u64;
+    // Image features by content, so a conversation that sends its image again skips the tower.
+    let mut memo = FeatureMemo::new(FEATURE_MEMO_CAPACITY);
     let mut open = true;
+    let mut trimmed = Instant::now();
     loop {
         if rows.is_empty() && waiting.is_empty() {
             if !open {
                 return;
             }
-            // Nothing to do: sleep until a request comes.
+            // Nothing to do: give back the memory freed while busy, then sleep until a
+            // request comes.
+            runtime::clear_cache();
+            super::memory::trim();
+            trimmed = Instant::now();
             match jobs.recv() {
                 Ok(j) => waiting.push_back(j),
                 Err(_) => return,
@@ -81,7 +89,7 @@ pub fn run(parts: WorkerParts<'_>, jobs: Receiver<Job>, limits: Limits, metrics:
         while rows.len() < limits.max_concurrency {
             let Some(job) = waiting.pop_front() else { break };
             next_uid += 1;
-            if let Some(row) = Row::start(&ctx, cache, job, next_uid) {
+            if let Some(row) = Row::start(&ctx, cache, &mut memo, job, next_uid) {
                 metrics.prompt_tokens.fetch_add(row.prompt.len() as u64, Ordering::Relaxed);
                 metrics.cached_tokens.fetch_add(row.pos as u64, Ordering::Relaxed);
                 metrics.cache_lookups.fetch_add(1, Ordering::Relaxed);
@@ -119,12 +127,17 @@ pub fn run(parts: WorkerParts<'_>, jobs: Receiver<Job>, limits: Limits, metrics:
         }
 
         // One decode step for every decoding row.
+        let rows_before = rows.len();
         let t = Instant::now();
         let decoded = decode_step(&ctx, cache, &mut rows, &mut group, metrics);
         metrics.active_rows.store(rows.len(), Ordering::Relaxed);
         metrics.generated_tokens.fetch_add(decoded as u64, Ordering::Relaxed);
         if decoded > 0 {
             metrics.decode_micros.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
+        if rows.len() < rows_before && trimmed.elapsed() >= super::memory::TRIM_INTERVAL {
+            super::memory::trim();
+            trimmed = Instant::now();
         }
         metrics.mlx_active_bytes.store(runtime::active_memory() as u64, Ordering::Relaxed);
         metrics.mlx_cache_bytes.store(runtime::cache_memory() as u64, Ordering::Relaxed);

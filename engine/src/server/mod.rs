@@ -2,7 +2,8 @@
 //!
 //! - `routes`: the endpoints; `openai`: the request and response shapes; `errors`: OpenAI
 //!   error objects and status codes; `auth`: the bearer key;
-//! - `metrics`: `/metrics` for Prometheus; `tools`: tool-call formats and their parsers;
+//! - `metrics`: `/metrics` for Prometheus; `memory`: keeping resident memory flat; `tools`:
+//!   tool-call formats and their parsers;
 //! - `scheduler`: admission to the bounded queue and the handle requests submit through;
 //!   `batch`: the continuous-batching loop on the model's worker thread.
 //!
@@ -13,6 +14,7 @@
 pub mod auth;
 pub mod batch;
 pub mod errors;
+pub mod memory;
 pub mod metrics;
 pub mod openai;
 pub mod routes;
@@ -150,6 +152,9 @@ pub struct Running {
 impl Running {
     /// Binds `config.host:config.port` and serves `kit` in the background until [`Running::stop`].
     pub fn start(kit: ModelKit, config: &ServeConfig) -> Result<Running> {
+        if let Some(t) = memory::fix_mmap_threshold() {
+            tracing::debug!("glibc's mmap threshold fixed at {t} bytes");
+        }
         let kit = Arc::new(kit);
         let scheduler = Scheduler::start(&kit, config.limits)?;
         let state = AppState {
