@@ -17,6 +17,8 @@ use mlx_engine_plugin_api::{concatenate, random, Array, AttentionOptions, Dtype,
 pub enum Variant {
     Good,
     PanicForward,
+    /// `forward` panics when its input holds [`PANIC_TOKEN`].
+    PanicOnToken,
     AbiMajor2,
     NoDescriptor,
     /// Plugin `tiny2`, declaring the same model type `tiny`.
@@ -44,6 +46,7 @@ impl Variant {
         match self {
             Variant::Good | Variant::PanicAbort | Variant::Abi10 => None,
             Variant::PanicForward => Some("panic_forward"),
+            Variant::PanicOnToken => Some("panic_on_token"),
             Variant::PanicLayout => Some("panic_layout"),
             Variant::BadLogitsShape => Some("bad_logits_shape"),
             Variant::AbiMajor2 => Some("abi_major_2"),
@@ -72,6 +75,8 @@ impl Variant {
 
 /// The message the `panic_forward` variant panics with (tests/plugin-fixture/src/lib.rs).
 pub const PANIC_MESSAGE: &str = "tiny fixture: forward panicked on purpose";
+/// The token whose presence in `forward`'s input makes the `panic_on_token` variant panic.
+pub const PANIC_TOKEN: u32 = 13;
 /// The message the `panic_layout` variant panics with.
 pub const LAYOUT_PANIC_MESSAGE: &str = "tiny fixture: cache_layout panicked on purpose";
 

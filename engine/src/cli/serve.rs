@@ -61,6 +61,8 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         },
     };
     let prefill_chunk = args.cache.prefill_step_size()?.unwrap_or(SERVE_PREFILL_CHUNK);
+    // Before the model loads: blocks the heap has grown around by then would stay there.
+    server::memory::fix_mmap_threshold();
     let kit = load(&args.model, &args.cache)?;
     let config = ServeConfig {
         host: args.host.clone(),

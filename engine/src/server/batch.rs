@@ -32,11 +32,12 @@ use mlx_engine_plugin_api::{runtime, Array, Input};
 use super::row::{panicked, Row};
 use super::scheduler::{Job, Limits, Metrics};
 use crate::cache::prompt_cache::PromptCache;
-use crate::cache::KvCache;
+use crate::cache::{KvCache, Mark};
 use crate::error::{Error, Result};
 use crate::generate::prefill::last_logits;
 use crate::generate::GenContext;
 use crate::model_kit::WorkerParts;
+use crate::vision::{FeatureMemo, FEATURE_MEMO_CAPACITY};
 
 /// The decoding rows' caches stacked into one batch, with the rows in batch order.
 struct Group {
@@ -51,13 +52,20 @@ pub fn run(parts: WorkerParts<'_>, jobs: Receiver<Job>, limits: Limits, metrics:
     let mut rows: Vec<Row<'_>> = Vec::new();
     let mut group: Option<Group> = None;
     let mut next_uid = 0u64;
+    // Image features by content, so a conversation that sends its image again skips the tower.
+    let mut memo = FeatureMemo::new(FEATURE_MEMO_CAPACITY);
     let mut open = true;
+    let mut trimmed = Instant::now();
     loop {
         if rows.is_empty() && waiting.is_empty() {
             if !open {
                 return;
             }
-            // Nothing to do: sleep until a request comes.
+            // Nothing to do: give back the memory freed while busy, then sleep until a
+            // request comes.
+            runtime::clear_cache();
+            super::memory::trim();
+            trimmed = Instant::now();
             match jobs.recv() {
                 Ok(j) => waiting.push_back(j),
                 Err(_) => return,
@@ -81,7 +89,7 @@ pub fn run(parts: WorkerParts<'_>, jobs: Receiver<Job>, limits: Limits, metrics:
         while rows.len() < limits.max_concurrency {
             let Some(job) = waiting.pop_front() else { break };
             next_uid += 1;
-            if let Some(row) = Row::start(&ctx, cache, job, next_uid) {
+            if let Some(row) = Row::start(&ctx, cache, &mut memo, job, next_uid) {
                 metrics.prompt_tokens.fetch_add(row.prompt.len() as u64, Ordering::Relaxed);
                 metrics.cached_tokens.fetch_add(row.pos as u64, Ordering::Relaxed);
                 metrics.cache_lookups.fetch_add(1, Ordering::Relaxed);
@@ -119,12 +127,17 @@ pub fn run(parts: WorkerParts<'_>, jobs: Receiver<Job>, limits: Limits, metrics:
         }
 
         // One decode step for every decoding row.
+        let rows_before = rows.len();
         let t = Instant::now();
         let decoded = decode_step(&ctx, cache, &mut rows, &mut group, metrics);
         metrics.active_rows.store(rows.len(), Ordering::Relaxed);
         metrics.generated_tokens.fetch_add(decoded as u64, Ordering::Relaxed);
         if decoded > 0 {
             metrics.decode_micros.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
+        if rows.len() < rows_before && trimmed.elapsed() >= super::memory::TRIM_INTERVAL {
+            super::memory::trim();
+            trimmed = Instant::now();
         }
         metrics.mlx_active_bytes.store(runtime::active_memory() as u64, Ordering::Relaxed);
         metrics.mlx_cache_bytes.store(runtime::cache_memory() as u64, Ordering::Relaxed);
@@ -214,21 +227,26 @@ fn decode_step(
         return decoded;
     }
     let members: Vec<u64> = going.iter().map(|(uid, _)| *uid).collect();
+    // Where the batch's cache stood before this step, to undo a step that failed part-way.
+    let mut mark = None;
     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<()> {
         if group.is_none() {
-            let caches: Vec<KvCache> = members
+            let caches: Vec<&KvCache> = members
                 .iter()
-                .filter_map(|uid| rows.iter_mut().find(|r| r.uid == *uid).and_then(|r| r.cache.take()))
+                .filter_map(|uid| rows.iter().find(|r| r.uid == *uid).and_then(|r| r.cache.as_ref()))
                 .collect();
             if caches.len() != members.len() {
                 return Err(Error::Server { reason: "a decoding row without a cache (engine bug)".into() });
             }
-            let refs: Vec<&KvCache> = caches.iter().collect();
-            let cache = KvCache::stack(&refs)?;
+            let cache = KvCache::stack(&caches)?;
             tracing::debug!(rows = members.len(), padding = ?cache.left_padding(), "stacked the batch");
+            for r in rows.iter_mut().filter(|r| members.contains(&r.uid)) {
+                r.cache = None;
+            }
             *group = Some(Group { cache, members: members.clone() });
         }
         let g = group.as_mut().expect("stacked above");
+        mark = Some(g.cache.mark());
         let ids: Vec<i32> = going.iter().map(|(_, id)| *id as i32).collect();
         let tokens = Array::from_slice(&ids, &[ids.len() as i32, 1])?;
         let logits = ctx.model.forward(Input::Tokens(&tokens), &mut g.cache)?;
@@ -244,11 +262,55 @@ fn decode_step(
     }))
     .unwrap_or_else(|p| Err(panicked(p)));
     if let Err(e) = out {
-        // The batch's cache may be half-updated: every row in it fails.
-        *group = None;
-        fail_rows(rows, &members, &e);
+        tracing::warn!(rows = members.len(), "the batched decode step failed, retrying its rows one by one: {e}");
+        metrics.failed_batch_rows.fetch_add(members.len() as u64, Ordering::Relaxed);
+        recover(ctx, rows, group, mark, &going, &e);
     }
     decoded
+}
+
+/// After a batched step failed (a plugin error or panic, perhaps caused by one row's input):
+/// the batch's cache goes back to where it stood before the step, its rows take their own
+/// caches back, and each runs the step alone, so that only a row whose own step fails fails.
+fn recover(
+    ctx: &GenContext<'_>,
+    rows: &mut Vec<Row<'_>>,
+    group: &mut Option<Group>,
+    mark: Option<Mark>,
+    going: &[(u64, u32)],
+    e: &Error,
+) {
+    if let Some(mut g) = group.take() {
+        let back = match mark {
+            Some(mark) => {
+                g.cache.rewind(mark);
+                g.cache.unstack()
+            }
+            None => Err(Error::Server { reason: "the batch failed before its step began".into() }),
+        };
+        match back {
+            Ok(caches) => {
+                for (uid, c) in g.members.iter().zip(caches) {
+                    if let Some(r) = rows.iter_mut().find(|r| r.uid == *uid) {
+                        r.cache = c.detached().ok();
+                    }
+                }
+            }
+            Err(e2) => {
+                fail_rows(rows, &g.members, &Error::Server { reason: format!("{e} (and the batch is lost: {e2})") });
+                return;
+            }
+        }
+    }
+    for (uid, id) in going {
+        let Some(i) = rows.iter().position(|r| r.uid == *uid) else { continue };
+        let row = &mut rows[i];
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| row.step_alone(ctx, *id)))
+            .unwrap_or_else(|p| Err(panicked(p)));
+        if let Err(e) = out {
+            rows.remove(i).fail(e);
+        }
+    }
 }
 
 /// Fails the rows `uids` with (a copy of) `e`.

@@ -92,6 +92,8 @@ impl From<Error> for ApiError {
         match &e {
             Error::Param { name, .. } => ApiError::bad_request(e.to_string(), Some(name)),
             Error::ChatTemplate { .. } => ApiError::bad_request(e.to_string(), Some("messages")),
+            // An image that does not decode or is too large.
+            Error::Image { .. } => ApiError::bad_request(e.to_string(), Some("messages")),
             _ => ApiError::internal(e.to_string()),
         }
     }

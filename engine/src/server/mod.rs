@@ -2,7 +2,8 @@
 //!
 //! - `routes`: the endpoints; `openai`: the request and response shapes; `errors`: OpenAI
 //!   error objects and status codes; `auth`: the bearer key;
-//! - `metrics`: `/metrics` for Prometheus; `tools`: tool-call formats and their parsers;
+//! - `metrics`: `/metrics` for Prometheus; `memory`: keeping resident memory flat; `tools`:
+//!   tool-call formats and their parsers;
 //! - `scheduler`: admission to the bounded queue and the handle requests submit through;
 //!   `batch`: the continuous-batching loop on the model's worker thread.
 //!
@@ -13,6 +14,7 @@
 pub mod auth;
 pub mod batch;
 pub mod errors;
+pub mod memory;
 pub mod metrics;
 pub mod openai;
 pub mod routes;
@@ -138,27 +140,40 @@ async fn shutdown_signal() {
     });
 }
 
-/// Serves `kit` until SIGINT or SIGTERM, then lets in-flight requests finish.
-pub fn run(kit: ModelKit, config: ServeConfig) -> Result<()> {
-    let kit = Arc::new(kit);
-    let scheduler = Scheduler::start(&kit, config.limits)?;
-    let state = AppState {
-        kit: kit.clone(),
-        scheduler,
-        model_id: config.model_id.clone(),
-        api_key: config.api_key.as_deref().map(ApiKey::new),
-        created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("mlx-engine-http")
-        .enable_all()
-        .build()
-        .map_err(|e| server_error("starting the async runtime", e))?;
-    let served = rt.block_on(async {
+/// A server running on its own runtime: the library's way to embed it (and the tests').
+pub struct Running {
+    addr: std::net::SocketAddr,
+    rt: tokio::runtime::Runtime,
+    stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
+    kit: Arc<ModelKit>,
+}
+
+impl Running {
+    /// Binds `config.host:config.port` and serves `kit` in the background until [`Running::stop`].
+    pub fn start(kit: ModelKit, config: &ServeConfig) -> Result<Running> {
+        if let Some(t) = memory::fix_mmap_threshold() {
+            tracing::debug!("glibc's mmap threshold fixed at {t} bytes");
+        }
+        let kit = Arc::new(kit);
+        let scheduler = Scheduler::start(&kit, config.limits)?;
+        let state = AppState {
+            kit: kit.clone(),
+            scheduler,
+            model_id: config.model_id.clone(),
+            api_key: config.api_key.as_deref().map(ApiKey::new),
+            created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("mlx-engine-http")
+            .enable_all()
+            .build()
+            .map_err(|e| server_error("starting the async runtime", e))?;
         let addr = format!("{}:{}", config.host, config.port);
-        let listener =
-            tokio::net::TcpListener::bind(&addr).await.map_err(|e| server_error(&format!("binding {addr}"), e))?;
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(&addr))
+            .map_err(|e| server_error(&format!("binding {addr}"), e))?;
         let local = listener.local_addr().map_err(|e| server_error("reading the bound address", e))?;
         tracing::info!(
             "serving `{}` on http://{local} ({} rows, queue {}, auth {})",
@@ -167,18 +182,43 @@ pub fn run(kit: ModelKit, config: ServeConfig) -> Result<()> {
             config.limits.queue,
             if config.api_key.is_some() { "on" } else { "off" }
         );
-        let mut out = std::io::stdout();
-        writeln!(out, "listening on http://{local}")
-            .and_then(|()| out.flush())
-            .map_err(|e| Error::Io { path: "stdout".into(), source: e })?;
-        axum::serve(listener, app(state, config.max_body_bytes))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .map_err(|e| server_error("serving", e))
-    });
-    // In-flight rows are done; dropping the runtime and the last scheduler handle ends the
-    // scheduler loop, and the model kit then unloads on its worker thread.
-    drop(rt);
-    drop(kit);
-    served
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = app(state, config.max_body_bytes);
+        let served = rt.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Ok(Running { addr: local, rt, stop, served, kit })
+    }
+
+    /// The bound address (the port that `--port 0` picked).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish, then unloads the model.
+    pub fn stop(self) -> Result<()> {
+        let Running { rt, stop, served, kit, .. } = self;
+        let _ = stop.send(());
+        let served = rt.block_on(served).map_err(|e| server_error("the server task", e))?;
+        // In-flight rows are done; dropping the runtime and the last scheduler handle ends the
+        // scheduler loop, and the model kit then unloads on its worker thread.
+        drop(rt);
+        drop(kit);
+        served.map_err(|e| server_error("serving", e))
+    }
+}
+
+/// Serves `kit` until SIGINT or SIGTERM, then lets in-flight requests finish.
+pub fn run(kit: ModelKit, config: ServeConfig) -> Result<()> {
+    let running = Running::start(kit, &config)?;
+    let mut out = std::io::stdout();
+    writeln!(out, "listening on http://{}", running.addr())
+        .and_then(|()| out.flush())
+        .map_err(|e| Error::Io { path: "stdout".into(), source: e })?;
+    running.rt.block_on(shutdown_signal());
+    running.stop()
 }

@@ -17,6 +17,7 @@ use super::errors::ApiError;
 use crate::generate::{GenerateRequest, StopReason, Token};
 use crate::sample::SamplingOverrides;
 use crate::tokenizer::ChatMessage;
+use crate::vision::ImageInput;
 
 /// Fields that completions and chat completions share.
 #[derive(Debug, Default, Deserialize)]
@@ -88,6 +89,15 @@ pub struct Part {
     #[serde(rename = "type")]
     pub kind: String,
     pub text: Option<String>,
+    pub image_url: Option<ImageUrl>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ImageUrl {
+    pub url: String,
+    /// OpenAI's `low` / `high` / `auto`: accepted, not used (images are preprocessed to the
+    /// model's own size).
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,30 +137,34 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
 }
 
 impl Message {
-    /// The engine's chat message: text content only (image parts need the vision path, #7).
+    /// The engine's chat message: the text parts joined, and the number of image parts, which
+    /// the template places after the text (the order `generate --image` uses); the images
+    /// themselves come from [`Message::images`].
     pub fn to_chat(&self, i: usize) -> Result<ChatMessage, ApiError> {
         let param = format!("messages[{i}].content");
-        let text = match &self.content {
-            None => String::new(),
-            Some(Content::Text(t)) => t.clone(),
+        let (text, images) = match &self.content {
+            None => (String::new(), 0),
+            Some(Content::Text(t)) => (t.clone(), 0),
             Some(Content::Parts(parts)) => {
                 let mut text = String::new();
-                for p in parts {
+                let mut images = 0;
+                for (j, p) in parts.iter().enumerate() {
                     match (p.kind.as_str(), &p.text) {
                         ("text", Some(t)) => text.push_str(t),
                         ("text", None) => return Err(ApiError::bad_request("a text part needs `text`", Some(&param))),
+                        ("image_url", _) => images += 1,
                         (other, _) => {
                             return Err(ApiError::bad_request(
-                                format!("content parts of type `{other}` are not supported by this server (text only)"),
-                                Some(&param),
+                                format!("content parts of type `{other}` are not supported by this server (text and image_url only)"),
+                                Some(&format!("{param}[{j}].type")),
                             ))
                         }
                     }
                 }
-                text
+                (text, images)
             }
         };
-        let mut m = ChatMessage::new(self.role.clone(), text);
+        let mut m = ChatMessage::with_images(self.role.clone(), text, images);
         if let Some(calls) = &self.tool_calls {
             m.fields.insert("tool_calls".into(), super::tools::for_template(calls));
         }
@@ -161,6 +175,29 @@ impl Message {
             m.fields.insert("name".into(), Value::String(name.clone()));
         }
         Ok(m)
+    }
+
+    /// The message's images (its `image_url` parts), each with the request field it came from.
+    /// Only `data:` URLs: the server fetches nothing from the network.
+    pub fn images(&self, i: usize) -> Result<Vec<(ImageInput, String)>, ApiError> {
+        let Some(Content::Parts(parts)) = &self.content else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for (j, p) in parts.iter().enumerate().filter(|(_, p)| p.kind == "image_url") {
+            let param = format!("messages[{i}].content[{j}].image_url");
+            let Some(image) = &p.image_url else {
+                return Err(ApiError::bad_request("an image_url part needs `image_url`", Some(&param)));
+            };
+            let param = format!("{param}.url");
+            let url = image.url.trim();
+            if !url.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("data:")) {
+                return Err(ApiError::bad_request(
+                    "images must be sent as data URLs (data:image/png;base64,...): this server does not fetch URLs",
+                    Some(&param),
+                ));
+            }
+            out.push((ImageInput::DataUrl(url.to_string()), param));
+        }
+        Ok(out)
     }
 }
 
@@ -320,12 +357,24 @@ mod tests {
     }
 
     #[test]
-    fn image_parts_are_refused() {
-        let m: Message =
-            serde_json::from_str(r#"{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}"#)
-                .unwrap();
-        assert!(m.to_chat(0).is_err());
-        let m: Message = serde_json::from_str(r#"{"role":"user","content":[{"type":"text","text":"hi"}]}"#).unwrap();
-        assert_eq!(m.to_chat(0).unwrap().content, "hi");
+    fn image_parts_count_and_only_data_urls_are_taken() {
+        let m: Message = serde_json::from_str(
+            r#"{"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]}"#,
+        )
+        .unwrap();
+        let c = m.to_chat(0).unwrap();
+        assert_eq!((c.content.as_str(), c.images), ("hi", 1));
+        let images = m.images(0).unwrap();
+        assert_eq!(images.len(), 1);
+        assert_eq!(images[0].1, "messages[0].content[1].image_url.url");
+        let m: Message = serde_json::from_str(
+            r#"{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://example.com/a.png"}}]}"#,
+        )
+        .unwrap();
+        let e = m.images(3).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[3].content[0].image_url.url"));
+        assert!(e.message.contains("does not fetch URLs"), "{}", e.message);
+        let m: Message = serde_json::from_str(r#"{"role":"user","content":[{"type":"audio"}]}"#).unwrap();
+        assert_eq!(m.to_chat(0).unwrap_err().param.as_deref(), Some("messages[0].content[0].type"));
     }
 }

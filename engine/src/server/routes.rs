@@ -30,6 +30,7 @@ use super::tools::{self, ToolFormat};
 use super::RequestId;
 use crate::generate::{GenerateRequest, GenerationResult, StopReason, Token};
 use crate::model_kit::{CancelHandle, ModelKit};
+use crate::vision::{ImageInput, VisionPath};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -151,6 +152,7 @@ pub async fn chat(
         return Err(ApiError::bad_request("messages must not be empty", Some("messages")));
     }
     let messages = req.messages.iter().enumerate().map(|(i, m)| m.to_chat(i)).collect::<Result<Vec<_>, _>>()?;
+    let images = image_parts(&s, &req)?;
     let logprobs = req.logprobs.unwrap_or(false);
     if req.top_logprobs.is_some() && !logprobs {
         return Err(ApiError::bad_request("top_logprobs needs logprobs: true", Some("top_logprobs")));
@@ -160,8 +162,17 @@ pub async fn chat(
     let gen = common.to_request(max_tokens, top)?;
     let permit = s.scheduler.admit().ok_or_else(|| ApiError::overloaded(1))?;
     let kit = s.kit.clone();
-    let prompt = tokio::task::spawn_blocking(move || {
-        kit.tokenize_chat_cancellable(&messages, template.as_ref(), &args, &CancelHandle::new())
+    let with_images = !images.is_empty();
+    // With images the rendered text is tokenized on the model's thread, where the vision
+    // add-on sizes each image's span.
+    let (prompt, text) = tokio::task::spawn_blocking(move || -> crate::Result<(Vec<u32>, Option<String>)> {
+        if with_images {
+            let cancel = std::sync::atomic::AtomicBool::new(false);
+            let text =
+                kit.tokenizer().apply_chat_template_cancellable(&messages, true, &args, template.as_ref(), &cancel)?;
+            return Ok((Vec::new(), Some(text)));
+        }
+        Ok((kit.tokenize_chat_cancellable(&messages, template.as_ref(), &args, &CancelHandle::new())?, None))
     })
     .await
     .map_err(|e| ApiError::internal(format!("the chat template task failed: {e}")))??;
@@ -174,8 +185,28 @@ pub async fn chat(
         include_usage: common.include_usage(),
         tools: tool_format,
     };
-    respond(&s, &rid, shape, GenerateRequest { prompt_tokens: prompt, ..gen }, common.stream.unwrap_or(false), permit)
-        .await
+    let gen = GenerateRequest { prompt_tokens: prompt, images, ..gen };
+    respond(&s, &rid, shape, (gen, text), common.stream.unwrap_or(false), permit).await
+}
+
+/// The request's `image_url` parts, refused (400, naming the part) for a text-only model.
+fn image_parts(s: &AppState, req: &ChatRequest) -> Result<Vec<ImageInput>, ApiError> {
+    let mut images = Vec::new();
+    for (i, m) in req.messages.iter().enumerate() {
+        images.extend(m.images(i)?);
+    }
+    if let Some((_, param)) = images.first() {
+        if s.kit.info().vision_path == VisionPath::None {
+            return Err(ApiError::bad_request(
+                format!(
+                    "`{}` is a text-only model (its config.json has no vision_config): it takes no images",
+                    s.model_id
+                ),
+                Some(param),
+            ));
+        }
+    }
+    Ok(images.into_iter().map(|(image, _)| image).collect())
 }
 
 pub async fn completions(
@@ -236,20 +267,28 @@ pub async fn completions(
         include_usage: common.include_usage(),
         tools: None,
     };
-    respond(&s, &rid, shape, GenerateRequest { prompt_tokens: prompt, ..gen }, common.stream.unwrap_or(false), permit)
-        .await
+    respond(
+        &s,
+        &rid,
+        shape,
+        (GenerateRequest { prompt_tokens: prompt, ..gen }, None),
+        common.stream.unwrap_or(false),
+        permit,
+    )
+    .await
 }
 
-/// Submits the generation and answers once the scheduler has taken (or refused) it.
+/// Submits the generation (and the text to tokenize with its images, if it has any) and
+/// answers once the scheduler has taken (or refused) it.
 async fn respond(
     s: &AppState,
     rid: &RequestId,
     shape: Shape,
-    req: GenerateRequest,
+    (req, text): (GenerateRequest, Option<String>),
     stream: bool,
     permit: Permit,
 ) -> Result<Response, ApiError> {
-    let Submitted { mut events, mut guard } = s.scheduler.submit(&rid.0, req)?;
+    let Submitted { mut events, mut guard } = s.scheduler.submit(&rid.0, req, text)?;
     let (prompt_tokens, cached_tokens) = match events.recv().await {
         Some(RowEvent::Started { prompt_tokens, cached_tokens }) => (prompt_tokens, cached_tokens),
         Some(RowEvent::Done(Err(e))) => {

@@ -15,9 +15,11 @@ use crate::error::{Error, Result};
 use crate::generate::prefill::{chunk_size, last_logits, token_ids};
 use crate::generate::step::read_sample;
 use crate::generate::stream::{Pushed, TextStream};
-use crate::generate::{self, GenContext, GenerationResult, StopCondition, StopReason};
+use crate::generate::{self, GenContext, GenerateRequest, GenerationResult, StopCondition, StopReason};
 use crate::sample::{apply_processors, processors_for, LazySample, LogitsProcessor, Sampler};
 use crate::stop::StopStrings;
+use crate::vision::prompt::{self, PreparedImage};
+use crate::vision::{FeatureMemo, ImageLimits, VisionModel};
 
 pub struct Row<'t> {
     /// Unique within the scheduler (request ids come from clients and may repeat).
@@ -39,8 +41,18 @@ pub struct Row<'t> {
     processors: Vec<Box<dyn LogitsProcessor>>,
     /// The prompt, then every committed token (what the processors see).
     history: Vec<u32>,
+    /// With images: the prompt as the prompt cache knows it (image tokens replaced by ids
+    /// derived from each image's content), and the input embeddings of its uncached part
+    /// (`[1, len - from, D]`) with `from`.
+    vision: Option<VisionInput>,
     stream: TextStream<'t>,
     started: Instant,
+}
+
+struct VisionInput {
+    key: Vec<u32>,
+    embeddings: Array,
+    from: usize,
 }
 
 /// The engine error for a panic caught around a row's work.
@@ -51,18 +63,48 @@ pub fn panicked(p: Box<dyn std::any::Any + Send>) -> Error {
 impl<'t> Row<'t> {
     /// Checks the request and seeds the row's cache from the shared one; a bad request is
     /// answered with its error and gives no row.
-    pub fn start(ctx: &GenContext<'t>, shared: &mut PromptCache, job: Job, uid: u64) -> Option<Row<'t>> {
-        let Job { id, request, cancel, events } = job;
+    pub fn start(
+        ctx: &GenContext<'t>,
+        shared: &mut PromptCache,
+        memo: &mut FeatureMemo,
+        job: Job,
+        uid: u64,
+    ) -> Option<Row<'t>> {
+        let Job { id, mut request, prompt_text, cancel, events } = job;
         let built = (|| -> Result<Row<'t>> {
-            if !request.images.is_empty() {
-                return Err(Error::Param { name: "images".into(), reason: "the server takes no images yet".into() });
-            }
+            let images = images_of(ctx, &mut request, prompt_text)?;
             let (prompt, budget, params) = generate::prepare(ctx, &request)?;
             let stops = StopStrings::new(request.stop_strings.clone())?;
             let processors = processors_for(&params)?;
             let sampler = Sampler::new(&params)?;
-            let (cache, cached) = shared.lookup(&prompt, !request.ignore_prompt_cache)?;
-            let checkpoint = shared.checkpoint_at(prompt.len(), cached);
+            let reuse = !request.ignore_prompt_cache;
+            let (cache, cached, checkpoint, vision) = match images {
+                None => {
+                    let (cache, cached) = shared.lookup(&prompt, reuse)?;
+                    (cache, cached, shared.checkpoint_at(prompt.len(), cached), None)
+                }
+                Some((v, prepared)) => {
+                    let spans = prompt::find_spans(&prompt, &prepared, ctx.tokenizer)?;
+                    let key = prompt::cache_key(&prompt, &spans, &prepared);
+                    // A cached prefix may not end inside an image's span.
+                    let (mut cache, mut cached) = shared.lookup(&key, reuse)?;
+                    let outside = prompt::outside_spans(cached, &spans);
+                    if outside < cached {
+                        if cache.is_trimmable() {
+                            cache.trim(cached - outside);
+                            cached = outside;
+                        } else {
+                            (cache, cached) = shared.lookup(&key, false)?;
+                        }
+                    }
+                    let checkpoint = shared
+                        .checkpoint_at(prompt.len(), cached)
+                        .map(|at| prompt::outside_spans(at, &spans))
+                        .filter(|&at| at > cached);
+                    let embeddings = prompt::embeddings(ctx.model, v, memo, &prompt, cached, &spans, &prepared)?;
+                    (cache, cached, checkpoint, Some(VisionInput { key, embeddings, from: cached }))
+                }
+            };
             let stream = TextStream::new(ctx.tokenizer, stops, params.top_logprobs, request.ignore_eos, budget, false);
             Ok(Row {
                 uid,
@@ -74,6 +116,7 @@ impl<'t> Row<'t> {
                 cache: Some(cache),
                 pos: cached,
                 checkpoint,
+                vision,
                 pending: None,
                 sampler,
                 processors,
@@ -123,24 +166,37 @@ impl<'t> Row<'t> {
             if let Some(at) = self.checkpoint.filter(|&at| self.pos < at && at < self.pos + n) {
                 n = at - self.pos;
             }
-            let ids = token_ids(&self.prompt[self.pos..self.pos + n])?;
+            let input = self.input(self.pos..self.pos + n)?;
             let cache = self.cache_mut()?;
-            let _unused_logits = ctx.model.forward(Input::Tokens(&ids), cache)?;
+            let _unused_logits = ctx.model.forward(input.as_input(), cache)?;
             // Only the cache is needed; then MLX's buffer cache goes back, as prefill does.
             eval(&cache.state())?;
             runtime::clear_cache();
             self.pos += n;
             if self.checkpoint == Some(self.pos) {
                 let snapshot = self.cache_mut()?.clone();
-                shared.store_snapshot(&self.prompt[..self.pos], snapshot);
+                let tokens = self.vision.as_ref().map_or(&self.prompt, |v| &v.key);
+                shared.store_snapshot(&tokens[..self.pos], snapshot);
             }
             return Ok(true);
         }
-        let ids = token_ids(&self.prompt[end..])?;
-        let logits = last_logits(&ctx.model.forward(Input::Tokens(&ids), self.cache_mut()?)?)?;
+        let input = self.input(end..self.prompt.len())?;
+        let logits = last_logits(&ctx.model.forward(input.as_input(), self.cache_mut()?)?)?;
         logits.eval()?;
         self.pending = Some(self.sample(&logits)?);
         Ok(true)
+    }
+
+    /// The model's input for prompt positions `range`: token ids, or with images the merged
+    /// embeddings.
+    fn input(&self, range: std::ops::Range<usize>) -> Result<PromptInput> {
+        Ok(match &self.vision {
+            Some(v) => {
+                let (a, b) = ((range.start - v.from) as i32, (range.end - v.from) as i32);
+                PromptInput::Embeddings(v.embeddings.slice_axis(1, a, b)?)
+            }
+            None => PromptInput::Tokens(token_ids(&self.prompt[range])?),
+        })
     }
 
     /// Reads the pending token and streams it: the token to feed next, or `None` when the row
@@ -192,7 +248,12 @@ impl<'t> Row<'t> {
         );
         let _ = self.events.send(RowEvent::Done(Ok(())));
         if let Some(cache) = self.cache {
-            shared.store(self.history, cache);
+            // The cache knows an image prompt by its key; the generated tokens follow it.
+            let tokens = match self.vision {
+                Some(v) => v.key.into_iter().chain(self.history[self.prompt.len()..].iter().copied()).collect(),
+                None => self.history,
+            };
+            shared.store(tokens, cache);
         }
     }
 
@@ -213,4 +274,45 @@ fn cancelled() -> GenerationResult {
         }),
         ..Default::default()
     }
+}
+
+enum PromptInput {
+    Tokens(Array),
+    Embeddings(Array),
+}
+
+impl PromptInput {
+    fn as_input(&self) -> Input<'_> {
+        match self {
+            PromptInput::Tokens(a) => Input::Tokens(a),
+            PromptInput::Embeddings(a) => Input::Embeddings(a),
+        }
+    }
+}
+
+/// The request's images, preprocessed, with the vision add-on; a rendered chat (`text`) is
+/// expanded and tokenized into the request's prompt here. `None` without images.
+fn images_of<'v>(
+    ctx: &GenContext<'v>,
+    request: &mut GenerateRequest,
+    text: Option<String>,
+) -> Result<Option<(&'v VisionModel, Vec<PreparedImage>)>> {
+    if request.images.is_empty() {
+        if let Some(text) = text {
+            request.prompt_tokens = ctx.tokenizer.encode(&text, false)?;
+        }
+        return Ok(None);
+    }
+    let param = |reason: String| Error::Param { name: "images".into(), reason };
+    let v = match ctx.vision {
+        Some(Ok(v)) => v,
+        Some(Err(why)) => return Err(param(format!("this model cannot take images: {why}"))),
+        None => return Err(param("this is a text-only model (its config.json has no vision_config)".into())),
+    };
+    let limits = ImageLimits { max_image_size: request.max_image_size, ..Default::default() };
+    let prepared = prompt::prepare_images(v, &request.images, &limits)?;
+    if let Some(text) = text {
+        request.prompt_tokens = ctx.tokenizer.encode(&prompt::expand_placeholders(&text, &prepared, false)?, false)?;
+    }
+    Ok(Some((v, prepared)))
 }

@@ -33,6 +33,10 @@ pub struct Job {
     /// The request id, for the scheduler's log lines.
     pub id: String,
     pub request: GenerateRequest,
+    /// A rendered chat whose image placeholders the scheduler expands and tokenizes (on the
+    /// model's thread, where the vision add-on sizes each image); `None`: the request's
+    /// prompt tokens are final.
+    pub prompt_text: Option<String>,
     pub cancel: Arc<AtomicBool>,
     pub events: UnboundedSender<RowEvent>,
 }
@@ -61,6 +65,8 @@ pub struct Metrics {
     pub batched_steps: AtomicU64,
     pub batched_rows: AtomicU64,
     pub max_batch_rows: AtomicUsize,
+    /// Rows of batched steps that failed and were retried one by one.
+    pub failed_batch_rows: AtomicU64,
     /// MLX's allocator: bytes in live arrays, and freed bytes it keeps for reuse (sampled by
     /// the scheduler loop, on the model's thread).
     pub mlx_active_bytes: AtomicU64,
@@ -150,10 +156,10 @@ impl Scheduler {
     }
 
     /// Hands `request` to the scheduler (after [`Scheduler::admit`]).
-    pub fn submit(&self, id: &str, request: GenerateRequest) -> Result<Submitted> {
+    pub fn submit(&self, id: &str, request: GenerateRequest, prompt_text: Option<String>) -> Result<Submitted> {
         let cancel = Arc::new(AtomicBool::new(false));
         let (tx, rx) = unbounded_channel();
-        let job = Job { id: id.to_string(), request, cancel: cancel.clone(), events: tx };
+        let job = Job { id: id.to_string(), request, prompt_text, cancel: cancel.clone(), events: tx };
         self.jobs.send(job).map_err(|_| Error::Server { reason: "the model's scheduler stopped".into() })?;
         self.metrics.requests_total.fetch_add(1, Ordering::Relaxed);
         Ok(Submitted { events: rx, guard: RowGuard { cancel, finished: false } })

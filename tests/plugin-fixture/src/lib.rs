@@ -21,6 +21,9 @@ use mlx_engine_plugin_api::{
 /// The message of the `panic_forward` variant, matched by the tests.
 pub const PANIC_MESSAGE: &str = "tiny fixture: forward panicked on purpose";
 
+/// The token id whose presence in `forward`'s input makes the `panic_on_token` variant panic.
+pub const PANIC_TOKEN: i32 = 13;
+
 /// The message of the `panic_layout` variant.
 pub const LAYOUT_PANIC_MESSAGE: &str = "tiny fixture: cache_layout panicked on purpose";
 
@@ -150,6 +153,13 @@ impl ModelArch for Tiny {
     fn forward(&self, input: Input<'_>, ctx: &mut dyn ForwardContext) -> Result<Array> {
         if cfg!(feature = "panic_forward") {
             panic!("{PANIC_MESSAGE}");
+        }
+        if cfg!(feature = "panic_on_token") {
+            if let Input::Tokens(ids) = input {
+                if ids.astype(mlx_engine_plugin_api::Dtype::I32)?.to_vec::<i32>()?.contains(&PANIC_TOKEN) {
+                    panic!("{PANIC_MESSAGE} (token {PANIC_TOKEN})");
+                }
+            }
         }
         let mut h = match input {
             Input::Tokens(ids) => self.embed.forward(ids)?,
