@@ -33,6 +33,8 @@ pub enum Variant {
     PanicAbort,
     /// The good plugin's source built against the frozen ABI 1.0 plugin-api (tests/abi-1.0).
     Abi10,
+    /// The same against the frozen ABI 1.1 plugin-api (tests/abi-1.1).
+    Abi11,
     /// `cache_layout` panics.
     PanicLayout,
     /// `forward` returns logits of the wrong shape.
@@ -42,7 +44,7 @@ pub enum Variant {
 impl Variant {
     fn feature(self) -> Option<&'static str> {
         match self {
-            Variant::Good | Variant::PanicAbort | Variant::Abi10 => None,
+            Variant::Good | Variant::PanicAbort | Variant::Abi10 | Variant::Abi11 => None,
             Variant::PanicForward => Some("panic_forward"),
             Variant::PanicLayout => Some("panic_layout"),
             Variant::BadLogitsShape => Some("bad_logits_shape"),
@@ -60,12 +62,17 @@ impl Variant {
         match self {
             Variant::PanicAbort => "panic_abort",
             Variant::Abi10 => "abi_1_0",
+            Variant::Abi11 => "abi_1_1",
             v => v.feature().unwrap_or("good"),
         }
     }
 
     fn manifest(self) -> PathBuf {
-        let dir = if self == Variant::Abi10 { "tests/abi-1.0/fixture" } else { "tests/plugin-fixture" };
+        let dir = match self {
+            Variant::Abi10 => "tests/abi-1.0/fixture",
+            Variant::Abi11 => "tests/abi-1.1/fixture",
+            _ => "tests/plugin-fixture",
+        };
         workspace_root().join(dir).join("Cargo.toml")
     }
 }
@@ -143,12 +150,13 @@ fn build_variant(v: Variant) -> PathBuf {
     let root = target_dir().join("plugin-fixture");
     std::fs::create_dir_all(&root).unwrap();
     let _lock = FileLock::acquire(root.join(".build-lock"));
-    // A different panic strategy rebuilds every dependency, and the 1.0 fixture is another
+    // A different panic strategy rebuilds every dependency, and each frozen fixture is another
     // package with the same library name (cargo does not re-copy a fresh one over the other's
     // output): each gets its own folder, so the other variants' builds stay incremental.
     let build_dir = match v {
         Variant::PanicAbort => root.join("panic-abort"),
         Variant::Abi10 => root.join("abi-1.0"),
+        Variant::Abi11 => root.join("abi-1.1"),
         _ => root.clone(),
     };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
