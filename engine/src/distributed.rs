@@ -188,3 +188,37 @@ impl DynModel for Lockstep {
         Err(mlx_engine_plugin_api::Error::Config("the model is already sharded".into()))
     }
 }
+
+/// Rank 0's `bytes` on every rank (the others pass `None`, and what they pass is ignored): the
+/// length, then the bytes packed in `u32` words, each summed over the group with the other
+/// ranks' zeros. Collective and synchronous; run it on the thread whose stream runs the
+/// model's collectives ([`ModelKit::run_on_worker`](crate::ModelKit::run_on_worker)), so
+/// that it queues behind any pass still in flight instead of interleaving with it on the
+/// group's connections.
+pub fn broadcast(group: &Group, bytes: Option<&[u8]>) -> Result<Vec<u8>> {
+    let mine = bytes.filter(|_| group.rank() == 0).unwrap_or_default();
+    let len = u32::try_from(mine.len())
+        .map_err(|_| Error::Param { name: "distributed".into(), reason: "a broadcast of over 4 GiB".into() })?;
+    let total = all_sum(&Array::from_slice(&[len], &[1])?, group)?.to_vec::<u32>()?;
+    let n = total.first().copied().unwrap_or(0) as usize;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let mut words = vec![0u32; n.div_ceil(4)];
+    for (w, chunk) in words.iter_mut().zip(mine.chunks(4)) {
+        let mut b = [0u8; 4];
+        b[..chunk.len()].copy_from_slice(chunk);
+        *w = u32::from_le_bytes(b);
+    }
+    let summed = all_sum(&Array::from_slice(&words, &[words.len() as i32])?, group)?.to_vec::<u32>()?;
+    let mut out: Vec<u8> = summed.iter().flat_map(|w| w.to_le_bytes()).collect();
+    out.truncate(n);
+    Ok(out)
+}
+
+/// How many ranks of `group` answer `false` (each passes its own answer): the ranks agree on
+/// whether all of them can go on. Collective; run it as [`broadcast`].
+pub fn count_refusals(group: &Group, ok: bool) -> Result<i32> {
+    let mine = Array::from_slice(&[i32::from(!ok)], &[1])?;
+    Ok(all_sum(&mine, group)?.to_vec::<i32>()?.first().copied().unwrap_or(0))
+}

@@ -6,6 +6,7 @@ pub mod bench_speed;
 pub mod chat;
 pub mod chat_commands;
 pub mod chat_input;
+pub mod chat_ranks;
 pub mod check_plugin;
 pub mod common;
 pub mod forward;
