@@ -136,7 +136,34 @@ impl CancelRelay {
     }
 }
 
-/// A sharded model whose ranks agree on cancelling (see the module docs).
+/// How a model is split over the ranks of a group.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Split {
+    /// Every rank keeps its share of each layer's heads and features
+    /// ([`ModelArch::shard`](mlx_engine_plugin_api::ModelArch::shard)).
+    #[default]
+    Tensor,
+    /// Every rank keeps a contiguous slice of the layers
+    /// ([`ModelArch::pipeline`](mlx_engine_plugin_api::ModelArch::pipeline), ADR 0011).
+    Pipeline,
+}
+
+impl Split {
+    pub const NAMES: [&'static str; 2] = ["tensor", "pipeline"];
+
+    pub fn parse(name: &str) -> Result<Split> {
+        match name {
+            "tensor" => Ok(Split::Tensor),
+            "pipeline" => Ok(Split::Pipeline),
+            _ => Err(Error::Param {
+                name: "split".into(),
+                reason: format!("`{name}` is not a split; expected one of {}", Split::NAMES.join(", ")),
+            }),
+        }
+    }
+}
+
+/// A split model whose ranks agree on cancelling (see the module docs).
 pub struct Lockstep {
     inner: Box<dyn DynModel>,
     group: Group,
@@ -144,9 +171,12 @@ pub struct Lockstep {
 }
 
 impl Lockstep {
-    /// Shards `model` over `group` and wraps it; requests must start through `relay`.
-    pub fn shard(mut model: Box<dyn DynModel>, group: Group, relay: CancelRelay) -> Result<Lockstep> {
-        model.shard(&group)?;
+    /// Splits `model` over `group` and wraps it; requests must start through `relay`.
+    pub fn split(mut model: Box<dyn DynModel>, group: Group, split: Split, relay: CancelRelay) -> Result<Lockstep> {
+        match split {
+            Split::Tensor => model.shard(&group)?,
+            Split::Pipeline => model.pipeline(&group)?,
+        }
         relay.watch(group.rank(), rank_timeout()?);
         Ok(Lockstep { inner: model, group, relay })
     }
@@ -185,7 +215,11 @@ impl DynModel for Lockstep {
     }
 
     fn shard(&mut self, _group: &Group) -> mlx_engine_plugin_api::Result<()> {
-        Err(mlx_engine_plugin_api::Error::Config("the model is already sharded".into()))
+        Err(mlx_engine_plugin_api::Error::Config("the model is already split over a group".into()))
+    }
+
+    fn pipeline(&mut self, _group: &Group) -> mlx_engine_plugin_api::Result<()> {
+        Err(mlx_engine_plugin_api::Error::Config("the model is already split over a group".into()))
     }
 }
 

@@ -89,20 +89,7 @@ fn a_rank_that_dies_fails_the_others_with_a_clear_error_within_seconds() {
 #[test]
 fn a_cancel_on_one_rank_stops_every_rank_at_the_same_token() {
     let Some(m) = smollm2() else { return };
-    let args = ["generate", "-m", &m, "-p", "Count:", "-n", "5000", "--ignore-eos", "--output", "jsonl"];
-    let mut ranks = Ranks::spawn(2, &args);
-    let lines = ranks.stdout_lines();
-    lines.recv_timeout(Duration::from_secs(120)).expect("rank 0 streams tokens");
-    // Ctrl-C reaches rank 1 only: rank 0 learns it at the next forward pass.
-    // SAFETY: a signal to our own child process.
-    assert_eq!(unsafe { libc::kill(ranks.children[1].id() as i32, libc::SIGINT) }, 0);
-    let (st1, err1) = ranks.wait(1, Duration::from_secs(20));
-    let (st0, err0) = ranks.wait(0, Duration::from_secs(20));
-    assert_eq!(st1.code(), Some(130), "rank 1: {err1}");
-    assert_eq!(st0.code(), Some(130), "rank 0: {err0}");
-    let rest: Vec<String> = lines.try_iter().collect();
-    let last: Value = serde_json::from_str(rest.last().expect("rank 0's final record")).unwrap();
-    assert_eq!(last["stop_condition"]["reason"], "user_cancelled", "{last}");
+    ranks::cancel_on_rank_1_stops_both(&m, &[]);
 }
 
 #[test]

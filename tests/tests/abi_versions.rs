@@ -103,7 +103,7 @@ fn a_plugin_built_against_abi_1_1_loads_and_generates_what_the_current_one_does(
 
     let config = tiny_config().to_string();
     let mut old = old_host.create_model("tiny", &config, tiny_weights(21), WeightsFormat::Mlx).unwrap();
-    let new = new_host.create_model("tiny", &config, tiny_weights(21), WeightsFormat::Mlx).unwrap();
+    let mut new = new_host.create_model("tiny", &config, tiny_weights(21), WeightsFormat::Mlx).unwrap();
     assert_eq!(old.cache_layout(), vec![LayerCache::Full; 2]);
     assert_eq!(old.embeddings_scale().unwrap(), 1.0);
     let ids = [3, 1, 4, 1, 5, 9, 2, 6];
@@ -117,6 +117,12 @@ fn a_plugin_built_against_abi_1_1_loads_and_generates_what_the_current_one_does(
     let err = old.shard(&group).unwrap_err().to_string();
     assert!(err.contains("built for ABI 1.1, tensor parallelism needs ABI 1.2"), "{err}");
     assert!(err.contains(&old_path.display().to_string()), "{err}");
+    // Nor 1.3's: a pipeline split is refused the same way. A current plugin has the entry, and
+    // the fixture's architecture answers with the trait's default refusal.
+    let err = old.pipeline(&group).unwrap_err().to_string();
+    assert!(err.contains("built for ABI 1.1, pipeline parallelism needs ABI 1.3"), "{err}");
+    let err = new.pipeline(&group).unwrap_err().to_string();
+    assert!(err.contains("this architecture does not support pipeline parallelism"), "{err}");
     assert_eq!(greedy(old.as_ref(), &ids, 12), want);
 }
 

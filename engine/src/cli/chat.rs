@@ -76,14 +76,14 @@ pub fn run(args: &ChatArgs) -> Result<()> {
     let template_args = args.sampling.template_args()?;
     let step = args.cache.prefill_step_size()?;
     let (speculation, num_draft_tokens) = args.draft.speculation()?;
-    let group = args.distributed.group()?;
+    let (group, split) = args.distributed.group()?;
     if group.is_some() && args.draft.draft_model.is_some() {
         return Err(param("draft-model", "speculative decoding does not run under --distributed"));
     }
     let follower = group.clone().filter(|g| g.rank() != 0);
     let kit = match follower {
-        Some(_) => load_quietly_in(&args.model, &args.cache, group.clone())?,
-        None => load_in(&args.model, &args.cache, group.clone())?,
+        Some(_) => load_quietly_in(&args.model, &args.cache, group.clone(), split)?,
+        None => load_in(&args.model, &args.cache, group.clone(), split)?,
     };
     args.draft.load_into(&kit)?;
     let leader = group.filter(|g| g.rank() == 0).map(Leader::new);

@@ -76,16 +76,16 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let template_args = args.sampling.template_args()?;
     let step = args.cache.prefill_step_size()?;
     let (speculation, num_draft_tokens) = args.draft.speculation()?;
-    let group = args.distributed.group()?;
+    let (group, split) = args.distributed.group()?;
     if group.is_some() && args.draft.draft_model.is_some() {
         return Err(param("draft-model", "speculative decoding does not run under --distributed"));
     }
     // Rank 0 owns the output; the others run the same request silently.
     let rank0 = group.as_ref().is_none_or(|g| g.rank() == 0);
     let kit = if rank0 {
-        load_in(&args.model, &args.cache, group.clone())?
+        load_in(&args.model, &args.cache, group.clone(), split)?
     } else {
-        load_quietly_in(&args.model, &args.cache, group.clone())?
+        load_quietly_in(&args.model, &args.cache, group.clone(), split)?
     };
     args.draft.load_into(&kit)?;
     let images = args.images.inputs();

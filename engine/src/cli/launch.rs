@@ -13,6 +13,7 @@ use mlx_engine_plugin_api::Array;
 
 use super::common::param;
 use super::interrupt;
+use crate::distributed::Split;
 use crate::error::{Error, Result};
 use crate::model_kit::CancelHandle;
 
@@ -47,19 +48,30 @@ pub struct LaunchArgs {
 }
 
 /// The options of a command that can run as one rank of a group (`generate`, `chat`).
-#[derive(clap::Args, Clone, Debug, Default)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct DistributedArgs {
     /// Run as one rank of a tensor-parallel group over MLX's distributed backend BACKEND (any,
     /// ring, mpi, nccl, jaccl), started by `mlx-engine launch` or `mlx.launch`; default: the
     /// MLX_ENGINE_DISTRIBUTED environment variable. Rank 0 prints; the others stay silent.
     #[arg(long, value_name = "BACKEND")]
     pub distributed: Option<String>,
+    /// How the model is split over the ranks: `tensor` (each rank keeps its share of every
+    /// layer's heads and features) or `pipeline` (each rank keeps a contiguous slice of the
+    /// layers, rank 0 the first; for models too large for the ranks' devices even when
+    /// sharded). Needs --distributed.
+    #[arg(long, value_name = "HOW", default_value = "tensor", value_parser = Split::NAMES)]
+    pub split: String,
 }
 
 impl DistributedArgs {
-    /// The group asked for (joining it), or `None` to run alone.
-    pub fn group(&self) -> Result<Option<Group>> {
-        group_from(self.distributed.as_deref())
+    /// The group asked for (joining it), or `None` to run alone; with how to split the model.
+    pub fn group(&self) -> Result<(Option<Group>, Split)> {
+        let split = Split::parse(&self.split)?;
+        let group = group_from(self.distributed.as_deref())?;
+        if group.is_none() && split != Split::Tensor {
+            return Err(param("split", "a split needs ranks: pass --distributed BACKEND (or run under `launch`)"));
+        }
+        Ok((group, split))
     }
 }
 

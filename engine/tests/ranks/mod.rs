@@ -210,3 +210,22 @@ pub fn launch_with_input(n: usize, args: &[&str], input: &str) -> (ExitStatus, S
     all.extend_from_slice(args);
     run_with_input(&all, input)
 }
+
+/// Two ranks decode from model folder `m` (with `extra` arguments) until a SIGINT to rank 1
+/// stops both with exit 130 at the same token: rank 0 learns it at the next forward pass.
+pub fn cancel_on_rank_1_stops_both(m: &str, extra: &[&str]) {
+    let mut args = vec!["generate", "-m", m, "-p", "Count:", "-n", "5000", "--ignore-eos", "--output", "jsonl"];
+    args.extend_from_slice(extra);
+    let mut ranks = Ranks::spawn(2, &args);
+    let lines = ranks.stdout_lines();
+    lines.recv_timeout(Duration::from_secs(120)).expect("rank 0 streams tokens");
+    // SAFETY: a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(ranks.children[1].id() as i32, libc::SIGINT) }, 0);
+    let (st1, err1) = ranks.wait(1, Duration::from_secs(20));
+    let (st0, err0) = ranks.wait(0, Duration::from_secs(20));
+    assert_eq!(st1.code(), Some(130), "rank 1: {err1}");
+    assert_eq!(st0.code(), Some(130), "rank 0: {err0}");
+    let rest: Vec<String> = lines.try_iter().collect();
+    let last: Value = serde_json::from_str(rest.last().expect("rank 0's final record")).unwrap();
+    assert_eq!(last["stop_condition"]["reason"], "user_cancelled", "{last}");
+}
