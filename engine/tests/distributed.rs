@@ -9,7 +9,7 @@ mod measured;
 mod ranks;
 mod tokenizer_fixtures;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -145,20 +145,34 @@ fn ctrl_c_to_the_launcher_stops_every_rank_and_exits_130() {
     // The ranks run in their own process group: only the launcher gets this, as from a terminal.
     // SAFETY: a signal to our own child process.
     assert_eq!(unsafe { libc::kill(launcher.id() as i32, libc::SIGINT) }, 0);
-    let t = Instant::now();
-    while launcher.try_wait().unwrap().is_none() {
-        if t.elapsed() > Duration::from_secs(30) {
-            let _ = launcher.kill();
-            panic!("the launch still runs 30 s after Ctrl-C");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let st = launcher.wait().unwrap();
-    let mut err = String::new();
-    launcher.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let (st, err) = ranks::wait_at_most(&mut launcher, Duration::from_secs(30), "the launch after Ctrl-C");
     assert_eq!(st.code(), Some(130), "{err}");
     std::thread::sleep(Duration::from_millis(200));
     let rest: Vec<String> = rx.try_iter().collect();
     let last: Value = serde_json::from_str(rest.last().expect("rank 0's final record")).unwrap();
     assert_eq!(last["stop_condition"]["reason"], "user_cancelled", "{last}");
+}
+
+#[test]
+fn serve_is_refused_under_launch_and_under_its_environment_at_once() {
+    let dir = tiny(Arch::Llama, 17);
+    let m = dir.path().to_str().unwrap();
+    let port = free_ports(2).to_string();
+    let (st, _, err) = run(&["launch", "-n", "2", "-p", &port, "--", "serve", "--model", m, "--port", "0"]);
+    assert!(
+        !st.success() && err.contains("`serve` does not run on several ranks; launch runs generate or chat"),
+        "{err}"
+    );
+    // A rank started as `launch` starts them (or by hand with its variable) fails before it
+    // loads the model or binds a port, instead of serving the whole model on every rank.
+    let mut serve = Command::new(EXE)
+        .args(["serve", "--model", m, "--port", "0"])
+        .env("MLX_ENGINE_DISTRIBUTED", "ring")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (st, err) = ranks::wait_at_most(&mut serve, Duration::from_secs(20), "serve under MLX_ENGINE_DISTRIBUTED");
+    assert!(!st.success());
+    assert!(err.contains("`serve` does not run on several ranks yet (MLX_ENGINE_DISTRIBUTED=ring is set"), "{err}");
 }

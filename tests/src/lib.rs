@@ -35,6 +35,8 @@ pub enum Variant {
     Abi10,
     /// The same against the frozen ABI 1.1 plugin-api (tests/abi-1.1).
     Abi11,
+    /// The same against the frozen ABI 1.2 plugin-api (tests/abi-1.2).
+    Abi12,
     /// `cache_layout` panics.
     PanicLayout,
     /// `forward` returns logits of the wrong shape.
@@ -44,7 +46,7 @@ pub enum Variant {
 impl Variant {
     fn feature(self) -> Option<&'static str> {
         match self {
-            Variant::Good | Variant::PanicAbort | Variant::Abi10 | Variant::Abi11 => None,
+            Variant::Good | Variant::PanicAbort | Variant::Abi10 | Variant::Abi11 | Variant::Abi12 => None,
             Variant::PanicForward => Some("panic_forward"),
             Variant::PanicLayout => Some("panic_layout"),
             Variant::BadLogitsShape => Some("bad_logits_shape"),
@@ -63,6 +65,7 @@ impl Variant {
             Variant::PanicAbort => "panic_abort",
             Variant::Abi10 => "abi_1_0",
             Variant::Abi11 => "abi_1_1",
+            Variant::Abi12 => "abi_1_2",
             v => v.feature().unwrap_or("good"),
         }
     }
@@ -71,6 +74,7 @@ impl Variant {
         let dir = match self {
             Variant::Abi10 => "tests/abi-1.0/fixture",
             Variant::Abi11 => "tests/abi-1.1/fixture",
+            Variant::Abi12 => "tests/abi-1.2/fixture",
             _ => "tests/plugin-fixture",
         };
         workspace_root().join(dir).join("Cargo.toml")
@@ -157,6 +161,7 @@ fn build_variant(v: Variant) -> PathBuf {
         Variant::PanicAbort => root.join("panic-abort"),
         Variant::Abi10 => root.join("abi-1.0"),
         Variant::Abi11 => root.join("abi-1.1"),
+        Variant::Abi12 => root.join("abi-1.2"),
         _ => root.clone(),
     };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

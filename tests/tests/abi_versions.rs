@@ -92,38 +92,66 @@ fn greedy(model: &dyn DynModel, prompt: &[i32], n: usize) -> Vec<i32> {
     out
 }
 
-#[test]
-fn a_plugin_built_against_abi_1_1_loads_and_generates_what_the_current_one_does() {
-    let (old, (_new_dir, _, new_host)) = (Frozen::load(Variant::Abi11, 1), host_with(Variant::Good));
-    let (old_host, old_path) = (&old.host, &old.path);
-    let old_plugin = old_host.plugins().next().unwrap();
+/// A model of the frozen plugin `v` (ABI 1.`minor`, 1.1 or later) and one of the current
+/// fixture, from the same weights: checks that the frozen one answers 1.1's hooks and computes
+/// the current one's logits and greedy tokens.
+fn frozen_and_current(v: Variant, minor: u32) -> Compared {
+    let old = Frozen::load(v, minor);
+    let (_new_dir, _, new_host) = host_with(Variant::Good);
     // 1.1's descriptor hooks answer (the fixture keeps its final norm in f32).
     let names = ["model.norm.weight", "model.embed_tokens.weight"];
-    assert_eq!(old_plugin.dtype_policy("tiny", &names).unwrap(), vec![DtypePolicy::F32, DtypePolicy::Compute]);
-
+    let plugin = old.host.plugins().next().unwrap();
+    assert_eq!(plugin.dtype_policy("tiny", &names).unwrap(), vec![DtypePolicy::F32, DtypePolicy::Compute]);
     let config = tiny_config().to_string();
-    let mut old = old_host.create_model("tiny", &config, tiny_weights(21), WeightsFormat::Mlx).unwrap();
-    let mut new = new_host.create_model("tiny", &config, tiny_weights(21), WeightsFormat::Mlx).unwrap();
-    assert_eq!(old.cache_layout(), vec![LayerCache::Full; 2]);
-    assert_eq!(old.embeddings_scale().unwrap(), 1.0);
+    let old_model = old.host.create_model("tiny", &config, tiny_weights(21), WeightsFormat::Mlx).unwrap();
+    let new_model = new_host.create_model("tiny", &config, tiny_weights(21), WeightsFormat::Mlx).unwrap();
+    assert_eq!(old_model.cache_layout(), vec![LayerCache::Full; 2]);
+    assert_eq!(old_model.embeddings_scale().unwrap(), 1.0);
     let ids = [3, 1, 4, 1, 5, 9, 2, 6];
-    assert_eq!(logits(old.as_ref(), &ids), logits(new.as_ref(), &ids), "the 1.1 plugin computes different logits");
+    assert_eq!(logits(old_model.as_ref(), &ids), logits(new_model.as_ref(), &ids), "ABI 1.{minor}: other logits");
     // Prefill then one token at a time through the engine's cache, as generation runs.
-    let want = greedy(new.as_ref(), &ids, 12);
-    assert_eq!(greedy(old.as_ref(), &ids, 12), want, "the 1.1 plugin generates other tokens");
+    let want = greedy(new_model.as_ref(), &ids, 12);
+    assert_eq!(greedy(old_model.as_ref(), &ids, 12), want, "ABI 1.{minor}: other tokens");
+    Compared { old, model: old_model, current: new_model, ids, want }
+}
 
+/// What [`frozen_and_current`] compared: both models, the prompt and the greedy tokens.
+struct Compared {
+    old: Frozen,
+    model: Box<dyn DynModel>,
+    current: Box<dyn DynModel>,
+    ids: [i32; 8],
+    want: Vec<i32>,
+}
+
+#[test]
+fn a_plugin_built_against_abi_1_1_loads_and_generates_what_the_current_one_does() {
+    let Compared { old, mut model, mut current, ids, want } = frozen_and_current(Variant::Abi11, 1);
     // 1.2's entry is not there: sharding is refused naming both versions, and the model still runs.
     let group = mlx_engine_plugin_api::distributed::Group::init(Backend::Any, false).unwrap();
-    let err = old.shard(&group).unwrap_err().to_string();
+    let err = model.shard(&group).unwrap_err().to_string();
     assert!(err.contains("built for ABI 1.1, tensor parallelism needs ABI 1.2"), "{err}");
-    assert!(err.contains(&old_path.display().to_string()), "{err}");
+    assert!(err.contains(&old.path.display().to_string()), "{err}");
     // Nor 1.3's: a pipeline split is refused the same way. A current plugin has the entry, and
     // the fixture's architecture answers with the trait's default refusal.
-    let err = old.pipeline(&group).unwrap_err().to_string();
+    let err = model.pipeline(&group).unwrap_err().to_string();
     assert!(err.contains("built for ABI 1.1, pipeline parallelism needs ABI 1.3"), "{err}");
-    let err = new.pipeline(&group).unwrap_err().to_string();
+    let err = current.pipeline(&group).unwrap_err().to_string();
     assert!(err.contains("this architecture does not support pipeline parallelism"), "{err}");
-    assert_eq!(greedy(old.as_ref(), &ids, 12), want);
+    assert_eq!(greedy(model.as_ref(), &ids, 12), want);
+}
+
+#[test]
+fn a_plugin_built_against_abi_1_2_loads_and_generates_and_refuses_only_a_pipeline() {
+    let Compared { old, mut model, ids, want, .. } = frozen_and_current(Variant::Abi12, 2);
+    let group = mlx_engine_plugin_api::distributed::Group::init(Backend::Any, false).unwrap();
+    // 1.2 has `shard`: the call reaches the plugin, whose architecture does not implement it.
+    let err = model.shard(&group).unwrap_err().to_string();
+    assert!(err.contains("this architecture does not support tensor parallelism"), "{err}");
+    let err = model.pipeline(&group).unwrap_err().to_string();
+    assert!(err.contains("built for ABI 1.2, pipeline parallelism needs ABI 1.3"), "{err}");
+    assert!(err.contains(&old.path.display().to_string()), "{err}");
+    assert_eq!(greedy(model.as_ref(), &ids, 12), want);
 }
 
 #[test]

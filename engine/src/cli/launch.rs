@@ -157,7 +157,34 @@ impl Drop for TempFile {
     }
 }
 
+/// The commands that run as ranks of a group.
+pub const RANK_COMMANDS: [&str; 2] = ["generate", "chat"];
+
+/// Fails when this process was started as a rank ([`BACKEND_ENV`], as `launch` sets it) to run
+/// `command`, which cannot run as one: each rank would serve the whole model on its own.
+pub fn refuse_ranks(command: &str) -> Result<()> {
+    match std::env::var(BACKEND_ENV) {
+        Ok(v) if !v.is_empty() => Err(param(
+            "distributed",
+            format!(
+                "`{command}` does not run on several ranks yet ({BACKEND_ENV}={v} is set, as `mlx-engine launch` \
+                 sets it): only {} do; run `{command}` without launch",
+                RANK_COMMANDS.join(" and ")
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub fn run(args: &LaunchArgs) -> Result<()> {
+    // Checked here too, so no rank starts (and loads a model) for a command that would fail.
+    let first = args.command.first().map(String::as_str).unwrap_or_default();
+    if !RANK_COMMANDS.contains(&first) {
+        return Err(param(
+            "launch",
+            format!("`{first}` does not run on several ranks; launch runs {}", RANK_COMMANDS.join(" or ")),
+        ));
+    }
     let hosts = if args.hosts.is_empty() { vec!["127.0.0.1".to_string(); args.ranks] } else { args.hosts.clone() };
     if hosts.len() < 2 {
         return Err(param("hosts", "a distributed run needs at least 2 ranks"));

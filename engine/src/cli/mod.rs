@@ -97,6 +97,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> crate::Result<()> {
     // The server handles SIGINT and SIGTERM itself (graceful shutdown).
     if let Command::Serve(a) = &cli.command {
+        launch::refuse_ranks("serve")?;
         return serve::run(a);
     }
     interrupt::install();

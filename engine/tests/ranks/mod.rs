@@ -229,3 +229,20 @@ pub fn cancel_on_rank_1_stops_both(m: &str, extra: &[&str]) {
     let last: Value = serde_json::from_str(rest.last().expect("rank 0's final record")).unwrap();
     assert_eq!(last["stop_condition"]["reason"], "user_cancelled", "{last}");
 }
+
+/// Waits for `child` at most `limit` (killing it and failing, naming `what`, after that): its
+/// status and stderr.
+pub fn wait_at_most(child: &mut Child, limit: Duration, what: &str) -> (ExitStatus, String) {
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{what} still runs {limit:?} later");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let st = child.wait().unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (st, err)
+}
