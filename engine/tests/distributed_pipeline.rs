@@ -9,7 +9,7 @@ mod ranks;
 mod tokenizer_fixtures;
 
 use common_models::Arch;
-use ranks::{free_ports, one_rank, run, smollm2, tiny, two_ranks};
+use ranks::{free_ports, n_ranks, one_rank, run, smollm2, tiny, two_ranks};
 
 const PIPELINE: [&str; 2] = ["--split", "pipeline"];
 
@@ -49,6 +49,18 @@ fn a_pipeline_of_two_ranks_gives_the_greedy_tokens_of_one_on_smollm2_f32() {
     assert_eq!(got, want, "{err}");
     // 30 layers, 15 on each rank: rank 0's model (and so its cache) has its own only.
     assert!(err.contains(", 15 layers,"), "{err}");
+}
+
+#[test]
+fn a_pipeline_of_three_ranks_passes_the_hidden_state_through_the_middle_one() {
+    let Some(m) = smollm2() else { return };
+    // Rank 1 receives from rank 0 and sends to rank 2: 10 layers each.
+    let args = ["--split", "pipeline", "-m", &m, "-p", "The capital of France is", "-n", "10", "--temp", "0"];
+    let (want, _) = one_rank(&args[2..]);
+    let (got, _, err) = n_ranks(3, &args);
+    assert_eq!(want.len(), 10);
+    assert_eq!(got, want, "{err}");
+    assert!(err.contains(", 10 layers,"), "{err}");
 }
 
 #[test]

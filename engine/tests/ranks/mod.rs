@@ -68,11 +68,16 @@ pub fn one_rank(args: &[&str]) -> (Vec<u64>, Option<u64>) {
 
 /// The same through `mlx-engine launch -n 2` (rank 0's output).
 pub fn two_ranks(args: &[&str]) -> (Vec<u64>, Option<u64>, String) {
-    let port = free_ports(2).to_string();
-    let mut all = vec!["launch", "-n", "2", "-p", &port, "--", "generate", "--output", "jsonl"];
+    n_ranks(2, args)
+}
+
+/// The same through `mlx-engine launch -n N`.
+pub fn n_ranks(n: u16, args: &[&str]) -> (Vec<u64>, Option<u64>, String) {
+    let (ranks, port) = (n.to_string(), free_ports(n).to_string());
+    let mut all = vec!["launch", "-n", &ranks, "-p", &port, "--", "generate", "--output", "jsonl"];
     all.extend_from_slice(args);
     let (st, out, err) = run(&all);
-    assert!(st.success(), "2 ranks: {err}");
+    assert!(st.success(), "{n} ranks: {err}");
     let (ids, seed) = tokens_of(&out);
     (ids, seed, err)
 }
