@@ -136,7 +136,34 @@ impl CancelRelay {
     }
 }
 
-/// A sharded model whose ranks agree on cancelling (see the module docs).
+/// How a model is split over the ranks of a group.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Split {
+    /// Every rank keeps its share of each layer's heads and features
+    /// ([`ModelArch::shard`](mlx_engine_plugin_api::ModelArch::shard)).
+    #[default]
+    Tensor,
+    /// Every rank keeps a contiguous slice of the layers
+    /// ([`ModelArch::pipeline`](mlx_engine_plugin_api::ModelArch::pipeline), ADR 0011).
+    Pipeline,
+}
+
+impl Split {
+    pub const NAMES: [&'static str; 2] = ["tensor", "pipeline"];
+
+    pub fn parse(name: &str) -> Result<Split> {
+        match name {
+            "tensor" => Ok(Split::Tensor),
+            "pipeline" => Ok(Split::Pipeline),
+            _ => Err(Error::Param {
+                name: "split".into(),
+                reason: format!("`{name}` is not a split; expected one of {}", Split::NAMES.join(", ")),
+            }),
+        }
+    }
+}
+
+/// A split model whose ranks agree on cancelling (see the module docs).
 pub struct Lockstep {
     inner: Box<dyn DynModel>,
     group: Group,
@@ -144,9 +171,12 @@ pub struct Lockstep {
 }
 
 impl Lockstep {
-    /// Shards `model` over `group` and wraps it; requests must start through `relay`.
-    pub fn shard(mut model: Box<dyn DynModel>, group: Group, relay: CancelRelay) -> Result<Lockstep> {
-        model.shard(&group)?;
+    /// Splits `model` over `group` and wraps it; requests must start through `relay`.
+    pub fn split(mut model: Box<dyn DynModel>, group: Group, split: Split, relay: CancelRelay) -> Result<Lockstep> {
+        match split {
+            Split::Tensor => model.shard(&group)?,
+            Split::Pipeline => model.pipeline(&group)?,
+        }
         relay.watch(group.rank(), rank_timeout()?);
         Ok(Lockstep { inner: model, group, relay })
     }
@@ -185,6 +215,44 @@ impl DynModel for Lockstep {
     }
 
     fn shard(&mut self, _group: &Group) -> mlx_engine_plugin_api::Result<()> {
-        Err(mlx_engine_plugin_api::Error::Config("the model is already sharded".into()))
+        Err(mlx_engine_plugin_api::Error::Config("the model is already split over a group".into()))
     }
+
+    fn pipeline(&mut self, _group: &Group) -> mlx_engine_plugin_api::Result<()> {
+        Err(mlx_engine_plugin_api::Error::Config("the model is already split over a group".into()))
+    }
+}
+
+/// Rank 0's `bytes` on every rank (the others pass `None`, and what they pass is ignored): the
+/// length, then the bytes packed in `u32` words, each summed over the group with the other
+/// ranks' zeros. Collective and synchronous; run it on the thread whose stream runs the
+/// model's collectives ([`ModelKit::run_on_worker`](crate::ModelKit::run_on_worker)), so
+/// that it queues behind any pass still in flight instead of interleaving with it on the
+/// group's connections.
+pub fn broadcast(group: &Group, bytes: Option<&[u8]>) -> Result<Vec<u8>> {
+    let mine = bytes.filter(|_| group.rank() == 0).unwrap_or_default();
+    let len = u32::try_from(mine.len())
+        .map_err(|_| Error::Param { name: "distributed".into(), reason: "a broadcast of over 4 GiB".into() })?;
+    let total = all_sum(&Array::from_slice(&[len], &[1])?, group)?.to_vec::<u32>()?;
+    let n = total.first().copied().unwrap_or(0) as usize;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let mut words = vec![0u32; n.div_ceil(4)];
+    for (w, chunk) in words.iter_mut().zip(mine.chunks(4)) {
+        let mut b = [0u8; 4];
+        b[..chunk.len()].copy_from_slice(chunk);
+        *w = u32::from_le_bytes(b);
+    }
+    let summed = all_sum(&Array::from_slice(&words, &[words.len() as i32])?, group)?.to_vec::<u32>()?;
+    let mut out: Vec<u8> = summed.iter().flat_map(|w| w.to_le_bytes()).collect();
+    out.truncate(n);
+    Ok(out)
+}
+
+/// How many ranks of `group` answer `false` (each passes its own answer): the ranks agree on
+/// whether all of them can go on. Collective; run it as [`broadcast`].
+pub fn count_refusals(group: &Group, ok: bool) -> Result<i32> {
+    let mine = Array::from_slice(&[i32::from(!ok)], &[1])?;
+    Ok(all_sum(&mine, group)?.to_vec::<i32>()?.first().copied().unwrap_or(0))
 }

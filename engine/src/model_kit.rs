@@ -47,6 +47,8 @@ pub struct LoadOptions {
     /// Tensor parallelism: the group of ranks (from [`distributed::init`]) this model is
     /// sharded over. Every rank must load the same model and run the same requests.
     pub group: Option<distributed::Group>,
+    /// How the model is split over `group`.
+    pub split: distributed::Split,
 }
 
 impl Default for LoadOptions {
@@ -58,6 +60,7 @@ impl Default for LoadOptions {
             cache: CacheConfig::default(),
             prompt_cache_capacity: DEFAULT_CAPACITY,
             group: None,
+            split: distributed::Split::Tensor,
         }
     }
 }
@@ -406,7 +409,8 @@ impl ModelKit {
                     let relay = match &options.group {
                         Some(group) if group.size() > 1 => {
                             let relay = CancelRelay::default();
-                            loaded.model = Box::new(Lockstep::shard(loaded.model, group.clone(), relay.clone())?);
+                            loaded.model =
+                                Box::new(Lockstep::split(loaded.model, group.clone(), options.split, relay.clone())?);
                             loaded.cache_layout = loaded.model.cache_layout();
                             Some(relay)
                         }

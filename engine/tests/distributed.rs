@@ -6,166 +6,16 @@
 
 mod common_models;
 mod measured;
+mod ranks;
 mod tokenizer_fixtures;
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common_models::{Arch, TinyModel};
+use common_models::Arch;
+use ranks::{free_ports, one_rank, run, smollm2, tiny, two_ranks, Ranks, EXE};
 use serde_json::Value;
-
-const EXE: &str = env!("CARGO_BIN_EXE_mlx-engine");
-
-/// A base port whose next `n - 1` ports are free too (the ring backend listens on one per
-/// rank), so parallel tests and other programs on the machine do not collide.
-fn free_ports(n: u16) -> u16 {
-    for _ in 0..200 {
-        let Ok(first) = TcpListener::bind("127.0.0.1:0") else { continue };
-        let base = first.local_addr().unwrap().port();
-        if base > u16::MAX - n {
-            continue;
-        }
-        drop(first);
-        if (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no {n} consecutive free ports on 127.0.0.1");
-}
-
-/// `mlx-engine ARGS`: exit status, stdout, stderr.
-fn run(args: &[&str]) -> (ExitStatus, String, String) {
-    let out = Command::new(EXE).args(args).output().unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status, text(&out.stdout), text(&out.stderr))
-}
-
-/// The token ids of a `--output jsonl` run, and the seed its stats report.
-fn tokens_of(jsonl: &str) -> (Vec<u64>, Option<u64>) {
-    let mut ids = Vec::new();
-    let mut seed = None;
-    for line in jsonl.lines().filter(|l| !l.trim().is_empty()) {
-        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        for t in v["tokens"].as_array().into_iter().flatten() {
-            ids.push(t["id"].as_u64().unwrap());
-        }
-        if let Some(s) = v["stats"]["seed"].as_u64() {
-            seed = Some(s);
-        }
-    }
-    (ids, seed)
-}
-
-/// `generate ARGS --output jsonl` on one rank.
-fn one_rank(args: &[&str]) -> (Vec<u64>, Option<u64>) {
-    let mut all = vec!["generate", "--output", "jsonl"];
-    all.extend_from_slice(args);
-    let (st, out, err) = run(&all);
-    assert!(st.success(), "1 rank: {err}");
-    tokens_of(&out)
-}
-
-/// The same through `mlx-engine launch -n 2` (rank 0's output).
-fn two_ranks(args: &[&str]) -> (Vec<u64>, Option<u64>, String) {
-    let port = free_ports(2).to_string();
-    let mut all = vec!["launch", "-n", "2", "-p", &port, "--", "generate", "--output", "jsonl"];
-    all.extend_from_slice(args);
-    let (st, out, err) = run(&all);
-    assert!(st.success(), "2 ranks: {err}");
-    let (ids, seed) = tokens_of(&out);
-    (ids, seed, err)
-}
-
-/// Ranks started by hand, as `mlx.launch` would: rank `i` gets MLX_RANK=i and the hostfile.
-struct Ranks {
-    children: Vec<Child>,
-    _dir: tempfile::TempDir,
-}
-
-impl Ranks {
-    fn spawn(n: usize, args: &[&str]) -> Ranks {
-        Ranks::spawn_with(n, args, &[])
-    }
-
-    fn spawn_with(n: usize, args: &[&str], env: &[(&str, &str)]) -> Ranks {
-        let dir = tempfile::tempdir().unwrap();
-        let base = free_ports(n as u16);
-        let hosts: Vec<Value> = (0..n).map(|i| serde_json::json!([format!("127.0.0.1:{}", base + i as u16)])).collect();
-        let hostfile = dir.path().join("hosts.json");
-        std::fs::write(&hostfile, Value::Array(hosts).to_string()).unwrap();
-        let children = (0..n)
-            .map(|rank| {
-                Command::new(EXE)
-                    .args(args)
-                    .args(["--distributed", "ring"])
-                    .env("MLX_RANK", rank.to_string())
-                    .env("MLX_HOSTFILE", &hostfile)
-                    .envs(env.iter().copied())
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        Ranks { children, _dir: dir }
-    }
-
-    /// Waits for rank `i` at most `limit`; its status and stderr (killing it on timeout).
-    fn wait(&mut self, i: usize, limit: Duration) -> (ExitStatus, String) {
-        let child = &mut self.children[i];
-        let t = Instant::now();
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                let mut err = String::new();
-                child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-                return (st, err);
-            }
-            if t.elapsed() > limit {
-                let _ = child.kill();
-                let _ = child.wait();
-                let mut err = String::new();
-                child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-                panic!("rank {i} still running {limit:?} later: {err}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Rank 0's stdout, line by line, read on a thread.
-    fn stdout_lines(&mut self) -> std::sync::mpsc::Receiver<String> {
-        let out = self.children[0].stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        rx
-    }
-}
-
-impl Drop for Ranks {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn smollm2() -> Option<String> {
-    let dir = measured::models_dir().join("smollm2-135m-instruct/f32");
-    measured::have_models("distributed (SmolLM2)", &[&dir.join("config.json")]).then(|| dir.display().to_string())
-}
-
-fn tiny(arch: Arch, seed: u64) -> tempfile::TempDir {
-    TinyModel::new(arch, seed).write_temp()
-}
 
 #[test]
 fn two_ranks_give_the_greedy_tokens_of_one_on_a_tiny_llama() {
@@ -239,20 +89,7 @@ fn a_rank_that_dies_fails_the_others_with_a_clear_error_within_seconds() {
 #[test]
 fn a_cancel_on_one_rank_stops_every_rank_at_the_same_token() {
     let Some(m) = smollm2() else { return };
-    let args = ["generate", "-m", &m, "-p", "Count:", "-n", "5000", "--ignore-eos", "--output", "jsonl"];
-    let mut ranks = Ranks::spawn(2, &args);
-    let lines = ranks.stdout_lines();
-    lines.recv_timeout(Duration::from_secs(120)).expect("rank 0 streams tokens");
-    // Ctrl-C reaches rank 1 only: rank 0 learns it at the next forward pass.
-    // SAFETY: a signal to our own child process.
-    assert_eq!(unsafe { libc::kill(ranks.children[1].id() as i32, libc::SIGINT) }, 0);
-    let (st1, err1) = ranks.wait(1, Duration::from_secs(20));
-    let (st0, err0) = ranks.wait(0, Duration::from_secs(20));
-    assert_eq!(st1.code(), Some(130), "rank 1: {err1}");
-    assert_eq!(st0.code(), Some(130), "rank 0: {err0}");
-    let rest: Vec<String> = lines.try_iter().collect();
-    let last: Value = serde_json::from_str(rest.last().expect("rank 0's final record")).unwrap();
-    assert_eq!(last["stop_condition"]["reason"], "user_cancelled", "{last}");
+    ranks::cancel_on_rank_1_stops_both(&m, &[]);
 }
 
 #[test]
@@ -308,20 +145,34 @@ fn ctrl_c_to_the_launcher_stops_every_rank_and_exits_130() {
     // The ranks run in their own process group: only the launcher gets this, as from a terminal.
     // SAFETY: a signal to our own child process.
     assert_eq!(unsafe { libc::kill(launcher.id() as i32, libc::SIGINT) }, 0);
-    let t = Instant::now();
-    while launcher.try_wait().unwrap().is_none() {
-        if t.elapsed() > Duration::from_secs(30) {
-            let _ = launcher.kill();
-            panic!("the launch still runs 30 s after Ctrl-C");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let st = launcher.wait().unwrap();
-    let mut err = String::new();
-    launcher.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let (st, err) = ranks::wait_at_most(&mut launcher, Duration::from_secs(30), "the launch after Ctrl-C");
     assert_eq!(st.code(), Some(130), "{err}");
     std::thread::sleep(Duration::from_millis(200));
     let rest: Vec<String> = rx.try_iter().collect();
     let last: Value = serde_json::from_str(rest.last().expect("rank 0's final record")).unwrap();
     assert_eq!(last["stop_condition"]["reason"], "user_cancelled", "{last}");
+}
+
+#[test]
+fn serve_is_refused_under_launch_and_under_its_environment_at_once() {
+    let dir = tiny(Arch::Llama, 17);
+    let m = dir.path().to_str().unwrap();
+    let port = free_ports(2).to_string();
+    let (st, _, err) = run(&["launch", "-n", "2", "-p", &port, "--", "serve", "--model", m, "--port", "0"]);
+    assert!(
+        !st.success() && err.contains("`serve` does not run on several ranks; launch runs generate or chat"),
+        "{err}"
+    );
+    // A rank started as `launch` starts them (or by hand with its variable) fails before it
+    // loads the model or binds a port, instead of serving the whole model on every rank.
+    let mut serve = Command::new(EXE)
+        .args(["serve", "--model", m, "--port", "0"])
+        .env("MLX_ENGINE_DISTRIBUTED", "ring")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (st, err) = ranks::wait_at_most(&mut serve, Duration::from_secs(20), "serve under MLX_ENGINE_DISTRIBUTED");
+    assert!(!st.success());
+    assert!(err.contains("`serve` does not run on several ranks yet (MLX_ENGINE_DISTRIBUTED=ring is set"), "{err}");
 }

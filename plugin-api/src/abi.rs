@@ -22,7 +22,7 @@ use crate::ops_table::{GroupHandle, Handle, OpsTable, Status};
 pub const ABI_MAJOR: u32 = 1;
 /// Additions (entries appended to a table) bump the minor; a plugin built for minor `m` loads
 /// into an engine of minor `>= m`.
-pub const ABI_MINOR: u32 = 2;
+pub const ABI_MINOR: u32 = 3;
 
 /// The symbol every plugin exports: `extern "C" fn() -> *const PluginDescriptor`.
 pub const DESCRIPTOR_SYMBOL: &str = "mlx_engine_plugin_descriptor";
@@ -224,6 +224,12 @@ pub struct ModelVTable {
     /// at most once, after creation and before any other call but the layout queries, which
     /// the engine repeats after it. A 1.0/1.1 plugin has no entry and cannot be sharded.
     pub shard: unsafe extern "C" fn(this: *mut c_void, group: GroupHandle, err: *const ErrSink) -> Status,
+    // --- 1.3 ---
+    /// [`ModelArch::pipeline`](crate::ModelArch::pipeline): keeps this rank's contiguous slice
+    /// of the layers of a pipeline split over `group` (borrowed for the call). Called at most
+    /// once, instead of `shard`, under the same rules; the layout queries then describe the
+    /// rank's layers only. A 1.0-1.2 plugin has no entry and cannot be split so.
+    pub pipeline: unsafe extern "C" fn(this: *mut c_void, group: GroupHandle, err: *const ErrSink) -> Status,
 }
 
 /// A plugin's vision add-on as seen by the engine. The engine calls `destroy` exactly once.
@@ -366,6 +372,7 @@ crate::abi_layout!(ModelVTable {
     0 => [size, destroy, num_layers, layer_cache, forward, embed_tokens],
     1 => [try_num_layers, try_layer_cache, embeddings_scale],
     2 => [shard],
+    3 => [pipeline],
 });
 crate::abi_layout!(VisionVTable { 0 => [size, destroy, merge], 1 => [image_prompt, encode, merge_features] });
 crate::abi_layout!(ForwardCtxVTable { 0 => [size, offset, attention], 1 => [positions] });
@@ -401,6 +408,9 @@ pub const ABI_1_0_FINGERPRINT_64: u64 = 0x6bc6_f62a_0ca2_cf79;
 /// `layout_fingerprint(1)` on 64-bit targets: what ABI 1.1 plugins record.
 pub const ABI_1_1_FINGERPRINT_64: u64 = 0xe706_242e_0dce_d26f;
 
+/// `layout_fingerprint(2)` on 64-bit targets: what ABI 1.2 plugins record.
+pub const ABI_1_2_FINGERPRINT_64: u64 = 0x1a43_a5a7_7e6b_e454;
+
 /// The fingerprint of this crate's own minor, which its plugins record in their descriptor.
 pub const LAYOUT_FINGERPRINT: u64 = layout_fingerprint(ABI_MINOR);
 
@@ -419,6 +429,8 @@ mod tests {
         // 1.1 plugins record this one: 1.2 only appended, so it must not move either.
         if std::mem::size_of::<usize>() == 8 {
             assert_eq!(layout_fingerprint(1), ABI_1_1_FINGERPRINT_64);
+            // And 1.2 plugins this one (1.3 appended `pipeline`).
+            assert_eq!(layout_fingerprint(2), ABI_1_2_FINGERPRINT_64);
         }
     }
 
@@ -434,5 +446,8 @@ mod tests {
         assert!(ModelVTable::size_at_minor(1) < ModelVTable::size_at_minor(2));
         assert!(!crate::has_entry!(ModelVTable::size_at_minor(1), ModelVTable, shard));
         assert_ne!(layout_fingerprint(1), layout_fingerprint(2));
+        assert!(ModelVTable::size_at_minor(2) < ModelVTable::size_at_minor(3));
+        assert!(!crate::has_entry!(ModelVTable::size_at_minor(2), ModelVTable, pipeline));
+        assert_ne!(layout_fingerprint(2), layout_fingerprint(3));
     }
 }

@@ -385,19 +385,42 @@ unsafe extern "C" fn model_embeddings_scale(this: *mut c_void, out: *mut f32, er
     }
 }
 
+/// `shard` and `pipeline`: `split` of the model over a group borrowed for the call.
+///
+/// # Safety
+/// `this` must be a live model not in use by any other call (the engine splits before
+/// anything else) and `group` a live group handle.
+unsafe fn model_split(
+    this: *mut c_void,
+    group: crate::ops_table::GroupHandle,
+    err: *const ErrSink,
+    split: fn(&mut dyn DynModel, &crate::distributed::Group) -> Result<()>,
+) -> Status {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        guard(err, || {
+            let group = crate::distributed::Group::clone_raw(group)?;
+            split(&mut **(this as *mut Box<dyn DynModel>), &group)
+        })
+    }
+}
+
 unsafe extern "C" fn model_shard(
     this: *mut c_void,
     group: crate::ops_table::GroupHandle,
     err: *const ErrSink,
 ) -> Status {
-    // SAFETY: the engine passes a live model (not in use by any other call: it shards before
-    // anything else) and a group handle borrowed for the call.
-    unsafe {
-        guard(err, || {
-            let group = crate::distributed::Group::clone_raw(group)?;
-            (**(this as *mut Box<dyn DynModel>)).shard(&group)
-        })
-    }
+    // SAFETY: the engine's arguments, as `model_split` requires.
+    unsafe { model_split(this, group, err, |m, g| m.shard(g)) }
+}
+
+unsafe extern "C" fn model_pipeline(
+    this: *mut c_void,
+    group: crate::ops_table::GroupHandle,
+    err: *const ErrSink,
+) -> Status {
+    // SAFETY: the engine's arguments, as `model_split` requires.
+    unsafe { model_split(this, group, err, |m, g| m.pipeline(g)) }
 }
 
 static MODEL_VTABLE: ModelVTable = ModelVTable {
@@ -411,6 +434,7 @@ static MODEL_VTABLE: ModelVTable = ModelVTable {
     try_layer_cache: model_try_layer_cache,
     embeddings_scale: model_embeddings_scale,
     shard: model_shard,
+    pipeline: model_pipeline,
 };
 
 unsafe extern "C" fn vision_destroy(this: *mut c_void) {

@@ -9,7 +9,7 @@ use crate::abi::*;
 use crate::array::Array;
 use crate::error::{Error, Result};
 use crate::export::{borrow, guard, positions_to_ffi};
-use crate::ops_table::{Handle, Status};
+use crate::ops_table::{GroupHandle, Handle, Status};
 use crate::traits::*;
 
 /// A text model living in a plugin. Destroyed through the plugin's vtable on drop; the engine
@@ -95,6 +95,36 @@ impl ForeignModel {
     }
 }
 
+/// A model vtable entry that splits the model over a group (`shard`, `pipeline`).
+type SplitFn = unsafe extern "C" fn(this: *mut c_void, group: GroupHandle, err: *const ErrSink) -> Status;
+
+impl ForeignModel {
+    /// Calls a split entry (`None` when the plugin's minor predates it: refused naming the
+    /// minor it needs), then reads the cache layout again.
+    fn split(
+        &mut self,
+        group: &crate::distributed::Group,
+        entry: Option<SplitFn>,
+        (what, minor, method): (&str, u32, &str),
+    ) -> Result<()> {
+        let Some(entry) = entry else {
+            return Err(Error::Boundary(format!(
+                "the plugin was built for ABI {ABI_MAJOR}.{}, {what} needs ABI {ABI_MAJOR}.{minor} (rebuild it \
+                 against a newer plugin-api and implement ModelArch::{method})",
+                self.plugin_minor
+            )));
+        };
+        let mut slot = ErrorSlot::default();
+        let sink = slot.sink();
+        // SAFETY: live object, a group borrowed for the call, a sink.
+        if unsafe { entry(self.obj.this, group.as_raw(), &sink) } != 0 {
+            return Err(slot.into_error(method));
+        }
+        self.layout = self.read_layout()?;
+        Ok(())
+    }
+}
+
 impl Drop for ForeignModel {
     fn drop(&mut self) {
         // SAFETY: destroyed exactly once, while the plugin is loaded.
@@ -148,21 +178,16 @@ impl DynModel for ForeignModel {
     /// its layers, but the plugin is its authority).
     fn shard(&mut self, group: &crate::distributed::Group) -> Result<()> {
         let vt = self.vt();
-        if !crate::has_entry!(vt.size, ModelVTable, shard) {
-            return Err(Error::Boundary(format!(
-                "the plugin was built for ABI {ABI_MAJOR}.{}, tensor parallelism needs ABI {ABI_MAJOR}.2 (rebuild it \
-                 against a newer plugin-api and implement ModelArch::shard)",
-                self.plugin_minor
-            )));
-        }
-        let mut slot = ErrorSlot::default();
-        let sink = slot.sink();
-        // SAFETY: live object, a group borrowed for the call, a sink.
-        if unsafe { (vt.shard)(self.obj.this, group.as_raw(), &sink) } != 0 {
-            return Err(slot.into_error("shard"));
-        }
-        self.layout = self.read_layout()?;
-        Ok(())
+        // Lazily: an entry the plugin's table does not cover must not be read.
+        let entry = crate::has_entry!(vt.size, ModelVTable, shard).then(|| vt.shard);
+        self.split(group, entry, ("tensor parallelism", 2, "shard"))
+    }
+
+    /// Splits the layers through the 1.3 entry; the cache layout is then the rank's layers'.
+    fn pipeline(&mut self, group: &crate::distributed::Group) -> Result<()> {
+        let vt = self.vt();
+        let entry = crate::has_entry!(vt.size, ModelVTable, pipeline).then(|| vt.pipeline);
+        self.split(group, entry, ("pipeline parallelism", 3, "pipeline"))
     }
 
     fn embed_tokens(&self, ids: &Array) -> Result<Array> {

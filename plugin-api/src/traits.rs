@@ -299,6 +299,20 @@ pub trait ModelArch: Sized + Send + 'static {
             group.size()
         )))
     }
+
+    /// Splits the model's layers over `group` (ABI 1.3), as mlx-lm's `pipeline`: each rank
+    /// keeps a contiguous slice of the layers ([`nn::pipeline::PipelineStage`](crate::nn::pipeline::PipelineStage)
+    /// says which, and carries the hidden states between the ranks in `forward`); afterwards
+    /// [`cache_layout`](ModelArch::cache_layout) lists the rank's layers only, `forward` numbers
+    /// them from 0 in its calls to the context, and every rank's `forward` returns the whole
+    /// logits. Called at most once, before any forward, instead of [`shard`](ModelArch::shard).
+    /// By default the architecture cannot be split so.
+    fn pipeline(&mut self, group: &Group) -> Result<()> {
+        Err(Error::Config(format!(
+            "this architecture does not support pipeline parallelism (asked to split its layers over {} ranks)",
+            group.size()
+        )))
+    }
 }
 
 /// How images enter a prompt: the text the chat template writes for each image, and the text
@@ -357,6 +371,10 @@ pub trait DynModel: Send {
     fn shard(&mut self, group: &Group) -> Result<()> {
         Err(Error::Config(format!("this model cannot be sharded (asked for {} ranks)", group.size())))
     }
+    /// [`ModelArch::pipeline`]; a wrapper must forward it, as `shard`.
+    fn pipeline(&mut self, group: &Group) -> Result<()> {
+        Err(Error::Config(format!("this model cannot be split into a pipeline (asked for {} ranks)", group.size())))
+    }
 }
 
 impl<M: ModelArch> DynModel for M {
@@ -374,6 +392,9 @@ impl<M: ModelArch> DynModel for M {
     }
     fn shard(&mut self, group: &Group) -> Result<()> {
         ModelArch::shard(self, group)
+    }
+    fn pipeline(&mut self, group: &Group) -> Result<()> {
+        ModelArch::pipeline(self, group)
     }
 }
 

@@ -35,6 +35,10 @@ pub enum Variant {
     PanicAbort,
     /// The good plugin's source built against the frozen ABI 1.0 plugin-api (tests/abi-1.0).
     Abi10,
+    /// The same against the frozen ABI 1.1 plugin-api (tests/abi-1.1).
+    Abi11,
+    /// The same against the frozen ABI 1.2 plugin-api (tests/abi-1.2).
+    Abi12,
     /// `cache_layout` panics.
     PanicLayout,
     /// `forward` returns logits of the wrong shape.
@@ -44,7 +48,7 @@ pub enum Variant {
 impl Variant {
     fn feature(self) -> Option<&'static str> {
         match self {
-            Variant::Good | Variant::PanicAbort | Variant::Abi10 => None,
+            Variant::Good | Variant::PanicAbort | Variant::Abi10 | Variant::Abi11 | Variant::Abi12 => None,
             Variant::PanicForward => Some("panic_forward"),
             Variant::PanicOnToken => Some("panic_on_token"),
             Variant::PanicLayout => Some("panic_layout"),
@@ -63,12 +67,19 @@ impl Variant {
         match self {
             Variant::PanicAbort => "panic_abort",
             Variant::Abi10 => "abi_1_0",
+            Variant::Abi11 => "abi_1_1",
+            Variant::Abi12 => "abi_1_2",
             v => v.feature().unwrap_or("good"),
         }
     }
 
     fn manifest(self) -> PathBuf {
-        let dir = if self == Variant::Abi10 { "tests/abi-1.0/fixture" } else { "tests/plugin-fixture" };
+        let dir = match self {
+            Variant::Abi10 => "tests/abi-1.0/fixture",
+            Variant::Abi11 => "tests/abi-1.1/fixture",
+            Variant::Abi12 => "tests/abi-1.2/fixture",
+            _ => "tests/plugin-fixture",
+        };
         workspace_root().join(dir).join("Cargo.toml")
     }
 }
@@ -148,12 +159,14 @@ fn build_variant(v: Variant) -> PathBuf {
     let root = target_dir().join("plugin-fixture");
     std::fs::create_dir_all(&root).unwrap();
     let _lock = FileLock::acquire(root.join(".build-lock"));
-    // A different panic strategy rebuilds every dependency, and the 1.0 fixture is another
+    // A different panic strategy rebuilds every dependency, and each frozen fixture is another
     // package with the same library name (cargo does not re-copy a fresh one over the other's
     // output): each gets its own folder, so the other variants' builds stay incremental.
     let build_dir = match v {
         Variant::PanicAbort => root.join("panic-abort"),
         Variant::Abi10 => root.join("abi-1.0"),
+        Variant::Abi11 => root.join("abi-1.1"),
+        Variant::Abi12 => root.join("abi-1.2"),
         _ => root.clone(),
     };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

@@ -1,5 +1,5 @@
-//! The versioning promise, tested with real binaries: a plugin built against the frozen ABI 1.0
-//! plugin-api loads and computes the same logits; plugins of a newer minor, with undersized
+//! The versioning promise, tested with real binaries: plugins built against the frozen ABI 1.0
+//! and 1.1 plugin-apis load and compute the same logits (and tokens); plugins of a newer minor, with undersized
 //! tables, a wrong fingerprint or built with `panic = "abort"` are refused naming the file;
 //! errors of every vtable call come back with the plugin's message and name.
 
@@ -8,6 +8,7 @@ use std::path::Path;
 use mlx_engine::plugin_host::{HostOptions, LoadedPlugin, PluginHost};
 use mlx_engine::Error;
 use mlx_engine_plugin_api::abi::{ModelVTable, PluginDescriptor, ABI_MINOR};
+use mlx_engine_plugin_api::distributed::Backend;
 use mlx_engine_plugin_api::{Dtype, DtypePolicy, DynModel, Input, LayerCache, WeightsFormat};
 use mlx_engine_tests::{
     install, lib_name, tiny_config, tiny_weights, tokens, TestContext, Variant, LAYOUT_PANIC_MESSAGE,
@@ -19,6 +20,22 @@ fn host_with(v: Variant) -> (TempDir, std::path::PathBuf, PluginHost) {
     let path = install(v, dir.path(), &lib_name("tiny"));
     let host = PluginHost::new(&HostOptions::isolated(vec![dir.path().to_path_buf()], None)).unwrap();
     (dir, path, host)
+}
+
+/// A plugin built against a frozen plugin-api, loaded: it must report its minor and file.
+struct Frozen {
+    _dir: TempDir,
+    path: std::path::PathBuf,
+    host: PluginHost,
+}
+
+impl Frozen {
+    fn load(v: Variant, minor: u32) -> Frozen {
+        let (_dir, path, host) = host_with(v);
+        let plugin = host.plugins().next().unwrap_or_else(|| panic!("{:?}", host.load_errors().collect::<Vec<_>>()));
+        assert_eq!((plugin.abi, &plugin.path), ((1, minor), &path));
+        Frozen { _dir, path, host }
+    }
 }
 
 /// The reason of the load error of `path`, checking that the error names the file.
@@ -36,12 +53,9 @@ fn logits(model: &dyn DynModel, ids: &[i32]) -> Vec<f32> {
 
 #[test]
 fn a_plugin_built_against_abi_1_0_loads_and_gives_the_same_logits() {
-    let (_old_dir, old_path, old_host) = host_with(Variant::Abi10);
-    let (_new_dir, _, new_host) = host_with(Variant::Good);
-    let old_plugin =
-        old_host.plugins().next().unwrap_or_else(|| panic!("{:?}", old_host.load_errors().collect::<Vec<_>>()));
-    assert_eq!(old_plugin.abi, (1, 0));
-    assert_eq!(old_plugin.path, old_path);
+    let (old, new) = (Frozen::load(Variant::Abi10, 0), host_with(Variant::Good));
+    let (_new_dir, _, new_host) = new;
+    let old_host = &old.host;
     assert_eq!(new_host.plugins().next().unwrap().abi, (1, ABI_MINOR));
 
     let config = tiny_config().to_string();
@@ -61,6 +75,83 @@ fn a_plugin_built_against_abi_1_0_loads_and_gives_the_same_logits() {
     let last = &want[7 * 64..];
     let diff = step.iter().zip(last).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(diff < 1e-4, "cached decode of the 1.0 plugin differs by {diff}");
+}
+
+/// `n` greedy tokens after `prompt`, decoded through the engine's own KV cache.
+fn greedy(model: &dyn DynModel, prompt: &[i32], n: usize) -> Vec<i32> {
+    let mut cache = mlx_engine::cache::KvCache::new(model.cache_layout());
+    let mut input = prompt.to_vec();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let logits = model.forward(Input::Tokens(&tokens(&input)), &mut cache).unwrap();
+        let last = logits.slice_axis(1, logits.dim(1).unwrap() - 1, logits.dim(1).unwrap()).unwrap();
+        let next = last.argmax(-1, false).unwrap().to_vec::<u32>().unwrap()[0] as i32;
+        out.push(next);
+        input = vec![next];
+    }
+    out
+}
+
+/// A model of the frozen plugin `v` (ABI 1.`minor`, 1.1 or later) and one of the current
+/// fixture, from the same weights: checks that the frozen one answers 1.1's hooks and computes
+/// the current one's logits and greedy tokens.
+fn frozen_and_current(v: Variant, minor: u32) -> Compared {
+    let old = Frozen::load(v, minor);
+    let (_new_dir, _, new_host) = host_with(Variant::Good);
+    // 1.1's descriptor hooks answer (the fixture keeps its final norm in f32).
+    let names = ["model.norm.weight", "model.embed_tokens.weight"];
+    let plugin = old.host.plugins().next().unwrap();
+    assert_eq!(plugin.dtype_policy("tiny", &names).unwrap(), vec![DtypePolicy::F32, DtypePolicy::Compute]);
+    let config = tiny_config().to_string();
+    let old_model = old.host.create_model("tiny", &config, tiny_weights(21), WeightsFormat::Mlx).unwrap();
+    let new_model = new_host.create_model("tiny", &config, tiny_weights(21), WeightsFormat::Mlx).unwrap();
+    assert_eq!(old_model.cache_layout(), vec![LayerCache::Full; 2]);
+    assert_eq!(old_model.embeddings_scale().unwrap(), 1.0);
+    let ids = [3, 1, 4, 1, 5, 9, 2, 6];
+    assert_eq!(logits(old_model.as_ref(), &ids), logits(new_model.as_ref(), &ids), "ABI 1.{minor}: other logits");
+    // Prefill then one token at a time through the engine's cache, as generation runs.
+    let want = greedy(new_model.as_ref(), &ids, 12);
+    assert_eq!(greedy(old_model.as_ref(), &ids, 12), want, "ABI 1.{minor}: other tokens");
+    Compared { old, model: old_model, current: new_model, ids, want }
+}
+
+/// What [`frozen_and_current`] compared: both models, the prompt and the greedy tokens.
+struct Compared {
+    old: Frozen,
+    model: Box<dyn DynModel>,
+    current: Box<dyn DynModel>,
+    ids: [i32; 8],
+    want: Vec<i32>,
+}
+
+#[test]
+fn a_plugin_built_against_abi_1_1_loads_and_generates_what_the_current_one_does() {
+    let Compared { old, mut model, mut current, ids, want } = frozen_and_current(Variant::Abi11, 1);
+    // 1.2's entry is not there: sharding is refused naming both versions, and the model still runs.
+    let group = mlx_engine_plugin_api::distributed::Group::init(Backend::Any, false).unwrap();
+    let err = model.shard(&group).unwrap_err().to_string();
+    assert!(err.contains("built for ABI 1.1, tensor parallelism needs ABI 1.2"), "{err}");
+    assert!(err.contains(&old.path.display().to_string()), "{err}");
+    // Nor 1.3's: a pipeline split is refused the same way. A current plugin has the entry, and
+    // the fixture's architecture answers with the trait's default refusal.
+    let err = model.pipeline(&group).unwrap_err().to_string();
+    assert!(err.contains("built for ABI 1.1, pipeline parallelism needs ABI 1.3"), "{err}");
+    let err = current.pipeline(&group).unwrap_err().to_string();
+    assert!(err.contains("this architecture does not support pipeline parallelism"), "{err}");
+    assert_eq!(greedy(model.as_ref(), &ids, 12), want);
+}
+
+#[test]
+fn a_plugin_built_against_abi_1_2_loads_and_generates_and_refuses_only_a_pipeline() {
+    let Compared { old, mut model, ids, want, .. } = frozen_and_current(Variant::Abi12, 2);
+    let group = mlx_engine_plugin_api::distributed::Group::init(Backend::Any, false).unwrap();
+    // 1.2 has `shard`: the call reaches the plugin, whose architecture does not implement it.
+    let err = model.shard(&group).unwrap_err().to_string();
+    assert!(err.contains("this architecture does not support tensor parallelism"), "{err}");
+    let err = model.pipeline(&group).unwrap_err().to_string();
+    assert!(err.contains("built for ABI 1.2, pipeline parallelism needs ABI 1.3"), "{err}");
+    assert!(err.contains(&old.path.display().to_string()), "{err}");
+    assert_eq!(greedy(model.as_ref(), &ids, 12), want);
 }
 
 #[test]

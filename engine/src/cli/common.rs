@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mlx_engine_plugin_api::runtime::{peak_memory, Device};
 
 use crate::cache::CacheConfig;
-use crate::distributed::Group;
+use crate::distributed::{Group, Split};
 use crate::error::{Error, Result};
 use crate::generate::{GenerationStats, PromptProgress, DEFAULT_PREFILL_STEP_SIZE};
 use crate::model::DtypeChoice;
@@ -295,12 +295,12 @@ pub fn param(name: &str, reason: impl Into<String>) -> Error {
 
 /// Loads the model without announcing it.
 pub fn load_quietly(args: &ModelArgs, cache: &CacheArgs) -> Result<ModelKit> {
-    load_quietly_in(args, cache, None)
+    load_quietly_in(args, cache, None, Split::Tensor)
 }
 
-/// [`load_quietly`], sharded over `group` when one is given (tensor parallelism).
-pub fn load_quietly_in(args: &ModelArgs, cache: &CacheArgs, group: Option<Group>) -> Result<ModelKit> {
-    ModelKit::load(&model_path(args)?, LoadOptions { group, ..load_options(args, cache)? })
+/// [`load_quietly`], split over `group` when one is given.
+pub fn load_quietly_in(args: &ModelArgs, cache: &CacheArgs, group: Option<Group>, split: Split) -> Result<ModelKit> {
+    ModelKit::load(&model_path(args)?, LoadOptions { group, split, ..load_options(args, cache)? })
 }
 
 /// Where `--model` (with `--revision` and `--hf-file`) is on disk, downloading it if need be.
@@ -321,12 +321,12 @@ fn load_options(args: &ModelArgs, cache: &CacheArgs) -> Result<LoadOptions> {
 
 /// Loads the model with a spinner on stderr.
 pub fn load(args: &ModelArgs, cache: &CacheArgs) -> Result<ModelKit> {
-    load_in(args, cache, None)
+    load_in(args, cache, None, Split::Tensor)
 }
 
-/// [`load`], sharded over `group` when one is given (tensor parallelism).
-pub fn load_in(args: &ModelArgs, cache: &CacheArgs, group: Option<Group>) -> Result<ModelKit> {
-    let options = LoadOptions { group, ..load_options(args, cache)? };
+/// [`load`], split over `group` when one is given.
+pub fn load_in(args: &ModelArgs, cache: &CacheArgs, group: Option<Group>, split: Split) -> Result<ModelKit> {
+    let options = LoadOptions { group, split, ..load_options(args, cache)? };
     // Before the spinner: a download draws progress bars of its own.
     let path = model_path(args)?;
     let bar = indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", args.model.display()));

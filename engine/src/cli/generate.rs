@@ -37,11 +37,8 @@ pub struct GenerateArgs {
     /// one, with the stop condition, also carries the generation's `stats`).
     #[arg(long, default_value = "text", value_parser = ["text", "jsonl"])]
     pub output: String,
-    /// Run as one rank of a tensor-parallel group over MLX's distributed backend BACKEND (any,
-    /// ring, mpi, nccl, jaccl), started by `mlx-engine launch` or `mlx.launch`; default: the
-    /// MLX_ENGINE_DISTRIBUTED environment variable. Rank 0 prints; the others stay silent.
-    #[arg(long, value_name = "BACKEND")]
-    pub distributed: Option<String>,
+    #[command(flatten)]
+    pub distributed: super::launch::DistributedArgs,
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Result<String> {
@@ -79,16 +76,16 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let template_args = args.sampling.template_args()?;
     let step = args.cache.prefill_step_size()?;
     let (speculation, num_draft_tokens) = args.draft.speculation()?;
-    let group = super::launch::group_from(args.distributed.as_deref())?;
+    let (group, split) = args.distributed.group()?;
     if group.is_some() && args.draft.draft_model.is_some() {
         return Err(param("draft-model", "speculative decoding does not run under --distributed"));
     }
     // Rank 0 owns the output; the others run the same request silently.
     let rank0 = group.as_ref().is_none_or(|g| g.rank() == 0);
     let kit = if rank0 {
-        load_in(&args.model, &args.cache, group.clone())?
+        load_in(&args.model, &args.cache, group.clone(), split)?
     } else {
-        load_quietly_in(&args.model, &args.cache, group.clone())?
+        load_quietly_in(&args.model, &args.cache, group.clone(), split)?
     };
     args.draft.load_into(&kit)?;
     let images = args.images.inputs();

@@ -13,6 +13,7 @@ use mlx_engine_plugin_api::Array;
 
 use super::common::param;
 use super::interrupt;
+use crate::distributed::Split;
 use crate::error::{Error, Result};
 use crate::model_kit::CancelHandle;
 
@@ -44,6 +45,34 @@ pub struct LaunchArgs {
     /// The mlx-engine command every rank runs, after `--` (e.g. `generate -m DIR -p TEXT`).
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+/// The options of a command that can run as one rank of a group (`generate`, `chat`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct DistributedArgs {
+    /// Run as one rank of a tensor-parallel group over MLX's distributed backend BACKEND (any,
+    /// ring, mpi, nccl, jaccl), started by `mlx-engine launch` or `mlx.launch`; default: the
+    /// MLX_ENGINE_DISTRIBUTED environment variable. Rank 0 prints; the others stay silent.
+    #[arg(long, value_name = "BACKEND")]
+    pub distributed: Option<String>,
+    /// How the model is split over the ranks: `tensor` (each rank keeps its share of every
+    /// layer's heads and features) or `pipeline` (each rank keeps a contiguous slice of the
+    /// layers, rank 0 the first; for models too large for the ranks' devices even when
+    /// sharded). Needs --distributed.
+    #[arg(long, value_name = "HOW", default_value = "tensor", value_parser = Split::NAMES)]
+    pub split: String,
+}
+
+impl DistributedArgs {
+    /// The group asked for (joining it), or `None` to run alone; with how to split the model.
+    pub fn group(&self) -> Result<(Option<Group>, Split)> {
+        let split = Split::parse(&self.split)?;
+        let group = group_from(self.distributed.as_deref())?;
+        if group.is_none() && split != Split::Tensor {
+            return Err(param("split", "a split needs ranks: pass --distributed BACKEND (or run under `launch`)"));
+        }
+        Ok((group, split))
+    }
 }
 
 /// Set once this process joined a group (see [`joined_a_group`]).
@@ -92,7 +121,7 @@ pub fn shared_seed(group: &Group, seed: Option<u64>) -> Result<u64> {
 }
 
 /// A seed from the clock and the process id (not cryptographic; sampling needs none).
-fn drawn_seed() -> u64 {
+pub fn drawn_seed() -> u64 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let mixed = nanos ^ (u64::from(std::process::id()) << 32);
     // splitmix64's finaliser, so close clocks give unrelated seeds.
@@ -128,7 +157,34 @@ impl Drop for TempFile {
     }
 }
 
+/// The commands that run as ranks of a group.
+pub const RANK_COMMANDS: [&str; 2] = ["generate", "chat"];
+
+/// Fails when this process was started as a rank ([`BACKEND_ENV`], as `launch` sets it) to run
+/// `command`, which cannot run as one: each rank would serve the whole model on its own.
+pub fn refuse_ranks(command: &str) -> Result<()> {
+    match std::env::var(BACKEND_ENV) {
+        Ok(v) if !v.is_empty() => Err(param(
+            "distributed",
+            format!(
+                "`{command}` does not run on several ranks yet ({BACKEND_ENV}={v} is set, as `mlx-engine launch` \
+                 sets it): only {} do; run `{command}` without launch",
+                RANK_COMMANDS.join(" and ")
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub fn run(args: &LaunchArgs) -> Result<()> {
+    // Checked here too, so no rank starts (and loads a model) for a command that would fail.
+    let first = args.command.first().map(String::as_str).unwrap_or_default();
+    if !RANK_COMMANDS.contains(&first) {
+        return Err(param(
+            "launch",
+            format!("`{first}` does not run on several ranks; launch runs {}", RANK_COMMANDS.join(" or ")),
+        ));
+    }
     let hosts = if args.hosts.is_empty() { vec!["127.0.0.1".to_string(); args.ranks] } else { args.hosts.clone() };
     if hosts.len() < 2 {
         return Err(param("hosts", "a distributed run needs at least 2 ranks"));
@@ -146,6 +202,10 @@ pub fn run(args: &LaunchArgs) -> Result<()> {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         (cores / hosts.len()).max(1).to_string()
     });
+    // On a terminal, rank 0 becomes its foreground process (as the only rank is without
+    // `launch`): `chat` reads and edits lines there, and Ctrl-C reaches it directly. In a
+    // background group it would be stopped (SIGTTIN) at its first read.
+    let terminal = foreground::Terminal::take();
     let mut children: Vec<Child> = Vec::new();
     for rank in 0..hosts.len() {
         let mut cmd = Command::new(&exe);
@@ -163,6 +223,9 @@ pub fn run(args: &LaunchArgs) -> Result<()> {
         // hands it to rank 0, and the ranks then stop together (see `distributed`).
         #[cfg(unix)]
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        if rank == 0 && terminal.is_some() {
+            foreground::give_terminal(&mut cmd);
+        }
         match cmd.spawn() {
             Ok(c) => children.push(c),
             Err(e) => {
@@ -171,7 +234,10 @@ pub fn run(args: &LaunchArgs) -> Result<()> {
             }
         }
     }
-    let status = supervise(&mut children)?;
+    let mut terminal = terminal;
+    let status = supervise(&mut children, &mut terminal);
+    drop(terminal);
+    let status = status?;
     drop(hostfile);
     match status {
         None => Ok(()),
@@ -183,7 +249,11 @@ pub fn run(args: &LaunchArgs) -> Result<()> {
 
 /// Waits for every rank. A rank that fails gives the others [`GRACE`] to end on their own,
 /// then they are killed. Returns the first failure, if any.
-fn supervise(children: &mut [Child]) -> Result<Option<(usize, ExitStatus)>> {
+/// The terminal goes back to the launcher once rank 0 has ended (a Ctrl-C then reaches it).
+fn supervise(
+    children: &mut [Child],
+    terminal: &mut Option<foreground::Terminal>,
+) -> Result<Option<(usize, ExitStatus)>> {
     let mut done: Vec<Option<ExitStatus>> = vec![None; children.len()];
     let mut first_failure: Option<(usize, ExitStatus, Instant)> = None;
     let mut cancel = CancelHandle::new();
@@ -196,6 +266,9 @@ fn supervise(children: &mut [Child]) -> Result<Option<(usize, ExitStatus)>> {
             let status = c.try_wait().map_err(|e| Error::Io { path: format!("<rank {i}>").into(), source: e })?;
             if let Some(st) = status {
                 done[i] = Some(st);
+                if i == 0 {
+                    *terminal = None;
+                }
                 if !st.success() && first_failure.is_none() {
                     first_failure = Some((i, st, Instant::now()));
                 }
@@ -222,6 +295,67 @@ fn supervise(children: &mut [Child]) -> Result<Option<(usize, ExitStatus)>> {
         // Every rank exited; report any that did not succeed (killed ranks included).
         done.iter().enumerate().find_map(|(i, st)| st.filter(|s| !s.success()).map(|s| (i, s)))
     }))
+}
+
+/// Hands the controlling terminal to rank 0's process group and back.
+#[cfg(unix)]
+mod foreground {
+    use std::process::Command;
+
+    /// The launcher's hold on its terminal (stdin), given back to its own process group on drop.
+    pub struct Terminal;
+
+    impl Terminal {
+        /// `Some` when stdin is a terminal whose foreground group is the launcher's.
+        pub fn take() -> Option<Terminal> {
+            // SAFETY: queries of this process's own state.
+            let ours = unsafe { libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() };
+            ours.then_some(Terminal)
+        }
+    }
+
+    impl Drop for Terminal {
+        fn drop(&mut self) {
+            // The launcher is now in the background: without ignoring SIGTTOU, taking the
+            // terminal back would stop it.
+            // SAFETY: signal disposition changes and a terminal call on stdin, no handler code.
+            unsafe {
+                let old = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+                libc::tcsetpgrp(0, libc::getpgrp());
+                libc::signal(libc::SIGTTOU, old);
+            }
+        }
+    }
+
+    /// Makes the child's process group (its own, set before this runs) the terminal's
+    /// foreground group before it executes.
+    pub fn give_terminal(cmd: &mut Command) {
+        // SAFETY: the closure runs in the forked child and calls only async-signal-safe
+        // functions (signal, tcsetpgrp, getpgrp); SIGTTOU is restored before exec, since an
+        // ignored signal would stay ignored in the new program.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(cmd, || {
+                libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+                let r = libc::tcsetpgrp(0, libc::getpgrp());
+                libc::signal(libc::SIGTTOU, libc::SIG_DFL);
+                if r != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+#[cfg(not(unix))]
+mod foreground {
+    pub struct Terminal;
+    impl Terminal {
+        pub fn take() -> Option<Terminal> {
+            None
+        }
+    }
+    pub fn give_terminal(_cmd: &mut std::process::Command) {}
 }
 
 #[cfg(unix)]

@@ -6,6 +6,7 @@ pub mod bench_speed;
 pub mod chat;
 pub mod chat_commands;
 pub mod chat_input;
+pub mod chat_ranks;
 pub mod check_plugin;
 pub mod common;
 pub mod forward;
@@ -96,6 +97,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> crate::Result<()> {
     // The server handles SIGINT and SIGTERM itself (graceful shutdown).
     if let Command::Serve(a) = &cli.command {
+        launch::refuse_ranks("serve")?;
         return serve::run(a);
     }
     interrupt::install();

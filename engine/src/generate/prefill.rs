@@ -276,8 +276,8 @@ pub fn forward_cancellable(
     }
 }
 
-/// The cache as the forward context of a slow chunk: before each layer after the first it
-/// evaluates that layer's inputs (which runs every layer before it) and reads the cancel flag,
+/// The cache as the forward context of a slow chunk: before each layer it reads the cancel
+/// flag and, after the first, evaluates that layer's inputs (which runs every layer before it),
 /// so a cancel lands within one layer's time instead of one chunk's. Evaluating there changes
 /// no result: the same kernels run on the same inputs, only in more than one evaluation.
 struct Layerwise<'a> {
@@ -304,12 +304,16 @@ impl ForwardContext for Layerwise<'_> {
         scale: f32,
         options: &AttentionOptions,
     ) -> mlx_engine_plugin_api::Result<Array> {
+        // The flag first, then the evaluation: under a pipeline split (ADR 0011) a rank that
+        // evaluated a layer's inputs would wait for the previous rank's hidden state, which
+        // that rank, seeing the same flag, never sends. So every rank stops at its first layer
+        // of the pass, before anything of the pass crossed to another rank.
+        if self.cancel.load(Ordering::Relaxed) {
+            self.stopped = true;
+            return Err(mlx_engine_plugin_api::Error::Boundary("the prefill was cancelled".into()));
+        }
         if layer > 0 {
             mlx_engine_plugin_api::eval(&[q, k, v])?;
-            if self.cancel.load(Ordering::Relaxed) {
-                self.stopped = true;
-                return Err(mlx_engine_plugin_api::Error::Boundary("the prefill was cancelled".into()));
-            }
         }
         self.cache.attention(layer, q, k, v, scale, options)
     }

@@ -142,6 +142,12 @@ impl DynModel for BuiltinModel {
         self.layout = catch_panics(|| Ok(self.inner.cache_layout()))?;
         Ok(())
     }
+
+    fn pipeline(&mut self, group: &mlx_engine_plugin_api::distributed::Group) -> mlx_engine_plugin_api::Result<()> {
+        catch_panics(|| self.inner.pipeline(group))?;
+        self.layout = catch_panics(|| Ok(self.inner.cache_layout()))?;
+        Ok(())
+    }
 }
 
 struct BuiltinVision {

@@ -434,6 +434,11 @@ impl DynModel for PluginModel {
         let r = self.model.shard(group);
         r.map_err(|e| self.blame("shard", e))
     }
+
+    fn pipeline(&mut self, group: &mlx_engine_plugin_api::distributed::Group) -> mlx_engine_plugin_api::Result<()> {
+        let r = self.model.pipeline(group);
+        r.map_err(|e| self.blame("pipeline", e))
+    }
 }
 
 /// A plugin's vision add-on plus its library (same drop order as [`PluginModel`]).

@@ -9,10 +9,12 @@
 //! the tensor, and the conformance kit can learn the shapes from the loaders (`declare`).
 
 pub mod moe;
+pub mod pipeline;
 pub mod rope;
 pub mod shard;
 pub mod vision;
 pub use moe::{SwitchGlu, SwitchLinear};
+pub use pipeline::PipelineStage;
 pub use rope::{Rope, RopeScaling};
 pub use shard::{balanced_range, HeadShard, ShardedToAllLinear};
 

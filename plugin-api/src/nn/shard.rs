@@ -32,7 +32,7 @@ pub fn balanced_range(group: &Group, what: &str, n: i32, unit: i32) -> Result<(i
     balanced(group.rank(), group.size(), what, n, unit)
 }
 
-fn balanced(rank: i32, size: i32, what: &str, n: i32, unit: i32) -> Result<(i32, i32)> {
+pub(crate) fn balanced(rank: i32, size: i32, what: &str, n: i32, unit: i32) -> Result<(i32, i32)> {
     if unit < 1 || n % unit != 0 {
         return Err(Error::Config(format!("{what} = {n} is not a whole number of units of {unit}")));
     }

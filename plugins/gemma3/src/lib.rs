@@ -7,8 +7,8 @@ use mlx_engine_plugin_api::config_check::ConfigCheck;
 use mlx_engine_plugin_api::distributed::Group;
 use mlx_engine_plugin_api::gguf::{rename_llama_cpp_parts, GgufInfo};
 use mlx_engine_plugin_api::nn::{
-    merge_heads, split_heads, Activation, Embedding, GatedMlp, HeadShard, Linear, Quantization, RmsNorm, Rope,
-    RopeScaling, ShardedToAllLinear,
+    merge_heads, split_heads, Activation, Embedding, GatedMlp, HeadShard, Linear, PipelineStage, Quantization, RmsNorm,
+    Rope, RopeScaling, ShardedToAllLinear,
 };
 use mlx_engine_plugin_api::serde_json::{json, Map, Value};
 use mlx_engine_plugin_api::{
@@ -192,6 +192,8 @@ pub struct Gemma3 {
     lm_head: Option<Linear>,
     embed_scale: f32,
     softcap: Option<f32>,
+    /// Under a pipeline split: this rank's part (`layers` and `layout` are then its slice).
+    stage: Option<PipelineStage>,
 }
 
 /// Gemma 3's own meanings of llama.cpp's per-layer norm names.
@@ -361,6 +363,7 @@ impl ModelArch for Gemma3 {
             // The reference rounds the scale to bf16 before casting it to the activation dtype.
             embed_scale: round_to_bf16((c.hidden_size as f32).sqrt()),
             softcap: c.final_logit_softcapping,
+            stage: None,
         })
     }
 
@@ -373,10 +376,14 @@ impl ModelArch for Gemma3 {
             Input::Tokens(ids) => self.embed_tokens.forward(ids)?,
             Input::Embeddings(e) => e.clone(),
         };
-        let mut h = h.multiply(&h.scalar_like(self.embeddings_scale() as f64)?)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(&h, i, ctx)?;
-        }
+        let h = h.multiply(&h.scalar_like(self.embeddings_scale() as f64)?)?;
+        // The context numbers the layers this rank holds from 0, so its cache has those only.
+        let h = PipelineStage::run_in(self.stage.as_ref(), h, |mut h| {
+            for (i, layer) in self.layers.iter().enumerate() {
+                h = layer.forward(&h, i, ctx)?;
+            }
+            Ok(h)
+        })?;
         let h = self.norm.forward(&h)?;
         let out = match &self.lm_head {
             Some(head) => head.forward(&h)?,
@@ -404,6 +411,16 @@ impl ModelArch for Gemma3 {
             block.attn.shard(group, &format!("{p}.self_attn"))?;
             block.mlp.shard(group, &format!("{p}.mlp"))?;
         }
+        Ok(())
+    }
+
+    /// As llama's: this rank keeps its contiguous slice of the blocks and of their cache
+    /// layout (sliding or global, by their index in the whole model).
+    fn pipeline(&mut self, group: &Group) -> Result<()> {
+        let stage = PipelineStage::new(group, self.layers.len())?;
+        stage.keep(&mut self.layers);
+        stage.keep(&mut self.layout);
+        self.stage = Some(stage);
         Ok(())
     }
 }

@@ -5,8 +5,8 @@ use mlx_engine_plugin_api::config_check::ConfigCheck;
 use mlx_engine_plugin_api::distributed::Group;
 use mlx_engine_plugin_api::gguf::{rename_llama_cpp_parts, unpermute_qk_rows, GgufInfo};
 use mlx_engine_plugin_api::nn::{
-    merge_heads, split_heads, Activation, Embedding, GatedMlp, HeadShard, Linear, Quantization, RmsNorm, Rope,
-    RopeScaling, ShardedToAllLinear,
+    merge_heads, split_heads, Activation, Embedding, GatedMlp, HeadShard, Linear, PipelineStage, Quantization, RmsNorm,
+    Rope, RopeScaling, ShardedToAllLinear,
 };
 use mlx_engine_plugin_api::serde_json::{json, Map, Value};
 use mlx_engine_plugin_api::{
@@ -153,6 +153,8 @@ pub struct Llama {
     layers: Vec<Block>,
     norm: RmsNorm,
     lm_head: Option<Linear>,
+    /// Under a pipeline split: this rank's part (`layers` are then its slice only).
+    stage: Option<PipelineStage>,
 }
 
 /// llama.cpp's name of the per-pair rope frequency factors (Llama 3.1+ GGUFs).
@@ -284,7 +286,7 @@ impl ModelArch for Llama {
             Some(Linear::load(&mut w, "lm_head", (d, c.vocab_size), false, q)?)
         };
         w.expect_consumed()?;
-        Ok(Llama { embed_tokens, layers, norm, lm_head })
+        Ok(Llama { embed_tokens, layers, norm, lm_head, stage: None })
     }
 
     fn cache_layout(&self) -> Vec<LayerCache> {
@@ -292,13 +294,17 @@ impl ModelArch for Llama {
     }
 
     fn forward(&self, input: Input<'_>, ctx: &mut dyn ForwardContext) -> Result<Array> {
-        let mut h = match input {
+        let h = match input {
             Input::Tokens(ids) => self.embed_tokens.forward(ids)?,
             Input::Embeddings(e) => e.clone(),
         };
-        for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(&h, i, ctx)?;
-        }
+        // The context numbers the layers this rank holds from 0, so its cache has those only.
+        let h = PipelineStage::run_in(self.stage.as_ref(), h, |mut h| {
+            for (i, layer) in self.layers.iter().enumerate() {
+                h = layer.forward(&h, i, ctx)?;
+            }
+            Ok(h)
+        })?;
         let h = self.norm.forward(&h)?;
         match &self.lm_head {
             Some(head) => head.forward(&h),
@@ -318,6 +324,15 @@ impl ModelArch for Llama {
             block.attn.shard(group, &format!("{p}.self_attn"))?;
             block.mlp.shard(group, &format!("{p}.mlp"))?;
         }
+        Ok(())
+    }
+
+    /// mlx-lm's `pipeline`: this rank keeps its contiguous slice of the blocks; embedding,
+    /// final norm and head stay on every rank.
+    fn pipeline(&mut self, group: &Group) -> Result<()> {
+        let stage = PipelineStage::new(group, self.layers.len())?;
+        stage.keep(&mut self.layers);
+        self.stage = Some(stage);
         Ok(())
     }
 }
