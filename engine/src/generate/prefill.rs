@@ -205,10 +205,12 @@ pub fn prefill_from(
         // (no ring evicts on the way), the chunk runs whole and the snapshot is the cache
         // trimmed back to the checkpoint, since causal attention leaves earlier positions'
         // keys and values unchanged. Cutting the chunk there instead would cost a second pass
-        // over the weights for the ~10 tokens after it (a decode step's worth on a GPU).
+        // over the weights for the ~10 tokens after it (a decode step's worth on a GPU). Not
+        // with input embeddings: an image's tokens attend to each other both ways, so positions
+        // before the checkpoint may have seen later ones.
         let mut trim_to = None;
         if let Some(at) = plan.checkpoint.filter(|&at| pos < at && at < pos + n) {
-            if cache.is_trimmable_after(n) {
+            if cache.is_trimmable_after(n) && embeddings.is_none() {
                 trim_to = Some(at);
             } else {
                 n = at - pos;

@@ -146,8 +146,8 @@ impl<'t> Row<'t> {
         self.cache.as_mut().ok_or_else(|| Error::Server { reason: "a row's cache is in the batch (engine bug)".into() })
     }
 
-    /// One prefill unit: a chunk of the prompt (all but its last token, cut to end at the
-    /// checkpoint), or the last token, whose logits give the first sample. `Ok(false)` when
+    /// One prefill unit: a chunk of the prompt (all but its last token; the checkpoint is taken
+    /// inside it), or the last token, whose logits give the first sample. `Ok(false)` when
     /// the row was abandoned.
     pub fn prefill_step(
         &mut self,
@@ -163,8 +163,16 @@ impl<'t> Row<'t> {
         let end = self.prompt.len() - 1;
         if self.pos < end {
             let mut n = chunk_size(chunk, self.pos, heads).min(end - self.pos);
+            // As `prefill_from`: the chunk runs whole and the snapshot is trimmed back, where
+            // that is exact (a text prompt, no ring evicting on the way).
+            let mut snapshot_at = self.checkpoint.filter(|&at| at == self.pos + n);
             if let Some(at) = self.checkpoint.filter(|&at| self.pos < at && at < self.pos + n) {
-                n = at - self.pos;
+                if self.vision.is_none() && self.cache_mut()?.is_trimmable_after(n) {
+                    snapshot_at = Some(at);
+                } else {
+                    n = at - self.pos;
+                    snapshot_at = Some(at);
+                }
             }
             let input = self.input(self.pos..self.pos + n)?;
             let cache = self.cache_mut()?;
@@ -173,10 +181,12 @@ impl<'t> Row<'t> {
             eval(&cache.state())?;
             runtime::clear_cache();
             self.pos += n;
-            if self.checkpoint == Some(self.pos) {
-                let snapshot = self.cache_mut()?.clone();
-                let tokens = self.vision.as_ref().map_or(&self.prompt, |v| &v.key);
-                shared.store_snapshot(&tokens[..self.pos], snapshot);
+            if let Some(at) = snapshot_at {
+                let mut snapshot = self.cache_mut()?.clone();
+                if snapshot.trim(self.pos - at) == self.pos - at {
+                    let tokens = self.vision.as_ref().map_or(&self.prompt, |v| &v.key);
+                    shared.store_snapshot(&tokens[..at], snapshot);
+                }
             }
             return Ok(true);
         }
