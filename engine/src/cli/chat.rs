@@ -203,6 +203,7 @@ impl Session<'_> {
             max_image_size: max_size,
             speculation: self.speculation.clone(),
             num_draft_tokens: self.num_draft_tokens,
+            constraint: None,
         };
         let mut generation = match self.kit.generate_with_progress(req, Box::new(PrefillBar::new(self.step))) {
             Ok(g) => g,

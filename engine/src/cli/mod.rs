@@ -8,6 +8,7 @@ pub mod chat_commands;
 pub mod chat_input;
 pub mod check_plugin;
 pub mod common;
+pub mod constraint_args;
 pub mod forward;
 pub mod generate;
 pub mod interrupt;

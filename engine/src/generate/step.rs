@@ -14,6 +14,7 @@ use mlx_engine_plugin_api::{async_eval, Array, DynModel, Input};
 
 use super::prefill::{last_logits, token_ids};
 use crate::cache::prompt_cache::PromptCache;
+use crate::constrain::SequenceMatcher;
 use crate::error::{Error, Result};
 use crate::sample::{apply_processors, LazySample, LogitsProcessor, Sampler};
 
@@ -27,11 +28,14 @@ pub struct StepToken {
     pub logprobs: Array,
     /// Whether a drafter proposed it and the main model agreed (speculative decoding).
     pub from_draft: bool,
+    /// The request's grammar admits no more text after this token (the generation ends).
+    pub grammar_done: bool,
 }
 
 /// Where the host's time went while decoding: building the model's graph (its forward through
 /// the plugin), building the processors' and sampler's graph and queueing both (MLX's
-/// `async_eval`, which also blocks while the device is too far behind), waiting for the device to
+/// `async_eval`, which also blocks while the device is too far behind), computing a grammar's
+/// token masks (while the device runs the forward they apply to), waiting for the device to
 /// hand a token back, and the text layer (detokenizing, stop strings, handing results out). On a
 /// pipelined decode the device works while the host builds, so `forward` well below the time per
 /// token means the host does not hold the device up.
@@ -39,6 +43,7 @@ pub struct StepToken {
 pub struct HostTimes {
     pub forward_seconds: f64,
     pub sample_seconds: f64,
+    pub mask_seconds: f64,
     pub wait_seconds: f64,
     pub text_seconds: f64,
 }
@@ -65,6 +70,8 @@ pub struct Decoder<'a> {
     /// Tokens committed so far (for error messages that name the step).
     pub generated: usize,
     pub times: HostTimes,
+    /// The request's grammar, advanced by every committed token.
+    pub constraint: Option<SequenceMatcher>,
 }
 
 impl<'a> Decoder<'a> {
@@ -83,7 +90,31 @@ impl<'a> Decoder<'a> {
             history: prompt.to_vec(),
             generated: 0,
             times: HostTimes::default(),
+            constraint: None,
         }
+    }
+
+    /// Constrains every sampled token to `matcher`'s grammar.
+    pub fn with_constraint(mut self, matcher: Option<SequenceMatcher>) -> Decoder<'a> {
+        self.constraint = matcher;
+        self
+    }
+
+    /// Whether the grammar (if any) admits no more text.
+    pub fn grammar_done(&self) -> bool {
+        self.constraint.as_ref().is_some_and(SequenceMatcher::is_done)
+    }
+
+    /// `logits` with the grammar's mask for the next position applied (unchanged without a
+    /// grammar). The logits are queued first, so the device computes the forward pass while
+    /// the host computes the mask: that keeps the matcher off the critical path.
+    pub fn masked(&mut self, logits: &Array) -> Result<Array> {
+        let Some(m) = self.constraint.as_mut() else { return Ok(logits.clone()) };
+        async_eval(&[logits])?;
+        let t = Instant::now();
+        let out = m.apply(logits);
+        self.times.mask_seconds += t.elapsed().as_secs_f64();
+        out
     }
 
     /// Runs `tokens` (`[1, L]` ids) through the model into the live cache: logits `[1, L, vocab]`.
@@ -97,8 +128,9 @@ impl<'a> Decoder<'a> {
     /// Processors (over the committed history) and the sampler's next key on one position's
     /// logits, queued for evaluation.
     pub fn sample(&mut self, logits: &Array) -> Result<LazySample> {
-        let t = Instant::now();
         let processed = apply_processors(&mut self.processors, &self.history, logits)?;
+        let processed = self.masked(&processed)?;
+        let t = Instant::now();
         let sample = self.sampler.sample_lazy(&processed)?;
         async_eval(&[&sample.token, &sample.logprob, &sample.logprobs])?;
         self.times.sample_seconds += t.elapsed().as_secs_f64();
@@ -114,9 +146,19 @@ impl<'a> Decoder<'a> {
         read
     }
 
-    /// Adds a token to the sequence: the processors' history and the prompt cache's record
-    /// (it enters the KV cache when it is fed back).
-    pub fn commit(&mut self, id: u32) {
+    /// Adds a token to the sequence: the processors' history, the prompt cache's record
+    /// (it enters the KV cache when it is fed back) and the grammar.
+    pub fn commit(&mut self, id: u32) -> Result<()> {
+        if let Some(m) = self.constraint.as_mut() {
+            m.consume(id)?;
+        }
+        self.commit_seen(id);
+        Ok(())
+    }
+
+    /// [`Decoder::commit`] for a token the grammar has already consumed (a speculative round
+    /// advances it while computing the masks of the drafts).
+    pub fn commit_seen(&mut self, id: u32) {
         self.history.push(id);
         self.cache.record(id);
         self.generated += 1;
@@ -144,13 +186,14 @@ pub fn read_sample(sample: LazySample, step: usize, from_draft: bool) -> Result<
             ),
         });
     }
-    Ok(StepToken { id: token, logprob, logprobs, from_draft })
+    Ok(StepToken { id: token, logprob, logprobs, from_draft, grammar_done: false })
 }
 
-/// One forward pass per token. Without processors the next token needs no host-side history,
-/// so it runs mlx-lm's pipeline: step n+1's graph is built and queued (async_eval) before step
-/// n's token is read, keeping the device busy while the host handles text. With processors
-/// each step waits for the previous token.
+/// One forward pass per token. Without processors or a grammar the next token needs no
+/// host-side history, so it runs mlx-lm's pipeline: step n+1's graph is built and queued
+/// (async_eval) before step n's token is read, keeping the device busy while the host handles
+/// text. With processors each step waits for the previous token; with a grammar too, but the
+/// forward is queued before the mask is computed, so the two overlap (`Decoder::masked`).
 pub struct PlainStepper<'a> {
     dec: Decoder<'a>,
     /// The sampled token not yet handed out; `None` when the next one must be computed from
@@ -163,7 +206,7 @@ impl<'a> PlainStepper<'a> {
     /// Starts from the last prompt token's logits (`[vocab]`, from the prefill).
     pub fn new(mut dec: Decoder<'a>, first_logits: &Array) -> Result<PlainStepper<'a>> {
         let current = dec.sample(first_logits)?;
-        let pipelined = dec.processors.is_empty();
+        let pipelined = dec.processors.is_empty() && dec.constraint.is_none();
         Ok(PlainStepper { dec, current: Some(current), pipelined })
     }
 }
@@ -182,8 +225,9 @@ impl TokenStepper for PlainStepper<'_> {
             // No processors, so the history this sample would see does not matter.
             self.current = Some(self.dec.sample(&last_logits(&logits)?)?);
         }
-        let token = self.dec.read(current, 0, false)?;
-        self.dec.commit(token.id);
+        let mut token = self.dec.read(current, 0, false)?;
+        self.dec.commit(token.id)?;
+        token.grammar_done = self.dec.grammar_done();
         Ok(token)
     }
 
