@@ -125,15 +125,17 @@ impl<'a> Decoder<'a> {
         Ok(logits?)
     }
 
-    /// Processors (over the committed history) and the sampler's next key on one position's
-    /// logits, queued for evaluation.
+    /// Processors (over the committed history), the grammar's mask and the sampler's next key
+    /// on one position's logits, queued for evaluation.
     pub fn sample(&mut self, logits: &Array) -> Result<LazySample> {
-        let processed = apply_processors(&mut self.processors, &self.history, logits)?;
-        let processed = self.masked(&processed)?;
         let t = Instant::now();
+        let processed = apply_processors(&mut self.processors, &self.history, logits)?;
+        let masking = self.times.mask_seconds;
+        let processed = self.masked(&processed)?;
         let sample = self.sampler.sample_lazy(&processed)?;
         async_eval(&[&sample.token, &sample.logprob, &sample.logprobs])?;
-        self.times.sample_seconds += t.elapsed().as_secs_f64();
+        // The mask's own time is `mask_seconds`.
+        self.times.sample_seconds += t.elapsed().as_secs_f64() - (self.times.mask_seconds - masking);
         Ok(sample)
     }
 
