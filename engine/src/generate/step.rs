@@ -194,22 +194,27 @@ pub fn read_sample(sample: LazySample, step: usize, from_draft: bool) -> Result<
 /// One forward pass per token. Without processors or a grammar the next token needs no
 /// host-side history, so it runs mlx-lm's pipeline: step n+1's graph is built and queued
 /// (async_eval) before step n's token is read, keeping the device busy while the host handles
-/// text. With processors each step waits for the previous token; with a grammar too, but the
-/// forward is queued before the mask is computed, so the two overlap (`Decoder::masked`).
+/// text. With a grammar only the forward runs ahead: step n+1's forward is queued before
+/// token n is read, then token n advances the matcher and step n+1's mask is computed while
+/// the device runs that forward (`Decoder::masked`). With processors (and no grammar) each
+/// step waits for the previous token.
 pub struct PlainStepper<'a> {
     dec: Decoder<'a>,
     /// The sampled token not yet handed out; `None` when the next one must be computed from
     /// the last committed token first.
     current: Option<LazySample>,
     pipelined: bool,
+    /// A grammar: the forward runs one step ahead, the mask and the sample do not.
+    constrained: bool,
 }
 
 impl<'a> PlainStepper<'a> {
     /// Starts from the last prompt token's logits (`[vocab]`, from the prefill).
     pub fn new(mut dec: Decoder<'a>, first_logits: &Array) -> Result<PlainStepper<'a>> {
         let current = dec.sample(first_logits)?;
-        let pipelined = dec.processors.is_empty() && dec.constraint.is_none();
-        Ok(PlainStepper { dec, current: Some(current), pipelined })
+        let constrained = dec.constraint.is_some();
+        let pipelined = dec.processors.is_empty() && !constrained;
+        Ok(PlainStepper { dec, current: Some(current), pipelined, constrained })
     }
 }
 
@@ -222,6 +227,17 @@ impl TokenStepper for PlainStepper<'_> {
                 self.dec.sample(&last_logits(&logits)?)?
             }
         };
+        if self.constrained && remaining > 1 {
+            let logits = last_logits(&self.dec.forward(&current.token.reshape(&[1, 1])?)?)?;
+            async_eval(&[&logits])?;
+            let mut token = self.dec.read(current, 0, false)?;
+            self.dec.commit(token.id)?;
+            token.grammar_done = self.dec.grammar_done();
+            if !token.grammar_done {
+                self.current = Some(self.dec.sample(&logits)?);
+            }
+            return Ok(token);
+        }
         if self.pipelined && remaining > 1 {
             let logits = self.dec.forward(&current.token.reshape(&[1, 1])?)?;
             // No processors, so the history this sample would see does not matter.
