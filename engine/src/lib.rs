@@ -6,13 +6,15 @@
 //! sampler) -> `stop` (stop strings) -> `generate` (the decode loop and its streamed results).
 //! `model_kit` runs a loaded model on its own worker thread for hosts; `cli` is a thin layer
 //! over it. `vision` turns images into pixel values for a vision tower. `speculative` drafts
-//! tokens (a draft model, prompt lookup) for the decode loop to verify. The MLX backend
+//! tokens (a draft model, prompt lookup) for the decode loop to verify. `constrain` masks the
+//! logits with a grammar (JSON schema, Lark, regex) for structured output. The MLX backend
 //! (`mlx`) is a C++ shim whose functions fill the ops table that the engine and every plugin
 //! call through.
 
 pub mod cache;
 pub mod cli;
 pub mod conformance;
+pub mod constrain;
 pub mod diagnostics;
 pub mod distributed;
 pub mod error;

@@ -279,7 +279,7 @@ fn tools_and_tool_calls_reach_the_template_and_calls_parse_back() {
     let mut args = serde_json::Map::new();
     args.insert("tools".into(), tools);
     let text = tok.apply_chat_template(&chat, false, &args, Some(&template)).expect("render");
-    assert!(text.contains(r#"<tools>{"function": {"name": "weather""#), "{text}");
+    assert!(text.contains(r#"<tools>{"type": "function", "function": {"name": "weather""#), "{text}");
     let call = r#"<tool_call>{"name": "weather", "arguments": {"city": "Paris"}}</tool_call>"#;
     assert!(text.contains(call), "{text}");
     assert!(text.contains("<tool>sunny[call_1]"), "{text}");

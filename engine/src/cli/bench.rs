@@ -82,6 +82,9 @@ pub struct BenchArgs {
     /// Runs of each kind per prompt in the speculative decoding comparison (the fastest counts).
     #[arg(long, default_value_t = 2)]
     pub speculative_repeats: usize,
+    /// The speed table also times decoding under this grammar (structured output).
+    #[command(flatten)]
+    pub constraint: super::constraint_args::ConstraintArgs,
 }
 
 impl BenchArgs {

@@ -6,12 +6,17 @@
 //! runs from an empty cache, greedy with EOS ignored, so every run decodes `--gen-tokens`
 //! tokens. Decode speed counts the tokens after the first over the time after the first, as
 //! mlx-lm does; time to first token is the prefill plus the first token's sampling.
+//!
+//! With a grammar flag (`--json-schema FILE` and the others of `generate`) every length also
+//! gets the same runs under that grammar, and the table shows the decode speed they keep. A
+//! grammar may finish before `--gen-tokens`; a constrained run then counts what it generated.
 
 use mlx_engine_plugin_api::runtime::{peak_memory, reset_peak_memory};
 
 use super::bench::{mb, synthetic_prompt, tokens_and_stats, BenchArgs};
 use super::common::param;
 use super::outln;
+use crate::constrain::Constraint;
 use crate::error::Result;
 use crate::generate::{GenerateRequest, GenerationStats};
 use crate::model_kit::ModelKit;
@@ -34,6 +39,7 @@ pub fn check(args: &BenchArgs) -> Result<()> {
     if args.runs < 1 {
         return Err(param("--runs", "must be at least 1"));
     }
+    args.constraint.constraint()?;
     Ok(())
 }
 
@@ -49,6 +55,9 @@ struct Sample {
     sample_ms: f64,
     wait_ms: f64,
     text_ms: f64,
+    /// Host milliseconds per token computing grammar masks (constrained runs).
+    mask_ms: f64,
+    generated: usize,
 }
 
 impl Sample {
@@ -63,6 +72,8 @@ impl Sample {
             sample_ms: per_token(s.host.sample_seconds, s.generated_tokens),
             wait_ms: per_token(s.host.wait_seconds, s.generated_tokens),
             text_ms: per_token(s.host.text_seconds, s.generated_tokens),
+            mask_ms: per_token(s.host.mask_seconds, s.generated_tokens),
+            generated: s.generated_tokens,
         }
     }
 }
@@ -87,8 +98,15 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn timed(kit: &ModelKit, prompt: &[u32], gen_tokens: usize, step: Option<usize>) -> Result<Sample> {
+fn timed(
+    kit: &ModelKit,
+    prompt: &[u32],
+    gen_tokens: usize,
+    step: Option<usize>,
+    constraint: Option<&Constraint>,
+) -> Result<Sample> {
     let req = GenerateRequest {
+        constraint: constraint.cloned(),
         prompt_tokens: prompt.to_vec(),
         sampling: SamplingOverrides { temp: Some(0.0), ..Default::default() },
         max_tokens: Some(gen_tokens),
@@ -99,7 +117,11 @@ fn timed(kit: &ModelKit, prompt: &[u32], gen_tokens: usize, step: Option<usize>)
     };
     reset_peak_memory();
     let (tokens, stats) = tokens_and_stats(kit, req)?;
-    if tokens.len() != gen_tokens {
+    let short = match constraint {
+        Some(_) => tokens.len() < 2,
+        None => tokens.len() != gen_tokens,
+    };
+    if short {
         return Err(param("bench", format!("a speed run generated {} tokens, expected {gen_tokens}", tokens.len())));
     }
     Ok(Sample::of(&stats, peak_memory()))
@@ -108,6 +130,7 @@ fn timed(kit: &ModelKit, prompt: &[u32], gen_tokens: usize, step: Option<usize>)
 /// Runs the speed table and prints it (a table, or one JSON object per length).
 pub fn run(kit: &ModelKit, args: &BenchArgs, step: Option<usize>) -> Result<()> {
     let info = kit.info();
+    let constraint = args.constraint.constraint()?;
     if !args.json {
         outln!(
             "speed, {} ({}, {}): greedy, {} tokens generated, median of {} warm runs",
@@ -129,13 +152,24 @@ pub fn run(kit: &ModelKit, args: &BenchArgs, step: Option<usize>) -> Result<()> 
     }
     for &n in &args.prompt_tokens {
         let prompt = synthetic_prompt(kit, n)?;
-        timed(kit, &prompt, args.gen_tokens, step)?;
-        let samples = (0..args.runs).map(|_| timed(kit, &prompt, args.gen_tokens, step)).collect::<Result<Vec<_>>>()?;
+        timed(kit, &prompt, args.gen_tokens, step, None)?;
+        let samples =
+            (0..args.runs).map(|_| timed(kit, &prompt, args.gen_tokens, step, None)).collect::<Result<Vec<_>>>()?;
         let pick = |f: fn(&Sample) -> f64| samples.iter().map(f).collect::<Vec<_>>();
         let (prompt_tps, decode_tps, ttft) = (pick(|s| s.prompt_tps), pick(|s| s.decode_tps), pick(|s| s.ttft));
         let host = [pick(|s| s.forward_ms), pick(|s| s.sample_ms), pick(|s| s.wait_ms), pick(|s| s.text_ms)];
         let [forward, sample, wait, text] = host.map(median);
         let peak = samples.iter().map(|s| s.peak).max().unwrap_or(0);
+        let constrained = match &constraint {
+            Some(c) => {
+                timed(kit, &prompt, args.gen_tokens, step, Some(c))?;
+                let runs = (0..args.runs)
+                    .map(|_| timed(kit, &prompt, args.gen_tokens, step, Some(c)))
+                    .collect::<Result<Vec<_>>>()?;
+                Some(Constrained::of(&runs, median(decode_tps.clone())))
+            }
+            None => None,
+        };
         if args.json {
             outln!(
                 "{}",
@@ -147,6 +181,7 @@ pub fn run(kit: &ModelKit, args: &BenchArgs, step: Option<usize>) -> Result<()> 
                     "ttft_s": median(ttft.clone()), "peak_mb": mb(peak),
                     "prompt_tps_runs": prompt_tps, "decode_tps_runs": decode_tps, "ttft_s_runs": ttft,
                     "host_ms_per_token": {"forward": forward, "sample": sample, "wait": wait, "text": text},
+                    "constrained": constrained.as_ref().map(Constrained::json),
                 })
             );
         } else {
@@ -159,7 +194,50 @@ pub fn run(kit: &ModelKit, args: &BenchArgs, step: Option<usize>) -> Result<()> 
                 mb(peak),
                 format!("{forward:.2}/{sample:.2}/{wait:.2}/{text:.2}")
             );
+            if let Some(c) = &constrained {
+                outln!(
+                    "  {:>7} | {:>12} | {:>12.2} | decode {:+.1}% under the grammar ({} tokens; mask {:.3} ms/tok)",
+                    "grammar",
+                    "",
+                    c.decode_tps,
+                    -c.drop_pct,
+                    c.generated,
+                    c.mask_ms
+                );
+            }
         }
     }
     Ok(())
+}
+
+/// The constrained runs of one length, against the plain ones.
+struct Constrained {
+    decode_tps: f64,
+    decode_tps_runs: Vec<f64>,
+    /// How much slower than plain decoding, in percent (negative: faster).
+    drop_pct: f64,
+    generated: usize,
+    mask_ms: f64,
+}
+
+impl Constrained {
+    fn of(runs: &[Sample], plain_tps: f64) -> Constrained {
+        let decode_tps_runs: Vec<f64> = runs.iter().map(|s| s.decode_tps).collect();
+        let decode_tps = median(decode_tps_runs.clone());
+        let drop_pct = if plain_tps > 0.0 { (1.0 - decode_tps / plain_tps) * 100.0 } else { 0.0 };
+        Constrained {
+            decode_tps,
+            decode_tps_runs,
+            drop_pct,
+            generated: runs.iter().map(|s| s.generated).min().unwrap_or(0),
+            mask_ms: median(runs.iter().map(|s| s.mask_ms).collect()),
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "decode_tps": self.decode_tps, "decode_tps_runs": self.decode_tps_runs,
+            "drop_pct": self.drop_pct, "generated_tokens": self.generated, "mask_ms_per_token": self.mask_ms,
+        })
+    }
 }

@@ -129,6 +129,7 @@ impl Session<'_> {
             max_image_size: args.max_image_size,
             speculation: self.speculation.clone(),
             num_draft_tokens: self.num_draft_tokens,
+            constraint: None,
         }
     }
 

@@ -6,6 +6,7 @@ use super::common::{
     load_in, load_quietly_in, param, print_stats, CacheArgs, DraftArgs, ImageArgs, ModelArgs, PrefillBar, SamplingArgs,
     Summary,
 };
+use super::constraint_args::ConstraintArgs;
 use super::interrupt;
 use crate::error::{Error, Result};
 use crate::generate::{GenerateRequest, NoProgress, PromptProgress, StopReason};
@@ -33,6 +34,8 @@ pub struct GenerateArgs {
     pub cache: CacheArgs,
     #[command(flatten)]
     pub draft: DraftArgs,
+    #[command(flatten)]
+    pub constraint: ConstraintArgs,
     /// `text` streams the text; `jsonl` prints one JSON object per streamed result (the last
     /// one, with the stop condition, also carries the generation's `stats`).
     #[arg(long, default_value = "text", value_parser = ["text", "jsonl"])]
@@ -75,6 +78,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let template = args.sampling.template()?;
     let template_args = args.sampling.template_args()?;
     let step = args.cache.prefill_step_size()?;
+    let constraint = args.constraint.constraint()?;
     let (speculation, num_draft_tokens) = args.draft.speculation()?;
     let (group, split) = args.distributed.group()?;
     if group.is_some() && args.draft.draft_model.is_some() {
@@ -119,6 +123,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         max_image_size: max_size,
         speculation,
         num_draft_tokens,
+        constraint,
     };
     let progress: Box<dyn PromptProgress> = if rank0 { Box::new(PrefillBar::new(step)) } else { Box::new(NoProgress) };
     let mut generation = kit.generate_with_progress(req, progress)?;

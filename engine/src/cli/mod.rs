@@ -9,6 +9,7 @@ pub mod chat_input;
 pub mod chat_ranks;
 pub mod check_plugin;
 pub mod common;
+pub mod constraint_args;
 pub mod forward;
 pub mod generate;
 pub mod interrupt;

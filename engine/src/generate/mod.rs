@@ -26,6 +26,7 @@ pub use result::{GenerationResult, StopCondition, StopReason, Token};
 
 use crate::cache::prompt_cache::PromptCache;
 use crate::cache::CacheConfig;
+use crate::constrain::{Constraint, ConstraintEnv, SequenceMatcher};
 use crate::error::{Error, Result};
 use crate::sample::{processors_for, Sampler, SamplingOverrides, SamplingParams};
 use crate::speculative::lookup::PromptLookup;
@@ -66,6 +67,9 @@ pub struct GenerateRequest {
     pub speculation: Speculation,
     /// Draft tokens per speculative round; `None` = [`DEFAULT_NUM_DRAFT_TOKENS`].
     pub num_draft_tokens: Option<usize>,
+    /// Structured output: every token must keep the text inside this grammar, and the
+    /// generation stops when the grammar is complete (see [`crate::constrain`]).
+    pub constraint: Option<Constraint>,
 }
 
 /// What a generation needs from the loaded model.
@@ -172,6 +176,14 @@ pub fn prepare(ctx: &GenContext<'_>, req: &GenerateRequest) -> Result<(Vec<u32>,
     Ok((prompt, budget, params))
 }
 
+/// Compiles the request's grammar over the model's vocabulary (`None` without one); a bad
+/// grammar is an error naming the parameter it came from.
+pub fn compile_constraint(ctx: &GenContext<'_>, req: &GenerateRequest) -> Result<Option<SequenceMatcher>> {
+    let Some(c) = &req.constraint else { return Ok(None) };
+    let env = ConstraintEnv::for_tokenizer(ctx.tokenizer, ctx.vocab_size, &c.param)?;
+    Ok(Some(c.compile(&env)?))
+}
+
 /// Which stepper a generation runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum How {
@@ -255,6 +267,7 @@ pub fn generate_in(
     let stops = StopStrings::new(req.stop_strings.clone())?;
     let processors = processors_for(&params)?;
     let sampler = Sampler::new(&params)?;
+    let mut constraint = compile_constraint(ctx, req)?;
     let mut stats = GenerationStats {
         prompt_tokens: prompt.len(),
         seed: sampler.seed(),
@@ -361,7 +374,8 @@ pub fn generate_in(
         stats.prompt_seconds = t0.elapsed().as_secs_f64();
         let t1 = std::time::Instant::now();
 
-        let mut decoder = Decoder::new(ctx.model, &mut *cache, sampler, processors, &prompt);
+        let mut decoder =
+            Decoder::new(ctx.model, &mut *cache, sampler, processors, &prompt).with_constraint(constraint.take());
         decoder.top_logprobs = params.top_logprobs;
         let speculative = how != How::Plain;
         let mut stream =

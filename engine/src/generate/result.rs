@@ -23,12 +23,14 @@ pub enum StopReason {
     StopString,
     TokenLimit,
     UserCancelled,
+    /// The request's grammar (`GenerateRequest::constraint`) admits no more text.
+    GrammarComplete,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StopCondition {
     pub reason: StopReason,
-    /// The matched stop string, or the EOS token's text.
+    /// The matched stop string, or the EOS token's text (empty for the other reasons).
     pub stop_string: String,
     /// The tokens that completed the stop (the EOS id, or the tokens of the stop string).
     pub stop_tokens: Vec<u32>,

@@ -14,6 +14,7 @@ use mlx_engine_plugin_api::{async_eval, Array, DynModel, Input};
 
 use super::prefill::{last_logits, token_ids};
 use crate::cache::prompt_cache::PromptCache;
+use crate::constrain::SequenceMatcher;
 use crate::error::{Error, Result};
 use crate::sample::{
     all_run_ahead, apply_processors, apply_processors_ahead, top_candidates, LazySample, LogitsProcessor, Sampler,
@@ -32,11 +33,14 @@ pub struct StepToken {
     pub from_draft: bool,
     /// Its top-logprobs candidates, evaluated with it (when the decoder was asked for them).
     pub top: Option<TopCandidates>,
+    /// The request's grammar admits no more text after this token (the generation ends).
+    pub grammar_done: bool,
 }
 
 /// Where the host's time went while decoding: building the model's graph (its forward through
 /// the plugin), building the processors' and sampler's graph and queueing both (MLX's
-/// `async_eval`, which also blocks while the device is too far behind), waiting for the device to
+/// `async_eval`, which also blocks while the device is too far behind), computing a grammar's
+/// token masks (while the device runs the forward they apply to), waiting for the device to
 /// hand a token back, and the text layer (detokenizing, stop strings, handing results out). On a
 /// pipelined decode the device works while the host builds, so `forward` well below the time per
 /// token means the host does not hold the device up.
@@ -44,6 +48,7 @@ pub struct StepToken {
 pub struct HostTimes {
     pub forward_seconds: f64,
     pub sample_seconds: f64,
+    pub mask_seconds: f64,
     pub wait_seconds: f64,
     pub text_seconds: f64,
 }
@@ -72,6 +77,8 @@ pub struct Decoder<'a> {
     /// Top-logprobs candidates to build into each sample's graph (0: none).
     pub top_logprobs: usize,
     pub times: HostTimes,
+    /// The request's grammar, advanced by every committed token.
+    pub constraint: Option<SequenceMatcher>,
 }
 
 impl<'a> Decoder<'a> {
@@ -91,7 +98,31 @@ impl<'a> Decoder<'a> {
             generated: 0,
             top_logprobs: 0,
             times: HostTimes::default(),
+            constraint: None,
         }
+    }
+
+    /// Constrains every sampled token to `matcher`'s grammar.
+    pub fn with_constraint(mut self, matcher: Option<SequenceMatcher>) -> Decoder<'a> {
+        self.constraint = matcher;
+        self
+    }
+
+    /// Whether the grammar (if any) admits no more text.
+    pub fn grammar_done(&self) -> bool {
+        self.constraint.as_ref().is_some_and(SequenceMatcher::is_done)
+    }
+
+    /// `logits` with the grammar's mask for the next position applied (unchanged without a
+    /// grammar). The logits are queued first, so the device computes the forward pass while
+    /// the host computes the mask: that keeps the matcher off the critical path.
+    pub fn masked(&mut self, logits: &Array) -> Result<Array> {
+        let Some(m) = self.constraint.as_mut() else { return Ok(logits.clone()) };
+        async_eval(&[logits])?;
+        let t = Instant::now();
+        let out = m.apply(logits);
+        self.times.mask_seconds += t.elapsed().as_secs_f64();
+        out
     }
 
     /// Runs `tokens` (`[1, L]` ids) through the model into the live cache: logits `[1, L, vocab]`.
@@ -102,8 +133,8 @@ impl<'a> Decoder<'a> {
         Ok(logits?)
     }
 
-    /// Processors (over the committed history) and the sampler's next key on one position's
-    /// logits, queued for evaluation.
+    /// Processors (over the committed history), the grammar's mask and the sampler's next key
+    /// on one position's logits, queued for evaluation.
     pub fn sample(&mut self, logits: &Array) -> Result<LazySample> {
         self.sample_after(logits, None)
     }
@@ -116,6 +147,8 @@ impl<'a> Decoder<'a> {
             Some(p) => apply_processors_ahead(&mut self.processors, &self.history, p, logits)?,
             None => apply_processors(&mut self.processors, &self.history, logits)?,
         };
+        let masking = self.times.mask_seconds;
+        let processed = self.masked(&processed)?;
         let mut sample = self.sampler.sample_lazy(&processed)?;
         sample.top = top_candidates(&sample.logprobs, self.top_logprobs)?;
         let mut outputs = vec![&sample.token, &sample.logprob, &sample.logprobs];
@@ -123,7 +156,8 @@ impl<'a> Decoder<'a> {
             outputs.extend(top.arrays());
         }
         async_eval(&outputs)?;
-        self.times.sample_seconds += t.elapsed().as_secs_f64();
+        // The mask's own time is `mask_seconds`.
+        self.times.sample_seconds += t.elapsed().as_secs_f64() - (self.times.mask_seconds - masking);
         Ok(sample)
     }
 
@@ -136,9 +170,19 @@ impl<'a> Decoder<'a> {
         read
     }
 
-    /// Adds a token to the sequence: the processors' history and the prompt cache's record
-    /// (it enters the KV cache when it is fed back).
-    pub fn commit(&mut self, id: u32) {
+    /// Adds a token to the sequence: the processors' history, the prompt cache's record
+    /// (it enters the KV cache when it is fed back) and the grammar.
+    pub fn commit(&mut self, id: u32) -> Result<()> {
+        if let Some(m) = self.constraint.as_mut() {
+            m.consume(id)?;
+        }
+        self.commit_seen(id);
+        Ok(())
+    }
+
+    /// [`Decoder::commit`] for a token the grammar has already consumed (a speculative round
+    /// advances it while computing the masks of the drafts).
+    pub fn commit_seen(&mut self, id: u32) {
         self.history.push(id);
         self.cache.record(id);
         self.generated += 1;
@@ -166,27 +210,33 @@ pub fn read_sample(sample: LazySample, step: usize, from_draft: bool) -> Result<
             ),
         });
     }
-    Ok(StepToken { id: token, logprob, logprobs, from_draft, top })
+    Ok(StepToken { id: token, logprob, logprobs, from_draft, top, grammar_done: false })
 }
 
 /// One forward pass per token, run as mlx-lm's pipeline: step n+1's graph is built and queued
 /// (async_eval) before step n's token is read, keeping the device busy while the host handles
 /// text. The processors see token n as a device array then (`process_ahead`); one that needs
-/// every token on the host makes each step wait for the previous token instead.
+/// every token on the host makes each step wait for the previous token instead. With a
+/// grammar only the forward runs ahead: step n+1's forward is queued before token n is read,
+/// then token n advances the matcher and step n+1's mask is computed while the device runs
+/// that forward (`Decoder::masked`).
 pub struct PlainStepper<'a> {
     dec: Decoder<'a>,
     /// The sampled token not yet handed out; `None` when the next one must be computed from
     /// the last committed token first.
     current: Option<LazySample>,
     pipelined: bool,
+    /// A grammar: the forward runs one step ahead, the mask and the sample do not.
+    constrained: bool,
 }
 
 impl<'a> PlainStepper<'a> {
     /// Starts from the last prompt token's logits (`[vocab]`, from the prefill).
     pub fn new(mut dec: Decoder<'a>, first_logits: &Array) -> Result<PlainStepper<'a>> {
         let current = dec.sample(first_logits)?;
-        let pipelined = all_run_ahead(&dec.processors);
-        Ok(PlainStepper { dec, current: Some(current), pipelined })
+        let constrained = dec.constraint.is_some();
+        let pipelined = all_run_ahead(&dec.processors) && !constrained;
+        Ok(PlainStepper { dec, current: Some(current), pipelined, constrained })
     }
 }
 
@@ -199,12 +249,24 @@ impl TokenStepper for PlainStepper<'_> {
                 self.dec.sample(&last_logits(&logits)?)?
             }
         };
+        if self.constrained && remaining > 1 {
+            let logits = last_logits(&self.dec.forward(&current.token.reshape(&[1, 1])?)?)?;
+            async_eval(&[&logits])?;
+            let mut token = self.dec.read(current, 0, false)?;
+            self.dec.commit(token.id)?;
+            token.grammar_done = self.dec.grammar_done();
+            if !token.grammar_done {
+                self.current = Some(self.dec.sample(&logits)?);
+            }
+            return Ok(token);
+        }
         if self.pipelined && remaining > 1 {
             let logits = self.dec.forward(&current.token.reshape(&[1, 1])?)?;
             self.current = Some(self.dec.sample_after(&last_logits(&logits)?, Some(&current.token))?);
         }
-        let token = self.dec.read(current, 0, false)?;
-        self.dec.commit(token.id);
+        let mut token = self.dec.read(current, 0, false)?;
+        self.dec.commit(token.id)?;
+        token.grammar_done = self.dec.grammar_done();
         Ok(token)
     }
 

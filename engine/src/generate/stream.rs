@@ -99,6 +99,11 @@ impl<'a> TextStream<'a> {
             let stop_tokens = self.pending.tokens.iter().map(|t| t.id).collect();
             return Ok(Pushed::Done(self.finish(StopReason::StopString, hit.stop_string, stop_tokens)));
         }
+        // A finished grammar ends the text even at the budget's last token: it is whole.
+        if t.grammar_done {
+            let (reason, stop_string) = self.drain(StopReason::GrammarComplete)?;
+            return Ok(Pushed::Done(self.finish(reason, stop_string, Vec::new())));
+        }
         if self.generated >= self.budget {
             let (reason, stop_string) = self.drain(StopReason::TokenLimit)?;
             return Ok(Pushed::Done(self.finish(reason, stop_string, Vec::new())));

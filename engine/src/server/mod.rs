@@ -20,6 +20,7 @@ pub mod openai;
 pub mod routes;
 pub mod row;
 pub mod scheduler;
+pub mod structured;
 pub mod tools;
 
 use std::io::Write;

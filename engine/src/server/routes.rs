@@ -26,6 +26,7 @@ use super::auth::ApiKey;
 use super::errors::ApiError;
 use super::openai::{self, ChatRequest, Common, CompletionRequest, Prompt};
 use super::scheduler::{Permit, RowEvent, RowGuard, Scheduler, Submitted};
+use super::structured::{self, ToolChoice};
 use super::tools::{self, ToolFormat};
 use super::RequestId;
 use crate::generate::{GenerateRequest, GenerationResult, StopReason, Token};
@@ -110,31 +111,11 @@ pub async fn chat(
     let req: ChatRequest = openai::parse(&body)?;
     let common: Common = openai::parse(&body)?;
     check_model(&s, &common.model)?;
-    if let Some(f) = &req.response_format {
-        let kind = f.get("type").and_then(Value::as_str).unwrap_or("");
-        if kind != "text" {
-            return Err(ApiError::bad_request(
-                format!("response_format `{kind}` is not supported by this server yet (only `text`)"),
-                Some("response_format"),
-            ));
-        }
-    }
-    // `auto` (the default) renders the tools and parses calls out of the output; forcing a
-    // call (`required`, a named function) needs constrained decoding, which is not here yet.
-    let tool_choice_none = match &req.tool_choice {
-        None | Some(Value::Null) => false,
-        Some(Value::String(c)) if c == "auto" => false,
-        Some(Value::String(c)) if c == "none" => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(
-                format!(
-                    "tool_choice {other} is not supported (it needs constrained decoding); use \"auto\" or \"none\""
-                ),
-                Some("tool_choice"),
-            ))
-        }
-    };
-    let tools = req.tools.clone().filter(|t| !t.is_empty() && !tool_choice_none);
+    // `auto` (the default) renders the tools and parses calls out of the output; a forced
+    // call (`required`, a named function) is also constrained to the call syntax.
+    let mut constraint = structured::response_format(req.response_format.as_ref())?;
+    let choice = structured::tool_choice(req.tool_choice.as_ref(), req.tools.as_deref())?;
+    let tools = req.tools.clone().filter(|t| !t.is_empty() && !matches!(choice, ToolChoice::None));
     let mut args = serde_json::Map::new();
     // A model may ship a template for tool use besides its default one (as transformers picks).
     let (template, tool_format) = match &tools {
@@ -145,6 +126,13 @@ pub async fn chat(
             let named = tok.named_chat_templates().get("tool_use").cloned();
             let source = named.as_ref().or(tok.chat_template()).map(|t| t.text.as_str()).unwrap_or("");
             let format = ToolFormat::of_template(source);
+            if let ToolChoice::Forced(names) = &choice {
+                if constraint.is_some() {
+                    let msg = "a forced tool call (tool_choice) cannot be combined with a response_format";
+                    return Err(ApiError::bad_request(msg, Some("tool_choice")));
+                }
+                constraint = Some(structured::tool_call_constraint(tok, format, source, t, names)?);
+            }
             (named, Some(format))
         }
     };
@@ -185,7 +173,7 @@ pub async fn chat(
         include_usage: common.include_usage(),
         tools: tool_format,
     };
-    let gen = GenerateRequest { prompt_tokens: prompt, images, ..gen };
+    let gen = GenerateRequest { prompt_tokens: prompt, images, constraint, ..gen };
     respond(&s, &rid, shape, (gen, text), common.stream.unwrap_or(false), permit).await
 }
 

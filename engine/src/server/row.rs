@@ -11,6 +11,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::scheduler::{Job, RowEvent};
 use crate::cache::prompt_cache::PromptCache;
 use crate::cache::KvCache;
+use crate::constrain::SequenceMatcher;
 use crate::error::{Error, Result};
 use crate::generate::prefill::{chunk_size, last_logits, token_ids};
 use crate::generate::step::read_sample;
@@ -39,6 +40,8 @@ pub struct Row<'t> {
     pub pending: Option<LazySample>,
     sampler: Sampler,
     processors: Vec<Box<dyn LogitsProcessor>>,
+    /// The request's grammar (`response_format`, a forced tool call), if any.
+    constraint: Option<SequenceMatcher>,
     /// The prompt, then every committed token (what the processors see).
     history: Vec<u32>,
     /// With images: the prompt as the prompt cache knows it (image tokens replaced by ids
@@ -77,6 +80,7 @@ impl<'t> Row<'t> {
             let stops = StopStrings::new(request.stop_strings.clone())?;
             let processors = processors_for(&params)?;
             let sampler = Sampler::new(&params)?;
+            let constraint = generate::compile_constraint(ctx, &request)?;
             let reuse = !request.ignore_prompt_cache;
             let (cache, cached, checkpoint, vision) = match images {
                 None => {
@@ -120,6 +124,7 @@ impl<'t> Row<'t> {
                 pending: None,
                 sampler,
                 processors,
+                constraint,
                 stream,
                 started: Instant::now(),
             })
@@ -218,8 +223,12 @@ impl<'t> Row<'t> {
             let _ = self.events.send(RowEvent::Chunk(last));
             return Ok(None);
         }
-        let token = read_sample(sample, self.stream.generated() + 1, false)?;
+        let mut token = read_sample(sample, self.stream.generated() + 1, false)?;
         let id = token.id;
+        if let Some(m) = self.constraint.as_mut() {
+            m.consume(id)?;
+            token.grammar_done = m.is_done();
+        }
         self.history.push(id);
         match self.stream.push(token)? {
             Pushed::Held => Ok(Some(id)),
@@ -241,7 +250,12 @@ impl<'t> Row<'t> {
     /// Processors over the row's history, then its sampler, on one position's logits
     /// (`[vocab]`); queued for evaluation so the host goes on while it computes.
     pub fn sample(&mut self, logits: &Array) -> Result<LazySample> {
-        let processed = apply_processors(&mut self.processors, &self.history, logits)?;
+        let mut processed = apply_processors(&mut self.processors, &self.history, logits)?;
+        if let Some(m) = self.constraint.as_mut() {
+            // The forward is queued first, so the device runs it while the host builds the mask.
+            async_eval(&[&processed])?;
+            processed = m.apply(&processed)?;
+        }
         let s = self.sampler.sample_lazy(&processed)?;
         async_eval(&[&s.token, &s.logprob, &s.logprobs])?;
         Ok(s)

@@ -31,6 +31,7 @@ use std::collections::VecDeque;
 use mlx_engine_plugin_api::{concatenate, eval, Array, Dtype};
 use serde::Serialize;
 
+use crate::constrain::SequenceMatcher;
 use crate::error::{Error, Result};
 use crate::generate::prefill::token_ids;
 use crate::generate::step::{Decoder, HostTimes, StepToken, TokenStepper};
@@ -119,24 +120,39 @@ pub struct SpeculativeStats {
 }
 
 /// Draws draft tokens exactly as the main model's sampler draws that position: the request's
-/// processors over the draft's history, then the sampler with the position's key.
+/// processors over the draft's history, the grammar's mask, then the sampler with the
+/// position's key.
 pub struct DraftSampling<'s> {
     processors: &'s mut [Box<dyn LogitsProcessor>],
     sampler: &'s Sampler,
     keys: &'s KeyPlan,
+    /// The request's grammar, at the committed sequence; drafting advances it over the drafts
+    /// and the round takes them back (`consumed`).
+    constraint: Option<&'s mut SequenceMatcher>,
+    /// The committed sequence's length, and the drafts the grammar has seen beyond it.
+    committed: usize,
+    consumed: usize,
 }
 
 impl DraftSampling<'_> {
     /// Draft position `i` (0 = the token after the history's end) from one position's logits.
     pub fn sample(&mut self, i: usize, history: &[u32], logits: &Array) -> Result<LazySample> {
-        let processed = apply_processors(self.processors, history, logits)?;
+        let mut processed = apply_processors(self.processors, history, logits)?;
+        if let Some(m) = self.constraint.as_deref_mut() {
+            // Drafts the grammar refuses would be rejected anyway: draw only allowed ones.
+            for &t in history.get(self.committed + self.consumed..).unwrap_or_default() {
+                m.consume(t)?;
+                self.consumed += 1;
+            }
+            processed = m.apply(&processed)?;
+        }
         self.sampler.draw(&processed, self.keys.key(i))
     }
 
-    /// Whether the processors read the history, so each drafted token must be known on the
-    /// host before the next is drawn.
+    /// Whether the processors or the grammar read the history, so each drafted token must be
+    /// known on the host before the next is drawn.
     pub fn needs_history(&self) -> bool {
-        !self.processors.is_empty()
+        !self.processors.is_empty() || self.constraint.is_some()
     }
 }
 
@@ -205,13 +221,30 @@ impl<'a> SpeculativeStepper<'a> {
         let plan = self.dec.sampler.plan_keys(most + 1)?;
         let mut drafts = Vec::new();
         if most > 0 {
-            let mut sampling =
-                DraftSampling { processors: &mut self.dec.processors, sampler: &self.dec.sampler, keys: &plan };
+            let mut sampling = DraftSampling {
+                processors: &mut self.dec.processors,
+                sampler: &self.dec.sampler,
+                keys: &plan,
+                constraint: self.dec.constraint.as_mut(),
+                committed: h,
+                consumed: 0,
+            };
             drafts = self.drafter.draft(&self.dec.history, most, &mut sampling)?;
+            let consumed = sampling.consumed;
+            if let Some(m) = self.dec.constraint.as_mut() {
+                m.rollback(consumed)?;
+            }
             drafts.truncate(most);
             crate::model::check_token_ids("draft", &drafts, self.vocab_size)?;
         }
-        let j = drafts.len();
+        // A draft the grammar refuses cannot be the main model's (masked) choice: the guess
+        // ends before the first one.
+        if let Some(m) = self.dec.constraint.as_mut() {
+            let valid = m.valid_prefix(&drafts)?;
+            drafts.truncate(valid);
+        }
+        let fed_drafts = drafts.len();
+        let mut j = fed_drafts;
 
         // The main model sees what it has not seen yet (the last committed token, and more
         // after a restored snapshot) and the drafts, in one pass.
@@ -220,15 +253,28 @@ impl<'a> SpeculativeStepper<'a> {
         input.extend(&drafts);
         let snapshot = (!self.dec.cache.live().is_trimmable_after(input.len())).then(|| self.dec.cache.live().clone());
         let logits = self.dec.forward(&token_ids(&input)?)?;
-        let l = input.len() as i32;
+        // Row of the position after the last committed token.
+        let base = (input.len() - fed_drafts - 1) as i32;
         let mut sequence = self.dec.history.clone();
         sequence.extend(&drafts);
         let mut samples = Vec::with_capacity(j + 1);
-        for i in 0..=j {
-            let at = l - (j + 1 - i) as i32;
+        let mut i = 0;
+        while i <= j {
+            let at = base + i as i32;
             let row = logits.slice_axis(1, at, at + 1)?.reshape(&[-1])?.astype(Dtype::F32)?;
             let processed = apply_processors(&mut self.dec.processors, &sequence[..h + i], &row)?;
+            // Position i's mask is the grammar after the first i drafts (computed while the
+            // device runs the verify pass); what the verifier rejects is rolled back below.
+            let processed = self.dec.masked(&processed)?;
             samples.push(self.dec.sampler.draw(&processed, plan.key(i))?);
+            if let (Some(m), Some(&d), true) = (self.dec.constraint.as_mut(), drafts.get(i), i < j) {
+                m.consume(d)?;
+                if m.is_done() {
+                    // Nothing follows a finished grammar: verify no further.
+                    j = i + 1;
+                }
+            }
+            i += 1;
         }
         let tokens = samples.iter().map(|s| s.token.reshape(&[1])).collect::<std::result::Result<Vec<_>, _>>()?;
         let tokens = concatenate(&tokens.iter().collect::<Vec<_>>(), 0)?;
@@ -236,11 +282,14 @@ impl<'a> SpeculativeStepper<'a> {
         pending.push(&tokens);
         eval(&pending)?;
         let ids = tokens.to_vec::<u32>()?;
-        let accepted = ids.iter().zip(&drafts).take_while(|(m, d)| m == d).count();
+        let accepted = ids.iter().zip(&drafts[..j]).take_while(|(m, d)| m == d).count();
         self.dec.sampler.advance(&plan, accepted + 1);
+        if let Some(m) = self.dec.constraint.as_mut() {
+            m.rollback(j - accepted)?;
+        }
 
         // Keep the accepted drafts; the main model's own token is fed next round.
-        let extra = j - accepted;
+        let extra = fed_drafts - accepted;
         if extra > 0 && self.dec.cache.live_mut().trim(extra) != extra {
             let Some(snapshot) = snapshot else {
                 return Err(param("model", "the KV cache could not be rewound after a speculative step (engine bug)"));
@@ -251,12 +300,20 @@ impl<'a> SpeculativeStepper<'a> {
         for (i, s) in samples.into_iter().take(accepted + 1).enumerate() {
             out.push(self.dec.read(s, i, i < accepted)?);
         }
-        for t in &out {
-            self.dec.commit(t.id);
+        let own = out.len() - 1;
+        for (i, t) in out.iter_mut().enumerate() {
+            if i < own {
+                self.dec.commit_seen(t.id);
+            } else {
+                self.dec.commit(t.id)?;
+            }
+            // Only the last draft or the model's own token can finish the grammar (the
+            // verification stops at the draft that does).
+            t.grammar_done = i + 1 >= own && self.dec.grammar_done();
         }
-        self.drafter.accept(&self.dec.history, j, accepted)?;
+        self.drafter.accept(&self.dec.history, fed_drafts, accepted)?;
         self.stats.rounds += 1;
-        self.stats.drafted += j;
+        self.stats.drafted += fed_drafts;
         self.stats.accepted += accepted;
         self.queue.extend(out);
         Ok(())
@@ -266,8 +323,9 @@ impl<'a> SpeculativeStepper<'a> {
 impl TokenStepper for SpeculativeStepper<'_> {
     fn next(&mut self, remaining: usize) -> Result<StepToken> {
         if let Some(first) = self.first.take() {
-            let token = self.dec.read(first, 0, false)?;
-            self.dec.commit(token.id);
+            let mut token = self.dec.read(first, 0, false)?;
+            self.dec.commit(token.id)?;
+            token.grammar_done = self.dec.grammar_done();
             return Ok(token);
         }
         if self.queue.is_empty() {

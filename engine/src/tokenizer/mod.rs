@@ -60,6 +60,8 @@ struct Inner {
     eos_ids: BTreeSet<u32>,
     add_bos_token: Option<bool>,
     templates: Templates,
+    /// The vocabulary compiled for constrained decoding, built on first use.
+    constraint: crate::constrain::EnvSlot,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -233,6 +235,7 @@ impl Tokenizer {
                 eos_ids,
                 add_bos_token: p.add_bos_token,
                 templates: p.templates,
+                constraint: Default::default(),
             }),
         })
     }
@@ -316,6 +319,11 @@ impl Tokenizer {
     /// The underlying `tokenizers` pipeline (for vocabulary-level work such as grammars).
     pub fn hf(&self) -> &tokenizers::Tokenizer {
         &self.inner.tok
+    }
+
+    /// Where [`crate::constrain::ConstraintEnv`] keeps this tokenizer's compiled vocabulary.
+    pub(crate) fn constraint_slot(&self) -> &crate::constrain::EnvSlot {
+        &self.inner.constraint
     }
 
     /// Renders a conversation into prompt text with the model's chat template, or with
