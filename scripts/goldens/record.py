@@ -171,7 +171,7 @@ def prompt_ids(prompt: dict, tokenizer) -> tuple[list[int], str | None]:
     return tokenizer.encode(prompt["text"]), prompt["text"]
 
 
-def greedy(model, ids: list[int], steps: int, kv: dict, processors: dict) -> dict:
+def greedy(model, ids: list[int], steps: int, kv: dict, processors: dict | None = None) -> dict:
     from mlx_lm.generate import generate_step
     from mlx_lm.sample_utils import make_logits_processors
 
@@ -206,7 +206,7 @@ def prompt_logits(model, ids: list[int], fixed: list[int]) -> dict:
 
 
 def record(name: str, folder: Path, prompts: list[dict], steps: int, command: str,
-           kv: dict, processors: dict) -> dict:
+           kv: dict, processors: dict | None = None) -> dict:
     import mlx_lm
     from mlx_lm import load
     from mlx_lm.utils import load_model
