@@ -127,13 +127,14 @@ fn the_draft_prefill_is_reported_as_draft_and_can_cancel() {
         Some(StopReason::UserCancelled)
     );
     assert!(results.iter().all(|r| r.tokens.is_empty()));
-    // The draft's chunks of 5 are cut at its checkpoint (11 tokens before the prompt's end).
+    // The draft's checkpoint (11 tokens before the prompt's end, at 1) falls inside its first
+    // chunk of 5, which runs whole: the snapshot is the cache trimmed back to it.
     let want = [
         "begin 0/12",
         "finish",
         "draft begin 0/12",
-        "draft update 1",
-        "draft update 6",
+        "draft update 5",
+        "draft update 10",
         "draft update 11",
         "draft finish",
     ];

@@ -116,7 +116,7 @@ pub struct Plan {
     pub step: usize,
     /// Query heads of the model, for [`chunk_size`]; `None` keeps every chunk at `step`.
     pub attention_heads: Option<usize>,
-    /// A prompt length at which to snapshot the cache (a chunk is cut to end there).
+    /// A prompt length at which to snapshot the cache (see the chunk loop of [`prefill_from`]).
     pub checkpoint: Option<usize>,
 }
 
