@@ -318,3 +318,25 @@ fn chat_takes_an_image_command_before_a_message() {
     assert!(stderr.contains("missing.png"), "{stderr}");
     assert!(stderr.matches("prompt tokens from cache").count() >= 2, "{stderr}");
 }
+
+/// The tiny tokenizer spells unknown words as token 0, Gemma 3's pad token, whose embedding the
+/// image merge zeroes (as mlx-vlm does) and the text path does not. A text prompt sharing the
+/// image prompt's first words must not reuse their cached keys and values.
+#[test]
+fn a_text_prompt_reuses_only_what_an_image_prompt_embedded_as_text() {
+    let g = golden();
+    let tmp = tiny_vlm(&g);
+    let dir = tmp.path().join("tiny-gemma3-vlm");
+    let images = write_images(tmp.path());
+    let kit = kit(&dir);
+    let tokens = chat(&kit, &[ChatMessage::with_images("user", "Describe the image.", 1)], &images[..1]).unwrap();
+    assert_eq!(&tokens[..7], &[2, 3, 0, 0, 0, 0, 301]);
+    // One chunk past the checkpoint (at 4), as the CLI runs it.
+    run(&kit, GenerateRequest { prefill_step_size: None, ..greedy(tokens, images[..1].to_vec(), 2) }).unwrap();
+    let text = chat(&kit, &[ChatMessage::new("user", "<20> <21> <22>")], &[]).unwrap();
+    assert_eq!(&text[..4], &[2, 3, 0, 20]);
+    let (got, stats) = run(&kit, greedy(text.clone(), vec![], 6)).unwrap();
+    assert_eq!(stats.cached_tokens, 2, "the prefix up to the pad token");
+    let (want, _) = run(&self::kit(&dir), greedy(text, vec![], 6)).unwrap();
+    assert_eq!(got, want, "the text prompt computes what a fresh prefill does");
+}

@@ -300,7 +300,7 @@ pub fn generate_in(
     };
     // The prompt cache sees image tokens as ids derived from each image's content.
     let key = match &images {
-        Some((_, prepared, spans)) => vision::prompt::cache_key(&prompt, spans, prepared),
+        Some((v, prepared, spans)) => vision::prompt::cache_key(ctx.model, v, &prompt, spans, prepared)?,
         None => prompt.clone(),
     };
     let spans: &[std::ops::Range<usize>] = images.as_ref().map_or(&[], |(_, _, s)| s);

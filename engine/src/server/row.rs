@@ -89,7 +89,7 @@ impl<'t> Row<'t> {
                 }
                 Some((v, prepared)) => {
                     let spans = prompt::find_spans(&prompt, &prepared, ctx.tokenizer)?;
-                    let key = prompt::cache_key(&prompt, &spans, &prepared);
+                    let key = prompt::cache_key(ctx.model, v, &prompt, &spans, &prepared)?;
                     // A cached prefix may not end inside an image's span.
                     let (mut cache, mut cached) = shared.lookup(&key, reuse)?;
                     let outside = prompt::outside_spans(cached, &spans);

@@ -6,7 +6,7 @@
 
 use std::ops::Range;
 
-use mlx_engine_plugin_api::{Array, DynModel, DynVision, ImagePrompt};
+use mlx_engine_plugin_api::{Array, Dtype, DynModel, DynVision, ImagePrompt};
 
 use super::image::{decode, ImageInput, ImageLimits};
 use super::preprocess::{PixelValues, PreprocessorConfig};
@@ -127,7 +127,18 @@ pub fn find_spans(tokens: &[u32], images: &[PreparedImage], tokenizer: &Tokenize
 /// derived from its content and its index in the span, with the top bit set (no vocabulary is
 /// that large). Equal images give equal keys, a changed image a different key from its first
 /// token on, so a cached prefix never extends into a changed image.
-pub fn cache_key(tokens: &[u32], spans: &[Range<usize>], images: &[PreparedImage]) -> Vec<u32> {
+///
+/// The text before the first image is what a text-only prompt can share with this one, so it
+/// must mean the same there: a token whose merged embedding is not its text embedding (Gemma 3
+/// zeroes the pad token's in image prompts, as mlx-vlm does) gets a key id of its own too.
+/// Later text only ever meets image prompts with the same images, merged the same way.
+pub fn cache_key(
+    model: &dyn DynModel,
+    vision: &VisionModel,
+    tokens: &[u32],
+    spans: &[Range<usize>],
+    images: &[PreparedImage],
+) -> Result<Vec<u32>> {
     let mut key = tokens.to_vec();
     for (span, img) in spans.iter().zip(images) {
         for (j, t) in key[span.clone()].iter_mut().enumerate() {
@@ -135,7 +146,25 @@ pub fn cache_key(tokens: &[u32], spans: &[Range<usize>], images: &[PreparedImage
                 | (img.key_seed.rotate_left(7).wrapping_add((j as u32).wrapping_mul(0x9e37_79b9)) & 0x7fff_ffff);
         }
     }
-    key
+    let prefix = spans.first().map_or(0, |s| s.start);
+    for i in merged_differently(model, vision, &tokens[..prefix])? {
+        key[i] = 0x8000_0000 | (tokens[i].wrapping_mul(0x2545_f491).rotate_left(13) & 0x7fff_ffff);
+    }
+    Ok(key)
+}
+
+/// The positions of text-only `tokens` whose embedding the add-on's merge changes.
+fn merged_differently(model: &dyn DynModel, vision: &VisionModel, tokens: &[u32]) -> Result<Vec<usize>> {
+    if tokens.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+    let ids = Array::from_slice(&ids, &[1, ids.len() as i32])?;
+    let text = model.embed_tokens(&ids)?;
+    let merged = vision.addon.merge(&ids, &text, &[], model.embeddings_scale()?)?;
+    let differs = merged.not_equal(&text)?.astype(Dtype::I32)?.max(&[-1], false)?.reshape(&[-1])?;
+    let differs: Vec<i32> = differs.to_vec()?;
+    Ok(differs.iter().enumerate().filter(|(_, &d)| d != 0).map(|(i, _)| i).collect())
 }
 
 /// `n` moved back to the start of the span it falls strictly inside, if any.
