@@ -5,6 +5,8 @@
 #   bench/gpu/run.sh speculative  decode with and without speculation ($OUT/speculative.jsonl)
 #   bench/gpu/run.sh compare NAME [LENGTHS]   engine vs mlx-lm on one model ($OUT/compare-NAME.json)
 #   bench/gpu/run.sh ttft NAME    cold-process time to first token through the CLI ($OUT/ttft-NAME.txt)
+#   bench/gpu/run.sh serve NAME   aggregate tok/s at 1-16 concurrent streams, `mlx-engine serve` vs
+#                                 `mlx_lm.server --decode-concurrency 16` ($OUT/serve-NAME.jsonl)
 #   bench/gpu/run.sh profile NAME [LEN]   every kernel of a warm prefill + decode, both sides,
 #                                 under Nsight Compute ($OUT/ncu-{engine,mlx-lm}-NAME.csv; read
 #                                 them with bench/gpu/kernels.py)
@@ -45,7 +47,8 @@ setup)
         cp -r "$S/pkg/smollm2-bf16" "$M/smollm2-bf16"
         real=(--quantize "$M/smollm2-bf16:$M/smollm2-4bit")
     fi
-    python3 bench/gpu/make_models.py --out "$M" --tokenizer "$S/pkg/tokenizer" "${real[@]}"
+    # ONLY=name,name makes just those (the 8B ones take minutes).
+    python3 bench/gpu/make_models.py --out "$M" --tokenizer "$S/pkg/tokenizer" "${real[@]}" ${ONLY:+--only "$ONLY"}
     df -h /tmp | tail -1
     ;;
 speculative)
@@ -78,6 +81,34 @@ ttft)
             | tail -1 | python3 -c 'import json,sys; s=json.load(sys.stdin)["stats"]; print("prompt_tokens", s["prompt_tokens"], "prompt_seconds", round(s["prompt_seconds"], 4))' | tee -a "$f"
         echo "process $i wall $(python3 -c "import time; print(round(time.time() - $t0, 3))") s" | tee -a "$f"
     done
+    ;;
+serve)
+    # Each server in turn on one port, the same client (scripts/server/bench.py, one warm-up pass
+    # over the levels first), greedy 64-token streamed chats.
+    env_setup
+    model=$2 f=$OUT/serve-$2.jsonl
+    : > "$f"
+    port=8391
+    up() {
+        for _ in $(seq 600); do
+            python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/v1/models', timeout=1)" 2>/dev/null && return 0
+            sleep 0.2
+        done
+        return 1
+    }
+    side() {
+        local name=$1 pid
+        shift
+        "$@" > "$OUT/serve-$model-$name.log" 2>&1 &
+        pid=$!
+        up
+        python3 scripts/server/bench.py --base-url "http://127.0.0.1:$port" --model "$M/$model" --levels "${LEVELS:-1,2,4,8,16}" \
+            --rounds "${ROUNDS:-2}" --max-tokens 64 --warmup | sed "s/^{/{\"server\": \"$name\", /" | tee -a "$f"
+        kill "$pid"
+        wait "$pid" || true
+    }
+    side engine "$ENGINE" serve --device gpu --model "$M/$2" --port "$port" --max-concurrency 16 --queue 64
+    side mlx-lm python3 -m mlx_lm.server --model "$M/$2" --port "$port" --decode-concurrency 16 --prompt-concurrency 16
     ;;
 profile)
     # One untimed and one timed run of LEN prompt tokens + 4 decoded, each side in its own process,

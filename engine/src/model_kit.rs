@@ -120,6 +120,8 @@ pub struct WorkerParts<'a> {
     pub cache: &'a mut PromptCache,
     /// The model's query heads, for [`generate::prefill::chunk_size`].
     pub attention_heads: Option<usize>,
+    /// The draft model, when one is loaded ([`ModelKit::load_draft_model`]).
+    pub draft: Option<&'a mut DraftModel>,
 }
 
 enum Event {
@@ -287,7 +289,8 @@ impl Worker {
                         vision: self.loaded.vision.as_ref(),
                     };
                     let cache = &mut self.cache;
-                    let parts = WorkerParts { ctx, cache: &mut *cache, attention_heads: self.attention_heads };
+                    let draft = self.draft.as_mut();
+                    let parts = WorkerParts { ctx, cache: &mut *cache, attention_heads: self.attention_heads, draft };
                     // The loop contains its own panics per request; one that escapes it must
                     // not take the worker (and so the model kit) down with it.
                     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(parts))).is_err() {

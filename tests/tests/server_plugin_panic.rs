@@ -119,7 +119,13 @@ fn a_plugin_panic_fails_only_its_request_and_the_server_answers_the_next() {
         port: 0,
         model_id: "tiny".into(),
         api_key: None,
-        limits: Limits { max_concurrency: 4, queue: 4, prefill_chunk: 256 },
+        limits: Limits {
+            max_concurrency: 4,
+            queue: 4,
+            prefill_chunk: 256,
+            speculation: Default::default(),
+            num_draft_tokens: 3,
+        },
         max_body_bytes: 1 << 20,
     };
     let server = Running::start(kit, &config).expect("start the server");

@@ -74,7 +74,7 @@ pub fn compare(
     let prompts = [("write", tokens(kit, WRITE)?), ("edit", tokens(kit, EDIT)?)];
     // Warm-up: kernels and page faults of both paths stay out of the timings.
     run(kit, &prompts[0].1[..prompts[0].1.len().min(16)], 4, Speculation::Off, None)?;
-    run(kit, &prompts[0].1[..prompts[0].1.len().min(16)], 4, speculation.clone(), k)?;
+    run(kit, &prompts[0].1[..prompts[0].1.len().min(16)], 4, *speculation, k)?;
     if !json {
         outln!(
             "speculative decoding, greedy, up to {max_tokens} tokens per prompt (decode tok/s after the first token, \
@@ -89,7 +89,7 @@ pub fn compare(
         for _ in 0..repeats.max(1) {
             let (tokens, stats) = run(kit, prompt, max_tokens, Speculation::Off, None)?;
             (plain_tokens, a) = (tokens, a.max(decode_rate(&stats)));
-            let (tokens, stats) = run(kit, prompt, max_tokens, speculation.clone(), k)?;
+            let (tokens, stats) = run(kit, prompt, max_tokens, *speculation, k)?;
             b = b.max(decode_rate(&stats));
             (spec_tokens, spec) = (tokens, stats);
         }

@@ -127,7 +127,7 @@ impl Session<'_> {
             ignore_prompt_cache: false,
             images,
             max_image_size: args.max_image_size,
-            speculation: self.speculation.clone(),
+            speculation: self.speculation,
             num_draft_tokens: self.num_draft_tokens,
             constraint: None,
         }

@@ -1,11 +1,10 @@
 //! `mlx-engine serve`: the OpenAI-compatible HTTP server (see `crate::server`).
 
-use std::path::PathBuf;
-
-use super::common::{load, param, CacheArgs, ModelArgs};
+use super::common::{load, param, CacheArgs, DraftArgs, ModelArgs};
 use crate::error::Result;
 use crate::server::scheduler::Limits;
 use crate::server::{self, ServeConfig};
+use crate::speculative::{Speculation, DEFAULT_NUM_DRAFT_TOKENS};
 
 /// Prefill chunk of the server when `--prefill-step-size` is not given: small enough that a
 /// long prompt lets the other rows decode between its chunks.
@@ -17,9 +16,10 @@ pub struct ServeArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub cache: CacheArgs,
-    /// A draft model for speculative decoding (not yet supported by the batching scheduler).
-    #[arg(long, value_name = "PATH")]
-    pub draft_model: Option<PathBuf>,
+    /// Speculative decoding, for a request while it decodes alone (a batch of several decodes
+    /// plainly); requests may set `num_draft_tokens`.
+    #[command(flatten)]
+    pub draft: DraftArgs,
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     /// 0 picks a free port; the address is printed on stdout (`listening on http://...`).
@@ -44,12 +44,7 @@ pub struct ServeArgs {
 
 pub fn run(args: &ServeArgs) -> Result<()> {
     // Cheap checks before the model loads.
-    if args.draft_model.is_some() {
-        return Err(param(
-            "--draft-model",
-            "speculative decoding is not supported by the server's batching scheduler yet; serve without it",
-        ));
-    }
+    let (speculation, num_draft_tokens) = args.draft.speculation()?;
     if args.max_concurrency == 0 {
         return Err(param("--max-concurrency", "must be at least 1"));
     }
@@ -64,12 +59,20 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     // Before the model loads: blocks the heap has grown around by then would stay there.
     server::memory::fix_mmap_threshold();
     let kit = load(&args.model, &args.cache)?;
+    args.draft.load_into(&kit)?;
     let config = ServeConfig {
         host: args.host.clone(),
         port: args.port,
         model_id: args.served_model_name.clone().unwrap_or_else(|| args.model.model.display().to_string()),
         api_key,
-        limits: Limits { max_concurrency: args.max_concurrency, queue: args.queue, prefill_chunk },
+        limits: Limits {
+            max_concurrency: args.max_concurrency,
+            queue: args.queue,
+            prefill_chunk,
+            // `--draft-model` loads the kit's draft model, which `Auto` uses.
+            speculation: if speculation == Speculation::DraftModel { Speculation::Auto } else { speculation },
+            num_draft_tokens: num_draft_tokens.unwrap_or(DEFAULT_NUM_DRAFT_TOKENS),
+        },
         max_body_bytes: args.max_body_bytes,
     };
     server::run(kit, config)

@@ -117,12 +117,7 @@ impl<'a> Decoder<'a> {
     /// grammar). The logits are queued first, so the device computes the forward pass while
     /// the host computes the mask: that keeps the matcher off the critical path.
     pub fn masked(&mut self, logits: &Array) -> Result<Array> {
-        let Some(m) = self.constraint.as_mut() else { return Ok(logits.clone()) };
-        async_eval(&[logits])?;
-        let t = Instant::now();
-        let out = m.apply(logits);
-        self.times.mask_seconds += t.elapsed().as_secs_f64();
-        out
+        mask(self.constraint.as_mut(), &mut self.times, logits)
     }
 
     /// Runs `tokens` (`[1, L]` ids) through the model into the live cache: logits `[1, L, vocab]`.
@@ -192,6 +187,16 @@ impl<'a> Decoder<'a> {
     pub fn last(&self) -> u32 {
         self.history.last().copied().unwrap_or(0)
     }
+}
+
+/// [`Decoder::masked`] over a grammar and time counters of the caller's.
+pub fn mask(constraint: Option<&mut SequenceMatcher>, times: &mut HostTimes, logits: &Array) -> Result<Array> {
+    let Some(m) = constraint else { return Ok(logits.clone()) };
+    async_eval(&[logits])?;
+    let t = Instant::now();
+    let out = m.apply(logits);
+    times.mask_seconds += t.elapsed().as_secs_f64();
+    out
 }
 
 /// Reads a sampled token back, refusing non-finite logprobs: NaN logits sample as token 0 or

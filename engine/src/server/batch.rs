@@ -13,6 +13,10 @@
 //!    caches stacked into a left-padded batch (`KvCache::stack`), each row then sampling
 //!    from its own logits.
 //!
+//! With a drafter (`--draft-model`, `--draft prompt-lookup`), a row that is the only one decoding
+//! runs a draft-and-verify round in step 3 instead of a single step; a batch of several decodes
+//! plainly, and the draft model catches up when a row is alone again (see [`speculate`]).
+//!
 //! The stacked batch is rebuilt only when its membership changes (a row joins after its
 //! prefill or leaves); in between, decoding appends to it in place. Caches that cannot stack
 //! (sliding-window or `max_kv_size` rings, a quantized KV cache) decode one row at a time
@@ -23,20 +27,23 @@
 //! its greedy output is the same alone or batched except at a near-tie of two tokens.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Instant;
 
 use mlx_engine_plugin_api::{runtime, Array, Input};
 
-use super::row::{panicked, Row};
+use super::row::{panicked, RoundOutcome, Row};
 use super::scheduler::{Job, Limits, Metrics};
 use crate::cache::prompt_cache::PromptCache;
 use crate::cache::{KvCache, Mark};
 use crate::error::{Error, Result};
-use crate::generate::prefill::last_logits;
+use crate::generate::prefill::{last_logits, NoProgress};
 use crate::generate::GenContext;
 use crate::model_kit::WorkerParts;
+use crate::speculative::lookup::PromptLookup;
+use crate::speculative::model::DraftModel;
+use crate::speculative::Speculation;
 use crate::vision::{FeatureMemo, FEATURE_MEMO_CAPACITY};
 
 /// The decoding rows' caches stacked into one batch, with the rows in batch order.
@@ -47,7 +54,8 @@ struct Group {
 
 /// Runs until `jobs` is closed (every scheduler handle dropped) and the last row is done.
 pub fn run(parts: WorkerParts<'_>, jobs: Receiver<Job>, limits: Limits, metrics: &Metrics) {
-    let WorkerParts { ctx, cache, attention_heads } = parts;
+    let WorkerParts { ctx, cache, attention_heads, mut draft } = parts;
+    let mut synced: Option<(u64, usize)> = None;
     let mut waiting: VecDeque<Job> = VecDeque::new();
     let mut rows: Vec<Row<'_>> = Vec::new();
     let mut group: Option<Group> = None;
@@ -129,7 +137,18 @@ pub fn run(parts: WorkerParts<'_>, jobs: Receiver<Job>, limits: Limits, metrics:
         // One decode step for every decoding row.
         let rows_before = rows.len();
         let t = Instant::now();
-        let decoded = decode_step(&ctx, cache, &mut rows, &mut group, metrics);
+        let mut solo = match limits.speculation {
+            Speculation::Off => None,
+            Speculation::PromptLookup { min_ngram, max_ngram } => {
+                Some(Solo::Lookup(PromptLookup::new(min_ngram, max_ngram)))
+            }
+            Speculation::Auto | Speculation::DraftModel => draft.as_deref_mut().map(|draft| Solo::Model {
+                draft,
+                synced: &mut synced,
+                prefill_chunk: limits.prefill_chunk,
+            }),
+        };
+        let decoded = decode_step(&ctx, cache, &mut rows, &mut group, solo.as_mut(), limits, metrics);
         metrics.active_rows.store(rows.len(), Ordering::Relaxed);
         metrics.generated_tokens.fetch_add(decoded as u64, Ordering::Relaxed);
         if decoded > 0 {
@@ -151,13 +170,27 @@ enum Taken {
     Failed(Error),
 }
 
+/// The drafter of a row that decodes alone (see [`speculate`]).
+enum Solo<'d> {
+    Model {
+        draft: &'d mut DraftModel,
+        /// The row whose sequence the draft's cache follows, and how many of its tokens the
+        /// draft's prompt cache has recorded.
+        synced: &'d mut Option<(u64, usize)>,
+        prefill_chunk: usize,
+    },
+    Lookup(PromptLookup),
+}
+
 /// Reads and streams every decoding row's token, lets finished rows leave, and queues the
-/// next token of the others. Returns how many tokens were read.
+/// next token of the others. Returns how many tokens were committed.
 fn decode_step(
     ctx: &GenContext<'_>,
     shared: &mut PromptCache,
     rows: &mut Vec<Row<'_>>,
     group: &mut Option<Group>,
+    solo: Option<&mut Solo<'_>>,
+    limits: Limits,
     metrics: &Metrics,
 ) -> usize {
     let mut taken: Vec<(u64, Taken)> = Vec::new();
@@ -175,10 +208,14 @@ fn decode_step(
     let going: Vec<(u64, u32)> =
         taken.iter().filter_map(|(uid, t)| if let Taken::Next(id) = t { Some((*uid, *id)) } else { None }).collect();
     let members: Vec<u64> = going.iter().map(|(uid, _)| *uid).collect();
+    // A row decoding alone drafts with the draft model (in a cache of its own), when one is
+    // loaded and the request allows it; a batch of several decodes plainly.
+    let speculates = solo.is_some()
+        && matches!(going.as_slice(), [(uid, _)] if rows.iter().any(|r| r.uid == *uid && r.speculates()));
 
     // The batch changes: its rows take their caches back (those leaving need them to be
     // stored; those staying are stacked again below).
-    if group.as_ref().is_some_and(|g| g.members != members) {
+    if group.as_ref().is_some_and(|g| g.members != members || speculates) {
         let g = group.take().expect("checked above");
         match g.cache.unstack() {
             Ok(caches) => {
@@ -208,6 +245,31 @@ fn decode_step(
     let going: Vec<(u64, u32)> = going.into_iter().filter(|(uid, _)| rows.iter().any(|r| r.uid == *uid)).collect();
     if going.is_empty() {
         return decoded;
+    }
+    if let (true, Some(solo), Some(i)) = (speculates, solo, rows.iter().position(|r| r.uid == going[0].0)) {
+        let k = limits.num_draft_tokens;
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| speculate(ctx, &mut rows[i], solo, k)))
+            .unwrap_or_else(|p| Err(panicked(p)));
+        return match out {
+            Ok(o) => {
+                metrics.speculative_rounds.fetch_add(1, Ordering::Relaxed);
+                metrics.draft_tokens.fetch_add(o.drafted as u64, Ordering::Relaxed);
+                metrics.accepted_draft_tokens.fetch_add(o.accepted as u64, Ordering::Relaxed);
+                if !o.goes_on {
+                    rows.remove(i).finish(shared);
+                }
+                decoded + o.accepted
+            }
+            Err(e) => {
+                if let Solo::Model { draft, synced, .. } = solo {
+                    // The draft's cache may be half-updated: it starts over with the next row.
+                    **synced = None;
+                    draft.cache.discard_live();
+                }
+                rows.remove(i).fail(e);
+                decoded
+            }
+        };
     }
     let stackable = group.is_some()
         || going.iter().all(|(uid, _)| {
@@ -267,6 +329,31 @@ fn decode_step(
         recover(ctx, rows, group, mark, &going, &e);
     }
     decoded
+}
+
+/// One speculative round for `row`, decoding alone. A draft model's cache first catches up with
+/// the row's sequence: it goes on from where the row's last round left it, or else prefills
+/// the sequence from its own prompt cache (the row is new to it, or another row used the draft
+/// since).
+fn speculate(ctx: &GenContext<'_>, row: &mut Row<'_>, solo: &mut Solo<'_>, k: usize) -> Result<RoundOutcome> {
+    let (draft, synced, prefill_chunk) = match solo {
+        Solo::Lookup(lookup) => return row.speculate(ctx, lookup, k),
+        Solo::Model { draft, synced, prefill_chunk } => (draft, synced, *prefill_chunk),
+    };
+    let h = row.history().len();
+    let recorded = match **synced {
+        Some((uid, n)) if uid == row.uid => n,
+        _ => {
+            **synced = None;
+            let never = AtomicBool::new(false);
+            draft.prefill(&row.history()[..h - 1], true, prefill_chunk, &mut NoProgress, &never)?;
+            h - 1
+        }
+    };
+    let out = row.speculate(ctx, &mut draft.drafter(recorded), k)?;
+    // The draft has recorded the committed tokens and the model's own pending one.
+    **synced = out.goes_on.then(|| (row.uid, row.history().len() + 1));
+    Ok(out)
 }
 
 /// After a batched step failed (a plugin error or panic, perhaps caused by one row's input):

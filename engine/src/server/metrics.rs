@@ -21,7 +21,7 @@ pub fn render(m: &Metrics) -> String {
     let decode_s = get(&m.decode_micros) as f64 / 1e6;
     let lookups = get(&m.cache_lookups);
     let hits = get(&m.cache_hits);
-    let rows: [(&str, &str, &str, f64); 19] = [
+    let rows: [(&str, &str, &str, f64); 22] = [
         ("queue_depth", "gauge", "Requests waiting to join the batch", m.queued.load(Ordering::Relaxed) as f64),
         ("active_rows", "gauge", "Rows in the running batch", m.active_rows.load(Ordering::Relaxed) as f64),
         (
@@ -66,6 +66,19 @@ pub fn render(m: &Metrics) -> String {
             "Rows of batched decode steps that failed (a plugin error or panic) and were retried alone",
             get(&m.failed_batch_rows) as f64,
         ),
+        (
+            "speculative_rounds_total",
+            "counter",
+            "Draft-and-verify rounds of rows decoding alone with the draft model",
+            get(&m.speculative_rounds) as f64,
+        ),
+        ("draft_tokens_total", "counter", "Tokens the draft model proposed", get(&m.draft_tokens) as f64),
+        (
+            "accepted_draft_tokens_total",
+            "counter",
+            "Proposed tokens the model agreed with (each one a forward pass saved)",
+            get(&m.accepted_draft_tokens) as f64,
+        ),
         ("mlx_active_bytes", "gauge", "Bytes in live MLX arrays", get(&m.mlx_active_bytes) as f64),
         ("mlx_cache_bytes", "gauge", "Freed bytes MLX keeps for reuse", get(&m.mlx_cache_bytes) as f64),
         ("prompt_cache_lookups_total", "counter", "Requests that looked up the prompt cache", lookups as f64),
@@ -106,6 +119,6 @@ mod tests {
         assert!(text.contains("# TYPE mlx_engine_queue_depth gauge\nmlx_engine_queue_depth 0\n"), "{text}");
         assert!(text.contains("mlx_engine_decode_tokens_per_second 25\n"), "{text}");
         assert!(text.contains("mlx_engine_prompt_cache_hit_rate 0.25\n"), "{text}");
-        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 19);
+        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 22);
     }
 }

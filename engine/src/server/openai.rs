@@ -38,6 +38,8 @@ pub struct Common {
     pub frequency_penalty: Option<f32>,
     /// Extension (mlx-lm): multiplicative repetition penalty over the recent tokens.
     pub repetition_penalty: Option<f32>,
+    /// Extension (mlx-lm): draft tokens per speculative round, when the server drafts.
+    pub num_draft_tokens: Option<usize>,
     pub n: Option<u32>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
@@ -239,7 +241,8 @@ impl Common {
             top_logprobs: (top_logprobs > 0).then_some(top_logprobs),
             ..Default::default()
         };
-        Ok(GenerateRequest { sampling, max_tokens, stop_strings, ..Default::default() })
+        let num_draft_tokens = self.num_draft_tokens;
+        Ok(GenerateRequest { sampling, max_tokens, stop_strings, num_draft_tokens, ..Default::default() })
     }
 
     pub fn include_usage(&self) -> bool {

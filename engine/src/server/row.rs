@@ -14,10 +14,11 @@ use crate::cache::KvCache;
 use crate::constrain::SequenceMatcher;
 use crate::error::{Error, Result};
 use crate::generate::prefill::{chunk_size, last_logits, token_ids};
-use crate::generate::step::read_sample;
+use crate::generate::step::{read_sample, HostTimes};
 use crate::generate::stream::{Pushed, TextStream};
 use crate::generate::{self, GenContext, GenerateRequest, GenerationResult, StopCondition, StopReason};
 use crate::sample::{apply_processors, processors_for, LazySample, LogitsProcessor, Sampler};
+use crate::speculative::{draft_and_verify, Drafter, RoundParts, Speculation, Verified};
 use crate::stop::StopStrings;
 use crate::vision::prompt::{self, PreparedImage};
 use crate::vision::{FeatureMemo, ImageLimits, VisionModel};
@@ -48,8 +49,21 @@ pub struct Row<'t> {
     /// derived from each image's content), and the input embeddings of its uncached part
     /// (`[1, len - from, D]`) with `from`.
     vision: Option<VisionInput>,
+    /// Whether the row may decode speculatively: not when the request turned speculation off,
+    /// nor with images in its prompt, which a draft model cannot see (ADR 0004).
+    may_speculate: bool,
+    /// The request's draft tokens per round (the server's default otherwise).
+    num_draft_tokens: Option<usize>,
     stream: TextStream<'t>,
     started: Instant,
+}
+
+/// What one speculative round of a row did.
+pub struct RoundOutcome {
+    pub drafted: usize,
+    pub accepted: usize,
+    /// The row goes on (its own token is pending); `false`: a committed token ended it.
+    pub goes_on: bool,
 }
 
 struct VisionInput {
@@ -110,6 +124,8 @@ impl<'t> Row<'t> {
                 }
             };
             let stream = TextStream::new(ctx.tokenizer, stops, params.top_logprobs, request.ignore_eos, budget, false);
+            let may_speculate =
+                matches!(request.speculation, Speculation::Auto | Speculation::DraftModel) && vision.is_none();
             Ok(Row {
                 uid,
                 id: id.clone(),
@@ -121,6 +137,8 @@ impl<'t> Row<'t> {
                 pos: cached,
                 checkpoint,
                 vision,
+                may_speculate,
+                num_draft_tokens: request.num_draft_tokens,
                 pending: None,
                 sampler,
                 processors,
@@ -247,6 +265,77 @@ impl<'t> Row<'t> {
         Ok(())
     }
 
+    /// Whether the row may decode speculatively with a draft model.
+    pub fn speculates(&self) -> bool {
+        self.may_speculate
+    }
+
+    /// The prompt and the committed tokens.
+    pub fn history(&self) -> &[u32] {
+        &self.history
+    }
+
+    /// One draft-and-verify round instead of [`Row::step_alone`], for a row decoding alone: its
+    /// history ends with the token [`Row::take_token`] just read, which the model has not seen.
+    /// The drafts the model agrees with are committed and streamed now; its own next token
+    /// becomes the pending one, read by the next `take_token` as a plain step's would be.
+    /// `num_draft_tokens` is the server's default for requests that do not say.
+    pub fn speculate(
+        &mut self,
+        ctx: &GenContext<'_>,
+        drafter: &mut dyn Drafter,
+        num_draft_tokens: usize,
+    ) -> Result<RoundOutcome> {
+        let k = self.num_draft_tokens.unwrap_or(num_draft_tokens);
+        let most = k.min(self.stream.remaining().saturating_sub(1));
+        let cache = self
+            .cache
+            .as_mut()
+            .ok_or_else(|| Error::Server { reason: "a row's cache is in the batch (engine bug)".into() })?;
+        let mut times = HostTimes::default();
+        let parts = RoundParts {
+            model: ctx.model,
+            cache,
+            history: &self.history,
+            processors: &mut self.processors,
+            sampler: &mut self.sampler,
+            constraint: self.constraint.as_mut(),
+            times: &mut times,
+        };
+        let Verified { mut samples, drafted, accepted } = draft_and_verify(parts, drafter, most, ctx.vocab_size)?;
+        let own = samples
+            .pop()
+            .ok_or_else(|| Error::Server { reason: "a speculative round sampled nothing (engine bug)".into() })?;
+        let mut tokens = Vec::with_capacity(accepted);
+        for (i, s) in samples.into_iter().enumerate() {
+            tokens.push(read_sample(s, self.stream.generated() + i + 1, true)?);
+        }
+        // The drafter keeps everything but the model's own token, which the next round feeds.
+        let mut after = self.history.clone();
+        after.extend(tokens.iter().map(|t| t.id));
+        after.push(own.token.item::<u32>()?);
+        drafter.accept(&after, drafted, accepted)?;
+        let last = tokens.len();
+        for (i, mut token) in tokens.into_iter().enumerate() {
+            // The grammar has consumed the accepted drafts; only the last can have finished it.
+            token.grammar_done = i + 1 == last && self.constraint.as_ref().is_some_and(SequenceMatcher::is_done);
+            self.history.push(token.id);
+            let goes_on = match self.stream.push(token)? {
+                Pushed::Held => true,
+                Pushed::Chunk(r) => self.events.send(RowEvent::Chunk(r)).is_ok(),
+                Pushed::Done(r) => {
+                    let _ = self.events.send(RowEvent::Chunk(r));
+                    false
+                }
+            };
+            if !goes_on {
+                return Ok(RoundOutcome { drafted, accepted, goes_on });
+            }
+        }
+        self.pending = Some(own);
+        Ok(RoundOutcome { drafted, accepted, goes_on: true })
+    }
+
     /// Processors over the row's history, then its sampler, on one position's logits
     /// (`[vocab]`); queued for evaluation so the host goes on while it computes.
     pub fn sample(&mut self, logits: &Array) -> Result<LazySample> {
@@ -271,7 +360,12 @@ impl<'t> Row<'t> {
             "left the batch"
         );
         let _ = self.events.send(RowEvent::Done(Ok(())));
-        if let Some(cache) = self.cache {
+        if let Some(mut cache) = self.cache {
+            // A speculative round that ended the row fed drafts past its last streamed token.
+            let fed = self.history.len().saturating_sub(1);
+            if cache.len() > fed {
+                cache.trim(cache.len() - fed);
+            }
             // The cache knows an image prompt by its key; the generated tokens follow it.
             let tokens = match self.vision {
                 Some(v) => v.key.into_iter().chain(self.history[self.prompt.len()..].iter().copied()).collect(),

@@ -14,6 +14,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use crate::error::{Error, Result};
 use crate::generate::{GenerateRequest, GenerationResult};
 use crate::model_kit::ModelKit;
+use crate::speculative::Speculation;
 
 /// What the scheduler tells a request about its generation.
 #[derive(Debug)]
@@ -67,6 +68,11 @@ pub struct Metrics {
     pub max_batch_rows: AtomicUsize,
     /// Rows of batched steps that failed and were retried one by one.
     pub failed_batch_rows: AtomicU64,
+    /// Speculative rounds (a row decoding alone, with the draft model), the tokens drafted in
+    /// them, and those accepted.
+    pub speculative_rounds: AtomicU64,
+    pub draft_tokens: AtomicU64,
+    pub accepted_draft_tokens: AtomicU64,
     /// MLX's allocator: bytes in live arrays, and freed bytes it keeps for reuse (sampled by
     /// the scheduler loop, on the model's thread).
     pub mlx_active_bytes: AtomicU64,
@@ -81,6 +87,11 @@ pub struct Limits {
     /// At most this many prompt tokens per prefill chunk, so that a long prompt yields to the
     /// other rows between chunks.
     pub prefill_chunk: usize,
+    /// How a row decoding alone drafts: `Auto` with the draft model when one is loaded,
+    /// `PromptLookup`, or `Off`.
+    pub speculation: Speculation,
+    /// Draft tokens per speculative round for requests that do not say.
+    pub num_draft_tokens: usize,
 }
 
 /// A place in the system: released (dropped) when the response is complete or abandoned.

@@ -28,13 +28,16 @@ pub mod model;
 
 use std::collections::VecDeque;
 
-use mlx_engine_plugin_api::{concatenate, eval, Array, Dtype};
+use std::time::Instant;
+
+use mlx_engine_plugin_api::{concatenate, eval, Array, Dtype, DynModel, Input};
 use serde::Serialize;
 
+use crate::cache::KvCache;
 use crate::constrain::SequenceMatcher;
 use crate::error::{Error, Result};
 use crate::generate::prefill::token_ids;
-use crate::generate::step::{Decoder, HostTimes, StepToken, TokenStepper};
+use crate::generate::step::{mask, Decoder, HostTimes, StepToken, TokenStepper};
 use crate::sample::{apply_processors, KeyPlan, LazySample, LogitsProcessor, Sampler};
 
 /// Draft tokens per round when the request does not say (mlx-engine's default; mlx-lm's is 2).
@@ -53,7 +56,7 @@ pub const DEFAULT_NGRAM_MAX: usize = 3;
 pub const MAX_NGRAM: usize = 32;
 
 /// Whether and how one request decodes speculatively.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Speculation {
     /// The model kit's draft model when one is loaded, plain decoding otherwise.
     #[default]
@@ -217,87 +220,19 @@ impl<'a> SpeculativeStepper<'a> {
     /// One draft-and-verify round; queues the tokens it commits (at most `remaining`).
     fn round(&mut self, remaining: usize) -> Result<()> {
         let most = self.num_draft.min(remaining.saturating_sub(1));
-        let h = self.dec.history.len();
-        let plan = self.dec.sampler.plan_keys(most + 1)?;
-        let mut drafts = Vec::new();
-        if most > 0 {
-            let mut sampling = DraftSampling {
-                processors: &mut self.dec.processors,
-                sampler: &self.dec.sampler,
-                keys: &plan,
-                constraint: self.dec.constraint.as_mut(),
-                committed: h,
-                consumed: 0,
-            };
-            drafts = self.drafter.draft(&self.dec.history, most, &mut sampling)?;
-            let consumed = sampling.consumed;
-            if let Some(m) = self.dec.constraint.as_mut() {
-                m.rollback(consumed)?;
-            }
-            drafts.truncate(most);
-            crate::model::check_token_ids("draft", &drafts, self.vocab_size)?;
-        }
-        // A draft the grammar refuses cannot be the main model's (masked) choice: the guess
-        // ends before the first one.
-        if let Some(m) = self.dec.constraint.as_mut() {
-            let valid = m.valid_prefix(&drafts)?;
-            drafts.truncate(valid);
-        }
-        let fed_drafts = drafts.len();
-        let mut j = fed_drafts;
-
-        // The main model sees what it has not seen yet (the last committed token, and more
-        // after a restored snapshot) and the drafts, in one pass.
-        let fed = self.dec.cache.live().len();
-        let mut input = self.dec.history[fed..].to_vec();
-        input.extend(&drafts);
-        let snapshot = (!self.dec.cache.live().is_trimmable_after(input.len())).then(|| self.dec.cache.live().clone());
-        let logits = self.dec.forward(&token_ids(&input)?)?;
-        // Row of the position after the last committed token.
-        let base = (input.len() - fed_drafts - 1) as i32;
-        let mut sequence = self.dec.history.clone();
-        sequence.extend(&drafts);
-        let mut samples = Vec::with_capacity(j + 1);
-        let mut i = 0;
-        while i <= j {
-            let at = base + i as i32;
-            let row = logits.slice_axis(1, at, at + 1)?.reshape(&[-1])?.astype(Dtype::F32)?;
-            let processed = apply_processors(&mut self.dec.processors, &sequence[..h + i], &row)?;
-            // Position i's mask is the grammar after the first i drafts (computed while the
-            // device runs the verify pass); what the verifier rejects is rolled back below.
-            let processed = self.dec.masked(&processed)?;
-            samples.push(self.dec.sampler.draw(&processed, plan.key(i))?);
-            if let (Some(m), Some(&d), true) = (self.dec.constraint.as_mut(), drafts.get(i), i < j) {
-                m.consume(d)?;
-                if m.is_done() {
-                    // Nothing follows a finished grammar: verify no further.
-                    j = i + 1;
-                }
-            }
-            i += 1;
-        }
-        let tokens = samples.iter().map(|s| s.token.reshape(&[1])).collect::<std::result::Result<Vec<_>, _>>()?;
-        let tokens = concatenate(&tokens.iter().collect::<Vec<_>>(), 0)?;
-        let mut pending: Vec<&Array> = samples.iter().flat_map(|s| [&s.logprobs, &s.logprob]).collect();
-        pending.push(&tokens);
-        eval(&pending)?;
-        let ids = tokens.to_vec::<u32>()?;
-        let accepted = ids.iter().zip(&drafts[..j]).take_while(|(m, d)| m == d).count();
-        self.dec.sampler.advance(&plan, accepted + 1);
-        if let Some(m) = self.dec.constraint.as_mut() {
-            m.rollback(j - accepted)?;
-        }
-
-        // Keep the accepted drafts; the main model's own token is fed next round.
-        let extra = fed_drafts - accepted;
-        if extra > 0 && self.dec.cache.live_mut().trim(extra) != extra {
-            let Some(snapshot) = snapshot else {
-                return Err(param("model", "the KV cache could not be rewound after a speculative step (engine bug)"));
-            };
-            *self.dec.cache.live_mut() = snapshot;
-        }
+        let d = &mut self.dec;
+        let parts = RoundParts {
+            model: d.model,
+            cache: d.cache.live_mut(),
+            history: &d.history,
+            processors: &mut d.processors,
+            sampler: &mut d.sampler,
+            constraint: d.constraint.as_mut(),
+            times: &mut d.times,
+        };
+        let Verified { samples, drafted, accepted } = draft_and_verify(parts, self.drafter, most, self.vocab_size)?;
         let mut out = Vec::with_capacity(accepted + 1);
-        for (i, s) in samples.into_iter().take(accepted + 1).enumerate() {
+        for (i, s) in samples.into_iter().enumerate() {
             out.push(self.dec.read(s, i, i < accepted)?);
         }
         let own = out.len() - 1;
@@ -311,13 +246,134 @@ impl<'a> SpeculativeStepper<'a> {
             // verification stops at the draft that does).
             t.grammar_done = i + 1 >= own && self.dec.grammar_done();
         }
-        self.drafter.accept(&self.dec.history, fed_drafts, accepted)?;
+        self.drafter.accept(&self.dec.history, drafted, accepted)?;
         self.stats.rounds += 1;
-        self.stats.drafted += fed_drafts;
+        self.stats.drafted += drafted;
         self.stats.accepted += accepted;
         self.queue.extend(out);
         Ok(())
     }
+}
+
+/// What one sequence brings to a round: the main model with the sequence's cache, which holds
+/// all of `history` but its last token, and what decides the sequence's tokens.
+pub struct RoundParts<'r> {
+    pub model: &'r dyn DynModel,
+    pub cache: &'r mut KvCache,
+    /// The committed sequence (prompt and generated tokens).
+    pub history: &'r [u32],
+    pub processors: &'r mut [Box<dyn LogitsProcessor>],
+    pub sampler: &'r mut Sampler,
+    /// The grammar at the committed sequence; left having consumed the accepted drafts.
+    pub constraint: Option<&'r mut SequenceMatcher>,
+    pub times: &'r mut HostTimes,
+}
+
+/// What a round verified: the main model's samples (evaluated) at the first `accepted + 1`
+/// positions after the history, of which the first `accepted` are drafts it agreed with and
+/// the last its own token; `drafted` proposals were fed.
+pub struct Verified {
+    pub samples: Vec<LazySample>,
+    pub drafted: usize,
+    pub accepted: usize,
+}
+
+/// Drafts up to `most` tokens after `p.history`, runs the main model once over what it has
+/// not seen plus the drafts, samples each position, and rewinds the cache to the accepted
+/// drafts (the main model's own token is not fed yet). The sampler's keys advance past the
+/// kept positions; the grammar has consumed the accepted drafts. Committing the tokens (and
+/// [`Drafter::accept`]) is the caller's.
+pub fn draft_and_verify(
+    p: RoundParts<'_>,
+    drafter: &mut dyn Drafter,
+    most: usize,
+    vocab_size: Option<usize>,
+) -> Result<Verified> {
+    let RoundParts { model, cache, history, processors, sampler, mut constraint, times } = p;
+    let h = history.len();
+    let plan = sampler.plan_keys(most + 1)?;
+    let mut drafts = Vec::new();
+    if most > 0 {
+        let mut sampling = DraftSampling {
+            processors: &mut *processors,
+            sampler: &*sampler,
+            keys: &plan,
+            constraint: constraint.as_deref_mut(),
+            committed: h,
+            consumed: 0,
+        };
+        drafts = drafter.draft(history, most, &mut sampling)?;
+        let consumed = sampling.consumed;
+        if let Some(m) = constraint.as_deref_mut() {
+            m.rollback(consumed)?;
+        }
+        drafts.truncate(most);
+        crate::model::check_token_ids("draft", &drafts, vocab_size)?;
+    }
+    // A draft the grammar refuses cannot be the main model's (masked) choice: the guess
+    // ends before the first one.
+    if let Some(m) = constraint.as_deref_mut() {
+        let valid = m.valid_prefix(&drafts)?;
+        drafts.truncate(valid);
+    }
+    let fed_drafts = drafts.len();
+    let mut j = fed_drafts;
+
+    // The main model sees what it has not seen yet (the last committed token, and more
+    // after a restored snapshot) and the drafts, in one pass.
+    let fed = cache.len();
+    let mut input = history[fed..].to_vec();
+    input.extend(&drafts);
+    let snapshot = (!cache.is_trimmable_after(input.len())).then(|| cache.clone());
+    let t = Instant::now();
+    let logits = model.forward(Input::Tokens(&token_ids(&input)?), &mut *cache);
+    times.forward_seconds += t.elapsed().as_secs_f64();
+    let logits = logits?;
+    // Row of the position after the last committed token.
+    let base = (input.len() - fed_drafts - 1) as i32;
+    let mut sequence = history.to_vec();
+    sequence.extend(&drafts);
+    let mut samples = Vec::with_capacity(j + 1);
+    let mut i = 0;
+    while i <= j {
+        let at = base + i as i32;
+        let row = logits.slice_axis(1, at, at + 1)?.reshape(&[-1])?.astype(Dtype::F32)?;
+        let processed = apply_processors(processors, &sequence[..h + i], &row)?;
+        // Position i's mask is the grammar after the first i drafts (computed while the
+        // device runs the verify pass); what the verifier rejects is rolled back below.
+        let processed = mask(constraint.as_deref_mut(), times, &processed)?;
+        samples.push(sampler.draw(&processed, plan.key(i))?);
+        if let (Some(m), Some(&d), true) = (constraint.as_deref_mut(), drafts.get(i), i < j) {
+            m.consume(d)?;
+            if m.is_done() {
+                // Nothing follows a finished grammar: verify no further.
+                j = i + 1;
+            }
+        }
+        i += 1;
+    }
+    let tokens = samples.iter().map(|s| s.token.reshape(&[1])).collect::<std::result::Result<Vec<_>, _>>()?;
+    let tokens = concatenate(&tokens.iter().collect::<Vec<_>>(), 0)?;
+    let mut pending: Vec<&Array> = samples.iter().flat_map(|s| [&s.logprobs, &s.logprob]).collect();
+    pending.push(&tokens);
+    eval(&pending)?;
+    let ids = tokens.to_vec::<u32>()?;
+    let accepted = ids.iter().zip(&drafts[..j]).take_while(|(m, d)| m == d).count();
+    sampler.advance(&plan, accepted + 1);
+    if let Some(m) = constraint {
+        m.rollback(j - accepted)?;
+    }
+
+    // Keep the accepted drafts; the main model's own token is fed next round.
+    let extra = fed_drafts - accepted;
+    if extra > 0 && cache.trim(extra) != extra {
+        let Some(snapshot) = snapshot else {
+            return Err(param("model", "the KV cache could not be rewound after a speculative step (engine bug)"));
+        };
+        *cache = snapshot;
+    }
+    samples.truncate(accepted + 1);
+    Ok(Verified { samples, drafted: fed_drafts, accepted })
 }
 
 impl TokenStepper for SpeculativeStepper<'_> {
