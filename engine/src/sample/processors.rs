@@ -277,11 +277,23 @@ pub struct PresenceFrequencyPenalty {
     context_size: usize,
     /// Length of the history at the first call, i.e. of the prompt.
     prompt_len: Option<usize>,
+    /// Presence, frequency, 1 and 0 as f32 scalars for [`LogitsProcessor::process_ahead`],
+    /// made on first use and kept (not rebuilt per step).
+    scalars: Option<[Array; 4]>,
 }
 
 impl PresenceFrequencyPenalty {
     pub fn new(presence: f32, frequency: f32, context_size: usize) -> PresenceFrequencyPenalty {
-        PresenceFrequencyPenalty { presence, frequency, context_size, prompt_len: None }
+        PresenceFrequencyPenalty { presence, frequency, context_size, prompt_len: None, scalars: None }
+    }
+
+    fn scalars(&mut self) -> Result<[Array; 4]> {
+        if let Some(s) = &self.scalars {
+            return Ok(s.clone());
+        }
+        let f32s = |v: f32| Array::scalar(v as f64, Dtype::F32);
+        let s = [f32s(self.presence)?, f32s(self.frequency)?, f32s(1.0)?, f32s(0.0)?];
+        Ok(self.scalars.insert(s).clone())
     }
 
     /// Fixes where the prompt ends instead of learning it from the first call (for callers that
@@ -316,21 +328,17 @@ impl LogitsProcessor for PresenceFrequencyPenalty {
         let prompt_len = *self.prompt_len.get_or_insert(history.len());
         let start = prompt_len.min(history.len());
         let counts = counts(window_before_pending(&history[start..], self.context_size), vocab);
-        let f32s = |v: f32| Array::scalar(v as f64, Dtype::F32);
-        let (presence, frequency) = (f32s(self.presence)?, f32s(self.frequency)?);
+        let [presence, frequency, one, zero] = self.scalars()?;
         let ids: Vec<u32> = counts.keys().copied().collect();
         let n = ids.len() as i32;
         let pending_count = if ids.is_empty() {
-            f32s(1.0)?.reshape(&[1])?
+            one.reshape(&[1])?
         } else {
             let host_ids = Array::from_slice(&ids, &[n])?;
             let host_counts = Array::from_slice(&counts.values().map(|&c| c as f32).collect::<Vec<_>>(), &[n])?;
             let hit = host_ids.equal(&pending.reshape(&[1])?.astype(Dtype::U32)?)?;
             let raised = host_counts.add(&hit.astype(Dtype::F32)?)?;
-            let own = crate::api::where_(&hit, &host_counts, &f32s(0.0)?)?
-                .sum(&[0], false)?
-                .reshape(&[1])?
-                .add(&f32s(1.0)?)?;
+            let own = crate::api::where_(&hit, &host_counts, &zero)?.sum(&[0], false)?.reshape(&[1])?.add(&one)?;
             crate::api::concatenate(&[&raised, &own], 0)?
         };
         let amounts = presence.add(&frequency.multiply(&pending_count)?)?;
