@@ -111,8 +111,8 @@ fn image_parts_get_the_tokens_of_generate_with_the_image() {
 
     // Again, beside a text request: the same tokens for both (and the image's prefix comes
     // from the prompt cache). The text request is a completion of token ids sharing no prefix
-    // with the chat, so that its tokens alone and beside do not depend on what the prompt
-    // cache holds (see docs/server.md on reusing an image prompt's checkpoint).
+    // with the chat; the two decode in one batch when their steps meet (Gemma 3's sliding
+    // layers stack).
     let text = json!({"model": "m", "prompt": [7, 20, 21, 22], "temperature": 0, "max_tokens": n, "logprobs": 0});
     let text_tokens = |v: &Value| -> Vec<String> {
         v["choices"][0]["logprobs"]["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().into()).collect()

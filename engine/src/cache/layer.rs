@@ -90,32 +90,51 @@ impl Layer {
         }
     }
 
-    /// Whether the layer can be stacked with others into a batch ([`Layer::dense_full`]): it
-    /// keeps every position, and densely.
+    /// Whether the layer can be stacked with others into a batch ([`Layer::stack_parts`]): it
+    /// is dense and keeps every position, or is a plain sliding window (a ring without sinks).
+    /// Rows of a batch advance together, so one ring over the batch's columns rotates for all
+    /// of them alike; sinks would be each row's own first positions, which padding shifts.
     pub fn is_stackable(&self) -> bool {
-        self.policy == Policy::Full && self.quant.is_none()
+        self.quant.is_none() && matches!(self.policy, Policy::Full | Policy::Ring { keep: 0, .. })
     }
 
-    /// A stackable layer's valid keys and values (`[B, H, len, D]` each); `None` before its
-    /// first update.
-    pub fn dense_full(&self) -> Result<Option<(Array, Array)>> {
+    /// A stackable layer's entries in time order (`[B, H, n, D]` keys and values) with the
+    /// absolute position of the first; `None` before its first update.
+    pub fn stack_parts(&self) -> Result<Option<(Array, Array, i32)>> {
         if !self.is_stackable() {
-            return Err(Error::Boundary("KV cache: only full, dense layers stack into a batch (engine bug)".into()));
+            return Err(Error::Boundary(
+                "KV cache: only dense full or sliding-window layers stack into a batch (engine bug)".into(),
+            ));
         }
         match (&self.keys, &self.values) {
-            (Some(k), Some(v)) => Ok(Some((valid(k, self.len)?.dense()?, valid(v, self.len)?.dense()?))),
+            (Some(k), Some(v)) => {
+                Ok(Some((self.ordered(k)?.dense()?, self.ordered(v)?.dense()?, self.offset - self.len)))
+            }
             _ => Ok(None),
         }
     }
 
-    /// A full, dense layer holding `keys` and `values` (`[B, H, T, D]`) as positions `0..T`.
-    pub fn from_dense_full(keys: Array, values: Array) -> Result<Layer> {
-        let len = keys.dim(2)?;
-        let mut layer = Layer::new(Policy::Full, None);
+    /// A layer under `like`'s policy holding `keys` and `values` (`[B, H, n, D]`, in time
+    /// order) as the last `n` of `offset` positions: the inverse of [`Layer::stack_parts`].
+    pub fn from_parts(like: &Layer, keys: Array, values: Array, offset: i32) -> Result<Layer> {
+        let n = keys.dim(2)?;
+        let fits = match like.policy {
+            Policy::Full => n == offset,
+            Policy::Ring { size, keep } => keep == 0 && n <= size.min(offset),
+        };
+        if !fits || like.quant.is_some() {
+            return Err(Error::Boundary(format!(
+                "KV cache: {n} entries ending at position {offset} do not fit a {:?} layer (engine bug)",
+                like.policy
+            )));
+        }
+        let mut layer = Layer::new(like.policy, None);
         layer.keys = Some(Tensor::Dense(keys));
         layer.values = Some(Tensor::Dense(values));
-        layer.len = len;
-        layer.offset = len;
+        layer.len = n;
+        // A full ring in time order: the oldest entry, 0, is the next to go.
+        layer.next = 0;
+        layer.offset = offset;
         Ok(layer)
     }
 

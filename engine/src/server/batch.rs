@@ -19,8 +19,8 @@
 //!
 //! The stacked batch is rebuilt only when its membership changes (a row joins after its
 //! prefill or leaves); in between, decoding appends to it in place. Caches that cannot stack
-//! (sliding-window or `max_kv_size` rings, a quantized KV cache) decode one row at a time
-//! instead, with the same semantics.
+//! (`max_kv_size` rings, a quantized KV cache) decode one row at a time instead, with the same
+//! semantics.
 //!
 //! A row's numbers in a batch differ from its numbers alone only by BLAS rounding (other
 //! matmul shapes; `engine/tests/batch_positions.rs` bounds it), and padding is masked out, so
