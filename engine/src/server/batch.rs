@@ -4,9 +4,10 @@
 //! stream and cancel flag, and a KV cache seeded from the longest prefix the shared prompt
 //! cache holds. Every turn of the loop:
 //! 1. admits waiting requests, up to `max_concurrency` rows;
-//! 2. gives every row still prefilling one chunk (at most `prefill_chunk` tokens, in its own
-//!    cache), so a long prompt advances between the others' decode steps instead of freezing
-//!    them;
+//! 2. prefills rows that joined together in shared passes where their new turns are short
+//!    (`joint_prefill`), then gives every row still prefilling one chunk (at most
+//!    `prefill_chunk` tokens, in its own cache), so a long prompt advances between the others'
+//!    decode steps instead of freezing them;
 //! 3. runs one decode step for all decoding rows together: each reads its pending token and
 //!    streams it, finished rows leave (their caches go back into the prompt cache), and the
 //!    rest feed their next token through the model in **one batched forward pass** over their
@@ -115,7 +116,9 @@ pub fn run(parts: WorkerParts<'_>, jobs: Receiver<Job>, limits: Limits, metrics:
         metrics.queued.store(waiting.len(), Ordering::Relaxed);
         metrics.active_rows.store(rows.len(), Ordering::Relaxed);
 
-        // One prefill chunk for every row still prefilling.
+        // Rows that joined together prefill together; then one chunk for every row still
+        // prefilling.
+        super::joint_prefill::prefill_together(&ctx, cache, &mut rows, limits.prefill_chunk, metrics);
         let mut i = 0;
         while i < rows.len() {
             if rows[i].pending.is_some() {

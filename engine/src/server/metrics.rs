@@ -21,7 +21,7 @@ pub fn render(m: &Metrics) -> String {
     let decode_s = get(&m.decode_micros) as f64 / 1e6;
     let lookups = get(&m.cache_lookups);
     let hits = get(&m.cache_hits);
-    let rows: [(&str, &str, &str, f64); 22] = [
+    let rows: [(&str, &str, &str, f64); 24] = [
         ("queue_depth", "gauge", "Requests waiting to join the batch", m.queued.load(Ordering::Relaxed) as f64),
         ("active_rows", "gauge", "Rows in the running batch", m.active_rows.load(Ordering::Relaxed) as f64),
         (
@@ -65,6 +65,18 @@ pub fn render(m: &Metrics) -> String {
             "counter",
             "Rows of batched decode steps that failed (a plugin error or panic) and were retried alone",
             get(&m.failed_batch_rows) as f64,
+        ),
+        (
+            "joint_prefill_passes_total",
+            "counter",
+            "Prefill passes shared by several joining rows",
+            get(&m.joint_prefill_passes) as f64,
+        ),
+        (
+            "joint_prefill_rows_total",
+            "counter",
+            "Rows carried by shared prefill passes",
+            get(&m.joint_prefill_rows) as f64,
         ),
         (
             "speculative_rounds_total",
@@ -119,6 +131,6 @@ mod tests {
         assert!(text.contains("# TYPE mlx_engine_queue_depth gauge\nmlx_engine_queue_depth 0\n"), "{text}");
         assert!(text.contains("mlx_engine_decode_tokens_per_second 25\n"), "{text}");
         assert!(text.contains("mlx_engine_prompt_cache_hit_rate 0.25\n"), "{text}");
-        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 22);
+        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 24);
     }
 }

@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod batch;
 pub mod errors;
+pub mod joint_prefill;
 pub mod memory;
 pub mod metrics;
 pub mod openai;

@@ -265,6 +265,26 @@ impl<'t> Row<'t> {
         Ok(())
     }
 
+    /// Whether the row's prompt can prefill in a pass shared with other rows: token ids (images
+    /// merge into embeddings of their own), and a client still waiting for it.
+    pub fn prefills_jointly(&self) -> bool {
+        self.vision.is_none() && !self.abandoned() && self.pending.is_none() && self.cache.is_some()
+    }
+
+    /// Takes the row's cache after a shared pass fed it `prompt[pos..to]`, storing the
+    /// checkpoint's snapshot when it lies in that stretch (the cache is trimmed back to it,
+    /// which the shared pass checked is exact).
+    pub fn prefilled_to(&mut self, shared: &mut PromptCache, cache: KvCache, to: usize) {
+        if let Some(at) = self.checkpoint.filter(|&at| self.pos < at && at <= to) {
+            let mut snapshot = cache.clone();
+            if snapshot.trim(to - at) == to - at {
+                shared.store_snapshot(&self.prompt[..at], snapshot);
+            }
+        }
+        self.cache = Some(cache);
+        self.pos = to;
+    }
+
     /// Whether the row may decode speculatively with a draft model.
     pub fn speculates(&self) -> bool {
         self.may_speculate

@@ -68,6 +68,9 @@ pub struct Metrics {
     pub max_batch_rows: AtomicUsize,
     /// Rows of batched steps that failed and were retried one by one.
     pub failed_batch_rows: AtomicU64,
+    /// Prefill passes shared by several joining rows, and the rows they carried.
+    pub joint_prefill_passes: AtomicU64,
+    pub joint_prefill_rows: AtomicU64,
     /// Speculative rounds (a row decoding alone, with the draft model), the tokens drafted in
     /// them, and those accepted.
     pub speculative_rounds: AtomicU64,
