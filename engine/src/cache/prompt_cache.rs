@@ -330,6 +330,12 @@ impl PromptCache {
         &mut self.live
     }
 
+    /// Tokens the live cache is keyed by: the prompt of the last [`Self::prepare`] and every
+    /// [`Self::record`]ed token since (one or more ahead of its positions while decoding).
+    pub fn recorded(&self) -> usize {
+        self.live_tokens.len()
+    }
+
     /// Notes a sampled token (it enters the cache when it is fed back).
     pub fn record(&mut self, token: u32) {
         self.live_tokens.push(token);

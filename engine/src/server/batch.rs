@@ -56,7 +56,7 @@ struct Group {
 /// Runs until `jobs` is closed (every scheduler handle dropped) and the last row is done.
 pub fn run(parts: WorkerParts<'_>, jobs: Receiver<Job>, limits: Limits, metrics: &Metrics) {
     let WorkerParts { ctx, cache, attention_heads, mut draft } = parts;
-    let mut synced: Option<(u64, usize)> = None;
+    let mut synced: Option<u64> = None;
     let mut waiting: VecDeque<Job> = VecDeque::new();
     let mut rows: Vec<Row<'_>> = Vec::new();
     let mut group: Option<Group> = None;
@@ -177,9 +177,9 @@ enum Taken {
 enum Solo<'d> {
     Model {
         draft: &'d mut DraftModel,
-        /// The row whose sequence the draft's cache follows, and how many of its tokens the
-        /// draft's prompt cache has recorded.
-        synced: &'d mut Option<(u64, usize)>,
+        /// The row whose sequence the draft's cache follows (its prompt cache has recorded how
+        /// far).
+        synced: &'d mut Option<u64>,
         prefill_chunk: usize,
     },
     Lookup(PromptLookup),
@@ -343,19 +343,15 @@ fn speculate(ctx: &GenContext<'_>, row: &mut Row<'_>, solo: &mut Solo<'_>, k: us
         Solo::Lookup(lookup) => return row.speculate(ctx, lookup, k),
         Solo::Model { draft, synced, prefill_chunk } => (draft, synced, *prefill_chunk),
     };
-    let h = row.history().len();
-    let recorded = match **synced {
-        Some((uid, n)) if uid == row.uid => n,
-        _ => {
-            **synced = None;
-            let never = AtomicBool::new(false);
-            draft.prefill(&row.history()[..h - 1], true, prefill_chunk, &mut NoProgress, &never)?;
-            h - 1
-        }
-    };
+    if **synced != Some(row.uid) {
+        **synced = None;
+        let h = row.history().len();
+        let never = AtomicBool::new(false);
+        draft.prefill(&row.history()[..h - 1], true, prefill_chunk, &mut NoProgress, &never)?;
+    }
+    let recorded = draft.cache.recorded();
     let out = row.speculate(ctx, &mut draft.drafter(recorded), k)?;
-    // The draft has recorded the committed tokens and the model's own pending one.
-    **synced = out.goes_on.then(|| (row.uid, row.history().len() + 1));
+    **synced = out.goes_on.then_some(row.uid);
     Ok(out)
 }
 
