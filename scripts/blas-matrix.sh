@@ -15,7 +15,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-suites=(--test parity --test arch_conformance --test kv_cache_models --test gguf_model --test prompt_cache)
+suites=(--test parity --test arch_conformance --test joined_projections --test kv_cache_models --test gguf_model --test prompt_cache)
 scope=(-p mlx-engine "${suites[@]}")
 if [ "${1:-}" = "--all" ]; then scope=(--workspace); shift; fi
 test_args=()

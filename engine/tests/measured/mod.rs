@@ -27,6 +27,9 @@ pub const CACHED_VS_FULL: f32 = 1e-5;
 /// change cannot reach), `max |diff|`. Exactly 0 under every kernel; 1e-6 leaves room for a
 /// BLAS that picks kernels by matrix address alignment.
 pub const SAME_COMPUTATION: f32 = 1e-6;
+/// Projections joined into one matmul (q|k|v, gate|up; the GPU's default) vs apart, `max
+/// |diff|` of the logits: a matmul of more rows, which BLAS may block differently.
+pub const JOINED_VS_APART: f32 = 1e-5;
 /// Quantized matmuls vs dense matmuls over the dequantized weights, relative. Worst 9.8e-7: 5x.
 pub const QUANTIZED_VS_DEQUANTIZED_REL: f32 = 5e-6;
 

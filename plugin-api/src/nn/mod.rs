@@ -8,11 +8,13 @@
 //! own parameters). Every tensor's shape is checked at load, so a wrong checkpoint fails naming
 //! the tensor, and the conformance kit can learn the shapes from the loaders (`declare`).
 
+pub mod fused;
 pub mod moe;
 pub mod pipeline;
 pub mod rope;
 pub mod shard;
 pub mod vision;
+pub use fused::{exactly, Projections};
 pub use moe::{SwitchGlu, SwitchLinear};
 pub use pipeline::PipelineStage;
 pub use rope::{Rope, RopeScaling};
@@ -335,8 +337,8 @@ pub enum Activation {
 /// `down(act(gate(x)) * up(x))`.
 #[derive(Clone, Debug)]
 pub struct GatedMlp {
-    pub gate: Linear,
-    pub up: Linear,
+    /// `gate_proj` and `up_proj`, in that order (joined into one matmul on the GPU).
+    pub gate_up: Projections,
     /// Whole until [`GatedMlp::shard`] (tensor parallelism) makes it sharded-to-all.
     pub down: ShardedToAllLinear,
     pub act: Activation,
@@ -355,16 +357,15 @@ impl GatedMlp {
     ) -> Result<GatedMlp> {
         let lin = |w: &mut Weights, name: &str, shape| Linear::load(w, &format!("{prefix}.{name}"), shape, bias, quant);
         Ok(GatedMlp {
-            gate: lin(w, "gate_proj", (dim, hidden))?,
-            up: lin(w, "up_proj", (dim, hidden))?,
+            gate_up: Projections::new(vec![lin(w, "gate_proj", (dim, hidden))?, lin(w, "up_proj", (dim, hidden))?])?,
             down: lin(w, "down_proj", (hidden, dim))?.into(),
             act,
         })
     }
 
     pub fn forward(&self, x: &Array) -> Result<Array> {
-        let h = self.act.gate(&self.gate.forward(x)?, &self.up.forward(x)?)?;
-        self.down.forward(&h)
+        let [gate, up] = self.gate_up.forward(x)?;
+        self.down.forward(&self.act.gate(&gate, &up)?)
     }
 }
 

@@ -21,7 +21,7 @@
 use crate::array::Array;
 use crate::distributed::{all_sum, Group};
 use crate::error::{Error, Result};
-use crate::nn::{GatedMlp, Linear, Weight};
+use crate::nn::{exactly, GatedMlp, Linear, Projections, Weight};
 
 /// The `[start, stop)` part of `n` features that `group`'s rank keeps, cut in whole `unit`s
 /// (a head's dimensions, a quantization group) as evenly as possible: the first `n / unit %
@@ -241,6 +241,22 @@ impl HeadShard {
         v.keep_outputs(self.kv.0, self.kv.1)?;
         o.shard(group, self.q.0, self.q.1, &format!("{prefix}.o_proj"))
     }
+
+    /// [`HeadShard::apply`] to q/k/v held as [`Projections`] (split apart, sharded, joined
+    /// again where joining pays).
+    pub fn apply_joined(
+        &self,
+        group: &Group,
+        qkv: &mut Projections,
+        o: &mut ShardedToAllLinear,
+        prefix: &str,
+    ) -> Result<()> {
+        let parts = std::mem::replace(qkv, Projections::Apart(Vec::new())).into_parts()?;
+        let [mut q, mut k, mut v] = exactly(parts)?;
+        self.apply(group, (&mut q, &mut k, &mut v), o, prefix)?;
+        *qkv = Projections::new(vec![q, k, v])?;
+        Ok(())
+    }
 }
 
 impl GatedMlp {
@@ -254,8 +270,11 @@ impl GatedMlp {
             Weight::Quantized { group_size, .. } => *group_size,
         };
         let (a, b) = balanced_range(group, &format!("{prefix} intermediate_size"), hidden, unit)?;
-        self.gate.keep_outputs(a, b)?;
-        self.up.keep_outputs(a, b)?;
+        let parts = std::mem::replace(&mut self.gate_up, Projections::Apart(Vec::new())).into_parts()?;
+        let [mut gate, mut up] = exactly(parts)?;
+        gate.keep_outputs(a, b)?;
+        up.keep_outputs(a, b)?;
+        self.gate_up = Projections::new(vec![gate, up])?;
         self.down.shard(group, a, b, &format!("{prefix}.down_proj"))
     }
 }

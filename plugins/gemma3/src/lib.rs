@@ -7,8 +7,8 @@ use mlx_engine_plugin_api::config_check::ConfigCheck;
 use mlx_engine_plugin_api::distributed::Group;
 use mlx_engine_plugin_api::gguf::{rename_llama_cpp_parts, GgufInfo};
 use mlx_engine_plugin_api::nn::{
-    merge_heads, split_heads, Activation, Embedding, GatedMlp, HeadShard, Linear, PipelineStage, Quantization, RmsNorm,
-    Rope, RopeScaling, ShardedToAllLinear,
+    merge_heads, split_heads, Activation, Embedding, GatedMlp, HeadShard, Linear, PipelineStage, Projections,
+    Quantization, RmsNorm, Rope, RopeScaling, ShardedToAllLinear,
 };
 use mlx_engine_plugin_api::serde_json::{json, Map, Value};
 use mlx_engine_plugin_api::{
@@ -93,9 +93,8 @@ impl Config {
 }
 
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// q_proj, k_proj, v_proj (joined into one matmul on the GPU).
+    qkv: Projections,
     /// Sharded-to-all under tensor parallelism (sums the ranks' heads).
     o_proj: ShardedToAllLinear,
     q_norm: RmsNorm,
@@ -120,9 +119,11 @@ impl Attention {
             Rope::new(c.head_dim, false, c.rope_theta, c.rope_scaling.as_ref())?
         };
         Ok(Attention {
-            q_proj: lin(w, "q_proj", (d, q_out))?,
-            k_proj: lin(w, "k_proj", (d, kv_out))?,
-            v_proj: lin(w, "v_proj", (d, kv_out))?,
+            qkv: Projections::new(vec![
+                lin(w, "q_proj", (d, q_out))?,
+                lin(w, "k_proj", (d, kv_out))?,
+                lin(w, "v_proj", (d, kv_out))?,
+            ])?,
             o_proj: lin(w, "o_proj", (q_out, d))?.into(),
             q_norm: norm(w, "q_norm")?,
             k_norm: norm(w, "k_norm")?,
@@ -135,9 +136,10 @@ impl Attention {
     }
 
     fn forward(&self, x: &Array, layer: usize, ctx: &mut dyn ForwardContext) -> Result<Array> {
-        let q = self.q_norm.forward(&split_heads(&self.q_proj.forward(x)?, self.n_heads)?)?;
-        let k = self.k_norm.forward(&split_heads(&self.k_proj.forward(x)?, self.n_kv_heads)?)?;
-        let v = split_heads(&self.v_proj.forward(x)?, self.n_kv_heads)?;
+        let [q, k, v] = self.qkv.forward(x)?;
+        let q = self.q_norm.forward(&split_heads(&q, self.n_heads)?)?;
+        let k = self.k_norm.forward(&split_heads(&k, self.n_kv_heads)?)?;
+        let v = split_heads(&v, self.n_kv_heads)?;
         let positions = ctx.positions(layer)?;
         let (q, k) = (self.rope.apply_at(&q, &positions)?, self.rope.apply_at(&k, &positions)?);
         let out = ctx.attention(layer, &q, &k, &v, self.scale, &AttentionOptions::default())?;
@@ -148,7 +150,7 @@ impl Attention {
     /// and stay whole).
     fn shard(&mut self, group: &Group, prefix: &str) -> Result<()> {
         let s = HeadShard::new(group, self.n_heads, self.n_kv_heads, self.head_dim)?;
-        s.apply(group, (&mut self.q_proj, &mut self.k_proj, &mut self.v_proj), &mut self.o_proj, prefix)?;
+        s.apply_joined(group, &mut self.qkv, &mut self.o_proj, prefix)?;
         self.n_heads = s.n_heads;
         self.n_kv_heads = s.n_kv_heads;
         Ok(())

@@ -5,8 +5,8 @@ use mlx_engine_plugin_api::config_check::ConfigCheck;
 use mlx_engine_plugin_api::distributed::Group;
 use mlx_engine_plugin_api::gguf::{rename_llama_cpp_parts, unpermute_qk_rows, GgufInfo};
 use mlx_engine_plugin_api::nn::{
-    merge_heads, split_heads, Activation, Embedding, GatedMlp, HeadShard, Linear, PipelineStage, Quantization, RmsNorm,
-    Rope, RopeScaling, ShardedToAllLinear,
+    exactly, merge_heads, split_heads, Activation, Embedding, GatedMlp, HeadShard, Linear, PipelineStage, Projections,
+    Quantization, RmsNorm, Rope, RopeScaling, ShardedToAllLinear,
 };
 use mlx_engine_plugin_api::serde_json::{json, Map, Value};
 use mlx_engine_plugin_api::{
@@ -64,9 +64,8 @@ impl Config {
 }
 
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// q_proj, k_proj, v_proj (joined into one matmul on the GPU).
+    qkv: Projections,
     /// Sharded-to-all under tensor parallelism (sums the ranks' heads).
     o_proj: ShardedToAllLinear,
     /// qwen3 normalises each head's queries and keys before RoPE.
@@ -89,9 +88,11 @@ impl Attention {
         let (q_out, kv_out) = (c.num_attention_heads * hd, c.kv_heads() * hd);
         let norm = |w: &mut Weights, name: &str| RmsNorm::load(w, &format!("{p}.{name}"), hd, c.rms_norm_eps);
         Ok(Attention {
-            q_proj: lin(w, "q_proj", (d, q_out), qkv_bias)?,
-            k_proj: lin(w, "k_proj", (d, kv_out), qkv_bias)?,
-            v_proj: lin(w, "v_proj", (d, kv_out), qkv_bias)?,
+            qkv: Projections::new(vec![
+                lin(w, "q_proj", (d, q_out), qkv_bias)?,
+                lin(w, "k_proj", (d, kv_out), qkv_bias)?,
+                lin(w, "v_proj", (d, kv_out), qkv_bias)?,
+            ])?,
             o_proj: lin(w, "o_proj", (q_out, d), c.attention_bias)?.into(),
             q_norm: if qk_norm { Some(norm(w, "q_norm")?) } else { None },
             k_norm: if qk_norm { Some(norm(w, "k_norm")?) } else { None },
@@ -110,16 +111,26 @@ impl Attention {
     }
 
     fn forward(&self, x: &Array, layer: usize, ctx: &mut dyn ForwardContext) -> Result<Array> {
-        let mut q = split_heads(&self.q_proj.forward(x)?, self.n_heads)?;
-        let mut k = split_heads(&self.k_proj.forward(x)?, self.n_kv_heads)?;
-        let v = split_heads(&self.v_proj.forward(x)?, self.n_kv_heads)?;
-        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-            q = qn.forward(&q)?;
-            k = kn.forward(&k)?;
-        }
         let positions = ctx.positions(layer)?;
-        let q = self.rope.apply_at(&q, &positions)?;
-        let k = self.rope.apply_at(&k, &positions)?;
+        let (h, kv) = (self.n_heads, self.n_kv_heads);
+        let (q, k, v) = match self.qkv.forward_joined(x)? {
+            // Queries and keys as heads of one tensor take one RoPE call instead of two (one
+            // kernel fewer per layer on the GPU); qwen3's per-head norms differ, so not there.
+            Some(qkv) if self.q_norm.is_none() => {
+                let [qk, v] = exactly(split_heads(&qkv, h + 2 * kv)?.split_at(&[h + kv], 1)?)?;
+                let [q, k] = exactly(self.rope.apply_at(&qk, &positions)?.split_at(&[h], 1)?)?;
+                (q, k, v)
+            }
+            _ => {
+                let [q, k, v] = self.qkv.forward(x)?;
+                let (mut q, mut k, v) = (split_heads(&q, h)?, split_heads(&k, kv)?, split_heads(&v, kv)?);
+                if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+                    q = qn.forward(&q)?;
+                    k = kn.forward(&k)?;
+                }
+                (self.rope.apply_at(&q, &positions)?, self.rope.apply_at(&k, &positions)?, v)
+            }
+        };
         let out = ctx.attention(layer, &q, &k, &v, self.scale, &AttentionOptions::default())?;
         self.o_proj.forward(&merge_heads(&out)?)
     }
@@ -127,7 +138,7 @@ impl Attention {
     /// Keeps this rank's heads (whole KV groups) of q/k/v and the matching columns of o.
     fn shard(&mut self, group: &Group, prefix: &str) -> Result<()> {
         let s = HeadShard::new(group, self.n_heads, self.n_kv_heads, self.head_dim)?;
-        s.apply(group, (&mut self.q_proj, &mut self.k_proj, &mut self.v_proj), &mut self.o_proj, prefix)?;
+        s.apply_joined(group, &mut self.qkv, &mut self.o_proj, prefix)?;
         self.n_heads = s.n_heads;
         self.n_kv_heads = s.n_kv_heads;
         Ok(())
