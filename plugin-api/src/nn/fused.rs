@@ -4,7 +4,8 @@
 //! runs about 300 small kernels. One GEMV over the stacked rows reads the same bytes as three,
 //! in one launch, and the small k/v projections stop being latency-bound. Measured on an H200
 //! with mlx-lm patched the same way (`bench/gpu/fusion_probe.py`), joining q|k|v and gate|up
-//! made decode 16-19% faster on the 1B and 8B shapes. On the CPU the GEMVs are bound by
+//! made decode 16-19% faster on the 1B and 8B shapes; in the engine, with llama's single RoPE
+//! over q|k, 1B bf16 decode gained 7-8% (docs/benchmarks.md). On the CPU the GEMVs are bound by
 //! memory bandwidth alone and gain nothing, and the joined GEMM may round differently from
 //! mlx-lm's separate ones, so the CPU keeps them apart (and token parity with mlx-lm).
 
@@ -30,11 +31,11 @@ fn join_here() -> Result<bool> {
 }
 
 /// Projections of one input: kept apart, or joined into one [`Linear`] whose output rows are
-/// the parts' rows one after another.
+/// the parts' rows one after another, part `i` ending at row `ends[i]`.
 #[derive(Clone, Debug)]
 pub enum Projections {
     Apart(Vec<Linear>),
-    Joined { linear: Linear, outs: Vec<i32> },
+    Joined { linear: Linear, ends: Vec<i32> },
 }
 
 impl Projections {
@@ -57,7 +58,14 @@ impl Projections {
         if parts.len() < 2 || crate::declare::recording() || !joinable(&parts)? {
             return Ok(Projections::Apart(parts));
         }
-        let outs = parts.iter().map(|p| p.weight.output_features()).collect::<Result<Vec<_>>>()?;
+        let mut end = 0;
+        let ends = parts
+            .iter()
+            .map(|p| {
+                end += p.weight.output_features()?;
+                Ok(end)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let cat = |f: &dyn Fn(&Linear) -> Option<&Array>| -> Result<Option<Array>> {
             let arrays: Option<Vec<&Array>> = parts.iter().map(f).collect();
             arrays.map(|a| concatenate(&a, 0)).transpose()
@@ -75,25 +83,14 @@ impl Projections {
         let bias = cat(&|p| p.bias.as_ref())?;
         let linear = Linear { weight, bias };
         eval(&linear.arrays())?;
-        Ok(Projections::Joined { linear, outs })
-    }
-
-    pub fn is_joined(&self) -> bool {
-        matches!(self, Projections::Joined { .. })
+        Ok(Projections::Joined { linear, ends })
     }
 
     /// Each part's output, in the parts' order (`N` is the number of parts).
     pub fn forward<const N: usize>(&self, x: &Array) -> Result<[Array; N]> {
         let outputs = match self {
             Projections::Apart(parts) => parts.iter().map(|p| p.forward(x)).collect::<Result<Vec<_>>>()?,
-            Projections::Joined { linear, outs } => {
-                let ends: Vec<i32> = outs
-                    .iter()
-                    .scan(0, |end, n| {
-                        *end += n;
-                        Some(*end)
-                    })
-                    .collect();
+            Projections::Joined { linear, ends } => {
                 linear.forward(x)?.split_at(&ends[..ends.len().saturating_sub(1)], -1)?
             }
         };
@@ -114,12 +111,11 @@ impl Projections {
     pub fn into_parts(self) -> Result<Vec<Linear>> {
         match self {
             Projections::Apart(parts) => Ok(parts),
-            Projections::Joined { linear, outs } => {
-                let mut start = 0;
-                outs.iter()
-                    .map(|n| {
-                        let (a, b) = (start, start + n);
-                        start = b;
+            Projections::Joined { linear, ends } => {
+                let starts = std::iter::once(0).chain(ends.iter().copied());
+                starts
+                    .zip(ends.iter().copied())
+                    .map(|(a, b)| {
                         Ok(Linear {
                             weight: linear.weight.rows(a, b)?,
                             bias: linear.bias.as_ref().map(|x| x.slice_axis(-1, a, b)).transpose()?,

@@ -113,15 +113,16 @@ impl Attention {
     fn forward(&self, x: &Array, layer: usize, ctx: &mut dyn ForwardContext) -> Result<Array> {
         let positions = ctx.positions(layer)?;
         let (h, kv) = (self.n_heads, self.n_kv_heads);
-        let (q, k, v) = match self.qkv.forward_joined(x)? {
-            // Queries and keys as heads of one tensor take one RoPE call instead of two (one
-            // kernel fewer per layer on the GPU); qwen3's per-head norms differ, so not there.
-            Some(qkv) if self.q_norm.is_none() => {
+        // Queries and keys as heads of one tensor take one RoPE call instead of two (one
+        // kernel fewer per layer on the GPU); qwen3's per-head norms differ, so not there.
+        let joined = if self.q_norm.is_none() { self.qkv.forward_joined(x)? } else { None };
+        let (q, k, v) = match joined {
+            Some(qkv) => {
                 let [qk, v] = exactly(split_heads(&qkv, h + 2 * kv)?.split_at(&[h + kv], 1)?)?;
                 let [q, k] = exactly(self.rope.apply_at(&qk, &positions)?.split_at(&[h], 1)?)?;
                 (q, k, v)
             }
-            _ => {
+            None => {
                 let [q, k, v] = self.qkv.forward(x)?;
                 let (mut q, mut k, v) = (split_heads(&q, h)?, split_heads(&k, kv)?, split_heads(&v, kv)?);
                 if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
