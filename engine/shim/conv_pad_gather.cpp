@@ -1,9 +1,13 @@
 // Ops added in ABI 1.1: 1-D convolution, padding, gathered (mixture-of-experts) matmuls, and the
 // graph count used to measure kernels per step.
 
+#include <algorithm>
+#include <cstring>
+#include <map>
 #include <unordered_set>
 
 #include "mlx/ops.h"
+#include "mlx/primitives.h"
 
 #include "mlxe.h"
 
@@ -66,34 +70,78 @@ Status mlxe_gather_qmm(
   });
 }
 
+namespace {
+
+// The primitives that evaluating `arrays` would run: unevaluated nodes reachable from them,
+// the outputs of one multi-output primitive once.
+std::vector<mx::array> pending_primitives(const Handle* arrays, size_t n) {
+  if (arrays == nullptr && n > 0) {
+    fail("graph_primitives: null 'arrays' with n > 0");
+  }
+  std::unordered_set<std::uintptr_t> seen_nodes;
+  std::unordered_set<std::uintptr_t> counted;
+  std::vector<mx::array> found;
+  std::vector<mx::array> stack;
+  for (size_t i = 0; i < n; ++i) {
+    stack.push_back(arr(arrays[i], "arrays[i]"));
+  }
+  // Iterative, because a long decode graph would overflow a recursive walk.
+  while (!stack.empty()) {
+    mx::array a = std::move(stack.back());
+    stack.pop_back();
+    if (!seen_nodes.insert(a.id()).second) {
+      continue;
+    }
+    if (!a.has_primitive() || a.status() != mx::array::Status::unscheduled) {
+      continue;
+    }
+    // Siblings (outputs of one multi-output primitive) are one kernel, counted once. The
+    // primitive's address cannot tell nodes apart: every replay of a compiled function shares
+    // the traced primitive objects.
+    bool sibling_counted = false;
+    for (const auto& s : a.siblings()) {
+      sibling_counted = sibling_counted || counted.count(s.id()) > 0;
+    }
+    if (!sibling_counted) {
+      counted.insert(a.id());
+      found.push_back(a);
+    }
+    for (const auto& in : a.inputs()) {
+      stack.push_back(in);
+    }
+  }
+  return found;
+}
+
+}  // namespace
+
 Status mlxe_graph_primitives(const Handle* arrays, size_t n, size_t* out) noexcept {
   return guard([&] {
     out_ptr(out, "out");
-    if (arrays == nullptr && n > 0) {
-      fail("graph_primitives: null 'arrays' with n > 0");
+    *out = pending_primitives(arrays, n).size();
+  });
+}
+
+// Not in the ops table (a diagnostic of the engine's): the primitives of `arrays` by name, one
+// "name<TAB>count" line each, most frequent first. `*len` is the text's full length; at most
+// `cap` bytes of it are written to `buf`.
+MLXE_EXPORT Status mlxe_graph_census(
+    const Handle* arrays, size_t n, char* buf, size_t cap, size_t* len) noexcept {
+  return guard([&] {
+    out_ptr(len, "len");
+    std::map<std::string, size_t> by_name;
+    for (const auto& a : pending_primitives(arrays, n)) {
+      by_name[a.primitive().name()] += 1;
     }
-    std::unordered_set<std::uintptr_t> seen_nodes;
-    std::unordered_set<std::uintptr_t> seen_prims;
-    std::vector<mx::array> stack;
-    for (size_t i = 0; i < n; ++i) {
-      stack.push_back(arr(arrays[i], "arrays[i]"));
+    std::vector<std::pair<std::string, size_t>> rows(by_name.begin(), by_name.end());
+    std::stable_sort(rows.begin(), rows.end(), [](const auto& x, const auto& y) { return x.second > y.second; });
+    std::string text;
+    for (const auto& [name, count] : rows) {
+      text += name + "\t" + std::to_string(count) + "\n";
     }
-    // Iterative, because a long decode graph would overflow a recursive walk.
-    while (!stack.empty()) {
-      mx::array a = std::move(stack.back());
-      stack.pop_back();
-      if (!seen_nodes.insert(a.id()).second) {
-        continue;
-      }
-      if (!a.has_primitive() || a.status() != mx::array::Status::unscheduled) {
-        continue;
-      }
-      // Siblings (outputs of one multi-output primitive) share the primitive: one kernel.
-      seen_prims.insert(a.primitive_id());
-      for (const auto& in : a.inputs()) {
-        stack.push_back(in);
-      }
+    *len = text.size();
+    if (buf != nullptr) {
+      std::memcpy(buf, text.data(), std::min(cap, text.size()));
     }
-    *out = seen_prims.size();
   });
 }

@@ -28,13 +28,20 @@ pub enum RopeFreqs<'a> {
     Freqs(&'a Array),
 }
 
+impl<'a> RopeFreqs<'a> {
+    /// The base (0 when unused) and the explicit periods, as MLX takes them.
+    pub fn split(self) -> (f32, Option<&'a Array>) {
+        match self {
+            RopeFreqs::Base(b) => (b, None),
+            RopeFreqs::Freqs(a) => (0.0, Some(a)),
+        }
+    }
+}
+
 /// Rotary position embedding of the first `dims` features of the last axis; positions are
 /// `offset + i` along axis -2. `traditional` rotates adjacent pairs instead of halves.
 pub fn rope(x: &Array, dims: i32, traditional: bool, freqs: RopeFreqs<'_>, scale: f32, offset: i32) -> Result<Array> {
-    let (base, f) = match freqs {
-        RopeFreqs::Base(b) => (b, None),
-        RopeFreqs::Freqs(a) => (0.0, Some(a)),
-    };
+    let (base, f) = freqs.split();
     // SAFETY: live handles (or null) in, owned handle out.
     call1(|out| unsafe { (ops().rope)(x.as_raw(), dims, traditional, base, scale, offset, opt_raw(f), out) })
 }
@@ -49,10 +56,7 @@ pub fn rope_offsets(
     scale: f32,
     offsets: &Array,
 ) -> Result<Array> {
-    let (base, f) = match freqs {
-        RopeFreqs::Base(b) => (b, None),
-        RopeFreqs::Freqs(a) => (0.0, Some(a)),
-    };
+    let (base, f) = freqs.split();
     // SAFETY: live handles (or null) in, owned handle out.
     call1(|out| unsafe {
         (ops().rope_offsets)(x.as_raw(), dims, traditional, base, scale, offsets.as_raw(), opt_raw(f), out)

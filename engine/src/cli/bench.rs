@@ -60,6 +60,14 @@ pub struct BenchArgs {
     /// Print each measurement as one JSON object per line on stdout instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Speed runs also return this many top logprobs per token (up to 20), to measure what a
+    /// client asking for them costs the decode loop.
+    #[arg(long, default_value_t = 0)]
+    pub top_logprobs: usize,
+    /// Speed runs apply this repetition penalty (a logits processor over the recent tokens), to
+    /// measure what processors cost the decode loop.
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
     /// Prompt length of the prompt-cache comparison.
     #[arg(long, default_value_t = 2048)]
     pub cache_prompt_tokens: usize,

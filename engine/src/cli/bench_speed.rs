@@ -39,6 +39,7 @@ pub fn check(args: &BenchArgs) -> Result<()> {
     if args.runs < 1 {
         return Err(param("--runs", "must be at least 1"));
     }
+    crate::sample::SamplingParams::from(decode_options(args)).validate_ranges()?;
     args.constraint.constraint()?;
     Ok(())
 }
@@ -98,17 +99,28 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// Greedy sampling with the flags' top logprobs and repetition penalty.
+fn decode_options(args: &BenchArgs) -> SamplingOverrides {
+    SamplingOverrides {
+        temp: Some(0.0),
+        top_logprobs: Some(args.top_logprobs),
+        repetition_penalty: args.repetition_penalty,
+        ..Default::default()
+    }
+}
+
 fn timed(
     kit: &ModelKit,
+    args: &BenchArgs,
     prompt: &[u32],
-    gen_tokens: usize,
     step: Option<usize>,
     constraint: Option<&Constraint>,
 ) -> Result<Sample> {
+    let gen_tokens = args.gen_tokens;
     let req = GenerateRequest {
         constraint: constraint.cloned(),
         prompt_tokens: prompt.to_vec(),
-        sampling: SamplingOverrides { temp: Some(0.0), ..Default::default() },
+        sampling: decode_options(args),
         max_tokens: Some(gen_tokens),
         ignore_eos: true,
         prefill_step_size: step,
@@ -152,9 +164,8 @@ pub fn run(kit: &ModelKit, args: &BenchArgs, step: Option<usize>) -> Result<()> 
     }
     for &n in &args.prompt_tokens {
         let prompt = synthetic_prompt(kit, n)?;
-        timed(kit, &prompt, args.gen_tokens, step, None)?;
-        let samples =
-            (0..args.runs).map(|_| timed(kit, &prompt, args.gen_tokens, step, None)).collect::<Result<Vec<_>>>()?;
+        timed(kit, args, &prompt, step, None)?;
+        let samples = (0..args.runs).map(|_| timed(kit, args, &prompt, step, None)).collect::<Result<Vec<_>>>()?;
         let pick = |f: fn(&Sample) -> f64| samples.iter().map(f).collect::<Vec<_>>();
         let (prompt_tps, decode_tps, ttft) = (pick(|s| s.prompt_tps), pick(|s| s.decode_tps), pick(|s| s.ttft));
         let host = [pick(|s| s.forward_ms), pick(|s| s.sample_ms), pick(|s| s.wait_ms), pick(|s| s.text_ms)];
@@ -162,10 +173,9 @@ pub fn run(kit: &ModelKit, args: &BenchArgs, step: Option<usize>) -> Result<()> 
         let peak = samples.iter().map(|s| s.peak).max().unwrap_or(0);
         let constrained = match &constraint {
             Some(c) => {
-                timed(kit, &prompt, args.gen_tokens, step, Some(c))?;
-                let runs = (0..args.runs)
-                    .map(|_| timed(kit, &prompt, args.gen_tokens, step, Some(c)))
-                    .collect::<Result<Vec<_>>>()?;
+                timed(kit, args, &prompt, step, Some(c))?;
+                let runs =
+                    (0..args.runs).map(|_| timed(kit, args, &prompt, step, Some(c))).collect::<Result<Vec<_>>>()?;
                 Some(Constrained::of(&runs, median(decode_tps.clone())))
             }
             None => None,
@@ -181,6 +191,7 @@ pub fn run(kit: &ModelKit, args: &BenchArgs, step: Option<usize>) -> Result<()> 
                     "ttft_s": median(ttft.clone()), "peak_mb": mb(peak),
                     "prompt_tps_runs": prompt_tps, "decode_tps_runs": decode_tps, "ttft_s_runs": ttft,
                     "host_ms_per_token": {"forward": forward, "sample": sample, "wait": wait, "text": text},
+                    "top_logprobs": args.top_logprobs, "repetition_penalty": args.repetition_penalty,
                     "constrained": constrained.as_ref().map(Constrained::json),
                 })
             );

@@ -8,6 +8,7 @@
 //! own parameters). Every tensor's shape is checked at load, so a wrong checkpoint fails naming
 //! the tensor, and the conformance kit can learn the shapes from the loaders (`declare`).
 
+pub mod decode_fusion;
 pub mod fused;
 pub mod moe;
 pub mod pipeline;
@@ -283,6 +284,9 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: &Array) -> Result<Array> {
+        if decode_fusion::applies(x) {
+            return decode_fusion::rms_norm(x, &self.weight, self.eps);
+        }
         fast::rms_norm(x, Some(&self.weight), self.eps)
     }
 }

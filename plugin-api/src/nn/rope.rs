@@ -10,6 +10,8 @@ use crate::fast::{rope, rope_offsets, RopeFreqs};
 use crate::ops::concatenate;
 use crate::traits::Positions;
 
+use super::decode_fusion;
+
 /// `rope_scaling` of config.json (the keys the supported variants read).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 pub struct RopeScaling {
@@ -73,15 +75,25 @@ impl Rope {
         Ok(self)
     }
 
-    fn freqs(&self) -> RopeFreqs<'_> {
+    /// The frequencies handed to MLX's `rope`.
+    pub fn freqs(&self) -> RopeFreqs<'_> {
         match &self.freqs {
             Some(f) => RopeFreqs::Freqs(f),
             None => RopeFreqs::Base(self.base),
         }
     }
 
+    /// The position scale handed to MLX's `rope` (`1 / factor` for linear scaling).
+    pub fn scale(&self) -> f32 {
+        self.scale
+    }
+
     /// Rotates `x` `[B, H, L, D]` for positions `offset..offset + L`.
     pub fn apply(&self, x: &Array, offset: i32) -> Result<Array> {
+        if decode_fusion::applies(x) {
+            let offset = Array::scalar(offset as f64, Dtype::I32)?;
+            return decode_fusion::rope(x, self.dims, self.traditional, self.freqs(), self.scale, &offset);
+        }
         rope(x, self.dims, self.traditional, self.freqs(), self.scale, offset)
     }
 
@@ -91,6 +103,9 @@ impl Rope {
     pub fn apply_at(&self, x: &Array, positions: &Positions) -> Result<Array> {
         match positions {
             Positions::Offset(offset) => self.apply(x, *offset),
+            Positions::PerRow(offsets) if decode_fusion::applies(x) => {
+                decode_fusion::rope(x, self.dims, self.traditional, self.freqs(), self.scale, offsets)
+            }
             Positions::PerRow(offsets) => {
                 rope_offsets(x, self.dims, self.traditional, self.freqs(), self.scale, offsets)
             }
