@@ -9,8 +9,9 @@ MLX_VERSION=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.versi
 MLX_LM_VERSION=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("mlx-lm"))')
 grep -qsx '/.gpu/' .git/info/exclude || echo '/.gpu/' >> .git/info/exclude
 make build
+cargo build --release -p mlx-engine --example kernels_per_step
 rm -rf .gpu && mkdir -p .gpu/stage/bin .gpu/stage/lib .gpu/stage/whl .gpu/stage/tokenizer
-cp target/release/mlx-engine target/release/lib*.so .gpu/stage/bin/
+cp target/release/mlx-engine target/release/lib*.so target/release/examples/kernels_per_step .gpu/stage/bin/
 strip .gpu/stage/bin/*
 # The CPU build links Debian's OpenBLAS, which the GPU machine lacks.
 for l in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0; do cp -L "/lib/x86_64-linux-gnu/$l" .gpu/stage/lib/; done

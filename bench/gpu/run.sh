@@ -7,6 +7,9 @@
 #   bench/gpu/run.sh ttft NAME    cold-process time to first token through the CLI ($OUT/ttft-NAME.txt)
 #   bench/gpu/run.sh serve NAME   aggregate tok/s at 1-16 concurrent streams, `mlx-engine serve` vs
 #                                 `mlx_lm.server --decode-concurrency 16` ($OUT/serve-NAME.jsonl)
+#   bench/gpu/run.sh kernels NAME...  primitives of one decode step, itemised ($OUT/kernels.txt)
+#   bench/gpu/run.sh options NAME [LEN]   engine decode plain, with 5 top logprobs and with a
+#                                 repetition penalty, alternating ($OUT/options-NAME.jsonl)
 #   bench/gpu/run.sh profile NAME [LEN]   every kernel of a warm prefill + decode, both sides,
 #                                 under Nsight Compute ($OUT/ncu-{engine,mlx-lm}-NAME.csv; read
 #                                 them with bench/gpu/kernels.py)
@@ -109,6 +112,25 @@ serve)
     }
     side engine "$ENGINE" serve --device gpu --model "$M/$2" --port "$port" --max-concurrency 16 --queue 64
     side mlx-lm python3 -m mlx_lm.server --model "$M/$2" --port "$port" --decode-concurrency 16 --prompt-concurrency 16
+    ;;
+kernels)
+    env_setup
+    shift
+    for m in "$@"; do "$S/pkg/bin/kernels_per_step" "$M/$m" gpu | tee -a "$OUT/kernels.txt"; done
+    ;;
+options)
+    # What top logprobs and a logits processor cost the pipelined decode loop, in one process
+    # per run, the variants alternating.
+    env_setup
+    f=$OUT/options-$2.jsonl
+    : > "$f"
+    for round in $(seq "${ROUNDS:-2}"); do
+        for opts in "" "--top-logprobs 5" "--repetition-penalty 1.1"; do
+            # shellcheck disable=SC2086
+            "$ENGINE" bench --device gpu -m "$M/$2" --only speed --prompt-tokens "${3:-512}" --gen-tokens "${GEN:-256}" \
+                --runs "${RUNS:-3}" --json $opts | tee -a "$f"
+        done
+    done
     ;;
 profile)
     # One untimed and one timed run of LEN prompt tokens + 4 decoded, each side in its own process,
