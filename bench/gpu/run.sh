@@ -7,6 +7,7 @@
 #   bench/gpu/run.sh ttft NAME    cold-process time to first token through the CLI ($OUT/ttft-NAME.txt)
 #   bench/gpu/run.sh serve NAME   aggregate tok/s at 1-16 concurrent streams, `mlx-engine serve` vs
 #                                 `mlx_lm.server --decode-concurrency 16` ($OUT/serve-NAME.jsonl)
+#   bench/gpu/run.sh engine ARGS...  the engine binary with ARGS (models are under /tmp/gpu/models)
 #   bench/gpu/run.sh kernels NAME...  primitives of one decode step, itemised ($OUT/kernels.txt)
 #   bench/gpu/run.sh options NAME [LEN]   engine decode plain, with 5 top logprobs and with a
 #                                 repetition penalty, alternating ($OUT/options-NAME.jsonl)
@@ -112,6 +113,12 @@ serve)
     }
     side engine "$ENGINE" serve --device gpu --model "$M/$2" --port "$port" --max-concurrency 16 --queue 64
     side mlx-lm python3 -m mlx_lm.server --model "$M/$2" --port "$port" --decode-concurrency 16 --prompt-concurrency 16
+    ;;
+engine)
+    # The engine with the run's environment: bench/gpu/run.sh engine bench --device gpu -m ...
+    env_setup
+    shift
+    "$ENGINE" "$@"
     ;;
 kernels)
     env_setup

@@ -1,14 +1,16 @@
-//! Decode-sized RMS norms and rotary embeddings run through `compile` on the CPU
-//! (`nn::decode_fusion`): the results must be bit-identical to MLX's unfused `fast` ops, which
-//! is what mlx-lm runs, and they must run as fewer primitives. Every variant the plugins use:
-//! f32 and bf16, one offset and one per row, MLX's own frequencies, linear and llama3 scaling,
-//! halves and adjacent pairs, partial rotation; and inputs too large to take the path.
+//! Fewer primitives per decode step, the same bits. Decode-sized RMS norms and rotary
+//! embeddings run through `compile` on the CPU (`nn::decode_fusion`): every variant the
+//! plugins use (f32 and bf16, one offset and one per row, MLX's own frequencies, linear and
+//! llama3 scaling, halves and adjacent pairs, partial rotation) must match MLX's unfused `fast`
+//! ops, which is what mlx-lm runs, bit for bit; inputs too large keep the fast ops. A dense
+//! linear layer multiplies one sequence by its weight's `[1, in, out]` view (`nn::Dense`): one
+//! primitive instead of four, again bit for bit.
 
 mod common;
 
 use common::*;
 use mlx_engine::api::fast::{rms_norm, rope, rope_offsets};
-use mlx_engine::api::nn::{decode_fusion, RmsNorm, Rope, RopeScaling};
+use mlx_engine::api::nn::{decode_fusion, Linear, RmsNorm, Rope, RopeScaling, Weight};
 use mlx_engine::api::{graph_primitives, Array, Dtype, Positions};
 
 fn bits(a: &Array) -> Vec<u32> {
@@ -110,4 +112,32 @@ fn prefill_sized_inputs_keep_the_fast_ops() {
     let plain = rms_norm(&x, Some(&norm.weight), norm.eps).unwrap();
     assert_eq!(graph_primitives(&[&out]).unwrap(), graph_primitives(&[&plain]).unwrap());
     assert_same_bits(&out, &plain, "prefill-sized rms_norm");
+}
+
+#[test]
+fn a_dense_layer_multiplies_one_sequence_by_its_view_bit_for_bit() {
+    init();
+    for dtype in [Dtype::F32, Dtype::BF16] {
+        let w = data(11, &[48, 64], dtype);
+        w.eval().unwrap();
+        let lin = Linear { weight: Weight::Dense(w.clone().into()), bias: Some(data(12, &[48], dtype)) };
+        let plain = |x: &Array| x.matmul(&w.t().unwrap()).unwrap().add(lin.bias.as_ref().unwrap()).unwrap();
+        // One token, a 9-token chunk, and (not through the view) a batch of 3 and a 2-D input.
+        for shape in [vec![1, 1, 64], vec![1, 9, 64], vec![3, 1, 64], vec![5, 64]] {
+            let x = data(13, &shape, dtype);
+            x.eval().unwrap();
+            lin.bias.as_ref().unwrap().eval().unwrap();
+            let (out, want) = (lin.forward(&x).unwrap(), plain(&x));
+            if shape.len() == 3 && shape[0] == 1 {
+                let (n, np) = (graph_primitives(&[&out]).unwrap(), graph_primitives(&[&want]).unwrap());
+                // The view is made once, with the first product (a transpose and an added axis);
+                // later products drop the transpose and MLX's flatten and unflatten of `x`.
+                assert!(n < np, "{dtype} {shape:?}: {n} primitives, x @ W^T {np}");
+                out.eval().unwrap();
+                let again = graph_primitives(&[&lin.forward(&x).unwrap()]).unwrap();
+                assert_eq!(again + 3, np, "{dtype} {shape:?}: {again} primitives, x @ W^T {np}");
+            }
+            assert_same_bits(&out, &want, &format!("dense {dtype} {shape:?}"));
+        }
+    }
 }

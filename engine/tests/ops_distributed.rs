@@ -80,7 +80,7 @@ fn sharded_linears_sum_to_the_whole_layer(g: &Group) {
         let weight = |n: i32, m: i32, k: f32| {
             let w = arr(&vals((n * m) as usize, k), &[n, m]);
             if !quantized {
-                return Weight::Dense(w);
+                return Weight::Dense(w.into());
             }
             let (wq, scales, biases) = quantize(&w, 32, 4).unwrap();
             Weight::Quantized { wq, scales, biases: Some(biases), group_size: 32, bits: 4 }

@@ -71,7 +71,7 @@ impl Projections {
             arrays.map(|a| concatenate(&a, 0)).transpose()
         };
         let weight = match &parts[0].weight {
-            Weight::Dense(_) => Weight::Dense(need(cat(&|p| dense(&p.weight))?)?),
+            Weight::Dense(_) => Weight::Dense(need(cat(&|p| dense(&p.weight))?)?.into()),
             Weight::Quantized { group_size, bits, .. } => Weight::Quantized {
                 wq: need(cat(&|p| quantized(&p.weight).map(|q| q.0))?)?,
                 scales: need(cat(&|p| quantized(&p.weight).map(|q| q.1))?)?,
@@ -130,7 +130,7 @@ impl Projections {
 impl Linear {
     fn arrays(&self) -> Vec<&Array> {
         let w: Vec<&Array> = match &self.weight {
-            Weight::Dense(a) => vec![a],
+            Weight::Dense(a) => vec![a.array()],
             Weight::Quantized { wq, scales, biases, .. } => {
                 [Some(wq), Some(scales), biases.as_ref()].into_iter().flatten().collect()
             }
@@ -157,7 +157,7 @@ pub fn exactly<T, const N: usize>(v: Vec<T>) -> Result<[T; N]> {
 
 fn dense(w: &Weight) -> Option<&Array> {
     match w {
-        Weight::Dense(a) => Some(a),
+        Weight::Dense(a) => Some(a.array()),
         Weight::Quantized { .. } => None,
     }
 }

@@ -9,12 +9,14 @@
 //! the tensor, and the conformance kit can learn the shapes from the loaders (`declare`).
 
 pub mod decode_fusion;
+pub mod dense;
 pub mod fused;
 pub mod moe;
 pub mod pipeline;
 pub mod rope;
 pub mod shard;
 pub mod vision;
+pub use dense::Dense;
 pub use fused::{exactly, Projections};
 pub use moe::{SwitchGlu, SwitchLinear};
 pub use pipeline::PipelineStage;
@@ -86,7 +88,7 @@ fn check_quant(prefix: &str, q: QuantConfig) -> Result<QuantConfig> {
 /// A dense or affine-quantized weight `[out, in]`, chosen from what the checkpoint holds.
 #[derive(Clone, Debug)]
 pub enum Weight {
-    Dense(Array),
+    Dense(Dense),
     Quantized { wq: Array, scales: Array, biases: Option<Array>, group_size: i32, bits: i32 },
 }
 
@@ -97,7 +99,7 @@ impl Weight {
     pub fn load(w: &mut Weights, prefix: &str, (inp, out): (i32, i32), quant: Option<&Quantization>) -> Result<Weight> {
         let name = format!("{prefix}.weight");
         let Some(scales) = w.remove(&format!("{prefix}.scales")) else {
-            let weight = Weight::Dense(w.take_shaped(&name, &[out, inp])?);
+            let weight = Weight::Dense(w.take_shaped(&name, &[out, inp])?.into());
             weight.check_shape(prefix, out, inp)?;
             return Ok(weight);
         };
@@ -158,7 +160,7 @@ impl Weight {
     /// `x @ W^T`.
     pub fn apply(&self, x: &Array) -> Result<Array> {
         match self {
-            Weight::Dense(w) => x.matmul(&w.t()?),
+            Weight::Dense(w) => w.apply(x),
             Weight::Quantized { wq, scales, biases, group_size, bits } => {
                 quantized_matmul(x, wq, scales, biases.as_ref(), true, *group_size, *bits)
             }
@@ -168,7 +170,7 @@ impl Weight {
     /// The full-precision matrix (dequantized when needed).
     pub fn dense(&self) -> Result<Array> {
         match self {
-            Weight::Dense(w) => Ok(w.clone()),
+            Weight::Dense(w) => Ok(w.array().clone()),
             Weight::Quantized { wq, scales, biases, group_size, bits } => {
                 dequantize(wq, scales, biases.as_ref(), *group_size, *bits)
             }
@@ -178,7 +180,7 @@ impl Weight {
     /// Casts dense weights (and quantization scales/biases) to `dtype`.
     pub fn astype(&self, dtype: Dtype) -> Result<Weight> {
         Ok(match self {
-            Weight::Dense(w) => Weight::Dense(w.astype(dtype)?),
+            Weight::Dense(w) => Weight::Dense(w.astype(dtype)?.into()),
             Weight::Quantized { wq, scales, biases, group_size, bits } => Weight::Quantized {
                 wq: wq.clone(),
                 scales: scales.astype(dtype)?,

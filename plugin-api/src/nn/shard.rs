@@ -66,7 +66,7 @@ impl Weight {
     /// quantization group boundary, since a group shares one scale.
     pub fn columns(&self, start: i32, stop: i32) -> Result<Weight> {
         match self {
-            Weight::Dense(w) => Ok(Weight::Dense(w.slice_axis(1, start, stop)?)),
+            Weight::Dense(w) => Ok(Weight::Dense(w.slice_axis(1, start, stop)?.into())),
             Weight::Quantized { wq, scales, biases, group_size, bits } => {
                 let g = *group_size;
                 if start % g != 0 || stop % g != 0 {
@@ -89,7 +89,7 @@ impl Weight {
     /// The same weight with `f` applied to each of its arrays (rows of all of them line up).
     fn map(&self, f: impl Fn(&Array) -> Result<Array>) -> Result<Weight> {
         Ok(match self {
-            Weight::Dense(w) => Weight::Dense(f(w)?),
+            Weight::Dense(w) => Weight::Dense(f(w)?.into()),
             Weight::Quantized { wq, scales, biases, group_size, bits } => Weight::Quantized {
                 wq: f(wq)?,
                 scales: f(scales)?,
@@ -105,7 +105,7 @@ impl Weight {
     fn materialize(self) -> Result<Weight> {
         let w = self.map(|a| a.contiguous())?;
         let arrays: Vec<&Array> = match &w {
-            Weight::Dense(a) => vec![a],
+            Weight::Dense(a) => vec![a.array()],
             Weight::Quantized { wq, scales, biases, .. } => {
                 [Some(wq), Some(scales), biases.as_ref()].into_iter().flatten().collect()
             }

@@ -103,7 +103,7 @@ impl ModelArch for Tiny {
         let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
         let eps = cfg.rms_norm_eps;
         let dense = |w: &mut Weights, name: String, shape: [i32; 2]| -> Result<Linear> {
-            Ok(Linear { weight: Weight::Dense(w.take_shaped(&format!("{name}.weight"), &shape)?), bias: None })
+            Ok(Linear { weight: Weight::Dense(w.take_shaped(&format!("{name}.weight"), &shape)?.into()), bias: None })
         };
         let norm = |w: &mut Weights, name: String| -> Result<RmsNorm> {
             Ok(RmsNorm { weight: w.take_shaped(&format!("{name}.weight"), &[d])?, eps })
