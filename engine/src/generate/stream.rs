@@ -75,7 +75,7 @@ impl<'a> TextStream<'a> {
         let token = self.token(id, t.logprob, t.from_draft)?;
         if self.top_logprobs > 0 {
             let alts = match &t.top {
-                Some(candidates) => candidates.resolve(&t.logprobs)?,
+                Some(candidates) => candidates.resolve()?,
                 None => top_logprobs(&t.logprobs, self.top_logprobs)?,
             };
             let alts = alts

@@ -246,31 +246,34 @@ impl KeyPlan {
 /// equal values by ascending id; `n` is at most [`MAX_TOP_LOGPROBS`].
 ///
 /// Finds candidates with `argpartition` on the device and reads back only those. When the
-/// last place is tied with tokens left out (common with -inf from masks), the lowest ids among
-/// the tied ones are fetched in a second pass, so the answer never depends on partition order.
+/// last place is tied with tokens left out (common in bf16, and with -inf from masks), the
+/// lowest ids among the tied ones take the tied places, so the answer never depends on
+/// partition order.
 pub fn top_logprobs(logprobs: &Array, n: usize) -> Result<Vec<(u32, f32)>> {
     match top_candidates(logprobs, n)? {
         None => Ok(Vec::new()),
         Some(c) => {
             eval(&c.arrays())?;
-            c.resolve(logprobs)
+            c.resolve()
         }
     }
 }
 
-/// The first, lazy pass of [`top_logprobs`]: the `n` candidates found by `argpartition`, their
-/// values, the smallest of them and how many entries share it. Built into a decode step's graph
-/// and evaluated with its token, so reading them later waits for nothing queued behind it.
+/// [`top_logprobs`] as part of a decode step's graph: the `n` candidates found by
+/// `argpartition`, their values, the smallest of them, how many entries share it and the `n`
+/// lowest ids among those, packed into one array. It is evaluated with its token, and read
+/// back in one transfer that waits for nothing queued behind it: a tie at the last place
+/// needs no second pass over the logprobs.
 pub struct TopCandidates {
-    ids: Array,
-    values: Array,
-    last: Array,
-    tied_total: Array,
+    /// `[values (k) | ids (k) | lowest tied ids (k) | last value | tied count]`, f32 (ids are
+    /// exact in f32 below 2^24).
+    packed: Array,
+    k: usize,
 }
 
 impl std::fmt::Debug for TopCandidates {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TopCandidates").field("n", &self.ids.size()).finish()
+        f.debug_struct("TopCandidates").field("n", &self.k).finish()
     }
 }
 
@@ -288,36 +291,54 @@ pub fn top_candidates(logprobs: &Array, n: usize) -> Result<Option<TopCandidates
     if k == 0 {
         return Ok(None);
     }
+    if vocab > 1 << 24 {
+        return Err(Error::Param {
+            name: "top_logprobs".into(),
+            reason: format!("a vocabulary of {vocab} entries is over the 2^24 ids they can report"),
+        });
+    }
     let ids = lp.neg()?.argpartition(k - 1, -1)?.slice_axis(-1, 0, k)?;
     let values = lp.take(&ids, -1)?;
     let last = values.min(&[], false)?;
-    let tied_total = lp.equal(&last)?.astype(Dtype::I32)?.sum(&[], false)?;
-    Ok(Some(TopCandidates { ids, values, last, tied_total }))
+    let tied = lp.equal(&last)?;
+    let tied_total = tied.astype(Dtype::I32)?.sum(&[], false)?;
+    // Every tied id, the rest pushed past the vocabulary; the k smallest of them.
+    let position = Array::arange(0.0, vocab as f64, 1.0, Dtype::I32)?;
+    let tied_ids = where_(&tied, &position, &Array::scalar(vocab as f64, Dtype::I32)?)?;
+    let lowest = tied_ids.take(&tied_ids.argpartition(k - 1, -1)?.slice_axis(-1, 0, k)?, -1)?;
+    let f = |a: &Array| -> Result<Array> { Ok(a.astype(Dtype::F32)?.reshape(&[-1])?) };
+    let parts = [values, f(&ids)?, f(&lowest)?, f(&last)?, f(&tied_total)?];
+    let packed = crate::api::concatenate(&parts.iter().collect::<Vec<_>>(), 0)?;
+    Ok(Some(TopCandidates { packed, k: k as usize }))
 }
 
 impl TopCandidates {
     /// The arrays to evaluate.
-    pub fn arrays(&self) -> [&Array; 4] {
-        [&self.ids, &self.values, &self.last, &self.tied_total]
+    pub fn arrays(&self) -> [&Array; 1] {
+        [&self.packed]
     }
 
-    /// The answer of [`top_logprobs`] from the evaluated candidates of `logprobs`.
-    pub fn resolve(&self, logprobs: &Array) -> Result<Vec<(u32, f32)>> {
-        let mut out: Vec<(u32, f32)> =
-            self.ids.to_vec::<u32>()?.into_iter().zip(self.values.to_vec::<f32>()?).collect();
-        let last_value = self.last.item::<f32>()?;
+    /// The answer of [`top_logprobs`], from the evaluated candidates.
+    pub fn resolve(&self) -> Result<Vec<(u32, f32)>> {
+        let k = self.k;
+        let v = self.packed.to_vec::<f32>()?;
+        if v.len() != 3 * k + 2 {
+            return Err(Error::Array(crate::api::Error::Array(format!(
+                "top logprobs: {} packed values, expected {} (engine bug)",
+                v.len(),
+                3 * k + 2
+            ))));
+        }
+        let (values, ids, lowest) = (&v[..k], &v[k..2 * k], &v[2 * k..3 * k]);
+        let (last_value, tied_total) = (v[3 * k], v[3 * k + 1] as usize);
+        let mut out: Vec<(u32, f32)> = ids.iter().map(|&id| id as u32).zip(values.iter().copied()).collect();
         let tied_kept = out.iter().filter(|(_, v)| *v == last_value).count();
-        if (self.tied_total.item::<i32>()? as usize) > tied_kept {
+        if tied_total > tied_kept {
             // Keep the strictly better ones and refill the tied places with the lowest tied ids.
-            let lp = flat_f32(logprobs)?;
-            let vocab = lp.dim(-1)?;
             out.retain(|(_, v)| *v != last_value);
-            let position = Array::arange(0.0, vocab as f64, 1.0, Dtype::I32)?;
-            let beyond = Array::scalar(vocab as f64, Dtype::I32)?;
-            let tied_ids = where_(&lp.equal(&self.last)?, &position, &beyond)?;
-            let lowest = tied_ids.argpartition(tied_kept as i32 - 1, -1)?.slice_axis(-1, 0, tied_kept as i32)?;
-            let lowest = tied_ids.take(&lowest, -1)?.astype(Dtype::U32)?;
-            out.extend(lowest.to_vec::<u32>()?.into_iter().map(|id| (id, last_value)));
+            let mut lowest: Vec<u32> = lowest.iter().map(|&id| id as u32).collect();
+            lowest.sort_unstable();
+            out.extend(lowest.into_iter().take(tied_kept).map(|id| (id, last_value)));
         }
         out.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(Ordering::Equal).then(a.0.cmp(&b.0)));
         Ok(out)
