@@ -4,13 +4,14 @@
 //! llama3 scaling, halves and adjacent pairs, partial rotation) must match MLX's unfused `fast`
 //! ops, which is what mlx-lm runs, bit for bit; inputs too large keep the fast ops. A dense
 //! linear layer multiplies one sequence by its weight's `[1, in, out]` view (`nn::Dense`): one
-//! primitive instead of four, again bit for bit.
+//! primitive instead of four, again bit for bit; and one position's heads split and merge with
+//! a reshape alone.
 
 mod common;
 
 use common::*;
 use mlx_engine::api::fast::{rms_norm, rope, rope_offsets};
-use mlx_engine::api::nn::{decode_fusion, Linear, RmsNorm, Rope, RopeScaling, Weight};
+use mlx_engine::api::nn::{decode_fusion, merge_heads, split_heads, Linear, RmsNorm, Rope, RopeScaling, Weight};
 use mlx_engine::api::{graph_primitives, Array, Dtype, Positions};
 
 fn bits(a: &Array) -> Vec<u32> {
@@ -139,5 +140,23 @@ fn a_dense_layer_multiplies_one_sequence_by_its_view_bit_for_bit() {
             }
             assert_same_bits(&out, &want, &format!("dense {dtype} {shape:?}"));
         }
+    }
+}
+
+#[test]
+fn one_position_splits_and_merges_heads_with_a_reshape() {
+    init();
+    for (b, l) in [(1, 1), (3, 1), (1, 5), (2, 4)] {
+        let x = data(14, &[b, l, 6 * 8], Dtype::F32);
+        x.eval().unwrap();
+        let heads = split_heads(&x, 6).unwrap();
+        let n = graph_primitives(&[&heads]).unwrap();
+        assert_eq!(n, if l == 1 { 1 } else { 2 }, "split_heads B={b} L={l}: {n} primitives");
+        let want = x.reshape(&[b, l, 6, 8]).unwrap().transpose(&[0, 2, 1, 3]).unwrap();
+        assert_same_bits(&heads, &want, &format!("split_heads B={b} L={l}"));
+        let merged = merge_heads(&heads).unwrap();
+        let n = graph_primitives(&[&merged]).unwrap();
+        assert_eq!(n, if l == 1 { 1 } else { 2 }, "merge_heads B={b} L={l}: {n} primitives");
+        assert_same_bits(&merged, &x, &format!("merge_heads B={b} L={l}"));
     }
 }

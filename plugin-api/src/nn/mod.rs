@@ -313,20 +313,27 @@ impl LayerNorm {
     }
 }
 
-/// `[B, L, H * D]` -> `[B, H, L, D]`.
+/// `[B, L, H * D]` -> `[B, H, L, D]`. One position (a decode step) is a reshape alone: with
+/// `L = 1` the transpose moves nothing, and each primitive costs the host time to evaluate.
 pub fn split_heads(x: &Array, heads: i32) -> Result<Array> {
     let s = x.shape();
     if s.len() != 3 {
         return Err(Error::Array(format!("split_heads expects [B, L, H*D], got {s:?}")));
     }
+    if s[1] == 1 {
+        return x.reshape(&[s[0], heads, 1, -1]);
+    }
     x.reshape(&[s[0], s[1], heads, -1])?.transpose(&[0, 2, 1, 3])
 }
 
-/// `[B, H, L, D]` -> `[B, L, H * D]`.
+/// `[B, H, L, D]` -> `[B, L, H * D]` (for `L = 1` a reshape alone, as in [`split_heads`]).
 pub fn merge_heads(x: &Array) -> Result<Array> {
     let s = x.shape();
     if s.len() != 4 {
         return Err(Error::Array(format!("merge_heads expects [B, H, L, D], got {s:?}")));
+    }
+    if s[2] == 1 {
+        return x.reshape(&[s[0], 1, -1]);
     }
     x.transpose(&[0, 2, 1, 3])?.reshape(&[s[0], s[2], -1])
 }
