@@ -4,8 +4,8 @@
 //! llama3 scaling, halves and adjacent pairs, partial rotation) must match MLX's unfused `fast`
 //! ops, which is what mlx-lm runs, bit for bit; inputs too large keep the fast ops. A dense
 //! linear layer multiplies one sequence by its weight's `[1, in, out]` view (`nn::Dense`): one
-//! primitive instead of four, again bit for bit; and one position's heads split and merge with
-//! a reshape alone.
+//! primitive instead of four, again bit for bit; queries and keys rotate in one call; and one
+//! position's heads split and merge with a reshape alone.
 
 mod common;
 
@@ -158,5 +158,25 @@ fn one_position_splits_and_merges_heads_with_a_reshape() {
         let n = graph_primitives(&[&merged]).unwrap();
         assert_eq!(n, if l == 1 { 1 } else { 2 }, "merge_heads B={b} L={l}: {n} primitives");
         assert_same_bits(&merged, &x, &format!("merge_heads B={b} L={l}"));
+    }
+}
+
+#[test]
+fn queries_and_keys_rotate_in_one_call_bit_for_bit() {
+    init();
+    let r = Rope::new(64, false, 10000.0, None).unwrap();
+    for dtype in [Dtype::F32, Dtype::BF16] {
+        for (b, at) in [(1, Positions::Offset(37)), (3, Positions::PerRow(arr_i32(&[5, 0, 300], &[3])))] {
+            let (q, k) = (data(15, &[b, 9, 1, 64], dtype), data(16, &[b, 3, 1, 64], dtype));
+            q.eval().unwrap();
+            k.eval().unwrap();
+            r.apply_pair(&q, &k, &at).unwrap().0.eval().unwrap();
+            let (pq, pk) = r.apply_pair(&q, &k, &at).unwrap();
+            let (sq, sk) = (r.apply_at(&q, &at).unwrap(), r.apply_at(&k, &at).unwrap());
+            let (n, ns) = (graph_primitives(&[&pq, &pk]).unwrap(), graph_primitives(&[&sq, &sk]).unwrap());
+            assert!(n + 8 <= ns, "{dtype} B={b}: the pair takes {n} primitives, two calls {ns}");
+            assert_same_bits(&pq, &sq, &format!("queries {dtype} B={b}"));
+            assert_same_bits(&pk, &sk, &format!("keys {dtype} B={b}"));
+        }
     }
 }

@@ -10,7 +10,7 @@ use crate::fast::{rope, rope_offsets, RopeFreqs};
 use crate::ops::concatenate;
 use crate::traits::Positions;
 
-use super::decode_fusion;
+use super::{decode_fusion, exactly};
 
 /// `rope_scaling` of config.json (the keys the supported variants read).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -111,6 +111,19 @@ impl Rope {
             }
             Positions::Explicit(p) => self.apply_explicit(x, p),
         }
+    }
+
+    /// Rotates queries `[B, Hq, L, D]` and keys `[B, Hkv, L, D]` for the same positions. Where
+    /// MLX runs RoPE as a composition of primitives (decode-sized inputs on the CPU, see
+    /// `decode_fusion`), the two go through one call, joined along the heads, so the angles
+    /// and their sines and cosines are computed once; the values are the same either way.
+    pub fn apply_pair(&self, q: &Array, k: &Array, positions: &Positions) -> Result<(Array, Array)> {
+        let joinable = !matches!(positions, Positions::Explicit(_)) && q.dtype() == k.dtype();
+        if joinable && decode_fusion::applies(q) && decode_fusion::applies(k) {
+            let [q, k] = exactly(self.apply_at(&concatenate(&[q, k], 1)?, positions)?.split_at(&[q.dim(1)?], 1)?)?;
+            return Ok((q, k));
+        }
+        Ok((self.apply_at(q, positions)?, self.apply_at(k, positions)?))
     }
 
     /// The rotation written out with plain ops, for positions `[B, L]` that MLX's fused

@@ -141,7 +141,7 @@ impl Attention {
         let k = self.k_norm.forward(&split_heads(&k, self.n_kv_heads)?)?;
         let v = split_heads(&v, self.n_kv_heads)?;
         let positions = ctx.positions(layer)?;
-        let (q, k) = (self.rope.apply_at(&q, &positions)?, self.rope.apply_at(&k, &positions)?);
+        let (q, k) = self.rope.apply_pair(&q, &k, &positions)?;
         let out = ctx.attention(layer, &q, &k, &v, self.scale, &AttentionOptions::default())?;
         self.o_proj.forward(&merge_heads(&out)?)
     }

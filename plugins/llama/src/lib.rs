@@ -129,7 +129,8 @@ impl Attention {
                     q = qn.forward(&q)?;
                     k = kn.forward(&k)?;
                 }
-                (self.rope.apply_at(&q, &positions)?, self.rope.apply_at(&k, &positions)?, v)
+                let (q, k) = self.rope.apply_pair(&q, &k, &positions)?;
+                (q, k, v)
             }
         };
         let out = ctx.attention(layer, &q, &k, &v, self.scale, &AttentionOptions::default())?;
