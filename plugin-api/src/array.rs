@@ -75,8 +75,9 @@ pub(crate) fn last_error() -> Error {
     Error::Mlx(String::from_utf8_lossy(bytes).into_owned())
 }
 
-/// Maps a status code to a `Result`, fetching the message on failure.
-pub(crate) fn check(status: Status) -> Result<()> {
+/// Maps a status code to a `Result`, fetching the message on failure. Public for the host,
+/// which binds a few diagnostic shim functions outside the table that report the same way.
+pub fn check(status: Status) -> Result<()> {
     if status == 0 {
         Ok(())
     } else {

@@ -6,8 +6,9 @@ pub mod ffi;
 // without an explicit install call; plugins receive the same table through their descriptor.
 inventory::submit! { mlx_engine_plugin_api::array::OpsProvider(ffi::ops_table) }
 
+use mlx_engine_plugin_api::array::check;
 use mlx_engine_plugin_api::ops_table::{Handle, Status};
-use mlx_engine_plugin_api::{Array, Error, Result};
+use mlx_engine_plugin_api::{Array, Result};
 
 unsafe extern "C" {
     fn mlxe_graph_census(arrays: *const Handle, n: usize, buf: *mut u8, cap: usize, len: *mut usize) -> Status;
@@ -32,20 +33,4 @@ pub fn graph_census(arrays: &[&Array]) -> Result<Vec<(String, usize)>> {
         .filter_map(|l| l.split_once('\t'))
         .map(|(name, n)| (name.to_string(), n.parse().unwrap_or(0)))
         .collect())
-}
-
-fn check(status: Status) -> Result<()> {
-    if status == 0 {
-        return Ok(());
-    }
-    let (mut ptr, mut len) = (std::ptr::null(), 0usize);
-    // SAFETY: the shim points `ptr` at its thread's last message (`len` bytes), valid until the
-    // next failing call on this thread; it is copied at once.
-    unsafe { ffi::shim::last_error(&mut ptr, &mut len) };
-    if ptr.is_null() {
-        return Err(Error::Mlx("unknown MLX error".into()));
-    }
-    // SAFETY: see above.
-    let bytes = unsafe { std::slice::from_raw_parts(ptr as *const u8, len) };
-    Err(Error::Mlx(String::from_utf8_lossy(bytes).into_owned()))
 }
