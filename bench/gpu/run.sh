@@ -8,9 +8,12 @@
 #   bench/gpu/run.sh serve NAME   aggregate tok/s at 1-16 concurrent streams, `mlx-engine serve` vs
 #                                 `mlx_lm.server --decode-concurrency 16` ($OUT/serve-NAME.jsonl)
 #   bench/gpu/run.sh engine ARGS...  the engine binary with ARGS (models are under /tmp/gpu/models)
+#   bench/gpu/run.sh python ARGS...  python3 with the unpacked MLX and mlx-lm (bench/gpu/first_call.py)
 #   bench/gpu/run.sh kernels NAME...  primitives of one decode step, itemised ($OUT/kernels.txt)
 #   bench/gpu/run.sh options NAME [LEN]   engine decode plain, with 5 top logprobs and with a
 #                                 repetition penalty, alternating ($OUT/options-NAME.jsonl)
+#   bench/gpu/run.sh ab NAME DIR [LEN]   engine decode with this build's plugins and with those in
+#                                 DIR (another build's), alternating ($OUT/ab-NAME.jsonl)
 #   bench/gpu/run.sh profile NAME [LEN]   every kernel of a warm prefill + decode, both sides,
 #                                 under Nsight Compute ($OUT/ncu-{engine,mlx-lm}-NAME.csv; read
 #                                 them with bench/gpu/kernels.py)
@@ -120,6 +123,11 @@ engine)
     shift
     "$ENGINE" "$@"
     ;;
+python)
+    env_setup
+    shift
+    python3 "$@"
+    ;;
 kernels)
     env_setup
     shift
@@ -139,6 +147,21 @@ options)
         done
     done
     ;;
+ab)
+    # A/B of two builds of a plugin on one model: `--plugins DIR` is searched first, so DIR's
+    # library replaces this build's. Each record is tagged "build": "this" or "other".
+    env_setup
+    f=$OUT/ab-$2.jsonl
+    : > "$f"
+    for round in $(seq "${ROUNDS:-2}"); do
+        for side in this other; do
+            extra=()
+            [ "$side" = other ] && extra=(--plugins "$3")
+            "$ENGINE" bench --device gpu -m "$M/$2" --only speed --prompt-tokens "${4:-512}" --gen-tokens "${GEN:-256}" \
+                --runs "${RUNS:-3}" --json "${extra[@]}" | sed "s/^{/{\"build\": \"$side\", /" | tee -a "$f"
+        done
+    done
+    ;;
 profile)
     # One untimed and one timed run of LEN prompt tokens + 4 decoded, each side in its own process,
     # every kernel's duration read by ncu (one metric: one pass, no replay). The clocks are left
@@ -152,7 +175,7 @@ profile)
     ls -la "$OUT"
     ;;
 *)
-    sed -n 2,11p "$0"
+    sed -n "2,/^# \/tmp/p" "$0"
     exit 2
     ;;
 esac

@@ -244,10 +244,6 @@ impl Worker {
                     };
                     let mut emit = |r: GenerationResult| tx.send(Event::Result(r)).is_ok();
                     let cache = &mut self.cache;
-                    // The score budget bounds what MLX's CPU attention materialises; the GPU's
-                    // fused kernels never hold the scores, so there chunks are the step size,
-                    // as in mlx-lm.
-                    let heads = self.attention_heads.filter(|_| self.options.device == Device::Cpu);
                     let memo = &mut self.memo;
                     let draft = &mut self.draft;
                     // A panic in a built-in architecture fails this request, not the worker.
@@ -255,7 +251,8 @@ impl Worker {
                         let session = Session {
                             cache: &mut *cache,
                             progress: progress.as_mut(),
-                            attention_heads: heads,
+                            attention_heads: self.attention_heads,
+                            device: self.options.device,
                             memo: Some(&mut *memo),
                             draft: draft.as_mut(),
                         };

@@ -23,6 +23,7 @@ use mlx_engine::generate::prefill::{chunk_size, prefill, Plan, ATTENTION_SCORE_B
 use mlx_engine::generate::{GenerateRequest, GenerationStats, NoProgress, PromptProgress, StopReason};
 use mlx_engine::model::DtypeChoice;
 use mlx_engine::{CancelHandle, ModelKit};
+use mlx_engine_plugin_api::runtime::Device;
 
 fn kit_with(dir: &Path, cache: CacheConfig, capacity: usize) -> mlx_engine::Result<ModelKit> {
     load_kit_with(dir, cache, capacity)
@@ -322,7 +323,7 @@ fn chunked_and_unchunked_prefill_agree() {
         let loaded = load(dir.path(), DtypeChoice::F32);
         let logits = |step: usize| {
             let mut cache = KvCache::new(loaded.model.cache_layout());
-            let plan = Plan { step, attention_heads: None, checkpoint: None };
+            let plan = Plan::for_device(Device::Cpu, step, None, None, None);
             let out =
                 prefill(loaded.model.as_ref(), &mut cache, &p, 0, &plan, &mut NoProgress, &AtomicBool::new(false))
                     .expect("prefill");

@@ -17,6 +17,7 @@ pub mod warmup;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use mlx_engine_plugin_api::runtime::Device;
 use mlx_engine_plugin_api::DynModel;
 use serde::Serialize;
 use serde_json::Value;
@@ -122,8 +123,11 @@ pub struct GenerationStats {
 pub struct Session<'a> {
     pub cache: &'a mut PromptCache,
     pub progress: &'a mut dyn PromptProgress,
-    /// The model's query heads, for [`prefill::chunk_size`]; `None` = chunks of the step size.
+    /// The model's query heads, for [`prefill::chunk_size`] on the CPU; `None` = chunks of the
+    /// step size.
     pub attention_heads: Option<usize>,
+    /// Where the model computes, which decides how its prefill runs ([`Plan::for_device`]).
+    pub device: Device,
     /// Image features seen before (vision models; `None` encodes every image).
     pub memo: Option<&'a mut FeatureMemo>,
     /// The model kit's draft model, if one is loaded.
@@ -245,8 +249,14 @@ pub fn generate(
     emit: &mut dyn FnMut(GenerationResult) -> bool,
 ) -> Result<GenerationStats> {
     let mut cache = PromptCache::new(ctx.model.cache_layout(), CacheConfig::default(), 0)?;
-    let session =
-        Session { cache: &mut cache, progress: &mut NoProgress, attention_heads: None, memo: None, draft: None };
+    let session = Session {
+        cache: &mut cache,
+        progress: &mut NoProgress,
+        attention_heads: None,
+        device: Device::default_device(),
+        memo: None,
+        draft: None,
+    };
     generate_in(ctx, session, req, cancel, emit)
 }
 
@@ -274,7 +284,7 @@ pub fn generate_in(
         greedy: params.is_greedy(),
         ..Default::default()
     };
-    let Session { cache, progress, attention_heads, memo, mut draft } = session;
+    let Session { cache, progress, attention_heads, device, memo, mut draft } = session;
     if req.speculation == Speculation::DraftModel && draft.is_none() {
         return Err(param(
             "speculation",
@@ -316,7 +326,7 @@ pub fn generate_in(
             .checkpoint_at(prompt.len(), cached)
             .map(|at| vision::prompt::outside_spans(at, spans))
             .filter(|&at| at > cached);
-        let plan = Plan { step, attention_heads, checkpoint };
+        let plan = Plan::for_device(device, step, attention_heads, checkpoint, ctx.vocab_size);
         let embeddings = match &images {
             Some((v, prepared, spans)) => {
                 let (hits, encodes) = (memo.hits, memo.encodes);

@@ -36,6 +36,8 @@ pub struct DraftModel {
     pub cache: PromptCache,
     /// Query heads, for the prefill's chunk size.
     pub attention_heads: Option<usize>,
+    /// Where it computes (as the main model), for its prefill's plan.
+    pub device: Device,
     pub info: DraftInfo,
 }
 
@@ -102,9 +104,7 @@ impl DraftModel {
             num_parameters: loaded.num_parameters,
             layers: loaded.cache_layout.len(),
         };
-        // As for the main model: the score budget is the CPU attention's (see model_kit).
-        let attention_heads = attention_heads.filter(|_| how.device == Device::Cpu);
-        Ok(DraftModel { loaded, cache, attention_heads, info })
+        Ok(DraftModel { loaded, cache, attention_heads, device: how.device, info })
     }
 
     /// Fills the draft's cache with `prompt` (reusing its prompt cache unless `reuse` is
@@ -121,7 +121,7 @@ impl DraftModel {
         model::check_token_ids("prompt", prompt, self.loaded.vocab_size)?;
         let cached = self.cache.prepare(prompt, reuse)?;
         let checkpoint = self.cache.checkpoint_at(prompt.len(), cached);
-        let plan = Plan { step, attention_heads: self.attention_heads, checkpoint };
+        let plan = Plan::for_device(self.device, step, self.attention_heads, checkpoint, self.loaded.vocab_size);
         let mut reports = DraftReports(progress);
         let model = self.loaded.model.as_ref();
         let done = prefill::prefill(model, self.cache.live_mut(), prompt, cached, &plan, &mut reports, cancel)?;
