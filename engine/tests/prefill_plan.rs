@@ -45,6 +45,14 @@ impl PromptProgress for Heard {
     }
 }
 
+/// A tiny model of `arch`, loaded in f32 (the folder must outlive it), and an `n`-token prompt.
+fn model(arch: Arch, seed: u64, n: usize) -> (tempfile::TempDir, LoadedModel, Vec<u32>) {
+    let m = TinyModel::new(arch, seed);
+    let dir = m.write_temp();
+    let loaded = load(dir.path(), DtypeChoice::F32);
+    (dir, loaded, prompt(n, m.tok, seed))
+}
+
 struct Run {
     done: Prefilled,
     cache: KvCache,
@@ -98,11 +106,8 @@ fn gpu_plan_joins_the_last_token_only_within_the_logits_budget() {
 #[test]
 fn joined_last_token_matches_the_separate_pass() {
     for arch in [Arch::Llama, Arch::Gemma3] {
-        let m = TinyModel::new(arch, 21);
-        let dir = m.write_temp();
-        let loaded = load(dir.path(), DtypeChoice::F32);
+        let (_dir, loaded, p) = model(arch, 21, 30);
         let vocab = loaded.vocab_size;
-        let p = prompt(30, m.tok, 4);
         for (step, chunks) in [(64, 1), (8, 4)] {
             let what = format!("{arch:?}, step {step}");
             let apart = run(&loaded, &p, &Plan::for_device(Device::Cpu, step, None, None, vocab), None);
@@ -126,10 +131,7 @@ fn joined_last_token_matches_the_separate_pass() {
 
 #[test]
 fn checkpoint_inside_the_joined_chunk_is_the_trimmed_cache() {
-    let m = TinyModel::new(Arch::Llama, 22);
-    let dir = m.write_temp();
-    let loaded = load(dir.path(), DtypeChoice::F32);
-    let p = prompt(26, m.tok, 5);
+    let (_dir, loaded, p) = model(Arch::Llama, 22, 26);
     // Inside the final chunk, and at its last prompt token (where the apart plan's chunk ends).
     for at in [20, 25] {
         let plan = |device| Plan::for_device(device, 64, None, Some(at), loaded.vocab_size);
@@ -144,10 +146,7 @@ fn checkpoint_inside_the_joined_chunk_is_the_trimmed_cache() {
 
 #[test]
 fn cancel_at_finish_leaves_the_whole_prompt_cached() {
-    let m = TinyModel::new(Arch::Llama, 23);
-    let dir = m.write_temp();
-    let loaded = load(dir.path(), DtypeChoice::F32);
-    let p = prompt(18, m.tok, 6);
+    let (_dir, loaded, p) = model(Arch::Llama, 23, 18);
     let plan = Plan::for_device(Device::Gpu, 8, None, None, loaded.vocab_size);
     let cancelled = run(&loaded, &p, &plan, Some("finish"));
     assert!(cancelled.done.logits.is_none(), "a cancel at finish returns no logits");
