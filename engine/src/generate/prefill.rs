@@ -126,10 +126,10 @@ pub struct Plan {
     pub checkpoint: Option<usize>,
     /// `Some(vocabulary size)`: the last prompt token goes through the model with the final
     /// chunk, whose logits the model then computes for every position, where they fit
-    /// [`JOINED_LOGITS_BUDGET`]. `None`: the last token gets a pass of its own. On a GPU the
-    /// chunk's logits cost a fraction of that pass, which reads every weight again (a 512-token
-    /// chunk's logits on Llama-3.1-8B: about 0.3 ms of matrix work, against a 5 ms decode step
-    /// on an H200), and mlx-lm joins them too. On the CPU the logits cost more than the pass.
+    /// [`JOINED_LOGITS_BUDGET`]. `None`: the last token gets a pass of its own, as in mlx-lm
+    /// (0.32). On a GPU the chunk's logits cost a fraction of that pass, which reads every
+    /// weight again (a 512-token chunk's logits on Llama-3.1-8B: about 0.3 ms of matrix work,
+    /// against a 5 ms decode step on an H200). On the CPU they cost more than the pass.
     pub last_token_joins: Option<usize>,
     /// Whether the first chunk checks for a cancel between layers, its speed being unknown
     /// (later chunks do when the one before took longer than [`LAYERWISE_AFTER_SECONDS`]).
