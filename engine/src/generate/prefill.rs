@@ -32,7 +32,8 @@ pub const ATTENTION_SCORE_BUDGET: usize = 256 << 20;
 pub const MIN_CHUNK: usize = 64;
 
 /// A chunk that took longer than this (seconds) makes the next one check for a cancel between
-/// layers; the first chunk of a prefill always does, since its speed is not known yet.
+/// layers; the first chunk of a prefill does where [`Plan::layerwise_first`] says so (on the
+/// CPU, since its speed is not known yet).
 pub const LAYERWISE_AFTER_SECONDS: f64 = 0.25;
 
 /// Reports prefill progress; every call may return `false` to cancel the request. After a
