@@ -14,7 +14,7 @@ use std::sync::atomic::AtomicBool;
 
 use common_models::*;
 use mlx_engine::cache::KvCache;
-use mlx_engine::generate::prefill::{prefill, Plan, Prefilled, JOINED_LOGITS_BUDGET};
+use mlx_engine::generate::prefill::{chunk_heads, prefill, Plan, Prefilled, JOINED_LOGITS_BUDGET};
 use mlx_engine::generate::PromptProgress;
 use mlx_engine::model::{DtypeChoice, LoadedModel};
 use mlx_engine_plugin_api::runtime::Device;
@@ -91,6 +91,7 @@ fn gpu_plan_joins_the_last_token_only_within_the_logits_budget() {
     assert_eq!(gpu.last_token_joins, Some(vocab));
     assert!(!gpu.layerwise_first);
     assert_eq!(gpu.attention_heads, None, "the GPU's attention never holds the scores");
+    assert_eq!((chunk_heads(Device::Gpu, Some(32)), chunk_heads(Device::Cpu, Some(32))), (None, Some(32)));
     assert!(gpu.joins(2047), "a full 2048-token chunk of a 128k vocabulary fits");
     assert!(!gpu.joins(4095), "a 4096-token one does not");
     let largest = JOINED_LOGITS_BUDGET / (vocab * 4) - 1;

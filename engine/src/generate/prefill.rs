@@ -116,6 +116,13 @@ pub fn chunk_size(step: usize, context: usize, heads: Option<usize>) -> usize {
 /// 128k-token vocabulary.
 pub const JOINED_LOGITS_BUDGET: usize = 1 << 30;
 
+/// The query heads that bound a chunk on `device` ([`chunk_size`]): the model's on the CPU,
+/// whose attention materialises the scores; none on the GPU, whose fused attention never
+/// holds them, so chunks are the step size there, as in mlx-lm.
+pub fn chunk_heads(device: Device, heads: Option<usize>) -> Option<usize> {
+    heads.filter(|_| device == Device::Cpu)
+}
+
 /// How one prefill runs.
 #[derive(Clone, Copy, Debug)]
 pub struct Plan {
@@ -156,7 +163,7 @@ impl Plan {
         let gpu = device == Device::Gpu;
         Plan {
             step,
-            attention_heads: attention_heads.filter(|_| !gpu),
+            attention_heads: chunk_heads(device, attention_heads),
             checkpoint,
             last_token_joins: vocab_size.filter(|_| gpu),
             layerwise_first: !gpu,
