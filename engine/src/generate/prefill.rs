@@ -180,11 +180,12 @@ impl Plan {
 /// What a prefill left behind.
 pub struct Prefilled {
     /// The last prompt token's logits `[vocab]` (f32), or `None` when the prefill was
-    /// cancelled; the cache then holds the prompt up to the last finished chunk.
+    /// cancelled; the cache then holds the prompt up to the last finished chunk (the whole
+    /// prompt, when the last token had joined it).
     pub logits: Option<Array>,
     /// A snapshot of the cache at `Plan::checkpoint`, when the prefill got there.
     pub checkpoint: Option<KvCache>,
-    /// Uncached tokens prefilled.
+    /// Uncached tokens prefilled before the last token (which a joined chunk also fed).
     pub processed: usize,
 }
 
@@ -213,7 +214,8 @@ pub fn prefill(
 }
 
 /// Feeds `prompt[cached..len - 1]` through `model` into `cache` (which must hold
-/// `prompt[..cached]`) in chunks, then the last token, and returns its logits. With
+/// `prompt[..cached]`) in chunks, then the last token (alone, or with the final chunk where
+/// the plan joins it), and returns its logits. With
 /// `embeddings` (`[1, len - cached, D]`, a vision prompt's merged input embeddings of the
 /// uncached part) the model gets those instead of the ids. Between chunks
 /// only the cache is evaluated (the logits of prompt positions are never needed, and for
