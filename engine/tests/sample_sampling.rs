@@ -214,6 +214,12 @@ fn top_logprobs_sorted_limited_and_ties_by_id() {
     assert_eq!(ids(2), vec![1, 4]);
     assert_eq!(ids(4), vec![1, 4, 5, 7]);
     assert_eq!(ids(7), vec![1, 4, 5, 7, 3, 0, 2]);
+    // Another vocabulary size on the same thread, then the first again: the ids the tie check
+    // builds once per size follow the logprobs' size.
+    let wider = arr(&[ninf, ninf, ninf, 3.0, ninf, 3.0, ninf, ninf, ninf, 3.0]);
+    let wide_ids: Vec<u32> = top_logprobs(&wider, 5).unwrap().into_iter().map(|e| e.0).collect();
+    assert_eq!(wide_ids, vec![3, 5, 9, 0, 1]);
+    assert_eq!(ids(7), vec![1, 4, 5, 7, 3, 0, 2]);
     assert_eq!(
         top_logprobs(&logprobs(), 21).unwrap_err().to_string(),
         "invalid parameter `top_logprobs`: must be in [0, 20], got 21"

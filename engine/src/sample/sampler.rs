@@ -303,13 +303,35 @@ pub fn top_candidates(logprobs: &Array, n: usize) -> Result<Option<TopCandidates
     let tied = lp.equal(&last)?;
     let tied_total = tied.astype(Dtype::I32)?.sum(&[], false)?;
     // Every tied id, the rest pushed past the vocabulary; the k smallest of them.
-    let position = Array::arange(0.0, vocab as f64, 1.0, Dtype::I32)?;
-    let tied_ids = where_(&tied, &position, &Array::scalar(vocab as f64, Dtype::I32)?)?;
+    let (position, beyond) = id_constants(vocab)?;
+    let tied_ids = where_(&tied, &position, &beyond)?;
     let lowest = tied_ids.take(&tied_ids.argpartition(k - 1, -1)?.slice_axis(-1, 0, k)?, -1)?;
     let f = |a: &Array| -> Result<Array> { Ok(a.astype(Dtype::F32)?.reshape(&[-1])?) };
     let parts = [values, f(&ids)?, f(&lowest)?, f(&last)?, f(&tied_total)?];
     let packed = crate::api::concatenate(&parts.iter().collect::<Vec<_>>(), 0)?;
     Ok(Some(TopCandidates { packed, k: k as usize }))
+}
+
+thread_local! {
+    /// [`id_constants`] of the last vocabulary size seen on this thread (a model's worker).
+    static ID_CONSTANTS: std::cell::RefCell<Option<(i32, Array, Array)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The ids `0..vocab` and the scalar `vocab`, built once per vocabulary size and thread rather
+/// than in every decode step that reports top logprobs: once evaluated they are data, where a
+/// fresh `arange` would be one more kernel per token.
+fn id_constants(vocab: i32) -> Result<(Array, Array)> {
+    ID_CONSTANTS.with(|c| {
+        let mut c = c.borrow_mut();
+        if let Some((v, position, beyond)) = c.as_ref() {
+            if *v == vocab {
+                return Ok((position.clone(), beyond.clone()));
+            }
+        }
+        let made = (Array::arange(0.0, vocab as f64, 1.0, Dtype::I32)?, Array::scalar(vocab as f64, Dtype::I32)?);
+        *c = Some((vocab, made.0.clone(), made.1.clone()));
+        Ok(made)
+    })
 }
 
 impl TopCandidates {
