@@ -118,8 +118,9 @@ enum Job {
 pub struct WorkerParts<'a> {
     pub ctx: GenContext<'a>,
     pub cache: &'a mut PromptCache,
-    /// The model's query heads where they bound a chunk ([`generate::prefill::chunk_heads`]),
-    /// for [`generate::prefill::chunk_size`].
+    /// Where the model computes and its query heads, for the prefill's
+    /// [`generate::prefill::Plan::for_device`].
+    pub device: Device,
     pub attention_heads: Option<usize>,
     /// The draft model, when one is loaded ([`ModelKit::load_draft_model`]).
     pub draft: Option<&'a mut DraftModel>,
@@ -288,8 +289,13 @@ impl Worker {
                     };
                     let cache = &mut self.cache;
                     let draft = self.draft.as_mut();
-                    let attention_heads = generate::prefill::chunk_heads(self.options.device, self.attention_heads);
-                    let parts = WorkerParts { ctx, cache: &mut *cache, attention_heads, draft };
+                    let parts = WorkerParts {
+                        ctx,
+                        cache: &mut *cache,
+                        device: self.options.device,
+                        attention_heads: self.attention_heads,
+                        draft,
+                    };
                     // The loop contains its own panics per request; one that escapes it must
                     // not take the worker (and so the model kit) down with it.
                     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(parts))).is_err() {

@@ -11,12 +11,14 @@ use std::sync::{mpsc, Arc};
 
 use common_models::*;
 use mlx_engine::cache::CacheConfig;
+use mlx_engine::generate::prefill::Plan;
 use mlx_engine::generate::GenerateRequest;
 use mlx_engine::sample::SamplingOverrides;
 use mlx_engine::server::joint_prefill::prefill_together;
 use mlx_engine::server::row::Row;
 use mlx_engine::server::scheduler::{Job, Metrics};
 use mlx_engine::vision::FeatureMemo;
+use mlx_engine_plugin_api::runtime::Device;
 
 /// A greedy request for `prompt`, and the receiver of its events (a row whose receiver is gone
 /// counts as abandoned).
@@ -77,11 +79,12 @@ fn rows_joining_together_prefill_in_shared_passes_as_each_alone() {
                 rows
             };
             let cache = parts.cache;
+            let cpu = Plan::for_device(Device::Cpu, 256, None, None, parts.ctx.vocab_size);
             // The prefix's request, done: its cache (all but its last token) is shared.
             let (j, _rx) = job(&prefix);
             let mut first = Row::start(&parts.ctx, cache, &mut memo, j, 0).expect("a row");
             while first.pending.is_none() {
-                assert!(first.prefill_step(&parts.ctx, cache, None, 256).unwrap());
+                assert!(first.prefill_step(&parts.ctx, cache, &cpu).unwrap());
             }
             first.finish(cache);
             // Alone: each row's own chunks.
@@ -89,30 +92,45 @@ fn rows_joining_together_prefill_in_shared_passes_as_each_alone() {
             let cached: Vec<usize> = rows.iter().map(|r| r.pos).collect();
             for r in rows.iter_mut() {
                 while r.pending.is_none() {
-                    assert!(r.prefill_step(&parts.ctx, cache, None, 256).unwrap());
+                    assert!(r.prefill_step(&parts.ctx, cache, &cpu).unwrap());
                 }
             }
             let alone = firsts(&rows);
+            drop(rows);
+            // Alone with the GPU's plan (computed on the CPU here): each rest and its last token
+            // in one step.
+            let gpu = Plan::for_device(Device::Gpu, 256, None, None, parts.ctx.vocab_size);
+            let mut rows = start(&mut memo, cache, 3);
+            for r in rows.iter_mut() {
+                assert!(r.prefill_step(&parts.ctx, cache, &gpu).unwrap());
+                assert!(r.pending.is_some(), "with the GPU's plan the last token joins the rest");
+            }
+            let joined = firsts(&rows);
             drop(rows);
             // Together.
             let mut rows = start(&mut memo, cache, 2);
             prefill_together(&parts.ctx, cache, &mut rows, 256, &m);
             for r in rows.iter_mut() {
                 while r.pending.is_none() {
-                    assert!(r.prefill_step(&parts.ctx, cache, None, 256).unwrap());
+                    assert!(r.prefill_step(&parts.ctx, cache, &cpu).unwrap());
                 }
             }
-            tx.send((cached, alone, firsts(&rows))).unwrap();
+            tx.send((cached, alone, joined, firsts(&rows))).unwrap();
         })
         .unwrap();
-        let (cached, alone, together) = rx.recv().unwrap();
+        let (cached, alone, joined, together) = rx.recv().unwrap();
         assert!(cached.iter().all(|&c| c == 3), "{arch:?}: each row starts from the cached prefix: {cached:?}");
-        let mut worst = 0.0f32;
-        for (b, (a, t)) in alone.iter().zip(&together).enumerate() {
-            assert_eq!((a.0, a.2), (t.0, t.2), "{arch:?} row {b}: first token and cache length");
-            worst = worst.max((a.1 - t.1).abs());
+        for (other, what, bound) in [
+            (&together, "first logprob, shared vs own prefill", measured::CACHED_VS_FULL),
+            (&joined, "first logprob, last token joined vs alone", measured::JOINED_VS_APART),
+        ] {
+            let mut worst = 0.0f32;
+            for (b, (a, t)) in alone.iter().zip(other).enumerate() {
+                assert_eq!((a.0, a.2), (t.0, t.2), "{arch:?} row {b} ({what}): first token and cache length");
+                worst = worst.max((a.1 - t.1).abs());
+            }
+            measured::check(what, worst, bound, format!("{arch:?}"));
         }
-        measured::check("first logprob, shared vs own prefill", worst, measured::CACHED_VS_FULL, format!("{arch:?}"));
         let passes = metrics.joint_prefill_passes.load(Ordering::Relaxed);
         let carried = metrics.joint_prefill_rows.load(Ordering::Relaxed);
         // Llama: the rest of every turn but the last-token-only one (3 rows), then every last

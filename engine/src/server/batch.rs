@@ -39,7 +39,7 @@ use super::scheduler::{Job, Limits, Metrics};
 use crate::cache::prompt_cache::PromptCache;
 use crate::cache::{KvCache, Mark};
 use crate::error::{Error, Result};
-use crate::generate::prefill::{last_logits, NoProgress};
+use crate::generate::prefill::{last_logits, NoProgress, Plan};
 use crate::generate::GenContext;
 use crate::model_kit::WorkerParts;
 use crate::speculative::lookup::PromptLookup;
@@ -55,7 +55,8 @@ struct Group {
 
 /// Runs until `jobs` is closed (every scheduler handle dropped) and the last row is done.
 pub fn run(parts: WorkerParts<'_>, jobs: Receiver<Job>, limits: Limits, metrics: &Metrics) {
-    let WorkerParts { ctx, cache, attention_heads, mut draft } = parts;
+    let WorkerParts { ctx, cache, device, attention_heads, mut draft } = parts;
+    let plan = Plan::for_device(device, limits.prefill_chunk, attention_heads, None, ctx.vocab_size);
     let mut synced: Option<u64> = None;
     let mut waiting: VecDeque<Job> = VecDeque::new();
     let mut rows: Vec<Row<'_>> = Vec::new();
@@ -126,10 +127,8 @@ pub fn run(parts: WorkerParts<'_>, jobs: Receiver<Job>, limits: Limits, metrics:
                 continue;
             }
             let row = &mut rows[i];
-            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                row.prefill_step(&ctx, cache, attention_heads, limits.prefill_chunk)
-            }))
-            .unwrap_or_else(|p| Err(panicked(p)));
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| row.prefill_step(&ctx, cache, &plan)))
+                .unwrap_or_else(|p| Err(panicked(p)));
             match out {
                 Ok(true) => i += 1,
                 Ok(false) => rows.remove(i).finish(cache),

@@ -13,7 +13,7 @@ use crate::cache::prompt_cache::PromptCache;
 use crate::cache::KvCache;
 use crate::constrain::SequenceMatcher;
 use crate::error::{Error, Result};
-use crate::generate::prefill::{chunk_size, last_logits, token_ids};
+use crate::generate::prefill::{chunk_size, last_logits, token_ids, Plan};
 use crate::generate::step::{read_sample, HostTimes};
 use crate::generate::stream::{Pushed, TextStream};
 use crate::generate::{self, GenContext, GenerateRequest, GenerationResult, StopCondition, StopReason};
@@ -170,46 +170,51 @@ impl<'t> Row<'t> {
     }
 
     /// One prefill unit: a chunk of the prompt (all but its last token; the checkpoint is taken
-    /// inside it), or the last token, whose logits give the first sample. `Ok(false)` when
-    /// the row was abandoned.
-    pub fn prefill_step(
-        &mut self,
-        ctx: &GenContext<'_>,
-        shared: &mut PromptCache,
-        heads: Option<usize>,
-        chunk: usize,
-    ) -> Result<bool> {
+    /// inside it), or the last token, whose logits give the first sample; the last token joins
+    /// the final chunk where `plan` says so (the GPU). `Ok(false)` when the row was abandoned.
+    pub fn prefill_step(&mut self, ctx: &GenContext<'_>, shared: &mut PromptCache, plan: &Plan) -> Result<bool> {
         if self.abandoned() {
             let _ = self.events.send(RowEvent::Chunk(cancelled()));
             return Ok(false);
         }
         let end = self.prompt.len() - 1;
         if self.pos < end {
-            let mut n = chunk_size(chunk, self.pos, heads).min(end - self.pos);
+            let mut n = chunk_size(plan.step.max(1), self.pos, plan.attention_heads).min(end - self.pos);
+            let mut join = self.pos + n == end && plan.joins(n);
             // As `prefill_from`: the chunk runs whole and the snapshot is trimmed back, where
             // that is exact (a text prompt, no ring evicting on the way).
-            let mut snapshot_at = self.checkpoint.filter(|&at| at == self.pos + n);
-            if let Some(at) = self.checkpoint.filter(|&at| self.pos < at && at < self.pos + n) {
-                if self.vision.is_none() && self.cache_mut()?.is_trimmable_after(n) {
-                    snapshot_at = Some(at);
-                } else {
+            let fed = n + usize::from(join);
+            let mut snapshot_at = self.checkpoint.filter(|&at| at == self.pos + fed);
+            if let Some(at) = self.checkpoint.filter(|&at| self.pos < at && at < self.pos + fed) {
+                if !(self.vision.is_none() && self.cache_mut()?.is_trimmable_after(fed)) {
                     n = at - self.pos;
-                    snapshot_at = Some(at);
+                    join = false;
                 }
+                snapshot_at = Some(at);
             }
-            let input = self.input(self.pos..self.pos + n)?;
+            let fed = n + usize::from(join);
+            let input = self.input(self.pos..self.pos + fed)?;
             let cache = self.cache_mut()?;
-            let _unused_logits = ctx.model.forward(input.as_input(), cache)?;
-            // Only the cache is needed; then MLX's buffer cache goes back, as prefill does.
-            eval(&cache.state())?;
+            let output = ctx.model.forward(input.as_input(), cache)?;
+            // Only the cache is needed, and with the last token its logits; then MLX's buffer
+            // cache goes back, as prefill does.
+            let logits = if join { Some(last_logits(&output)?) } else { None };
+            let mut needed = cache.state();
+            needed.extend(logits.as_ref());
+            eval(&needed)?;
+            drop(output);
             runtime::clear_cache();
+            let held = self.pos + fed;
             self.pos += n;
             if let Some(at) = snapshot_at {
                 let mut snapshot = self.cache_mut()?.clone();
-                if snapshot.trim(self.pos - at) == self.pos - at {
+                if snapshot.trim(held - at) == held - at {
                     let tokens = self.vision.as_ref().map_or(&self.prompt, |v| &v.key);
                     shared.store_snapshot(&tokens[..at], snapshot);
                 }
+            }
+            if let Some(logits) = logits {
+                self.pending = Some(self.sample(&logits)?);
             }
             return Ok(true);
         }
