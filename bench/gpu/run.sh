@@ -14,6 +14,9 @@
 #                                 repetition penalty, alternating ($OUT/options-NAME.jsonl)
 #   bench/gpu/run.sh ab NAME DIR [LEN]   engine decode with this build's plugins and with those in
 #                                 DIR (another build's), alternating ($OUT/ab-NAME.jsonl)
+#   bench/gpu/run.sh attention NAME   the engine with its choice of attention and with MLX's
+#                                 fused kernel always: cold TTFT, warm speed, a cold prompt and a
+#                                 follow-up turn, prompt-lookup speculation ($OUT/attention-NAME.jsonl)
 #   bench/gpu/run.sh profile NAME [LEN]   every kernel of a warm prefill + decode, both sides,
 #                                 under Nsight Compute ($OUT/ncu-{engine,mlx-lm}-NAME.csv; read
 #                                 them with bench/gpu/kernels.py)
@@ -160,6 +163,25 @@ ab)
             "$ENGINE" bench --device gpu -m "$M/$2" --only speed --prompt-tokens "${4:-512}" --gen-tokens "${GEN:-256}" \
                 --runs "${RUNS:-3}" --json "${extra[@]}" | sed "s/^{/{\"build\": \"$side\", /" | tee -a "$f"
         done
+    done
+    ;;
+attention)
+    # `cache::attention` runs small multi-query attention as plain ops on CUDA, where cuDNN would
+    # build a graph per new shape; MLX_ENGINE_COMPOSED_ATTENTION_MAX_SCORES=0 turns that off.
+    # Each record is tagged "attention": "choice" or "fused".
+    env_setup
+    f=$OUT/attention-$2.jsonl
+    : > "$f"
+    for side in choice fused; do
+        (
+            [ "$side" = fused ] && export MLX_ENGINE_COMPOSED_ATTENTION_MAX_SCORES=0
+            tag() { sed "s/^{/{\"attention\": \"$side\", /" | tee -a "$f"; }
+            OUT=$OUT/ttft-$side "$0" ttft "$2"
+            "$ENGINE" bench --device gpu -m "$M/$2" --only speed,cache --prompt-tokens 512,2048 --gen-tokens "${GEN:-64}" \
+                --runs "${RUNS:-3}" --cache-prompt-tokens 512 --json | tag
+            "$ENGINE" bench --device gpu -m "$M/$2" --only speculative --draft prompt-lookup --speculative-tokens 128 \
+                --speculative-repeats 3 --json | tag
+        )
     done
     ;;
 profile)

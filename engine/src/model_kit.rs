@@ -435,7 +435,7 @@ impl ModelKit {
                     )?;
                     let tokenizer = Arc::new(model::load_tokenizer(&loaded)?);
                     if options.device == Device::Gpu {
-                        crate::generate::warmup::warm_up(loaded.model.as_ref())?;
+                        crate::generate::warmup::warm_up(loaded.model.as_ref(), loaded.dtype)?;
                     }
                     let info = ModelInfo {
                         path: path.clone(),

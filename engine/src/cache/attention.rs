@@ -1,8 +1,12 @@
 //! Masks and the attention kernels behind the cache: MLX's fused attention for dense keys,
-//! plain ops where the fused kernel cannot help (logit softcapping), and attention through
-//! quantized matmuls for quantized keys (mlx-lm's `quantized_scaled_dot_product_attention`).
+//! plain ops where the fused kernel cannot help (logit softcapping) or costs more than it saves
+//! (small multi-query calls on CUDA), and attention through quantized matmuls for quantized keys
+//! (mlx-lm's `quantized_scaled_dot_product_attention`).
+
+use std::sync::OnceLock;
 
 use mlx_engine_plugin_api::fast::{scaled_dot_product_attention, AttnMask};
+use mlx_engine_plugin_api::runtime::Device;
 use mlx_engine_plugin_api::{concatenate, quantized_matmul, where_, Array, Dtype, Error, Result};
 
 use super::tensor::Tensor;
@@ -174,6 +178,7 @@ pub(crate) fn attend(
     match (keys, values) {
         (Tensor::Dense(k), Tensor::Dense(v)) => match softcap {
             Some(cap) => manual_attention(q, k, v, scale, explicit(k.dim(2)?)?.as_ref(), cap),
+            None if composed_pays(q, k, mask)? => composed_attention(q, k, v, scale, explicit(k.dim(2)?)?.as_ref()),
             None => match mask {
                 Mask::None => scaled_dot_product_attention(q, k, v, scale, AttnMask::None),
                 Mask::Causal => scaled_dot_product_attention(q, k, v, scale, AttnMask::Causal),
@@ -209,6 +214,64 @@ fn manual_attention(q: &Array, k: &Array, v: &Array, scale: f32, mask: Option<&A
         None => scores,
     };
     scores.softmax(&[-1], true)?.matmul(&v)
+}
+
+/// Score count (batch x query heads x queries x keys) up to which a multi-query call on CUDA runs
+/// [`composed_attention`]. MLX's CUDA backend runs fused attention over 4 or more queries (2 or
+/// more with an explicit mask) through cuDNN, which builds a graph the first time it meets each
+/// shape: 63 ms for a new prompt length on an H100 (`bench/gpu/first_call.py`). In real use
+/// nearly every call is new: each prompt has its own length, a reused cache adds its own key
+/// length, and each speculative verify pass sees a few more keys. Small calls therefore run as
+/// plain ops, which cost a few milliseconds over a whole model (with cuDNN off, a cold 563-token
+/// Llama-1B prompt's TTFT fell from 0.085-0.122 s to 0.026-0.043 s); long prompts, where the
+/// fused kernel's speed on every layer outweighs one graph, keep it. About a 1024-token prompt
+/// at 32 heads; `bench/gpu/run.sh attention` and `attention_choice.py` measure both sides.
+const COMPOSED_MAX_SCORES: usize = 32 * 1024 * 1024;
+
+/// Whether `q` over dense keys `k` should skip the fused kernel (see [`COMPOSED_MAX_SCORES`];
+/// `MLX_ENGINE_COMPOSED_ATTENTION_MAX_SCORES` overrides it, 0 = always fused).
+fn composed_pays(q: &Array, k: &Array, mask: &Mask) -> Result<bool> {
+    let queries = q.dim(2)?;
+    // One query, or up to 3 without an explicit mask, run MLX's vector kernel: no per-shape set-up.
+    if queries < 2 || (queries < 4 && !matches!(mask, Mask::Explicit(_))) {
+        return Ok(false);
+    }
+    // Metal's fused kernels have no per-shape set-up, and the CPU has no fused kernel at all.
+    if cfg!(target_os = "macos") || Device::default_device() != Device::Gpu {
+        return Ok(false);
+    }
+    static MAX: OnceLock<usize> = OnceLock::new();
+    let max = *MAX.get_or_init(|| {
+        std::env::var("MLX_ENGINE_COMPOSED_ATTENTION_MAX_SCORES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(COMPOSED_MAX_SCORES)
+    });
+    let scores = [q.dim(0)?, q.dim(1)?, queries, k.dim(2)?].iter().map(|&n| n as usize).product::<usize>();
+    Ok(scores <= max)
+}
+
+/// `softmax(q k^T * scale [masked]) v` as plain ops, in f32 as the fused kernel computes it
+/// (scores rounded to bf16 would lose 8 bits the fused kernel keeps). Query heads are grouped
+/// under their kv head (`[B, Hkv, n_rep, L, D]`) so keys and values broadcast, not repeat.
+fn composed_attention(q: &Array, k: &Array, v: &Array, scale: f32, mask: Option<&Array>) -> Result<Array> {
+    let s = q.shape();
+    let (b, hq, l, d) = (s[0], s[1], s[2], s[3]);
+    let hkv = k.dim(1)?;
+    let rep = heads_per_kv(hq, hkv)?;
+    let dtype = q.dtype();
+    let f32 = |a: &Array| -> Result<Array> { a.astype(Dtype::F32)?.expand_dims(&[2]) };
+    let q = q.astype(Dtype::F32)?;
+    let q = q.multiply(&q.scalar_like(scale as f64)?)?.reshape(&[b, hkv, rep, l, d])?;
+    let mut scores = q.matmul(&f32(k)?.swapaxes(-1, -2)?)?;
+    if let Some(m) = mask {
+        // A per-row mask `[B, 1, L, T]` broadcasts over `[B, Hkv, rep, L, T]` with the group
+        // axis added.
+        let m = if m.ndim() == 4 { m.expand_dims(&[2])? } else { m.clone() };
+        scores = where_(&m, &scores, &Array::scalar(lowest(Dtype::F32), Dtype::F32)?)?;
+    }
+    let out = scores.softmax(&[-1], false)?.matmul(&f32(v)?)?;
+    out.reshape(&[b, hq, l, v.dim(3)?])?.astype(dtype)
 }
 
 fn heads_per_kv(hq: i32, hkv: i32) -> Result<i32> {
@@ -279,5 +342,84 @@ fn lowest(dtype: Dtype) -> f64 {
         Dtype::BF16 => -3.389_531_389_251_535_5e38,
         Dtype::F64 => f64::MIN,
         _ => f32::MIN as f64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `softmax(q k^T * scale, masked) v` per head in f64; `visible(b, i, j)` for query i, key j.
+    fn reference(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        dims: (usize, usize, usize, usize, usize, usize),
+        scale: f64,
+        visible: impl Fn(usize, usize, usize) -> bool,
+    ) -> Vec<f32> {
+        let (b, hq, hkv, l, t, d) = dims;
+        let mut out = vec![0f32; b * hq * l * d];
+        for bi in 0..b {
+            for h in 0..hq {
+                let g = h / (hq / hkv);
+                for i in 0..l {
+                    let qi = &q[((bi * hq + h) * l + i) * d..][..d];
+                    let key = |j: usize| ((bi * hkv + g) * t + j) * d;
+                    let s: Vec<f64> = (0..t)
+                        .map(|j| {
+                            let dot: f64 = (0..d).map(|x| qi[x] as f64 * k[key(j) + x] as f64).sum();
+                            if visible(bi, i, j) {
+                                dot * scale
+                            } else {
+                                f64::NEG_INFINITY
+                            }
+                        })
+                        .collect();
+                    let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for x in 0..d {
+                        let o: f64 = (0..t).map(|j| e[j] / z * v[key(j) + x] as f64).sum();
+                        out[((bi * hq + h) * l + i) * d + x] = o as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn data(seed: u32, n: usize) -> Vec<f32> {
+        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 250.0 - 2.0).collect()
+    }
+
+    /// The written-out attention against an f64 reference: grouped query heads, a causal mask
+    /// with more keys than queries, one `[L, T]` mask and one per-row `[B, 1, L, T]` mask.
+    #[test]
+    fn composed_attention_matches_reference() {
+        let _ = crate::mlx::ffi::ops_table();
+        let (b, hq, hkv, l, t, d) = (2usize, 4usize, 2usize, 5usize, 9usize, 8usize);
+        let (qd, kd, vd) = (data(1, b * hq * l * d), data(2, b * hkv * t * d), data(3, b * hkv * t * d));
+        let arr =
+            |x: &[f32], h: usize, n: usize| Array::from_slice(x, &[b as i32, h as i32, n as i32, d as i32]).unwrap();
+        let (q, k, v) = (arr(&qd, hq, l), arr(&kd, hkv, t), arr(&vd, hkv, t));
+        let scale = 0.35f32;
+        let causal = |_: usize, i: usize, j: usize| j <= i + (t - l);
+        let pad = [0usize, 3];
+        let padded = move |bi: usize, i: usize, j: usize| causal(bi, i, j) && j >= pad[bi];
+        let rows: Vec<bool> =
+            (0..b).flat_map(|bi| (0..l).flat_map(move |i| (0..t).map(move |j| padded(bi, i, j)))).collect();
+        let row_mask = Array::from_slice(&rows, &[b as i32, 1, l as i32, t as i32]).unwrap();
+        // What `attend` builds for `Mask::Causal`.
+        let causal_mask = attention_mask((t - l) as i32, l as i32, 0, t as i32, None).unwrap();
+        for (mask, visible) in [
+            (&causal_mask, &causal as &dyn Fn(usize, usize, usize) -> bool),
+            (&row_mask, &padded as &dyn Fn(usize, usize, usize) -> bool),
+        ] {
+            let got = composed_attention(&q, &k, &v, scale, Some(mask)).unwrap().to_vec_f32().unwrap();
+            let want = reference(&qd, &kd, &vd, (b, hq, hkv, l, t, d), scale as f64, visible);
+            let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(err < 1e-5, "composed attention differs from the f64 reference by {err}");
+        }
     }
 }

@@ -83,7 +83,7 @@ impl DraftModel {
         }
         let mut loaded = model::load_with(path, how.host, how.dtype, how.device)?;
         if how.device == Device::Gpu {
-            crate::generate::warmup::warm_up(loaded.model.as_ref())?;
+            crate::generate::warmup::warm_up(loaded.model.as_ref(), loaded.dtype)?;
         }
         // A draft sees token ids only; a vision-language checkpoint's image part is not needed.
         loaded.vision = None;
