@@ -219,13 +219,14 @@ fn manual_attention(q: &Array, k: &Array, v: &Array, scale: f32, mask: Option<&A
 /// Score count (batch x query heads x queries x keys) up to which a multi-query call on CUDA runs
 /// [`composed_attention`]. MLX's CUDA backend runs fused attention over 4 or more queries (2 or
 /// more with an explicit mask) through cuDNN, which builds a graph the first time it meets each
-/// shape: 63 ms for a new prompt length on an H100 (`bench/gpu/first_call.py`). In real use
-/// nearly every call is new: each prompt has its own length, a reused cache adds its own key
-/// length, and each speculative verify pass sees a few more keys. Small calls therefore run as
-/// plain ops, which cost a few milliseconds over a whole model (with cuDNN off, a cold 563-token
-/// Llama-1B prompt's TTFT fell from 0.085-0.122 s to 0.026-0.043 s); long prompts, where the
-/// fused kernel's speed on every layer outweighs one graph, keep it. About a 1024-token prompt
-/// at 32 heads; `bench/gpu/run.sh attention` and `attention_choice.py` measure both sides.
+/// shape: 42-69 ms on an H100. In real use nearly every call is new: each prompt has its own
+/// length, a reused cache adds its own key length, and each speculative verify pass sees a few
+/// more keys. The plain ops cost 0.2-0.9 ms per layer up to this bound (a 1024-token prompt at
+/// 32 heads), so a model pays a few milliseconds more on a length it has seen and saves 30-45 ms
+/// on a new one (a cold 563-token Llama-1B prompt: 0.023-0.037 s to the first token, against
+/// 0.099-0.102 s fused). Past the bound, plain ops over every layer cost more than one graph.
+/// Measured by `bench/gpu/attention_choice.py` and `bench/gpu/run.sh attention`
+/// (docs/benchmarks.md, 2026-12-08).
 const COMPOSED_MAX_SCORES: usize = 32 * 1024 * 1024;
 
 /// Whether `q` over dense keys `k` should skip the fused kernel (see [`COMPOSED_MAX_SCORES`];
