@@ -223,7 +223,7 @@ fn manual_attention(q: &Array, k: &Array, v: &Array, scale: f32, mask: Option<&A
 /// length, a reused cache adds its own key length, and each speculative verify pass sees a few
 /// more keys. The plain ops cost 0.2-0.9 ms per layer up to this bound (a 1024-token prompt at
 /// 32 heads), so a model pays a few milliseconds more on a length it has seen and saves 30-45 ms
-/// on a new one (a cold 563-token Llama-1B prompt: 0.023-0.037 s to the first token, against
+/// on a new one (a cold 563-token Llama-1B prompt: 0.023-0.036 s to the first token, against
 /// 0.099-0.102 s fused). Past the bound, plain ops over every layer cost more than one graph.
 /// Measured by `bench/gpu/attention_choice.py` and `bench/gpu/run.sh attention`
 /// (docs/benchmarks.md, 2026-12-08).
