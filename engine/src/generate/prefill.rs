@@ -173,8 +173,21 @@ impl Plan {
     /// Whether the last token joins a final chunk of `n` tokens.
     pub fn joins(&self, n: usize) -> bool {
         self.last_token_joins
-            .is_some_and(|vocab| (n + 1).saturating_mul(vocab).saturating_mul(4) <= JOINED_LOGITS_BUDGET)
+            .is_some_and(|vocab| (n + 1).saturating_mul(vocab).saturating_mul(4) <= joined_logits_budget())
     }
+}
+
+/// [`JOINED_LOGITS_BUDGET`], or `MLX_ENGINE_JOINED_LOGITS_BUDGET` (bytes) for A/B runs of the
+/// budget in one binary (`bench/gpu/run.sh compare`): where joining pays depends on the output
+/// head's kernel (a quantized head's matrix-matrix product is far slower than cuBLAS's).
+fn joined_logits_budget() -> usize {
+    static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        std::env::var("MLX_ENGINE_JOINED_LOGITS_BUDGET")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(JOINED_LOGITS_BUDGET)
+    })
 }
 
 /// What a prefill left behind.
