@@ -170,6 +170,33 @@ impl Plan {
         }
     }
 
+    /// The chunk at `pos` of a prompt whose last token is at `end`, for generate and the
+    /// server alike. `exact_trim(fed)`: whether the cache could drop positions exactly after
+    /// `fed` more (no ring evicts on the way) and the input is text.
+    ///
+    /// A checkpoint inside the chunk: where it can be trimmed back to exactly, the chunk runs
+    /// whole and the snapshot is the cache trimmed back to the checkpoint, since causal
+    /// attention leaves earlier positions' keys and values unchanged. Cutting the chunk there
+    /// instead would cost a second pass over the weights for the ~10 tokens after it (a decode
+    /// step's worth on a GPU). Not with input embeddings: an image's tokens attend to each
+    /// other both ways, so positions before the checkpoint may have seen later ones.
+    pub fn chunk(
+        &self,
+        pos: usize,
+        end: usize,
+        checkpoint: Option<usize>,
+        exact_trim: impl FnOnce(usize) -> bool,
+    ) -> Chunk {
+        let n = chunk_size(self.step.max(1), pos, self.attention_heads).min(end - pos);
+        let join = pos + n == end && self.joins(n);
+        let fed = n + usize::from(join);
+        match checkpoint.filter(|&at| pos < at && at < pos + fed) {
+            Some(at) if exact_trim(fed) => Chunk { n, join, trim_to: Some(at) },
+            Some(at) => Chunk { n: at - pos, join: false, trim_to: None },
+            None => Chunk { n, join, trim_to: None },
+        }
+    }
+
     /// Whether the last token joins a final chunk of `n` tokens.
     pub fn joins(&self, n: usize) -> bool {
         self.last_token_joins
@@ -188,6 +215,14 @@ fn joined_logits_budget() -> usize {
             .and_then(|v| v.parse().ok())
             .unwrap_or(JOINED_LOGITS_BUDGET)
     })
+}
+
+/// One chunk of a prefill ([`Plan::chunk`]): `n` prompt tokens, then the last token too when
+/// `join`; `trim_to` is a checkpoint inside it, whose snapshot is the cache trimmed back.
+pub struct Chunk {
+    pub n: usize,
+    pub join: bool,
+    pub trim_to: Option<usize>,
 }
 
 /// What a prefill left behind.
@@ -265,32 +300,14 @@ pub fn prefill_from(
     if !progress.begin(cached, prompt.len()) {
         return Ok(out);
     }
-    let step = plan.step.max(1);
     let mut pos = cached;
     let mut last_chunk_seconds = if plan.layerwise_first { f64::INFINITY } else { 0.0 };
     while pos < end {
         if cancel.load(Ordering::Relaxed) {
             return Ok(out);
         }
-        let mut n = chunk_size(step, pos, plan.attention_heads).min(end - pos);
-        let mut join = pos + n == end && plan.joins(n);
-        // A checkpoint inside this chunk: when the cache can drop positions exactly after it
-        // (no ring evicts on the way), the chunk runs whole and the snapshot is the cache
-        // trimmed back to the checkpoint, since causal attention leaves earlier positions'
-        // keys and values unchanged. Cutting the chunk there instead would cost a second pass
-        // over the weights for the ~10 tokens after it (a decode step's worth on a GPU). Not
-        // with input embeddings: an image's tokens attend to each other both ways, so positions
-        // before the checkpoint may have seen later ones.
-        let mut trim_to = None;
-        let fed = n + usize::from(join);
-        if let Some(at) = plan.checkpoint.filter(|&at| pos < at && at < pos + fed) {
-            if cache.is_trimmable_after(fed) && embeddings.is_none() {
-                trim_to = Some(at);
-            } else {
-                n = at - pos;
-                join = false;
-            }
-        }
+        let Chunk { n, join, trim_to } =
+            plan.chunk(pos, end, plan.checkpoint, |fed| cache.is_trimmable_after(fed) && embeddings.is_none());
         let fed = n + usize::from(join);
         let t = std::time::Instant::now();
         let output = if n > MIN_CHUNK && last_chunk_seconds > LAYERWISE_AFTER_SECONDS {

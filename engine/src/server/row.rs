@@ -13,7 +13,7 @@ use crate::cache::prompt_cache::PromptCache;
 use crate::cache::KvCache;
 use crate::constrain::SequenceMatcher;
 use crate::error::{Error, Result};
-use crate::generate::prefill::{chunk_size, last_logits, token_ids, Plan};
+use crate::generate::prefill::{last_logits, token_ids, Chunk, Plan};
 use crate::generate::step::{read_sample, HostTimes};
 use crate::generate::stream::{Pushed, TextStream};
 use crate::generate::{self, GenContext, GenerateRequest, GenerationResult, StopCondition, StopReason};
@@ -179,20 +179,12 @@ impl<'t> Row<'t> {
         }
         let end = self.prompt.len() - 1;
         if self.pos < end {
-            let mut n = chunk_size(plan.step.max(1), self.pos, plan.attention_heads).min(end - self.pos);
-            let mut join = self.pos + n == end && plan.joins(n);
-            // As `prefill_from`: the chunk runs whole and the snapshot is trimmed back, where
-            // that is exact (a text prompt, no ring evicting on the way).
+            let text = self.vision.is_none();
+            let Chunk { n, join, trim_to } = plan.chunk(self.pos, end, self.checkpoint, |fed| {
+                text && self.cache.as_ref().is_some_and(|c| c.is_trimmable_after(fed))
+            });
             let fed = n + usize::from(join);
-            let mut snapshot_at = self.checkpoint.filter(|&at| at == self.pos + fed);
-            if let Some(at) = self.checkpoint.filter(|&at| self.pos < at && at < self.pos + fed) {
-                if !(self.vision.is_none() && self.cache_mut()?.is_trimmable_after(fed)) {
-                    n = at - self.pos;
-                    join = false;
-                }
-                snapshot_at = Some(at);
-            }
-            let fed = n + usize::from(join);
+            let snapshot_at = trim_to.or(self.checkpoint.filter(|&at| at == self.pos + fed));
             let input = self.input(self.pos..self.pos + fed)?;
             let cache = self.cache_mut()?;
             let output = ctx.model.forward(input.as_input(), cache)?;
