@@ -210,6 +210,10 @@ impl DynModel for Lockstep {
         self.inner.embed_tokens(ids)
     }
 
+    fn honours_last_position_only(&self) -> bool {
+        self.inner.honours_last_position_only()
+    }
+
     fn embeddings_scale(&self) -> mlx_engine_plugin_api::Result<f32> {
         self.inner.embeddings_scale()
     }

@@ -19,7 +19,7 @@ use common_models::*;
 use mlx_engine::cache::prompt_cache::{EntryKind, PromptCacheInfo};
 use mlx_engine::cache::{CacheConfig, KvCache};
 use mlx_engine::cli::common::CacheArgs;
-use mlx_engine::generate::prefill::{chunk_size, prefill, Plan, ATTENTION_SCORE_BUDGET, MIN_CHUNK};
+use mlx_engine::generate::prefill::{chunk_size, prefill, OutputHead, Plan, ATTENTION_SCORE_BUDGET, MIN_CHUNK};
 use mlx_engine::generate::{GenerateRequest, GenerationStats, NoProgress, PromptProgress, StopReason};
 use mlx_engine::model::DtypeChoice;
 use mlx_engine::{CancelHandle, ModelKit};
@@ -302,12 +302,13 @@ fn begin_finish_and_the_cancel_handle_all_cancel_a_prefill() {
     assert_eq!(rec.calls(), ["begin(0, 20)", "update(4)"]);
     assert_eq!(info(&kit).live_tokens, 4);
 
-    // `finish` cancels after the whole prompt but the seed token is in the cache.
+    // `finish` cancels after the whole prompt is in the cache: the last token joined the final
+    // chunk (the plugins compute its logits alone, ABI 1.4).
     let rec = Recorder { cancel_at: Some("finish"), ..Default::default() };
     let r = run_with(&kit, chunked(), Box::new(rec.clone()));
     assert_eq!((r.stop, r.stats.cached_tokens), (StopReason::UserCancelled, 4));
     assert_eq!(rec.calls().last().map(String::as_str), Some("finish"));
-    assert_eq!(info(&kit).live_tokens, 19);
+    assert_eq!(info(&kit).live_tokens, 20);
 
     let r = run(&kit, chunked());
     assert_eq!(r.stats.cached_tokens, 19);
@@ -323,7 +324,7 @@ fn chunked_and_unchunked_prefill_agree() {
         let loaded = load(dir.path(), DtypeChoice::F32);
         let logits = |step: usize| {
             let mut cache = KvCache::new(loaded.model.cache_layout());
-            let plan = Plan::for_device(Device::Cpu, step, None, None, None);
+            let plan = Plan::for_device(Device::Cpu, step, None, None, OutputHead::of(loaded.model.as_ref(), None));
             let out =
                 prefill(loaded.model.as_ref(), &mut cache, &p, 0, &plan, &mut NoProgress, &AtomicBool::new(false))
                     .expect("prefill");

@@ -11,7 +11,7 @@ use std::sync::{mpsc, Arc};
 
 use common_models::*;
 use mlx_engine::cache::CacheConfig;
-use mlx_engine::generate::prefill::Plan;
+use mlx_engine::generate::prefill::{OutputHead, Plan};
 use mlx_engine::generate::GenerateRequest;
 use mlx_engine::sample::SamplingOverrides;
 use mlx_engine::server::joint_prefill::prefill_together;
@@ -79,7 +79,11 @@ fn rows_joining_together_prefill_in_shared_passes_as_each_alone() {
                 rows
             };
             let cache = parts.cache;
-            let cpu = Plan::for_device(Device::Cpu, 256, None, None, parts.ctx.vocab_size);
+            let head = OutputHead::of(parts.ctx.model, parts.ctx.vocab_size);
+            assert!(head.last_position_only, "the workspace plugins compute the last position alone (ABI 1.4)");
+            // mlx-lm's plan: the last token in a pass of its own (a head over every position
+            // never joins on the CPU).
+            let cpu = Plan::for_device(Device::Cpu, 256, None, None, OutputHead { last_position_only: false, ..head });
             // The prefix's request, done: its cache (all but its last token) is shared.
             let (j, _rx) = job(&prefix);
             let mut first = Row::start(&parts.ctx, cache, &mut memo, j, 0).expect("a row");
@@ -97,9 +101,9 @@ fn rows_joining_together_prefill_in_shared_passes_as_each_alone() {
             }
             let alone = firsts(&rows);
             drop(rows);
-            // Alone with the GPU's plan (computed on the CPU here): each rest and its last token
-            // in one step.
-            let gpu = Plan::for_device(Device::Gpu, 256, None, None, parts.ctx.vocab_size);
+            // Alone with the GPU's plan (computed on the CPU here; the CPU's own plan is the
+            // same for these plugins): each rest and its last token in one step.
+            let gpu = Plan::for_device(Device::Gpu, 256, None, None, head);
             let mut rows = start(&mut memo, cache, 3);
             for r in rows.iter_mut() {
                 assert!(r.prefill_step(&parts.ctx, cache, &gpu).unwrap());

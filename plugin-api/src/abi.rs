@@ -22,7 +22,7 @@ use crate::ops_table::{GroupHandle, Handle, OpsTable, Status};
 pub const ABI_MAJOR: u32 = 1;
 /// Additions (entries appended to a table) bump the minor; a plugin built for minor `m` loads
 /// into an engine of minor `>= m`.
-pub const ABI_MINOR: u32 = 3;
+pub const ABI_MINOR: u32 = 4;
 
 /// The symbol every plugin exports: `extern "C" fn() -> *const PluginDescriptor`.
 pub const DESCRIPTOR_SYMBOL: &str = "mlx_engine_plugin_descriptor";
@@ -185,6 +185,11 @@ pub struct ForwardCtxVTable {
     /// start at different positions and for explicit positions.
     pub positions:
         unsafe extern "C" fn(this: *mut c_void, layer: usize, out: *mut PositionsFfi, err: *const ErrSink) -> Status,
+    // --- 1.4 ---
+    /// Whether the caller reads only the pass's last position
+    /// ([`ForwardContext::last_position_only`](crate::ForwardContext::last_position_only)):
+    /// writes 1 or 0.
+    pub last_position_only: unsafe extern "C" fn(this: *mut c_void, out: *mut u32, err: *const ErrSink) -> Status,
 }
 
 /// A plugin's text model as seen by the engine. The engine calls `destroy` exactly once.
@@ -375,7 +380,7 @@ crate::abi_layout!(ModelVTable {
     3 => [pipeline],
 });
 crate::abi_layout!(VisionVTable { 0 => [size, destroy, merge], 1 => [image_prompt, encode, merge_features] });
-crate::abi_layout!(ForwardCtxVTable { 0 => [size, offset, attention], 1 => [positions] });
+crate::abi_layout!(ForwardCtxVTable { 0 => [size, offset, attention], 1 => [positions], 4 => [last_position_only] });
 crate::abi_layout!(AttentionOptionsFfi { 0 => [size, logit_softcap] });
 crate::abi_layout!(ErrSink { 0 => [ctx, set] });
 crate::abi_layout!(WeightEntry { 0 => [name, array] });
@@ -411,6 +416,9 @@ pub const ABI_1_1_FINGERPRINT_64: u64 = 0xe706_242e_0dce_d26f;
 /// `layout_fingerprint(2)` on 64-bit targets: what ABI 1.2 plugins record.
 pub const ABI_1_2_FINGERPRINT_64: u64 = 0x1a43_a5a7_7e6b_e454;
 
+/// `layout_fingerprint(3)` on 64-bit targets: what ABI 1.3 plugins record.
+pub const ABI_1_3_FINGERPRINT_64: u64 = 0x98fb_77e6_2cac_5744;
+
 /// The fingerprint of this crate's own minor, which its plugins record in their descriptor.
 pub const LAYOUT_FINGERPRINT: u64 = layout_fingerprint(ABI_MINOR);
 
@@ -429,8 +437,10 @@ mod tests {
         // 1.1 plugins record this one: 1.2 only appended, so it must not move either.
         if std::mem::size_of::<usize>() == 8 {
             assert_eq!(layout_fingerprint(1), ABI_1_1_FINGERPRINT_64);
-            // And 1.2 plugins this one (1.3 appended `pipeline`).
+            // And 1.2 plugins this one (1.3 appended `pipeline`), 1.3 plugins the next (1.4
+            // appended `last_position_only`).
             assert_eq!(layout_fingerprint(2), ABI_1_2_FINGERPRINT_64);
+            assert_eq!(layout_fingerprint(3), ABI_1_3_FINGERPRINT_64);
         }
     }
 

@@ -301,6 +301,18 @@ impl ForwardContext for CtxProxy {
         // SAFETY: on success the engine wrote an owned handle.
         unsafe { Array::from_raw(out) }
     }
+
+    /// The engine's answer; a failed call (the engine's context panicked) reads as "every
+    /// position", which is always correct.
+    fn last_position_only(&self) -> bool {
+        let mut slot = ErrorSlot::default();
+        let sink = slot.sink();
+        let mut only = 0u32;
+        // SAFETY: the engine's context object is live for the whole forward call, and its
+        // vtable has this entry (checked in `model_forward`).
+        let st = unsafe { ((*(*self.0).vtable).last_position_only)((*self.0).this, &mut only, &sink) };
+        st == 0 && only != 0
+    }
 }
 
 /// Adopts what a `positions` entry wrote.

@@ -156,6 +156,12 @@ impl DynModel for ForeignModel {
         unsafe { Array::from_raw(out) }
     }
 
+    /// Plugins of ABI 1.4 and later are asked, and count as honouring it (the contract of
+    /// `ModelArch::forward`); earlier ones never see the question.
+    fn honours_last_position_only(&self) -> bool {
+        self.plugin_minor >= 4
+    }
+
     fn embeddings_scale(&self) -> Result<f32> {
         let vt = self.vt();
         if !crate::has_entry!(vt.size, ModelVTable, embeddings_scale) {
@@ -354,6 +360,16 @@ unsafe extern "C" fn ctx_positions(
     }
 }
 
+unsafe extern "C" fn ctx_last_position_only(this: *mut c_void, out: *mut u32, err: *const ErrSink) -> Status {
+    // SAFETY: the plugin calls back during `forward`, while the context is live.
+    unsafe {
+        guard(err, || {
+            out.write(u32::from(ctx(this).ctx.last_position_only()));
+            Ok(())
+        })
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C" fn ctx_attention(
     this: *mut c_void,
@@ -404,6 +420,7 @@ static CTX_VTABLE: ForwardCtxVTable = ForwardCtxVTable {
     offset: ctx_offset,
     attention: ctx_attention,
     positions: ctx_positions,
+    last_position_only: ctx_last_position_only,
 };
 
 /// Calls `f` and turns a panic into an error (for engine code running a built-in model).

@@ -112,6 +112,17 @@ pub trait ForwardContext {
         scale: f32,
         options: &AttentionOptions,
     ) -> Result<Array>;
+
+    /// Whether the caller reads only the last position of this pass's output: a prefill's
+    /// final chunk, whose last token's logits start the generation (ABI 1.4). A model should
+    /// then run its output head over that position alone and return `[B, 1, vocab]`
+    /// ([`nn::output_positions`](crate::nn::output_positions)); every position still goes
+    /// through the layers, whose keys and values the cache keeps. Over a 2048-token chunk and a
+    /// 128k vocabulary the head over every position is a 1 TFLOP matrix product and 1 GiB of
+    /// logits. Returning every position stays correct (plugins of 1.3 and before do).
+    fn last_position_only(&self) -> bool {
+        false
+    }
 }
 
 /// The input of a forward pass: token ids `[B, L]` or input embeddings `[B, L, D]` (for
@@ -271,7 +282,9 @@ pub trait ModelArch: Sized + Send + 'static {
     /// One entry per layer that attends through the context.
     fn cache_layout(&self) -> Vec<LayerCache>;
 
-    /// Logits `[B, L, vocab]` for the input.
+    /// Logits `[B, L, vocab]` for the input; `[B, 1, vocab]`, the last position's, when
+    /// [`ForwardContext::last_position_only`] says so (the engine counts on a model built
+    /// against plugin-api 1.4 or later to honour it).
     fn forward(&self, input: Input<'_>, ctx: &mut dyn ForwardContext) -> Result<Array>;
 
     /// Token embeddings `[B, L, D]` as [`Input::Embeddings`] takes them: `forward` of
@@ -375,6 +388,12 @@ pub trait DynModel: Send {
     fn pipeline(&mut self, group: &Group) -> Result<()> {
         Err(Error::Config(format!("this model cannot be split into a pipeline (asked for {} ranks)", group.size())))
     }
+    /// Whether `forward` honours [`ForwardContext::last_position_only`]: every architecture
+    /// built against this plugin-api, and plugins of ABI 1.4 or later. A wrapper must forward
+    /// it; the default, no, only costs the engine the cheaper prefill plan.
+    fn honours_last_position_only(&self) -> bool {
+        false
+    }
 }
 
 impl<M: ModelArch> DynModel for M {
@@ -395,6 +414,9 @@ impl<M: ModelArch> DynModel for M {
     }
     fn pipeline(&mut self, group: &Group) -> Result<()> {
         ModelArch::pipeline(self, group)
+    }
+    fn honours_last_position_only(&self) -> bool {
+        true
     }
 }
 

@@ -39,6 +39,8 @@ pub enum Variant {
     Abi11,
     /// The same against the frozen ABI 1.2 plugin-api (tests/abi-1.2).
     Abi12,
+    /// The same against the frozen ABI 1.3 plugin-api (tests/abi-1.3).
+    Abi13,
     /// `cache_layout` panics.
     PanicLayout,
     /// `forward` returns logits of the wrong shape.
@@ -48,7 +50,9 @@ pub enum Variant {
 impl Variant {
     fn feature(self) -> Option<&'static str> {
         match self {
-            Variant::Good | Variant::PanicAbort | Variant::Abi10 | Variant::Abi11 | Variant::Abi12 => None,
+            Variant::Good | Variant::PanicAbort | Variant::Abi10 | Variant::Abi11 | Variant::Abi12 | Variant::Abi13 => {
+                None
+            }
             Variant::PanicForward => Some("panic_forward"),
             Variant::PanicOnToken => Some("panic_on_token"),
             Variant::PanicLayout => Some("panic_layout"),
@@ -69,6 +73,7 @@ impl Variant {
             Variant::Abi10 => "abi_1_0",
             Variant::Abi11 => "abi_1_1",
             Variant::Abi12 => "abi_1_2",
+            Variant::Abi13 => "abi_1_3",
             v => v.feature().unwrap_or("good"),
         }
     }
@@ -78,6 +83,7 @@ impl Variant {
             Variant::Abi10 => "tests/abi-1.0/fixture",
             Variant::Abi11 => "tests/abi-1.1/fixture",
             Variant::Abi12 => "tests/abi-1.2/fixture",
+            Variant::Abi13 => "tests/abi-1.3/fixture",
             _ => "tests/plugin-fixture",
         };
         workspace_root().join(dir).join("Cargo.toml")
@@ -167,6 +173,7 @@ fn build_variant(v: Variant) -> PathBuf {
         Variant::Abi10 => root.join("abi-1.0"),
         Variant::Abi11 => root.join("abi-1.1"),
         Variant::Abi12 => root.join("abi-1.2"),
+        Variant::Abi13 => root.join("abi-1.3"),
         _ => root.clone(),
     };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

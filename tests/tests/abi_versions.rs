@@ -1,10 +1,11 @@
 //! The versioning promise, tested with real binaries: plugins built against the frozen ABI 1.0
-//! and 1.1 plugin-apis load and compute the same logits (and tokens); plugins of a newer minor, with undersized
+//! to 1.3 plugin-apis load and compute the same logits (and tokens); plugins of a newer minor, with undersized
 //! tables, a wrong fingerprint or built with `panic = "abort"` are refused naming the file;
 //! errors of every vtable call come back with the plugin's message and name.
 
 use std::path::Path;
 
+use mlx_engine::generate::prefill::LastPositionOnly;
 use mlx_engine::plugin_host::{HostOptions, LoadedPlugin, PluginHost};
 use mlx_engine::Error;
 use mlx_engine_plugin_api::abi::{ModelVTable, PluginDescriptor, ABI_MINOR};
@@ -151,6 +152,26 @@ fn a_plugin_built_against_abi_1_2_loads_and_generates_and_refuses_only_a_pipelin
     let err = model.pipeline(&group).unwrap_err().to_string();
     assert!(err.contains("built for ABI 1.2, pipeline parallelism needs ABI 1.3"), "{err}");
     assert!(err.contains(&old.path.display().to_string()), "{err}");
+    assert_eq!(greedy(model.as_ref(), &ids, 12), want);
+}
+
+#[test]
+fn a_plugin_built_against_abi_1_3_answers_every_position_where_a_current_one_gives_the_last() {
+    let Compared { model, current, ids, want, .. } = frozen_and_current(Variant::Abi13, 3);
+    // A 1.3 plugin never sees 1.4's question, so the engine plans with its every-position head.
+    assert!(!model.honours_last_position_only());
+    assert!(current.honours_last_position_only());
+    let last_only = |m: &dyn DynModel| {
+        let mut ctx = TestContext::new();
+        m.forward(Input::Tokens(&tokens(&ids)), &mut LastPositionOnly(&mut ctx)).unwrap()
+    };
+    let (old, new) = (last_only(model.as_ref()), last_only(current.as_ref()));
+    assert_eq!((old.shape(), new.shape()), (vec![1, 8, 64], vec![1, 1, 64]));
+    let old_last = old.slice_axis(1, 7, 8).unwrap().to_vec_f32().unwrap();
+    let new_last = new.to_vec_f32().unwrap();
+    let diff = old_last.iter().zip(&new_last).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    // One row through the final norm and head instead of eight: a matmul of other shape.
+    assert!(diff < 1e-5, "the last position differs by {diff}");
     assert_eq!(greedy(model.as_ref(), &ids, 12), want);
 }
 

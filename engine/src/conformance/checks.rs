@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 use super::{kit_err, Outcome, Subject};
 use crate::cache::{CacheConfig, KvCache};
 use crate::error::Result;
+use crate::generate::prefill::LastPositionOnly;
 
 /// f32 agreement of two ways to compute the same logits, relative to the logits' magnitude:
 /// the engine's parity bound for prompt logits (engine/tests/parity.rs).
@@ -119,6 +120,36 @@ pub(crate) fn forward_shapes(s: &Subject, model: &dyn DynModel) -> Result<String
     };
     let d = agree("input embeddings vs token ids", &to_rows(&from_emb)?, &to_rows(&logits)?)?;
     Ok(format!("[1, 7] -> [1, 7, {vocab}]; embeddings [1, 7, {}] give the same logits ({d})", e[2]))
+}
+
+/// ABI 1.4's `last_position_only` (a prefill's final chunk): `[1, 1, vocab]`, the last row
+/// of a full forward, with every position cached.
+pub(crate) fn last_position(s: &Subject, model: &dyn DynModel) -> Result<Outcome> {
+    if !model.honours_last_position_only() {
+        let (major, minor) = s.plugin.abi;
+        return Ok(Outcome::NotApplicable(format!("built for ABI {major}.{minor}; the question came in 1.4")));
+    }
+    let vocab = s.vocab()?;
+    let ids = ids(9, vocab, 2);
+    let want = full(model, &ids)?;
+    let mut cache = KvCache::new(model.cache_layout());
+    let logits = model.forward(Input::Tokens(&tokens(&[&ids])?), &mut LastPositionOnly(&mut cache))?;
+    if logits.shape() != [1, 1, vocab] {
+        return Err(kit_err(format!(
+            "asked for the last position only, forward gave logits {:?}, expected [1, 1, {vocab}] (run the final \
+             norm and output head over `nn::output_positions(&h, ctx)`)",
+            logits.shape()
+        )));
+    }
+    if cache.len() != ids.len() {
+        return Err(kit_err(format!(
+            "the cache holds {} positions after the pass, expected {}",
+            cache.len(),
+            ids.len()
+        )));
+    }
+    let got = logits.astype(mlx_engine_plugin_api::Dtype::F32)?.to_vec_f32()?;
+    agree("last position", &[got], &want[ids.len() - 1..]).map(Outcome::Measured)
 }
 
 pub(crate) fn batched_rows(s: &Subject, model: &dyn DynModel) -> Result<String> {

@@ -238,6 +238,7 @@ pub fn check_plugin(opts: &CheckOptions) -> Result<Report> {
         }
     };
     report.record("forward shapes", checks::forward_shapes(&subject, model.as_ref()));
+    report.record("last position only", checks::last_position(&subject, model.as_ref()));
     report.record("batched rows", checks::batched_rows(&subject, model.as_ref()));
     report.record("cached decode", checks::cached_decode(&subject, model.as_ref()));
     report.record("rotating cache", checks::rotating_cache(&subject, model.as_ref()));

@@ -36,7 +36,7 @@ use crate::speculative::{Drafter, Speculation, SpeculativeStats, SpeculativeStep
 use crate::stop::StopStrings;
 use crate::tokenizer::Tokenizer;
 use crate::vision::{self, FeatureMemo, ImageInput, ImageLimits, VisionModel};
-use prefill::Plan;
+use prefill::{OutputHead, Plan};
 pub use step::HostTimes;
 use step::{Decoder, PlainStepper, TokenStepper};
 use stream::{Pushed, TextStream};
@@ -326,7 +326,8 @@ pub fn generate_in(
             .checkpoint_at(prompt.len(), cached)
             .map(|at| vision::prompt::outside_spans(at, spans))
             .filter(|&at| at > cached);
-        let plan = Plan::for_device(device, step, attention_heads, checkpoint, ctx.vocab_size);
+        let plan =
+            Plan::for_device(device, step, attention_heads, checkpoint, OutputHead::of(ctx.model, ctx.vocab_size));
         let embeddings = match &images {
             Some((v, prepared, spans)) => {
                 let (hits, encodes) = (memo.hits, memo.encodes);

@@ -112,9 +112,33 @@ pub fn chunk_size(step: usize, context: usize, heads: Option<usize>) -> usize {
 }
 
 /// The most bytes a final chunk's logits may take, counted as f32, for the last prompt token
-/// to join that chunk ([`Plan::last_token_joins`]): 1 GiB, a 2048-token chunk of a
-/// 128k-token vocabulary.
+/// to join that chunk ([`Plan::last_token_joins`]) when the model computes them for every
+/// position: 1 GiB, a 2048-token chunk of a 128k-token vocabulary.
 pub const JOINED_LOGITS_BUDGET: usize = 1 << 30;
+
+/// What a joined final chunk's logits cost: the model's output head, as far as the prefill
+/// plan cares.
+#[derive(Clone, Copy, Debug)]
+pub struct OutputHead {
+    /// The vocabulary, when known.
+    pub vocab: Option<usize>,
+    /// Whether the model runs its head over the last position alone when that is all the
+    /// prefill reads (`ForwardContext::last_position_only`, plugin ABI 1.4): the joined chunk
+    /// then costs one position's logits instead of the chunk's.
+    pub last_position_only: bool,
+}
+
+impl OutputHead {
+    /// `model`'s head. `MLX_ENGINE_LAST_POSITION_ONLY=0` takes every model for one that
+    /// computes every position, for A/B runs in one binary (`bench/gpu/run.sh compare`; with
+    /// `MLX_ENGINE_JOINED_LOGITS_BUDGET=0` too, the last token never joins).
+    pub fn of(model: &dyn DynModel, vocab: Option<usize>) -> OutputHead {
+        static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let allowed =
+            *ALLOWED.get_or_init(|| std::env::var("MLX_ENGINE_LAST_POSITION_ONLY").map_or(true, |v| v != "0"));
+        OutputHead { vocab, last_position_only: allowed && model.honours_last_position_only() }
+    }
+}
 
 /// The query heads that bound a chunk on `device` ([`chunk_size`]): the model's on the CPU,
 /// whose attention materialises the scores; none on the GPU, whose fused attention never
@@ -132,13 +156,16 @@ pub struct Plan {
     pub attention_heads: Option<usize>,
     /// A prompt length at which to snapshot the cache (see the chunk loop of [`prefill_from`]).
     pub checkpoint: Option<usize>,
-    /// `Some(vocabulary size)`: the last prompt token goes through the model with the final
-    /// chunk, whose logits the model then computes for every position, where they fit
+    /// `Some(head)`: the last prompt token goes through the model with the final chunk, which
+    /// reads only the last position's logits. A model that honours that computes them alone;
+    /// for one that computes every position's, the chunk joins only where they fit
     /// [`JOINED_LOGITS_BUDGET`]. `None`: the last token gets a pass of its own, as in mlx-lm
-    /// (0.32). On a GPU the chunk's logits cost a fraction of that pass, which reads every
-    /// weight again (a 512-token chunk's logits on Llama-3.1-8B: about 0.3 ms of matrix work,
-    /// against a 5 ms decode step on an H200). On the CPU they cost more than the pass.
-    pub last_token_joins: Option<usize>,
+    /// (0.32). That pass reads every weight again for one token: a decode step (5 ms on
+    /// Llama-3.1-8B on an H200, 60 ms on SmolLM2-135M on the 2-core CPU, a quarter of a short
+    /// follow-up turn's time to first token there). On a GPU even every position's logits of a
+    /// 512-token chunk cost less (about 0.3 ms of matrix work); on the CPU they cost more, so
+    /// it joins there only for a model that computes the last position alone.
+    pub last_token_joins: Option<OutputHead>,
     /// Whether the first chunk checks for a cancel between layers, its speed being unknown
     /// (later chunks do when the one before took longer than [`LAYERWISE_AFTER_SECONDS`]).
     /// Each check evaluates, so the device idles while the next layer's graph is built and
@@ -150,22 +177,23 @@ pub struct Plan {
 impl Plan {
     /// The plan for `device`. On the CPU chunks shrink to the attention score budget (MLX's
     /// CPU attention materialises the scores), the first runs layer by layer, and the last
-    /// token goes alone. On the GPU, whose fused attention never holds the scores, chunks are
-    /// the step size, as in mlx-lm, the first runs whole, and the last token joins the final
-    /// chunk.
+    /// token joins the final chunk where `head` computes the last position alone. On the GPU,
+    /// whose fused attention never holds the scores, chunks are the step size, as in mlx-lm,
+    /// the first runs whole, and the last token joins the final chunk (within
+    /// [`JOINED_LOGITS_BUDGET`] for a head over every position).
     pub fn for_device(
         device: Device,
         step: usize,
         attention_heads: Option<usize>,
         checkpoint: Option<usize>,
-        vocab_size: Option<usize>,
+        head: OutputHead,
     ) -> Plan {
         let gpu = device == Device::Gpu;
         Plan {
             step,
             attention_heads: chunk_heads(device, attention_heads),
             checkpoint,
-            last_token_joins: vocab_size.filter(|_| gpu),
+            last_token_joins: Some(head).filter(|h| gpu || h.last_position_only),
             layerwise_first: !gpu,
         }
     }
@@ -199,14 +227,17 @@ impl Plan {
 
     /// Whether the last token joins a final chunk of `n` tokens.
     pub fn joins(&self, n: usize) -> bool {
-        self.last_token_joins
-            .is_some_and(|vocab| (n + 1).saturating_mul(vocab).saturating_mul(4) <= joined_logits_budget())
+        self.last_token_joins.is_some_and(|head| {
+            head.last_position_only
+                || head.vocab.is_some_and(|v| (n + 1).saturating_mul(v).saturating_mul(4) <= joined_logits_budget())
+        })
     }
 }
 
 /// [`JOINED_LOGITS_BUDGET`], or `MLX_ENGINE_JOINED_LOGITS_BUDGET` (bytes) for A/B runs of the
-/// budget in one binary (`bench/gpu/run.sh compare`): where joining pays depends on the output
-/// head's kernel (a quantized head's matrix-matrix product is far slower than cuBLAS's).
+/// budget in one binary (`bench/gpu/run.sh compare`): where joining pays, for a model that
+/// computes every position's logits, depends on the output head's kernel (a quantized head's
+/// matrix-matrix product is far slower than cuBLAS's).
 fn joined_logits_budget() -> usize {
     static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *BUDGET.get_or_init(|| {
@@ -310,6 +341,11 @@ pub fn prefill_from(
             plan.chunk(pos, end, plan.checkpoint, |fed| cache.is_trimmable_after(fed) && embeddings.is_none());
         let fed = n + usize::from(join);
         let t = std::time::Instant::now();
+        // A joined chunk's last position is the only one read.
+        let feed = |ctx: &mut dyn ForwardContext, range| match join {
+            true => feed(&mut LastPositionOnly(ctx), range),
+            false => feed(ctx, range),
+        };
         let output = if n > MIN_CHUNK && last_chunk_seconds > LAYERWISE_AFTER_SECONDS {
             match forward_cancellable(cache, cancel, |ctx| feed(ctx, pos..pos + fed))? {
                 Some(output) => output,
@@ -359,6 +395,37 @@ pub fn prefill_from(
     logits.eval()?;
     out.logits = Some(logits);
     Ok(out)
+}
+
+/// Any forward context, reading only the pass's last position
+/// ([`ForwardContext::last_position_only`]): a prefill's final chunk that the last prompt
+/// token joined.
+pub struct LastPositionOnly<'a>(pub &'a mut dyn ForwardContext);
+
+impl ForwardContext for LastPositionOnly<'_> {
+    fn offset(&self, layer: usize) -> mlx_engine_plugin_api::Result<i32> {
+        self.0.offset(layer)
+    }
+
+    fn positions(&self, layer: usize) -> mlx_engine_plugin_api::Result<Positions> {
+        self.0.positions(layer)
+    }
+
+    fn attention(
+        &mut self,
+        layer: usize,
+        q: &Array,
+        k: &Array,
+        v: &Array,
+        scale: f32,
+        options: &AttentionOptions,
+    ) -> mlx_engine_plugin_api::Result<Array> {
+        self.0.attention(layer, q, k, v, scale, options)
+    }
+
+    fn last_position_only(&self) -> bool {
+        true
+    }
 }
 
 /// Runs `forward` over `cache` so that `cancel` is read between layers (see [`Layerwise`]).

@@ -406,20 +406,31 @@ impl DynModel for PluginModel {
     }
 
     /// The plugin's logits, checked to be `[B, L, vocab]` for an input of `B` rows of `L`
-    /// positions, so a plugin bug fails this request here, with the plugin's name, rather than
-    /// somewhere in the sampler.
+    /// positions (or `[B, 1, vocab]` when the context reads the last position only), so a
+    /// plugin bug fails this request here, with the plugin's name, rather than somewhere in the
+    /// sampler.
     fn forward(&self, input: Input<'_>, ctx: &mut dyn ForwardContext) -> mlx_engine_plugin_api::Result<Array> {
         let x = match input {
             Input::Tokens(a) | Input::Embeddings(a) => a,
         };
         let rows = x.shape().into_iter().take(2).collect::<Vec<_>>();
+        let last_only = ctx.last_position_only();
         let logits = self.model.forward(input, ctx).map_err(|e| self.blame("forward", e))?;
         let shape = logits.shape();
-        if shape.len() != 3 || shape[..2] != rows[..] {
+        let fits = shape.len() == 3
+            && shape[0] == rows[0]
+            && (shape[1] == rows[1] || (last_only && shape[1] == 1 && rows[1] > 0));
+        if !fits {
             let want = format!("[{}, vocab]", rows.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "));
-            return Err(self.blame("forward", format!("returned logits of shape {shape:?}, expected {want}")));
+            let or_last =
+                if last_only { format!(" (or [{}, 1, vocab], the last position)", rows[0]) } else { String::new() };
+            return Err(self.blame("forward", format!("returned logits of shape {shape:?}, expected {want}{or_last}")));
         }
         Ok(logits)
+    }
+
+    fn honours_last_position_only(&self) -> bool {
+        self.model.honours_last_position_only()
     }
 
     fn embed_tokens(&self, ids: &Array) -> mlx_engine_plugin_api::Result<Array> {

@@ -39,7 +39,7 @@ use super::scheduler::{Job, Limits, Metrics};
 use crate::cache::prompt_cache::PromptCache;
 use crate::cache::{KvCache, Mark};
 use crate::error::{Error, Result};
-use crate::generate::prefill::{last_logits, NoProgress, Plan};
+use crate::generate::prefill::{last_logits, NoProgress, OutputHead, Plan};
 use crate::generate::GenContext;
 use crate::model_kit::WorkerParts;
 use crate::speculative::lookup::PromptLookup;
@@ -56,7 +56,13 @@ struct Group {
 /// Runs until `jobs` is closed (every scheduler handle dropped) and the last row is done.
 pub fn run(parts: WorkerParts<'_>, jobs: Receiver<Job>, limits: Limits, metrics: &Metrics) {
     let WorkerParts { ctx, cache, device, attention_heads, mut draft } = parts;
-    let plan = Plan::for_device(device, limits.prefill_chunk, attention_heads, None, ctx.vocab_size);
+    let plan = Plan::for_device(
+        device,
+        limits.prefill_chunk,
+        attention_heads,
+        None,
+        OutputHead::of(ctx.model, ctx.vocab_size),
+    );
     let mut synced: Option<u64> = None;
     let mut waiting: VecDeque<Job> = VecDeque::new();
     let mut rows: Vec<Row<'_>> = Vec::new();

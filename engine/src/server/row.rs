@@ -13,7 +13,7 @@ use crate::cache::prompt_cache::PromptCache;
 use crate::cache::KvCache;
 use crate::constrain::SequenceMatcher;
 use crate::error::{Error, Result};
-use crate::generate::prefill::{last_logits, token_ids, Chunk, Plan};
+use crate::generate::prefill::{last_logits, token_ids, Chunk, LastPositionOnly, Plan};
 use crate::generate::step::{read_sample, HostTimes};
 use crate::generate::stream::{Pushed, TextStream};
 use crate::generate::{self, GenContext, GenerateRequest, GenerationResult, StopCondition, StopReason};
@@ -187,7 +187,10 @@ impl<'t> Row<'t> {
             let snapshot_at = trim_to.or(self.checkpoint.filter(|&at| at == self.pos + fed));
             let input = self.input(self.pos..self.pos + fed)?;
             let cache = self.cache_mut()?;
-            let output = ctx.model.forward(input.as_input(), cache)?;
+            let output = match join {
+                true => ctx.model.forward(input.as_input(), &mut LastPositionOnly(cache))?,
+                false => ctx.model.forward(input.as_input(), cache)?,
+            };
             // Only the cache is needed, and with the last token its logits; then MLX's buffer
             // cache goes back, as prefill does.
             let logits = if join { Some(last_logits(&output)?) } else { None };

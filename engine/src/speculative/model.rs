@@ -12,7 +12,7 @@ use super::{compat, DraftSampling, Drafter};
 use crate::cache::prompt_cache::PromptCache;
 use crate::cache::{CacheConfig, KvCache};
 use crate::error::{Error, Result};
-use crate::generate::prefill::{self, last_logits, token_ids, Plan};
+use crate::generate::prefill::{self, last_logits, token_ids, OutputHead, Plan};
 use crate::generate::PromptProgress;
 use crate::model::{self, DtypeChoice, LoadedModel};
 use crate::plugin_host::PluginHost;
@@ -121,7 +121,13 @@ impl DraftModel {
         model::check_token_ids("prompt", prompt, self.loaded.vocab_size)?;
         let cached = self.cache.prepare(prompt, reuse)?;
         let checkpoint = self.cache.checkpoint_at(prompt.len(), cached);
-        let plan = Plan::for_device(self.device, step, self.attention_heads, checkpoint, self.loaded.vocab_size);
+        let plan = Plan::for_device(
+            self.device,
+            step,
+            self.attention_heads,
+            checkpoint,
+            OutputHead::of(self.loaded.model.as_ref(), self.loaded.vocab_size),
+        );
         let mut reports = DraftReports(progress);
         let model = self.loaded.model.as_ref();
         let done = prefill::prefill(model, self.cache.live_mut(), prompt, cached, &plan, &mut reports, cancel)?;

@@ -412,3 +412,16 @@ impl Activation {
         }
     }
 }
+
+/// The hidden states `[B, L, D]` an output head needs: the last position's `[B, 1, D]` when
+/// the caller reads only that ([`ForwardContext::last_position_only`]), else all of them.
+/// Called between the last layer and the final norm, so neither runs over positions nobody
+/// reads.
+pub fn output_positions(h: &Array, ctx: &dyn crate::traits::ForwardContext) -> Result<Array> {
+    let l = h.dim(1)?;
+    if l > 1 && ctx.last_position_only() {
+        h.slice_axis(1, l - 1, l)
+    } else {
+        Ok(h.clone())
+    }
+}

@@ -7,8 +7,8 @@ use mlx_engine_plugin_api::config_check::ConfigCheck;
 use mlx_engine_plugin_api::distributed::Group;
 use mlx_engine_plugin_api::gguf::{rename_llama_cpp_parts, GgufInfo};
 use mlx_engine_plugin_api::nn::{
-    merge_heads, split_heads, Activation, Embedding, GatedMlp, HeadShard, Linear, PipelineStage, Projections,
-    Quantization, RmsNorm, Rope, RopeScaling, ShardedToAllLinear,
+    merge_heads, output_positions, split_heads, Activation, Embedding, GatedMlp, HeadShard, Linear, PipelineStage,
+    Projections, Quantization, RmsNorm, Rope, RopeScaling, ShardedToAllLinear,
 };
 use mlx_engine_plugin_api::serde_json::{json, Map, Value};
 use mlx_engine_plugin_api::{
@@ -386,7 +386,7 @@ impl ModelArch for Gemma3 {
             }
             Ok(h)
         })?;
-        let h = self.norm.forward(&h)?;
+        let h = self.norm.forward(&output_positions(&h, ctx)?)?;
         let out = match &self.lm_head {
             Some(head) => head.forward(&h)?,
             None => self.embed_tokens.as_linear(&h)?,

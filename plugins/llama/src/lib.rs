@@ -5,8 +5,8 @@ use mlx_engine_plugin_api::config_check::ConfigCheck;
 use mlx_engine_plugin_api::distributed::Group;
 use mlx_engine_plugin_api::gguf::{rename_llama_cpp_parts, unpermute_qk_rows, GgufInfo};
 use mlx_engine_plugin_api::nn::{
-    exactly, merge_heads, split_heads, Activation, Embedding, GatedMlp, HeadShard, Linear, PipelineStage, Projections,
-    Quantization, RmsNorm, Rope, RopeScaling, ShardedToAllLinear,
+    exactly, merge_heads, output_positions, split_heads, Activation, Embedding, GatedMlp, HeadShard, Linear,
+    PipelineStage, Projections, Quantization, RmsNorm, Rope, RopeScaling, ShardedToAllLinear,
 };
 use mlx_engine_plugin_api::serde_json::{json, Map, Value};
 use mlx_engine_plugin_api::{
@@ -318,7 +318,7 @@ impl ModelArch for Llama {
             }
             Ok(h)
         })?;
-        let h = self.norm.forward(&h)?;
+        let h = self.norm.forward(&output_positions(&h, ctx)?)?;
         match &self.lm_head {
             Some(head) => head.forward(&h),
             None => self.embed_tokens.as_linear(&h),

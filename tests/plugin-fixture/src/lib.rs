@@ -172,6 +172,9 @@ impl ModelArch for Tiny {
             let m = layer.down.forward(&layer.gate.forward(&x)?.silu()?.multiply(&layer.up.forward(&x)?)?)?;
             h = h.add(&m)?;
         }
+        // ABI 1.4: only the last position when the engine reads only that.
+        #[cfg(not(feature = "before_1_4"))]
+        let h = mlx_engine_plugin_api::nn::output_positions(&h, ctx)?;
         let logits = self.embed.as_linear(&self.norm.forward(&h)?)?;
         if cfg!(feature = "bad_logits_shape") {
             // One position too few: the engine must notice, not the sampler.

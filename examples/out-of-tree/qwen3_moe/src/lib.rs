@@ -5,7 +5,7 @@
 
 use mlx_engine_plugin_api::config_check::ConfigCheck;
 use mlx_engine_plugin_api::nn::{
-    merge_heads, split_heads, Activation, Embedding, GatedMlp, Linear, Quantization, RmsNorm, Rope,
+    merge_heads, split_heads, Activation, Embedding, GatedMlp, Linear, output_positions, Quantization, RmsNorm, Rope,
     RopeScaling, SwitchGlu,
 };
 use mlx_engine_plugin_api::serde::Deserialize;
@@ -249,7 +249,7 @@ impl ModelArch for Qwen3Moe {
         for (i, layer) in self.layers.iter().enumerate() {
             h = layer.forward(&h, i, ctx)?;
         }
-        let h = self.norm.forward(&h)?;
+        let h = self.norm.forward(&output_positions(&h, ctx)?)?;
         match &self.lm_head {
             Some(head) => head.forward(&h),
             None => self.embed_tokens.as_linear(&h),
